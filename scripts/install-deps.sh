@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs everything tierd needs on a fresh Debian 12 machine (run as root), then the
+# project's virtualenv in .venv.  Idempotent: a second run only checks.
+#
+#   scripts/install-deps.sh            # runtime: apt packages for systemd-python + venv
+#   scripts/install-deps.sh --kernel   # also the kernel build and QEMU rig dependencies
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+kernel=0
+[ "${1:-}" = "--kernel" ] && kernel=1
+
+pkgs=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev)
+if [ $kernel = 1 ]; then
+	pkgs+=(build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils ccache
+	       qemu-system-x86 linux-source-6.12 git perl)
+fi
+missing=()
+for p in "${pkgs[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "install-deps: apt-get install ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian's own interpreter, not a pyenv shim: the QEMU guest runs this venv over 9p and
+# needs a real path to a real binary.
+venv="$here/.venv"
+if [ ! -x "$venv/bin/python" ]; then
+	/usr/bin/python3 -m venv "$venv"
+fi
+stamp="$venv/.installed"
+if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
+	"$venv/bin/pip" install -q --upgrade pip
+	"$venv/bin/pip" install -q -e "$here[test]"
+	touch "$stamp"
+fi

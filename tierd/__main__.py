@@ -1,0 +1,5 @@
+"""Allows ``python -m tierd``."""
+
+from tierd.cli import main
+
+raise SystemExit(main())
