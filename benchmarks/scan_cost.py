@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Cost of one access sample: /proc/PID/idle_bitmap against the stock pagemap + page_idle path.
+
+Run on the host: it boots the rig kernel in QEMU (tierd.vmrig) and runs itself in the guest
+with --guest.  In the guest it maps SIZE of anonymous memory, once with 4 KiB pages
+(MADV_NOHUGEPAGE) and once with THP (MADV_HUGEPAGE), touches every page, and times tierd's
+two readers sampling the whole region, touching every page again between samples so both
+paths have every Accessed bit to clear.  Each figure is the median of --reps samples after
+one warm-up sample; the ratio is stock / idle_bitmap within the same boot.
+
+    .venv/bin/python benchmarks/scan_cost.py [--size 1GiB] [--reps 5]
+
+Emulation (TCG) inflates absolute times several-fold; the ratio is the figure of merit.
+"""
+
+import argparse
+import mmap
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+MADV_HUGEPAGE = 14
+MADV_NOHUGEPAGE = 15
+PAGE = 4096
+HUGE = 2 << 20
+
+
+def parse_size(text: str) -> int:
+    from tierd.units import parse_size as parse
+    return parse(text)
+
+
+def region(size: int, huge: bool):
+    """An anonymous mapping of ``size`` bytes, 2 MiB aligned, every page touched."""
+    import numpy as np
+
+    mm = mmap.mmap(-1, size + HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf = np.frombuffer(mm, dtype=np.uint8)
+    base = buf.ctypes.data
+    skip = (-base) % HUGE
+    mm.madvise(MADV_HUGEPAGE if huge else MADV_NOHUGEPAGE, skip, size)
+    view = buf[skip:skip + size]
+    view[::PAGE] = 1
+    return mm, view, base + skip
+
+
+def anon_huge_kib() -> int:
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    return 0
+
+
+def time_reader(reader, pid, start, size, view, reps):
+    import numpy as np
+
+    word_start = (start // PAGE) // 64
+    nwords = size // PAGE // 64
+    reader.sample(pid, word_start, nwords)          # warm-up; page_idle: marks idle
+    times = []
+    accessed_pages = 0
+    for _ in range(reps):
+        view[::PAGE] += 1                            # every page accessed again
+        t0 = time.perf_counter()
+        present, accessed = reader.sample(pid, word_start, nwords)
+        times.append(time.perf_counter() - t0)
+        accessed_pages = int(np.bitwise_count(accessed).sum())
+    return statistics.median(times), accessed_pages
+
+
+def guest(args) -> int:
+    from tierd.linux import Kernel
+
+    kernel = Kernel()
+    size = parse_size(args.size)
+    pages = size // PAGE
+    pid = os.getpid()
+    print(f"scan_cost: {size >> 20} MiB = {pages} pages of 4 KiB, median of {args.reps}")
+    print(f"{'pages':>6} {'reader':>12} {'s/sample':>10} {'ns/page':>9} {'accessed':>9}")
+    rows = {}
+    for huge in (False, True):
+        mm, view, start = region(size, huge)
+        kind = "THP" if huge else "4KiB"
+        if huge and anon_huge_kib() < (size >> 10) // 2:
+            print(f"warning: only {anon_huge_kib()} KiB of THP backs the region")
+        for name in ("idle_bitmap", "page_idle"):
+            seconds, accessed = time_reader(kernel.reader(name), pid, start, size, view,
+                                            args.reps)
+            rows[kind, name] = seconds
+            print(f"{kind:>6} {name:>12} {seconds:10.4f} {seconds / pages * 1e9:9.1f} "
+                  f"{accessed:9d}")
+        del view
+        mm.close()
+    for kind in ("4KiB", "THP"):
+        ratio = rows[kind, "page_idle"] / rows[kind, "idle_bitmap"]
+        print(f"ratio {kind}: page_idle / idle_bitmap = {ratio:.1f}x")
+    return 0
+
+
+def host(args) -> int:
+    from tierd import vmrig
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--guest",
+           "--size", args.size, "--reps", str(args.reps)]
+    result = vmrig.run(cmd, machine=vmrig.Machine(fast=args.fast, slow=args.slow),
+                       timeout=3600)
+    sys.stdout.write(result.output)
+    print(f"(VM run {result.seconds:.0f} s, QEMU TCG, guest node 0 {args.fast} + "
+          f"node 1 {args.slow})")
+    return result.returncode
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="1GiB")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--fast", default="1G")
+    parser.add_argument("--slow", default="3G")
+    parser.add_argument("--guest", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    return guest(args) if args.guest else host(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

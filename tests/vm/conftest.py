@@ -1,0 +1,9 @@
+"""tests/vm: boots the patched kernel in QEMU once per session and runs the guest tiers there.
+
+tests/vm/guest/ holds tests that only make sense inside the rig (two NUMA nodes, our kernel);
+they are collected only in the guest, where TIERD_IN_VM=1, and run by test_vm.py's single boot.
+"""
+
+import os
+
+collect_ignore = [] if os.environ.get("TIERD_IN_VM") else ["guest"]

@@ -1,0 +1,67 @@
+"""Host side of the VM tier: one boot of the rig runs the kernel selftest and, under pytest,
+tests/vm/guest plus tests/host (the host tier again, now on a two-node machine with our
+kernel).  The assertions here read what the guest recorded in the out share.
+"""
+
+import os
+import shutil
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from tierd import vmrig
+
+REPO = Path(__file__).resolve().parents[2]
+
+GUEST_SCRIPT = """
+set -u
+st={selftests}
+if [ -x "$st/idle_bitmap" ]; then
+    "$st/idle_bitmap" > /mnt/out/kselftest.tap 2>&1; echo $? > /mnt/out/kselftest.rc
+else
+    echo "no selftest binary in $st" > /mnt/out/kselftest.tap; echo 127 > /mnt/out/kselftest.rc
+fi
+cat /mnt/out/kselftest.tap
+cd {repo}
+{python} -m pytest -p no:cacheprovider -q -o cache_dir=/mnt/scratch/.pytest_cache \\
+    --junitxml=/mnt/out/guest.xml tests/vm/guest tests/host
+"""
+
+
+@pytest.fixture(scope="session")
+def guest(tmp_path_factory):
+    if os.environ.get("TIERD_IN_VM"):
+        pytest.skip("already inside the VM")
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 missing: run scripts/install-deps.sh --kernel")
+    if not Path("/usr/src/linux-source-6.12.tar.xz").exists():
+        pytest.skip("linux-source-6.12 missing: run scripts/install-deps.sh --kernel")
+    kernel = vmrig.kernel_dir()
+    out = tmp_path_factory.mktemp("vm")
+    script = GUEST_SCRIPT.format(selftests=kernel / "selftests", repo=REPO,
+                                 python=sys.executable)
+    result = vmrig.run(script, kernel=kernel, out=out, timeout=1500)
+    return out, result
+
+
+def test_kselftest_passes(guest):
+    out, result = guest
+    tap = (out / "kselftest.tap").read_text()
+    rc = int((out / "kselftest.rc").read_text())
+    assert rc == 0, f"idle_bitmap kselftest exited {rc}:\n{tap}"
+    assert "not ok" not in tap, tap
+    assert "# Totals: pass:" in tap, tap
+
+
+def test_guest_tests_pass(guest):
+    out, result = guest
+    assert result.returncode == 0, result.output[-6000:]
+    suite = ET.parse(out / "guest.xml").getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    assert counts["failures"] == counts["errors"] == 0, result.output[-6000:]
+    # Everything in the guest must really run: it is the machine the tests were written for.
+    assert counts["skipped"] == 0, result.output[-6000:]
+    assert counts["tests"] >= 5, counts
