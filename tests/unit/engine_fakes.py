@@ -1,0 +1,154 @@
+"""Fake kernel for the engine tests: scripted accesses, recorded move_pages requests.
+
+Only the Kernel facade of docs/design.md is faked (procfs.maps/comm/cgroup, topology,
+reader, move_pages); everything else is the real engine.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+
+from tierd.linux.errors import ProcessGone
+from tierd.linux.procfs import Vma
+from tierd.linux.sysfs import Node, Topology
+
+PAGE = 4096
+GIB = 1 << 30
+
+
+class FakeProc:
+    """A process with one anonymous mapping of ``npages`` pages at ``base`` (64-page
+    aligned), all present, on ``node``."""
+
+    def __init__(self, pid: int, npages: int, base: int = 0x7F00_0000_0000, node: int = 1) -> None:
+        self.pid = pid
+        self.vmas = [Vma(base, base + npages * PAGE, "rw-p", 0, "00:00", 0, "")]
+        self.node: dict[int, int] = {}  # vpn -> node, for present pages
+        for v in range(base // PAGE, base // PAGE + npages):
+            self.node[v] = node
+        self.next_access: set[int] = set()  # vpns accessed before the next sample
+        self.gone = False
+        self.status_override: dict[int, int] = {}  # vpn -> -errno returned by move_pages
+
+    def vpn(self, i: int) -> int:
+        """vpn of the i-th page of the first mapping."""
+        return self.vmas[0].start // PAGE + i
+
+    def addr(self, i: int) -> int:
+        return self.vpn(i) * PAGE
+
+
+class FakeReader:
+    name = "fake"
+
+    def __init__(self, kernel: FakeKernel) -> None:
+        self.kernel = kernel
+        self.closed: list[int] = []
+
+    def sample(self, pid: int, word_start: int, nwords: int):
+        proc = self.kernel.proc(pid)
+        if self.kernel.gone_on_sample == pid:
+            proc.gone = True
+            raise ProcessGone(pid)
+        present = np.zeros(nwords, np.uint64)
+        accessed = np.zeros(nwords, np.uint64)
+        lo, hi = word_start * 64, (word_start + nwords) * 64
+        for v in proc.node:
+            if lo <= v < hi:
+                w, b = divmod(v - lo, 64)
+                present[w] |= np.uint64(1 << b)
+                if v in proc.next_access:
+                    accessed[w] |= np.uint64(1 << b)
+        proc.next_access = {v for v in proc.next_access if not lo <= v < hi}
+        return present, accessed
+
+    def close(self, pid: int) -> None:
+        self.closed.append(pid)
+
+
+class FakeProcFS:
+    def __init__(self, kernel: FakeKernel) -> None:
+        self.kernel = kernel
+
+    def maps(self, pid):
+        return tuple(self.kernel.proc(pid).vmas)
+
+    def comm(self, pid):
+        self.kernel.proc(pid)
+        return "fake"
+
+    def cgroup(self, pid):
+        self.kernel.proc(pid)
+        return "/fake.slice"
+
+
+class FakeKernel:
+    """Node 0: fast (CPUs), node 1: slow (memory only).  ``calls`` records every move_pages
+    request as ("query"|"move", pid, [addr...], [node...] | None)."""
+
+    def __init__(self, fast_total=4 * GIB, fast_free=3 * GIB, slow_total=16 * GIB, slow_free=15 * GIB):
+        self.mem = {0: [fast_total, fast_free], 1: [slow_total, slow_free]}
+        self.procs: dict[int, FakeProc] = {}
+        self.calls: list[tuple] = []
+        self.procfs = FakeProcFS(self)
+        self._reader = FakeReader(self)
+        self.gone_on_sample: int | None = None
+        self.gone_on_move: int | None = None
+
+    def add(self, proc: FakeProc) -> FakeProc:
+        self.procs[proc.pid] = proc
+        return proc
+
+    def proc(self, pid: int) -> FakeProc:
+        p = self.procs.get(pid)
+        if p is None or p.gone:
+            raise ProcessGone(pid)
+        return p
+
+    def features(self):
+        return None
+
+    def topology(self) -> Topology:
+        return Topology((
+            Node(0, (0, 1), self.mem[0][0], self.mem[0][1], (10, 20), None),
+            Node(1, (), self.mem[1][0], self.mem[1][1], (20, 10), None),
+        ))
+
+    def reader(self, name: str = "auto") -> FakeReader:
+        return self._reader
+
+    def move_pages(self, pid, addrs, nodes=None, flags=0, batch=4096):
+        addrs = [int(a) for a in np.asarray(addrs, dtype=np.uint64)]
+        dest = None if nodes is None else [int(n) for n in np.asarray(nodes)]
+        self.calls.append(("query" if dest is None else "move", pid, addrs, dest))
+        if self.gone_on_move == pid:
+            self.procs[pid].gone = True
+        proc = self.proc(pid)
+        out = np.empty(len(addrs), np.int32)
+        for i, a in enumerate(addrs):
+            v = a // PAGE
+            if v not in proc.node:
+                out[i] = -errno.ENOENT
+            elif v in proc.status_override:
+                out[i] = proc.status_override[v]
+            elif dest is None:
+                out[i] = proc.node[v]
+            else:
+                old, new = proc.node[v], dest[i]
+                if old != new:
+                    self.mem[old][1] += PAGE
+                    self.mem[new][1] -= PAGE
+                proc.node[v] = new
+                out[i] = new
+        return out
+
+    def moves(self):
+        """The move requests (not queries) as (pid, [page index in the first mapping], dest)."""
+        out = []
+        for kind, pid, addrs, dest in self.calls:
+            if kind == "move":
+                base = self.procs[pid].vmas[0].start
+                out.append((pid, [(a - base) // PAGE for a in addrs], dest))
+        return out

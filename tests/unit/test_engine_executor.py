@@ -1,0 +1,87 @@
+"""Executor: status accounting and batches sized to keep each move_pages call short."""
+
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+
+from tierd.engine.executor import NOT_TRIED, Executor, MoveCounts, tally
+
+
+def test_tally_sorts_statuses():
+    status = np.array([0, 0, 1, -errno.EBUSY, -errno.ENOENT, -errno.EFAULT, -errno.ENOMEM,
+                       -errno.EACCES, -errno.EPERM, -errno.EINVAL, NOT_TRIED], np.int32)
+    c = tally(status, np.zeros(status.size, np.int32))
+    assert (c.moved, c.elsewhere, c.busy, c.absent, c.nomem, c.denied, c.other, c.not_tried) == (
+        2, 1, 1, 2, 1, 2, 1, 1)
+    assert c.failed == 7
+    q = tally(np.array([0, 1, -errno.ENOENT], np.int32), None)
+    assert (q.queried, q.learned, q.absent, q.moved) == (3, 2, 1, 0)
+
+
+class RecordingKernel:
+    def __init__(self):
+        self.sizes = []
+
+    def move_pages(self, pid, addrs, nodes=None, flags=0, batch=4096):
+        self.sizes.append(len(addrs))
+        assert batch == len(addrs)
+        return np.zeros(len(addrs), np.int32) if nodes is None else np.asarray(nodes, np.int32)
+
+
+class Clock:
+    """Each move_pages call takes ``step`` seconds."""
+
+    def __init__(self, step):
+        self.t = 0.0
+        self.step = step
+        self.n = 0
+
+    def __call__(self):
+        self.n += 1
+        if self.n % 2 == 0:
+            self.t += self.step
+        return self.t
+
+
+def test_batches_shrink_when_calls_are_slow_and_grow_back():
+    k = RecordingKernel()
+    clock = Clock(0.050)  # 50 ms per call: above the 20 ms aim
+    ex = Executor(k, 256, clock=clock)
+    status, c = ex.move(1, np.arange(1000, dtype=np.uint64) << np.uint64(12), np.zeros(1000, np.int32))
+    assert k.sizes[:4] == [256, 128, 64, 32] and sum(k.sizes) == 1000
+    assert c.moved == 1000 and c.calls == len(k.sizes)
+    clock.step = 0.001
+    k.sizes.clear()
+    ex.move(1, np.arange(600, dtype=np.uint64), np.zeros(600, np.int32))
+    assert k.sizes == [16, 32, 64, 128, 256, 104]  # fast calls: back up to the policy batch
+    assert ex.batch["move"] == 256
+
+
+def test_queries_use_longer_batches():
+    k = RecordingKernel()
+    ex = Executor(k, 64, clock=lambda: 0.0)
+    status, c = ex.query(1, np.arange(3000, dtype=np.uint64))
+    assert k.sizes == [1024, 1024, 952] and c.learned == 3000
+
+
+def test_stop_between_batches():
+    k = RecordingKernel()
+    stop = {"now": False}
+
+    def kernel_call(*a, **kw):
+        stop["now"] = True
+        return RecordingKernel.move_pages(k, *a, **kw)
+
+    k.move_pages = kernel_call
+    ex = Executor(k, 100, clock=lambda: 0.0, should_stop=lambda: stop["now"])
+    status, c = ex.move(1, np.arange(250, dtype=np.uint64), np.ones(250, np.int32))
+    assert (status[:100] == 1).all() and (status[100:] == NOT_TRIED).all()
+    assert c.moved == 100 and c.not_tried == 150
+
+
+def test_counts_add_up():
+    a, b = MoveCounts(moved=1, busy=2, seconds=0.5), MoveCounts(moved=3, calls=2)
+    a.add(b)
+    assert a.moved == 4 and a.busy == 2 and a.calls == 2 and a.as_dict()["seconds"] == 0.5

@@ -1,0 +1,154 @@
+"""The simulator: workload specs, the simulated machine, and short end-to-end runs."""
+
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+import pytest
+
+from tierd.engine import simulate as sim
+from tierd.engine.simulate import (
+    FAST,
+    SLOW,
+    SimKernel,
+    SimMachine,
+    WorkloadError,
+    Zipf,
+    _mulmod,
+    parse_workload,
+    simulate,
+    summarize,
+)
+from tierd.policy import Policy, TargetSpec
+
+MIB = 1 << 20
+
+
+def policy(**kw):
+    base = dict(source="<test>", interval=5.0, targets=(TargetSpec("app"),), rate=1 << 30)
+    base.update(kw)
+    return Policy(**base)
+
+
+def test_compact_spec():
+    s = parse_workload("size=1TiB,fast=256GiB,dist=zipf:1.1,phase=every:20,accesses=2x,seed=3")
+    (p,) = s.processes
+    assert (p.size, p.dist, p.phase_every, p.accesses, s.fast, s.seed) == (
+        1 << 40, "zipf:1.1", 20, 2.0, 256 << 30, 3)
+    assert s.slow_size == 1 << 40
+
+
+def test_yaml_spec(tmp_path):
+    f = tmp_path / "w.yaml"
+    f.write_text("machine: {fast: 1GiB, other: 100MiB}\nintervals: 7\nprocesses:\n"
+                 "  - {size: 1GiB, dist: 'hotset:10%:80%', target: db}\n"
+                 "  - {size: 512MiB, dist: uniform, layout: contig}\n")
+    s = parse_workload(str(f))
+    assert len(s.processes) == 2 and s.intervals == 7 and s.other == 100 * MIB
+    assert s.processes[0].target == "db" and s.processes[1].layout == "contig"
+
+
+@pytest.mark.parametrize("bad", [
+    "size=1GiB", "fast=1GiB", "size=1GiB,fast=1GiB,dist=pareto", "size=1GiB,fast=1GiB,bogus=2",
+    "size=1GiB,fast=1GiB,phase=sometimes", "size=lots,fast=1GiB", "size=1GiB,fast=1GiB,other=2GiB",
+    "size=1GiB,fast=1GiB,dist=hotset:150%", "size=1GiB,fast=1GiB,accesses=-1x", "nonsense",
+])
+def test_bad_specs(bad):
+    with pytest.raises(WorkloadError):
+        parse_workload(bad)
+
+
+def test_zipf_tables():
+    z = Zipf(10_000, 1.1)
+    w = z.weight(np.arange(10_000))
+    assert abs(w.sum() - 1) < 1e-9 and np.all(np.diff(w) <= 0)
+    assert abs(z.prefix(1234) - w[:1234].sum()) < 1e-12
+    assert z.count_ge(w[99]) == 100
+
+
+def test_mulmod_and_bijection():
+    n = (1 << 40) + 7
+    x = np.array([0, 1, n - 1, 123456789012], np.uint64)
+    a = (n * 5) // 8 | 1
+    assert _mulmod(x, a, n).tolist() == [(int(v) * a) % n for v in x]
+    m = SimMachine(parse_workload("size=64MiB,fast=32MiB"))
+    p = next(iter(m.procs.values()))
+    ranks = np.arange(p.npages)
+    pages = p.page_of(ranks)
+    assert np.array_equal(np.sort(pages), ranks) and np.array_equal(p.rank_of(pages), ranks)
+
+
+def test_accesses_follow_the_poisson_model():
+    m = SimMachine(parse_workload("size=256MiB,fast=128MiB,dist=zipf:0.9,accesses=0.5x,seed=7"))
+    p = next(iter(m.procs.values()))
+    lam = p.rate * p.dist.weight(np.arange(p.npages))
+    expected = (-np.expm1(-lam)).sum()
+    counts = []
+    for _ in range(3):
+        p.generate()
+        counts.append(int(np.bitwise_count(p.accessed).sum()))
+    assert abs(np.mean(counts) - expected) < 0.01 * expected + 200
+
+
+def test_move_pages_capacity_and_hit_bookkeeping():
+    m = SimMachine(parse_workload("size=8MiB,fast=4MiB,init=slow"))
+    k = SimKernel(m)
+    p = next(iter(m.procs.values()))
+    assert m.used[FAST] == 0 and m.hit_fraction() == 0.0
+    addrs = (np.arange(p.npages, dtype=np.uint64) + np.uint64(p.base_vpn)) << np.uint64(12)
+    st = k.move_pages(p.pid, addrs, np.full(p.npages, FAST, np.int32))
+    room = 1024 - int(1024 * sim.MIN_FREE_FRACTION)
+    assert (st[:room] == FAST).all() and (st[room:] == -errno.ENOMEM).all()
+    assert m.used[FAST] == room
+    fw = p.fast_weight
+    p.recompute_fast_weight()
+    assert abs(fw - p.fast_weight) < 1e-9
+    q = k.move_pages(p.pid, addrs[:3], None)
+    assert q.tolist() == [FAST] * 3
+    assert k.move_pages(p.pid, np.array([8], np.uint64), None).tolist() == [-errno.EFAULT]
+    t = k.topology()
+    assert t.node(FAST).mem_free == (1024 - room) * 4096
+    assert t.classify() == ((FAST,), (SLOW,))
+
+
+def test_small_zipf_run_reaches_the_oracle():
+    spec = parse_workload("size=128MiB,fast=64MiB,dist=zipf:1.1,seed=2")
+    rows, _ = simulate(policy(), spec, intervals=12)
+    s = summarize(rows)
+    assert s.steady_ratio > 0.95
+    assert rows[0].queried == 32768  # the first interval learns where pages are
+
+
+def test_phase_change_recovers_within_three_intervals():
+    spec = parse_workload("size=128MiB,fast=32MiB,dist=hotset:5%:95%,phase=every:8,seed=4")
+    rows, _ = simulate(policy(), spec, intervals=24)
+    s = summarize(rows)
+    assert [r.interval for r in rows if r.phase_change] == [8, 16]
+    assert s.steady_ratio > 0.95
+    assert all(r is not None and r <= 3 for r in s.recoveries)
+
+
+def test_two_processes_two_targets():
+    pol = policy(targets=(TargetSpec("a"), TargetSpec("b")))
+    spec = sim._from_mapping({
+        "machine": {"fast": "64MiB"},
+        "processes": [{"size": "64MiB", "dist": "zipf:1.2", "target": "a"},
+                      {"size": "64MiB", "dist": "uniform", "target": "b"}],
+    }, "test")
+    rows, m = simulate(pol, spec, intervals=8)
+    assert summarize(rows).steady_ratio > 0.9
+    with pytest.raises(WorkloadError):
+        simulate(policy(), spec, intervals=1)  # target b is not in that policy
+
+
+def test_cli_simulate(tmp_path, capsys):
+    from tierd.cli import main
+
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("targets:\n  - name: app\n    comm: x\nmigration: {rate: 1GiB/s}\n")
+    rc = main(["simulate", "--config", str(cfg), "--workload", "size=32MiB,fast=16MiB",
+               "--intervals", "4"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "steady state: hit/oracle" in out and out.count("\n") >= 6
+    assert main(["simulate", "--config", str(cfg), "--workload", "size=1GiB"]) == 2

@@ -1,0 +1,86 @@
+"""Target resolution with psutil: selectors, first match wins, exits are quiet."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from tierd.engine.targets import PsutilResolver, ProcessRef, StaticResolver, cgroup_matches
+from tierd.linux.procfs import ProcFS
+from tierd.policy import TargetSpec
+
+ME = os.getpid()
+
+
+def test_cgroup_subtree_matching():
+    assert cgroup_matches("/system.slice/x.service", "/system.slice")
+    assert cgroup_matches("/system.slice", "/system.slice/")
+    assert not cgroup_matches("/system.slicex", "/system.slice")
+    assert cgroup_matches("/anything", "/")
+    assert not cgroup_matches(None, "/")
+
+
+def test_own_process_by_pid_comm_cmdline_and_cgroup():
+    r = PsutilResolver(self_pid=-1)
+    comm = ProcFS().comm(ME)
+    cg = ProcFS().cgroup(ME)
+    specs = [TargetSpec("by-pid", pids=(ME,)),
+             TargetSpec("by-comm", comm=re.compile("^" + re.escape(comm) + "$"))]
+    refs = r.resolve(specs)
+    mine = [x for x in refs if x.pid == ME]
+    assert [(x.target, x.name) for x in mine] == [("by-pid", comm)]  # first target wins
+    assert mine[0].start == psutil.Process(ME).create_time()
+    spec = TargetSpec("cmd", pids=(ME,), cmdline=re.compile("pytest|python"))
+    assert [x.pid for x in r.resolve([spec])] == [ME]
+    if cg is not None:
+        assert [x.pid for x in r.resolve([TargetSpec("cg", pids=(ME,), cgroup=cg)])] == [ME]
+    assert r.resolve([TargetSpec("cg", pids=(ME,), cgroup="/no/such/group")]) == []
+
+
+def test_min_rss_and_self_exclusion():
+    assert PsutilResolver().resolve([TargetSpec("me", pids=(ME,))]) == []  # tierd itself
+    r = PsutilResolver(self_pid=-1)
+    assert r.resolve([TargetSpec("me", pids=(ME,), min_rss=1 << 50)]) == []
+    assert len(r.resolve([TargetSpec("me", pids=(ME,), min_rss=1 << 20)])) == 1
+
+
+def test_exited_process_is_not_a_target():
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    assert PsutilResolver(self_pid=-1).resolve([TargetSpec("gone", pids=(p.pid,))]) == []
+
+
+def test_process_vanishing_mid_scan_is_skipped(monkeypatch):
+    def vanish(self):
+        raise psutil.NoSuchProcess(self.pid)
+
+    monkeypatch.setattr(psutil.Process, "memory_info", vanish)
+    assert PsutilResolver(self_pid=-1).resolve([TargetSpec("x", comm=re.compile("."))]) == []
+
+
+def test_kernel_procfs_gone_is_skipped():
+    from tierd.linux.errors import ProcessGone
+
+    class Gone:
+        def comm(self, pid):
+            raise ProcessGone(pid)
+
+        def cgroup(self, pid):
+            raise ProcessGone(pid)
+
+    class K:
+        procfs = Gone()
+
+    assert PsutilResolver(K(), self_pid=-1).resolve([TargetSpec("x", pids=(ME,), comm=re.compile("."))]) == []
+
+
+def test_static_resolver_orders_by_target():
+    refs = [ProcessRef(3, 0, "b"), ProcessRef(1, 0, "a"), ProcessRef(2, 0, "zzz")]
+    specs = [TargetSpec("a"), TargetSpec("b")]
+    assert [r.pid for r in StaticResolver(refs).resolve(specs)] == [1, 3]
+    assert ProcessRef(1, 2.0, "a").key == (1, 2.0)

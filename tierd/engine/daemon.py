@@ -1,0 +1,548 @@
+"""The daemon: one interval = resolve targets, sample, update hotness, plan, move.
+
+``Engine`` does one interval (``step``) against a Kernel-like object: the real
+``tierd.linux.Kernel`` or the simulator's fake; the engine talks to nothing else.
+``Daemon`` runs the loop ``while not stop.wait(...)``: SIGTERM/SIGINT set ``stop`` (the
+executor checks it between move_pages batches, so the daemon stops after the current batch),
+SIGHUP sets ``reload``, handled at the next tick: the policy file is re-read and validated
+(and checked against the machine: nodes exist, the tracking interface works) and swapped in
+whole; on any error the old policy stays and the error is logged with file:line.
+
+``main`` (``tierd run``) is the composition root: it alone builds the Kernel, loads the
+policy, wires the engine and installs signal handlers.
+
+Seams for later work: ``Observer`` gets ready/interval/reloading/reloaded/stopping calls with
+the per-interval ``IntervalStats`` (histograms per target and node, move counters) -
+sd_notify (READY=1, WATCHDOG=1, RELOADING=1) and the Prometheus exporter plug in there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tierd.engine.executor import Executor, MoveCounts, outcome_masks
+from tierd.engine.hotness import LEVELS
+from tierd.engine.placement import (
+    NO_THRESHOLD,
+    PAGE_SIZE,
+    UNKNOWN,
+    Plan,
+    Request,
+    UnitCounts,
+    plan,
+    plan_queries,
+)
+from tierd.engine.state import CHUNK_WORDS, Extents, PageState
+from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
+
+log = logging.getLogger("tierd")
+
+QUERY_FACTOR = 8  # node queries per interval, relative to the migration budget in pages
+QUERY_MIN = 65536  # ... but at least this many (256 MiB of address space)
+DEFAULT_CONFIG = "/etc/tierd.yaml"
+
+
+@dataclass
+class TargetStats:
+    processes: int = 0
+    pages: int = 0  # present pages
+    fast_pages: int = 0  # present pages known to be on fast nodes
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(LEVELS, np.int64))
+    hot: int = NO_THRESHOLD
+    cold: int = NO_THRESHOLD
+
+
+@dataclass
+class IntervalStats:
+    """What one interval saw and did; handed to observers (log line, metrics, sd_notify)."""
+
+    seq: int
+    started: float  # time.time() at the start
+    seconds: float = 0.0  # whole interval
+    sample_seconds: float = 0.0  # reading maps and access bits (kernel work)
+    engine_seconds: float = 0.0  # hotness, histograms, placement, selection (our work)
+    move_seconds: float = 0.0  # inside move_pages
+    processes: int = 0
+    tracked_pages: int = 0  # pages of address space tracked
+    state_bytes: int = 0
+    fast: tuple[int, ...] = ()
+    slow: tuple[int, ...] = ()
+    targets: dict[str, TargetStats] = field(default_factory=dict)
+    nodes: dict[int, np.ndarray] = field(default_factory=dict)  # node id (-1 unknown) -> hist
+    plan: Plan | None = None
+    moves: MoveCounts = field(default_factory=MoveCounts)
+    queries: MoveCounts = field(default_factory=MoveCounts)
+    promoted: int = 0
+    demoted: int = 0
+    dropped: int = 0  # processes that exited (or stopped matching)
+
+
+class Observer:
+    """Receives the daemon's life cycle; every method is optional (no-op here)."""
+
+    def on_ready(self, engine: Engine) -> None: ...
+
+    def on_interval(self, stats: IntervalStats) -> None: ...
+
+    def on_reloading(self) -> None: ...
+
+    def on_reloaded(self, policy, error: Exception | None) -> None: ...
+
+    def on_stopping(self) -> None: ...
+
+
+class LogObserver(Observer):
+    """The one INFO line per interval."""
+
+    def on_interval(self, stats: IntervalStats) -> None:
+        log.info("%s", summary_line(stats))
+
+
+def _size(pages: int) -> str:
+    from tierd.units import format_size
+
+    return format_size(pages * PAGE_SIZE)
+
+
+def summary_line(s: IntervalStats) -> str:
+    hot = sorted({t.hot for t in s.targets.values()})
+    thr = "/".join("-" if h >= NO_THRESHOLD else str(h) for h in hot) or "-"
+    fast = sum(t.fast_pages for t in s.targets.values())
+    present = sum(t.pages for t in s.targets.values())
+    m = s.moves
+    parts = [
+        f"#{s.seq}: {s.processes} proc {_size(present)} resident",
+        f"{_size(fast)} fast",
+        f"hot>={thr}",
+        f"promoted {s.promoted} demoted {s.demoted}",
+    ]
+    if m.failed:
+        parts.append(f"failed {m.failed} (busy {m.busy} absent {m.absent} nomem {m.nomem} "
+                     f"denied {m.denied} other {m.other})")
+    if s.queries.queried:
+        parts.append(f"queried {s.queries.queried}")
+    if s.dropped:
+        parts.append(f"exited {s.dropped}")
+    parts.append(f"engine {s.engine_seconds * 1e3:.0f}ms sample {s.sample_seconds * 1e3:.0f}ms "
+                 f"move {s.move_seconds * 1e3:.0f}ms")
+    return ", ".join(parts)
+
+
+@dataclass
+class Unit:
+    """One target process and its page state."""
+
+    ref: ProcessRef
+    state: PageState | None = None
+
+
+class Engine:
+    """One interval of tiering work per ``step()`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        kernel,
+        policy,
+        *,
+        resolver=None,
+        should_stop: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.monotonic,
+        chunk_words: int = CHUNK_WORDS,
+        query_factor: int = QUERY_FACTOR,
+    ) -> None:
+        self.kernel = kernel
+        self.policy = policy
+        self.resolver = resolver if resolver is not None else PsutilResolver(kernel)
+        self.should_stop = should_stop
+        self.clock = clock
+        self.chunk_words = chunk_words
+        self.query_factor = query_factor
+        self.reader = kernel.reader(policy.tracking)
+        self.executor = Executor(kernel, policy.batch // PAGE_SIZE, should_stop=should_stop, clock=clock)
+        self.units: dict[tuple, Unit] = {}
+        self.seq = 0
+        self._warned_single_tier = False
+
+    # -- policy ------------------------------------------------------------------------------
+    def set_policy(self, policy) -> None:
+        """Swap in a new policy whole, after checking it against this machine (the node lists
+        must name memory nodes, the tracking interface must work).  Raises (ValueError,
+        FeatureMissing ...) and changes nothing if it does not fit."""
+        topo = self.kernel.topology()
+        topo.classify(policy.fast_nodes, policy.slow_nodes)
+        reader = self.reader if policy.tracking == self.policy.tracking else self.kernel.reader(policy.tracking)
+        old_reader = self.reader
+        self.policy = policy
+        self.reader = reader
+        self.executor.set_batch(policy.batch // PAGE_SIZE)
+        for u in self.units.values():
+            if u.state is not None:
+                u.state.set_window(policy.window)
+        if reader is not old_reader:
+            for u in self.units.values():
+                _close(old_reader, u.ref.pid)
+
+    @property
+    def move_budget(self) -> int:
+        """Pages that may be migrated this interval (migration.rate * interval)."""
+        return int(self.policy.rate * self.policy.interval) // PAGE_SIZE
+
+    @property
+    def query_budget(self) -> int:
+        return max(QUERY_MIN, self.query_factor * self.move_budget)
+
+    # -- one interval ------------------------------------------------------------------------
+    def step(self) -> IntervalStats:
+        pol = self.policy
+        self.seq += 1
+        stats = IntervalStats(seq=self.seq, started=time.time())
+        t0 = self.clock()
+        topo = self.kernel.topology()
+        fast, slow = topo.classify(pol.fast_nodes, pol.slow_nodes)
+        stats.fast, stats.slow = tuple(fast), tuple(slow)
+        node_ids = tuple(n.id for n in topo.nodes if n.has_memory)
+
+        stats.dropped = self._sync(self.resolver.resolve(pol.targets))
+        engine_s = 0.0
+        for key in list(self.units):
+            unit = self.units[key]
+            try:
+                engine_s += self._sample(unit, node_ids)
+            except GONE:
+                self._drop(key)
+                stats.dropped += 1
+            except OSError as e:  # one process we cannot read (permissions, odd mapping)
+                log.warning("pid %d (%s): not sampled: %s", unit.ref.pid, unit.ref.target, e)
+        t1 = self.clock()
+        stats.sample_seconds = t1 - t0 - engine_s
+
+        live = [u for u in self.units.values() if u.state is not None and u.state.samples]
+        for u in live:
+            u.state.expire(self.seq, pol.retry_after)
+        if fast and slow and live:
+            queries = plan_queries(self._counts(live), self.query_budget)
+            self._execute(queries, stats, query=True)
+            counts = self._counts(live)
+            pl = plan(counts, node_ids, topo, fast, slow, pol, self.move_budget)
+            stats.plan = pl
+            demotions = [r for r in pl.requests if r.reason != "promote"]
+            promotions = [r for r in pl.requests if r.reason == "promote"]
+            # demotions first: they make the room the promotions were planned into
+            stats.demoted = self._execute(demotions, stats)
+            stats.promoted = self._execute(promotions, stats)
+        elif live and not self._warned_single_tier:
+            log.warning("no slow memory tier (fast nodes %s, slow nodes %s): only observing",
+                        list(fast), list(slow))
+            self._warned_single_tier = True
+        t2 = self.clock()
+        stats.move_seconds = stats.moves.seconds + stats.queries.seconds
+        stats.engine_seconds = engine_s + (t2 - t1) - stats.move_seconds
+        stats.seconds = t2 - t0
+        self._fill_stats(stats, live, node_ids, fast)
+        return stats
+
+    def _sync(self, refs: Sequence[ProcessRef]) -> int:
+        """New processes join, vanished ones leave.  Returns how many left."""
+        current = {r.key: r for r in refs}
+        gone = [k for k in self.units if k not in current]
+        for k in gone:
+            self._drop(k)
+        for k, r in current.items():
+            if k in self.units:
+                self.units[k].ref = r  # the target may be renamed by a reload
+            else:
+                self.units[k] = Unit(r)
+        return len(gone)
+
+    def _drop(self, key) -> None:
+        unit = self.units.pop(key, None)
+        if unit is not None:
+            _close(self.reader, unit.ref.pid)
+
+    def _sample(self, unit: Unit, node_ids) -> float:
+        """Read the maps and access bits of one process into its state.  Returns the time
+        spent in our own arithmetic (the rest is the kernel's)."""
+        pid = unit.ref.pid
+        ext = Extents.from_vmas(self.kernel.procfs.maps(pid))
+        t0 = self.clock()
+        if unit.state is None:
+            unit.state = PageState(ext, self.policy.window, node_ids, self.chunk_words)
+        else:
+            unit.state.set_node_ids(node_ids)
+            unit.state.remap(ext)
+        ours = self.clock() - t0
+        st = unit.state
+        present, accessed = st.sample_buffers()
+        for ws, nw, off in zip(ext.word_start.tolist(), ext.nwords.tolist(), ext.offset.tolist()):
+            try:
+                p, a = self.reader.sample(pid, ws, nw)
+            except GONE:
+                raise
+            except OSError as e:  # this range only (e.g. unmapped between maps and read)
+                log.debug("pid %d: range %#x+%d words: %s", pid, ws * 64 << 12, nw, e)
+                p = a = 0
+            present[off: off + nw] = p
+            accessed[off: off + nw] = a
+        t0 = self.clock()
+        st.commit()
+        return ours + self.clock() - t0
+
+    @staticmethod
+    def _counts(units: Sequence[Unit]) -> list[UnitCounts]:
+        return [UnitCounts(u.ref.key, u.ref.target, u.state.histograms()) for u in units]
+
+    def _execute(self, requests: Sequence[Request], stats: IntervalStats, query: bool = False) -> int:
+        """Select the pages for ``requests`` and run move_pages on them, unit by unit.
+        Returns the pages moved (for queries: learned)."""
+        by_unit: dict = {}
+        for r in requests:
+            by_unit.setdefault(r.unit, []).append(r)
+        done = 0
+        for key, reqs in by_unit.items():
+            unit = self.units.get(key)
+            if unit is None or unit.state is None or self.should_stop():
+                continue
+            st = unit.state
+            sel = st.select([(st.class_of(r.node), r.level, r.count) for r in reqs])
+            sizes = [s.size for s in sel]
+            if not sum(sizes):
+                continue
+            pages = np.concatenate(sel)
+            levels = np.repeat([r.level for r in reqs], sizes)
+            from_cls = np.repeat([st.class_of(r.node) for r in reqs], sizes)
+            addrs = st.extents.vpn_of(pages) << np.uint64(12)
+            try:
+                if query:
+                    status, counts = self.executor.query(unit.ref.pid, addrs)
+                    dest = None
+                else:
+                    dest = np.repeat([r.dest for r in reqs], sizes).astype(np.int32)
+                    status, counts = self.executor.move(unit.ref.pid, addrs, dest)
+            except GONE:
+                self._drop(key)
+                stats.dropped += 1
+                continue
+            except OSError as e:  # PermissionError, MovePagesError: this process, this time
+                log.warning("pid %d (%s): move_pages: %s", unit.ref.pid, unit.ref.target, e)
+                continue
+            (stats.queries if query else stats.moves).add(counts)
+            done += counts.learned if query else counts.moved
+            self._apply(st, pages, levels, from_cls, status, dest)
+        return done
+
+    def _apply(self, st: PageState, pages, levels, from_cls, status, dest) -> None:
+        """Fold move_pages results back into the state."""
+        m = outcome_masks(status, dest)
+        ok = m["ok"]
+        st.set_node(pages[ok], levels[ok], from_cls[ok], status[ok])
+        absent = m["absent"]
+        st.mark_absent(pages[absent], levels[absent], from_cls[absent])
+        failed = m["busy"] | m["nomem"] | m["denied"] | m["other"]
+        if dest is not None:
+            failed |= absent  # do not retry an absent page every interval
+            st.succeed(pages[ok])
+        st.fail(pages[failed], self.seq, self.policy.retry_after)
+
+    def _fill_stats(self, stats: IntervalStats, live, node_ids, fast) -> None:
+        stats.processes = len(self.units)
+        for spec in self.policy.targets:
+            stats.targets[spec.name] = TargetStats()
+        for nid in list(node_ids) + [UNKNOWN]:
+            stats.nodes[nid] = np.zeros(LEVELS, np.int64)
+        fast_cls = [i for i, n in enumerate(node_ids) if n in fast]
+        for u in live:
+            st = u.state
+            h = st.histograms()
+            ts = stats.targets.setdefault(u.ref.target, TargetStats())
+            ts.processes += 1
+            ts.hist = ts.hist + h.sum(axis=0)
+            ts.pages += int(h.sum())
+            for i, nid in enumerate(st.node_ids):
+                stats.nodes.setdefault(nid, np.zeros(LEVELS, np.int64))
+                stats.nodes[nid] = stats.nodes[nid] + h[i]
+                if i in fast_cls and nid in fast:
+                    ts.fast_pages += int(h[i].sum())
+            stats.nodes[UNKNOWN] = stats.nodes[UNKNOWN] + h[-1]
+            stats.tracked_pages += st.pages
+            stats.state_bytes += st.nbytes
+        if stats.plan is not None:
+            for name, ts in stats.targets.items():
+                ts.hot = stats.plan.hot.get(name, NO_THRESHOLD)
+                ts.cold = stats.plan.cold.get(name, NO_THRESHOLD)
+
+    def close(self) -> None:
+        for key in list(self.units):
+            self._drop(key)
+        closer = getattr(self.reader, "close_all", None)
+        if closer is not None:
+            closer()
+
+
+def _close(reader, pid: int) -> None:
+    close = getattr(reader, "close", None)
+    if close is not None:
+        try:
+            close(pid)
+        except OSError:
+            pass
+
+
+class Daemon:
+    """The interval loop around an Engine, with stop and reload events."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        loader: Callable[[str], object] | None = None,
+        observers: Sequence[Observer] = (),
+        stop: threading.Event | None = None,
+        reload: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if loader is None:
+            from tierd.policy import load_policy
+
+            loader = load_policy
+        self.engine = engine
+        self.loader = loader
+        self.observers = list(observers)
+        self.stop = stop if stop is not None else threading.Event()
+        self.reload_requested = reload if reload is not None else threading.Event()
+        self.clock = clock
+        engine.should_stop = self.stop.is_set
+        engine.executor.should_stop = self.stop.is_set
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: stop after the current batch; SIGHUP: reload at the next tick."""
+        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+
+    def _notify(self, method: str, *args) -> None:
+        for obs in self.observers:
+            try:
+                getattr(obs, method)(*args)
+            except Exception:  # an observer (metrics, notify) must not stop the daemon
+                log.exception("observer %s.%s failed", type(obs).__name__, method)
+
+    def reload(self) -> bool:
+        """Re-read the policy file; swap it in whole, or keep the old one on any error."""
+        self._notify("on_reloading")
+        source = self.engine.policy.source
+        try:
+            policy = self.loader(source)
+            self.engine.set_policy(policy)
+        except Exception as e:  # PolicyError (FILE:LINE: KEY: msg), OSError, ValueError ...
+            log.error("reload of %s failed, keeping the current policy: %s", source, e)
+            self._notify("on_reloaded", self.engine.policy, e)
+            return False
+        log.info("reloaded policy from %s", source)
+        self._notify("on_reloaded", policy, None)
+        return True
+
+    def tick(self) -> IntervalStats | None:
+        """One interval; an unexpected error is logged and the daemon carries on."""
+        if self.reload_requested.is_set():
+            self.reload_requested.clear()
+            self.reload()
+        try:
+            stats = self.engine.step()
+        except Exception:
+            log.exception("interval %d failed", self.engine.seq)
+            return None
+        self._notify("on_interval", stats)
+        return stats
+
+    def run(self, max_intervals: int | None = None) -> None:
+        """Sample now, then every policy interval until ``stop`` is set."""
+        self._notify("on_ready", self.engine)
+        done = 0
+        due = self.clock()
+        try:
+            while True:
+                self.tick()
+                done += 1
+                if max_intervals is not None and done >= max_intervals:
+                    break
+                due += self.engine.policy.interval
+                if self.stop.wait(max(0.0, due - self.clock())):
+                    break
+                if due < self.clock() - self.engine.policy.interval:
+                    due = self.clock()  # fell behind (a slow interval): do not burst
+        finally:
+            self._notify("on_stopping")
+            self.engine.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# tierd run
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Run the tiering daemon: every interval, sample the target processes' page accesses, "
+        "keep the hottest pages on the fast memory nodes and demote cold ones, within the "
+        "policy's watermarks and migration rate.  SIGHUP reloads the policy file, SIGTERM "
+        "stops after the current move_pages batch."
+    )
+    parser.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
+                        help=f"policy file (default {DEFAULT_CONFIG})")
+    parser.add_argument("--intervals", type=int, default=None, metavar="N",
+                        help="stop after N intervals (default: run until signalled)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="logging threshold (default INFO: one line per interval)")
+
+
+def setup_logging(level: str) -> None:
+    """Plain lines on stderr (journald adds the timestamps) unless logging is set up already."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=getattr(logging, level), format="%(levelname)s %(message)s")
+    else:
+        root.setLevel(getattr(logging, level))
+
+
+def main(args: argparse.Namespace, *, kernel=None, observers: Sequence[Observer] = ()) -> int:
+    """``tierd run``: the composition root.  Returns the exit code (tierd.cli's codes)."""
+    from tierd.linux import FeatureMissing
+    from tierd.policy import PolicyError, load_policy
+
+    setup_logging(getattr(args, "log_level", "INFO"))
+    try:
+        policy = load_policy(args.config)
+    except PolicyError as e:
+        log.error("%s", e)
+        return 2
+    except OSError as e:
+        log.error("cannot read %s: %s", args.config, e.strerror or e)
+        return 2
+    if kernel is None:
+        from tierd.linux import Kernel
+
+        kernel = Kernel()
+    try:
+        engine = Engine(kernel, policy)
+        engine.kernel.topology().classify(policy.fast_nodes, policy.slow_nodes)
+    except FeatureMissing as e:
+        log.error("%s", e)
+        return 1
+    except ValueError as e:  # the policy's node lists do not fit this machine
+        log.error("%s: %s", policy.source, e)
+        return 2
+    daemon = Daemon(engine, loader=load_policy, observers=[LogObserver(), *observers])
+    daemon.install_signal_handlers()
+    log.info("tierd running: policy %s, %d target(s), interval %gs, tracking %s",
+             policy.source, len(policy.targets), policy.interval, engine.reader.name)
+    daemon.run(max_intervals=getattr(args, "intervals", None))
+    log.info("tierd stopped")
+    return 0

@@ -1,0 +1,171 @@
+"""Runs move_pages(2) for a plan: batches sized to keep each call short, status accounting.
+
+One move_pages call migrates its pages while the target's threads that touch them wait, so
+calls are kept to about ``call_seconds`` (20 ms): the batch starts at the policy's
+migration.batch and halves after a slower call, growing back after fast ones.  Between
+batches the stop event is checked, so SIGTERM ends the interval after the current batch.
+
+Per-page status (docs/design.md, "move_pages contract"): >= 0 is the node the page is on
+after the call; negative is -errno.  ``tally`` sorts them into the counters operators see:
+
+=========  ====================================================================
+moved      on the requested node after the call (the kernel reports a page that
+           was already there the same way: it cannot be told apart)
+elsewhere  on another node (the page moved under us, or the kernel left it)
+busy       EBUSY (page locked, under writeback, pinned): retried after backoff
+absent     ENOENT/EFAULT: not present (swapped out, unmapped, zero page)
+nomem      ENOMEM: the destination node is full
+denied     EACCES/EPERM: shared with other processes (MPOL_MF_MOVE moves only
+           pages mapped once) or not permitted
+other      any other errno
+=========  ====================================================================
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+NOT_TRIED = np.int32(-(1 << 30))  # status of pages skipped because the daemon is stopping
+MIN_BATCH = 16
+CALL_SECONDS = 0.020
+QUERY_BATCH_FACTOR = 16  # a query copies nothing: batches can be this much longer
+
+_ABSENT = (errno.ENOENT, errno.EFAULT)
+_DENIED = (errno.EACCES, errno.EPERM)
+
+
+@dataclass
+class MoveCounts:
+    """Pages by outcome, plus the calls made; added up over an interval."""
+
+    moved: int = 0
+    elsewhere: int = 0
+    busy: int = 0
+    absent: int = 0
+    nomem: int = 0
+    denied: int = 0
+    other: int = 0
+    queried: int = 0  # pages whose node was asked for
+    learned: int = 0  # ... and is now known
+    not_tried: int = 0
+    calls: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: MoveCounts) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    @property
+    def failed(self) -> int:
+        return self.busy + self.absent + self.nomem + self.denied + self.other
+
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def outcome_masks(status: np.ndarray, dest: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Boolean masks per outcome for a move (dest given) or a query (dest None)."""
+    s = np.asarray(status, dtype=np.int64)
+    ok = s >= 0
+    tried = s != NOT_TRIED
+    masks = {
+        "ok": ok,
+        "absent": (s == -_ABSENT[0]) | (s == -_ABSENT[1]),
+        "busy": s == -errno.EBUSY,
+        "nomem": s == -errno.ENOMEM,
+        "denied": (s == -_DENIED[0]) | (s == -_DENIED[1]),
+        "not_tried": ~tried,
+    }
+    masks["other"] = tried & ~ok & ~masks["absent"] & ~masks["busy"] & ~masks["nomem"] & ~masks["denied"]
+    if dest is not None:
+        d = np.broadcast_to(np.asarray(dest, dtype=np.int64), s.shape)
+        masks["moved"] = ok & (s == d)
+        masks["elsewhere"] = ok & (s != d)
+    return masks
+
+
+def tally(status: np.ndarray, dest: np.ndarray | None) -> MoveCounts:
+    """Counters for one batch of statuses (see the module docstring)."""
+    m = outcome_masks(status, dest)
+    c = MoveCounts(
+        busy=int(m["busy"].sum()), absent=int(m["absent"].sum()), nomem=int(m["nomem"].sum()),
+        denied=int(m["denied"].sum()), other=int(m["other"].sum()),
+        not_tried=int(m["not_tried"].sum()),
+    )
+    if dest is None:
+        c.queried = int((~m["not_tried"]).sum())
+        c.learned = int(m["ok"].sum())
+    else:
+        c.moved = int(m["moved"].sum())
+        c.elsewhere = int(m["elsewhere"].sum())
+    return c
+
+
+class Executor:
+    """move_pages through a Kernel (or the simulator's fake), in adaptive batches.
+
+    ``should_stop`` is polled between batches; ``clock`` times the calls (injectable, so tests
+    get the same batches on a loaded machine)."""
+
+    def __init__(
+        self,
+        kernel,
+        batch_pages: int,
+        *,
+        should_stop: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.monotonic,
+        call_seconds: float = CALL_SECONDS,
+    ) -> None:
+        self.kernel = kernel
+        self.should_stop = should_stop
+        self.clock = clock
+        self.call_seconds = call_seconds
+        self.set_batch(batch_pages)
+
+    def set_batch(self, batch_pages: int) -> None:
+        self.max_batch = max(MIN_BATCH, int(batch_pages))
+        self.batch = {"move": self.max_batch, "query": self.max_batch * QUERY_BATCH_FACTOR}
+
+    def move(self, pid: int, addrs: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, MoveCounts]:
+        """Move pages (uint64 addresses) to ``nodes`` (int32 per page).  Returns (status,
+        counts); pages not reached before a stop have status NOT_TRIED."""
+        return self._run("move", pid, addrs, np.ascontiguousarray(nodes, dtype=np.int32))
+
+    def query(self, pid: int, addrs: np.ndarray) -> tuple[np.ndarray, MoveCounts]:
+        """Ask which node each page is on."""
+        return self._run("query", pid, addrs, None)
+
+    def _run(self, kind: str, pid: int, addrs: np.ndarray, nodes: np.ndarray | None):
+        addrs = np.ascontiguousarray(addrs, dtype=np.uint64)
+        n = addrs.size
+        status = np.full(n, NOT_TRIED, dtype=np.int32)
+        counts = MoveCounts()
+        cap = self.max_batch * (QUERY_BATCH_FACTOR if kind == "query" else 1)
+        lo = 0
+        while lo < n:
+            if self.should_stop():
+                break
+            size = min(self.batch[kind], n - lo)
+            t0 = self.clock()
+            st = self.kernel.move_pages(
+                pid, addrs[lo: lo + size], None if nodes is None else nodes[lo: lo + size],
+                batch=size,
+            )
+            dt = self.clock() - t0
+            status[lo: lo + size] = st
+            counts.calls += 1
+            counts.seconds += dt
+            lo += size
+            # keep each call near call_seconds: halve after a slow one, grow after fast ones
+            if dt > self.call_seconds and self.batch[kind] > MIN_BATCH:
+                self.batch[kind] = max(MIN_BATCH, self.batch[kind] // 2)
+            elif dt < self.call_seconds / 4 and self.batch[kind] < cap:
+                self.batch[kind] = min(cap, self.batch[kind] * 2)
+        c = tally(status, nodes)
+        c.calls, c.seconds = counts.calls, counts.seconds
+        return status, c

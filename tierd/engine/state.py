@@ -1,0 +1,657 @@
+"""Per-process packed page state: access history, known NUMA node, presence, retry backoff.
+
+Everything is a numpy array indexed by page of the process's *tracked address space*: its
+extents (VMAs rounded out to 64-page words and merged, docs/design.md "Page addressing")
+laid end to end, so flat page p lives in word p // 64, bit p % 64 of every plane.  Per page:
+
+==================  ========================================  ===========================
+history             ``window`` bit-planes, a ring (newest at     window / 8 bytes (1 at 8)
+                    ``head``); bit = accessed in that sample
+node                one bit-plane per NUMA node: page is on it   nodes / 8 bytes
+                    (no bit: not known yet)
+present             two bit-planes (this sample, the last)       2 / 8 bytes
+backoff             one bit-plane: a move failed, wait           1 / 8 bytes
+==================  ========================================  ===========================
+
+With the default window of 8 and two nodes that is 1.625 bytes per page (window 16 and four
+nodes: 2.875), plus per-chunk counters and a sparse retry table (vpn, failures, retry-at) for
+pages whose moves failed.  One bit-plane per node rather than an int8 node array because the
+histograms are computed 64 pages at a time: "pages on node n" must be a mask, and deriving it
+from bytes each sample would cost a byte operation per page.
+
+Invariants the histogram arithmetic relies on (hotness.py): history bits and node bits are
+zero for pages that are not present.  A page that disappears loses its history and node; one
+that (re)appears starts fresh, and the accessed bit of its first sample is ignored (it says
+"accessed at some point", not "since the last sample": the page_idle reader reports every
+page as accessed on its first sample).
+
+Hot path work is done per chunk of ``chunk_words`` words so the temporaries stay in cache; a
+chunk without any access in the whole window takes a shortcut (all its pages are at hotness
+0).  Per chunk, the state keeps the histogram of each class (node, or unknown) so that
+selecting "the N hottest pages on the slow node" visits only chunks that have some.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from tierd.engine.hotness import LEVELS, MOEBIUS, HistogramKernel, hotness_reference
+
+PAGE_SHIFT = 12
+PAGES_PER_WORD = 64
+CHUNK_WORDS = 8192  # 512Ki pages = 2 GiB of address space per chunk
+BACKOFF_MAX_DOUBLINGS = 8  # retry_after * 2**8 intervals at most
+
+_ONE = np.uint64(1)
+_MOEBIUS_T = np.ascontiguousarray(MOEBIUS.T)
+
+
+class Extents:
+    """A tracked address space: word ranges (word w = vpn 64w .. 64w+63), ascending, disjoint.
+
+    ``offset[i]`` is the flat word index where extent i starts; flat page p maps to vpn
+    ``64 * word_start[i] + (p - 64 * offset[i])`` for the extent i containing it.
+    """
+
+    __slots__ = ("word_start", "nwords", "offset")
+
+    def __init__(self, word_start, nwords) -> None:
+        self.word_start = np.asarray(word_start, dtype=np.int64).ravel()
+        self.nwords = np.asarray(nwords, dtype=np.int64).ravel()
+        if self.word_start.shape != self.nwords.shape:
+            raise ValueError("word_start and nwords differ in length")
+        if self.word_start.size and (
+            np.any(self.nwords <= 0)
+            or np.any(self.word_start[1:] < self.word_start[:-1] + self.nwords[:-1])
+        ):
+            raise ValueError("extents must be ascending, disjoint and non-empty")
+        self.offset = np.zeros(self.word_start.size + 1, dtype=np.int64)
+        np.cumsum(self.nwords, out=self.offset[1:])
+
+    @classmethod
+    def from_vmas(cls, vmas: Iterable) -> Extents:
+        """Extents of the mappings tierd can track: not the kernel's special mappings
+        ([vdso], [vsyscall]...) and not PROT_NONE reservations (guard pages, reserved heaps:
+        never present, but possibly huge)."""
+        from tierd.linux.tracking import extents
+
+        keep = [v for v in vmas if not _special(v) and v.perms[:3] != "---" and v.end > v.start]
+        ws, nw = extents([v.start for v in keep], [v.end for v in keep])
+        return cls(ws, nw)
+
+    @property
+    def words(self) -> int:
+        return int(self.offset[-1])
+
+    @property
+    def pages(self) -> int:
+        return self.words * PAGES_PER_WORD
+
+    def __len__(self) -> int:
+        return int(self.word_start.size)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Extents)
+            and np.array_equal(self.word_start, other.word_start)
+            and np.array_equal(self.nwords, other.nwords)
+        )
+
+    def __repr__(self) -> str:
+        spans = ", ".join(f"{int(s) * 64:#x}+{int(n) * 64}p" for s, n in zip(self.word_start, self.nwords))
+        return f"Extents({spans})"
+
+    def vpn_of(self, flat_pages: np.ndarray) -> np.ndarray:
+        """Flat page indices -> virtual page numbers (uint64)."""
+        p = np.asarray(flat_pages, dtype=np.int64)
+        i = np.searchsorted(self.offset, p // PAGES_PER_WORD, side="right") - 1
+        return (p + (self.word_start[i] - self.offset[i]) * PAGES_PER_WORD).astype(np.uint64)
+
+    def flat_of(self, vpns: np.ndarray) -> np.ndarray:
+        """Virtual page numbers -> flat page indices (int64), -1 where not tracked."""
+        v = np.asarray(vpns, dtype=np.int64)
+        if not self.word_start.size:
+            return np.full(v.shape, -1, dtype=np.int64)
+        w = v // PAGES_PER_WORD
+        i = np.maximum(np.searchsorted(self.word_start, w, side="right") - 1, 0)
+        inside = (w >= self.word_start[i]) & (w < self.word_start[i] + self.nwords[i])
+        flat = v + (self.offset[i] - self.word_start[i]) * PAGES_PER_WORD
+        return np.where(inside, flat, -1)
+
+
+def _special(vma) -> bool:
+    special = getattr(vma, "special", None)
+    if special is not None:
+        return bool(special)
+    return getattr(vma, "path", "") in ("[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]")
+
+
+def page_bits(pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat page indices -> (unique word indices, OR-ed bit masks), for scattering into a
+    plane without per-page Python work."""
+    p = np.sort(np.asarray(pages, dtype=np.int64))
+    if p.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint64)
+    words = p >> 6
+    bits = np.left_shift(_ONE, (p & 63).astype(np.uint64))
+    starts = np.flatnonzero(np.concatenate(([True], words[1:] != words[:-1])))
+    # OR, not add: a page listed twice sets its bit once
+    return words[starts], np.bitwise_or.reduceat(bits, starts)
+
+
+def unique_sorted(a: np.ndarray) -> np.ndarray:
+    """np.unique for int64 by sorting (numpy's hash-based unique is slow on large arrays)."""
+    a = np.sort(np.asarray(a, dtype=np.int64))
+    if a.size < 2:
+        return a
+    return a[np.concatenate(([True], a[1:] != a[:-1]))]
+
+
+def test_bits(plane: np.ndarray, pages: np.ndarray) -> np.ndarray:
+    """bool per flat page: its bit in ``plane``."""
+    p = np.asarray(pages, dtype=np.int64)
+    return ((plane[p >> 6] >> (p & 63).astype(np.uint64)) & _ONE).astype(bool)
+
+
+def words_to_pages(word_idx: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Set bits of ``masks`` (one uint64 per word in ``word_idx``) -> flat page indices,
+    ascending if word_idx is."""
+    if word_idx.size == 0:
+        return np.zeros(0, np.int64)
+    m = np.ascontiguousarray(masks, dtype="<u8")
+    bits = np.unpackbits(m.view(np.uint8), bitorder="little").reshape(-1, 64)
+    row, col = np.nonzero(bits)
+    return np.asarray(word_idx, dtype=np.int64)[row] * 64 + col
+
+
+def _lowest_bits(x: int, k: int) -> int:
+    """The k lowest set bits of the 64-bit integer x."""
+    out = 0
+    for _ in range(k):
+        low = x & -x
+        out |= low
+        x ^= low
+    return out
+
+
+class PageState:
+    """The packed state of one process (see the module docstring)."""
+
+    def __init__(
+        self,
+        extents: Extents,
+        window: int,
+        node_ids: Sequence[int],
+        chunk_words: int = CHUNK_WORDS,
+    ) -> None:
+        self.extents = extents
+        self.window = int(window)
+        self.node_ids = tuple(int(n) for n in node_ids)
+        self.chunk_words = int(chunk_words)
+        self.samples = 0  # samples committed
+        self.head = 0  # ring row of the newest sample
+        self._cur = 0  # which present plane is the current one
+        self._kernel = HistogramKernel(self.window, self.chunk_words, max(1, len(self.node_ids)))
+        self._alloc(extents.words)
+        # sparse retry table, sorted by vpn
+        self.retry_vpn = np.zeros(0, np.int64)
+        self.retry_fails = np.zeros(0, np.int16)
+        self.retry_until = np.zeros(0, np.int64)
+
+    # -- storage -----------------------------------------------------------------------------
+    def _alloc(self, words: int) -> None:
+        self.hist = np.zeros((self.window, words), dtype=np.uint64)
+        self.nodes = np.zeros((len(self.node_ids), words), dtype=np.uint64)
+        self.present_planes = np.zeros((2, words), dtype=np.uint64)
+        self.backoff = np.zeros(words, dtype=np.uint64)
+        nchunks = -(-words // self.chunk_words)
+        self.chunk_seen = np.full(nchunks, -(1 << 40), dtype=np.int64)  # sample of last access
+        self.chunk_sub = np.zeros((nchunks, len(self.node_ids) + 1, LEVELS), dtype=np.int64)
+        self.chunk_hist = np.zeros_like(self.chunk_sub)
+        self._pop_valid = np.zeros(nchunks, dtype=bool)  # chunk_hist's class sums are current
+
+    @property
+    def words(self) -> int:
+        return self.hist.shape[1]
+
+    @property
+    def pages(self) -> int:
+        return self.words * PAGES_PER_WORD
+
+    @property
+    def nclasses(self) -> int:
+        """Node classes plus one for "node not known"."""
+        return len(self.node_ids) + 1
+
+    @property
+    def unknown(self) -> int:
+        """Class index of pages whose node is not known."""
+        return len(self.node_ids)
+
+    def class_of(self, node: int) -> int:
+        return self.node_ids.index(node) if node >= 0 else self.unknown
+
+    @property
+    def present(self) -> np.ndarray:
+        return self.present_planes[self._cur]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of state held for this process (all arrays, per-page and per-chunk)."""
+        return sum(
+            a.nbytes
+            for a in (
+                self.hist, self.nodes, self.present_planes, self.backoff, self.chunk_seen,
+                self.chunk_sub, self.chunk_hist, self.retry_vpn, self.retry_fails,
+                self.retry_until,
+            )
+        )
+
+    @property
+    def bytes_per_page(self) -> float:
+        return self.nbytes / max(1, self.pages)
+
+    def _chunks(self):
+        c = self.chunk_words
+        for ch, lo in enumerate(range(0, self.words, c)):
+            yield ch, lo, min(lo + c, self.words)
+
+    def history_rows(self) -> list[np.ndarray]:
+        """History planes newest first."""
+        return [self.hist[(self.head - k) % self.window] for k in range(self.window)]
+
+    # -- sampling ----------------------------------------------------------------------------
+    def sample_buffers(self) -> tuple[np.ndarray, np.ndarray]:
+        """(present, accessed) word arrays for the next sample, to be filled over every extent
+        (flat word order) before ``commit``.  ``accessed`` is the oldest history plane, which
+        the new sample replaces."""
+        return self.present_planes[1 - self._cur], self.hist[(self.head + 1) % self.window]
+
+    def commit(self) -> None:
+        """Take in the sample written into ``sample_buffers`` and recompute the histograms."""
+        nxt = 1 - self._cur
+        new_p, old_p = self.present_planes[nxt], self.present_planes[self._cur]
+        self.head = (self.head + 1) % self.window
+        self._cur = nxt
+        self.samples += 1
+        acc_row = self.hist[self.head]
+        rows = self.history_rows()
+        band, bxor = np.bitwise_and, np.bitwise_xor
+        kern = self._kernel
+        nn = len(self.node_ids)
+        scratch = kern.mask
+        # pages per class and chunk as of the last commit, kept current by the move updates:
+        # valid while a chunk's present pages do not change
+        populations = self.chunk_hist.sum(axis=2)
+        for ch, lo, hi in self._chunks():
+            n = hi - lo
+            newc, oldc, acc = new_p[lo:hi], old_p[lo:hi], acc_row[lo:hi]
+            x = scratch[:n]
+            bxor(oldc, newc, x)
+            changed = bool(x.any())
+            band(acc, newc, acc)  # accessed implies present
+            if changed:
+                band(acc, oldc, acc)  # a page's first sample carries no recency
+                band(x, oldc, x)
+                if x.any():
+                    self._forget(lo, x)
+            if acc.any():
+                self.chunk_seen[ch] = self.samples
+            node_rows = self.nodes[:, lo:hi]
+            if changed or not self._pop_valid[ch]:
+                cls_pop = np.empty(nn + 1, dtype=np.int64)
+                total = int(np.bitwise_count(newc).sum(dtype=np.int64))
+                if nn:
+                    cls_pop[:nn] = np.bitwise_count(node_rows).sum(axis=1, dtype=np.int64)
+                cls_pop[nn] = total - cls_pop[:nn].sum()
+                self._pop_valid[ch] = True
+            else:
+                cls_pop = populations[ch]
+            sub = self.chunk_sub[ch]
+            sub.fill(0)
+            if self.samples - self.chunk_seen[ch] >= self.window:
+                # no access in the whole window: every present page has hotness 0
+                sub[:, 0] = cls_pop
+                continue
+            nonzero = np.flatnonzero(cls_pop)
+            if nonzero.size == 0:
+                continue
+            # the biggest class is what is left over: one class fewer to count
+            derived = int(nonzero[np.argmax(cls_pop[nonzero])])
+            computed = [int(c) for c in nonzero if c != derived]
+            masks = [node_rows[c] if c < nn else self._unknown_mask(lo, hi) for c in computed]
+            counts = kern.subset_counts([r[lo:hi] for r in rows], masks)
+            counts[0, 0] = cls_pop.sum()
+            for i, c in enumerate(computed):
+                counts[1 + i, 0] = cls_pop[c]
+                sub[c] = counts[1 + i]
+            sub[derived] = counts[0] - counts[1:].sum(axis=0)
+        np.matmul(self.chunk_sub, _MOEBIUS_T, out=self.chunk_hist)
+
+    def _forget(self, lo: int, gone: np.ndarray) -> None:
+        """Pages that are no longer present lose their history and node."""
+        idx = np.flatnonzero(gone)
+        keep = ~gone[idx]
+        cols = lo + idx
+        self.hist[:, cols] &= keep
+        if len(self.node_ids):
+            self.nodes[:, cols] &= keep
+
+    def _unknown_mask(self, lo: int, hi: int) -> np.ndarray:
+        m = np.array(self.present[lo:hi])
+        if len(self.node_ids):
+            known = np.bitwise_or.reduce(self.nodes[:, lo:hi], axis=0)
+            m &= ~known
+        return m
+
+    def class_mask(self, cls: int, lo: int, hi: int) -> np.ndarray:
+        """Pages of class ``cls`` in words lo..hi (a view for nodes, a new array for unknown)."""
+        if cls < len(self.node_ids):
+            return self.nodes[cls, lo:hi]
+        return self._unknown_mask(lo, hi)
+
+    # -- reading the model -------------------------------------------------------------------
+    def histograms(self) -> np.ndarray:
+        """[nclasses, 16] page counts by class (node_ids order, then unknown) and hotness."""
+        return self.chunk_hist.sum(axis=0)
+
+    def hotness(self, pages: np.ndarray) -> np.ndarray:
+        """Hotness of individual flat pages (uint8), by the reference formula (sparse use)."""
+        p = np.asarray(pages, dtype=np.int64)
+        bits = np.stack([test_bits(r, p) for r in self.history_rows()])
+        return hotness_reference(bits, self.window)
+
+    def node_of(self, pages: np.ndarray) -> np.ndarray:
+        """Known node per flat page (int8-like int16 array), -1 where unknown or absent."""
+        p = np.asarray(pages, dtype=np.int64)
+        out = np.full(p.shape, -1, dtype=np.int16)
+        for i, nid in enumerate(self.node_ids):
+            out[test_bits(self.nodes[i], p)] = nid
+        return out
+
+    # -- selection ---------------------------------------------------------------------------
+    def select(self, requests: Sequence[tuple[int, int, int]]) -> list[np.ndarray]:
+        """For each (class, level, count): up to ``count`` flat pages of that class at exactly
+        that hotness, not in backoff, lowest addresses first.  Requests for the same
+        (class, level) get disjoint pages, in request order."""
+        want: dict[tuple[int, int], int] = {}
+        for cls, level, count in requests:
+            if count > 0:
+                want[(cls, level)] = want.get((cls, level), 0) + int(count)
+        got: dict[tuple[int, int], list[np.ndarray]] = {k: [] for k in want}
+        if want:
+            self._select(want, got)
+        pools = {k: (np.concatenate(v) if v else np.zeros(0, np.int64)) for k, v in got.items()}
+        used = {k: 0 for k in pools}
+        out = []
+        for cls, level, count in requests:
+            k = (cls, level)
+            if count <= 0 or k not in pools:
+                out.append(np.zeros(0, np.int64))
+                continue
+            a = pools[k][used[k]: used[k] + int(count)]
+            used[k] += a.size
+            out.append(a)
+        return out
+
+    def _select(self, want: dict, got: dict) -> None:
+        keys = list(want)
+        need = np.array([want[k] for k in keys], dtype=np.int64)
+        cls_idx = np.array([k[0] for k in keys])
+        lvl_idx = np.array([k[1] for k in keys])
+        avail = self.chunk_hist[:, cls_idx, lvl_idx]  # [nchunks, nkeys]
+        rows = None
+        kern = self._kernel
+        for ch in np.flatnonzero((avail > 0).any(axis=1)):
+            live = np.flatnonzero((need > 0) & (avail[ch] > 0))
+            if live.size == 0:
+                if not need.any():
+                    break
+                continue
+            lo = int(ch) * self.chunk_words
+            hi = min(lo + self.chunk_words, self.words)
+            n = hi - lo
+            if rows is None:
+                rows = self.history_rows()
+            planes = kern.hot_planes([r[lo:hi] for r in rows], n)
+            notback = np.bitwise_not(self.backoff[lo:hi])
+            for j in live:
+                base = self.class_mask(int(cls_idx[j]), lo, hi) & notback
+                m = kern.level_mask(planes, int(lvl_idx[j]), base, np.empty(n, np.uint64))
+                pc = np.bitwise_count(m)
+                csum = np.cumsum(pc, dtype=np.int64)
+                total = int(csum[-1]) if n else 0
+                if total == 0:
+                    continue
+                k = int(need[j])
+                if total <= k:
+                    widx = np.flatnonzero(m)
+                    masks = m[widx]
+                    taken = total
+                else:
+                    cut = int(np.searchsorted(csum, k))  # first word where the count reaches k
+                    widx = np.flatnonzero(m[: cut + 1])
+                    masks = m[widx].copy()
+                    before = int(csum[cut - 1]) if cut else 0
+                    masks[-1] = np.uint64(_lowest_bits(int(m[cut]), k - before))
+                    taken = k
+                got[keys[j]].append(words_to_pages(widx + lo, masks))
+                need[j] -= taken
+
+    # -- updates from move_pages -------------------------------------------------------------
+    def set_node(self, pages: np.ndarray, levels, from_cls, node: np.ndarray) -> None:
+        """Record that ``pages`` (flat) are on ``node`` (node id per page, or one id).
+
+        ``levels`` and ``from_cls`` (per page or scalar) are the hotness and class the pages
+        were selected with; they keep the per-chunk histograms current without a recount."""
+        p = np.asarray(pages, dtype=np.int64)
+        if p.size == 0:
+            return
+        node = np.broadcast_to(np.asarray(node, dtype=np.int64), p.shape)
+        levels = np.broadcast_to(np.asarray(levels, dtype=np.int64), p.shape)
+        from_cls = np.broadcast_to(np.asarray(from_cls, dtype=np.int64), p.shape)
+        # class per page through a lookup table over node ids (a handful, small integers;
+        # negative = unknown)
+        lo = min(int(node.min()), 0)
+        present_ids = np.flatnonzero(np.bincount(node - lo)) + lo
+        lut = np.full(int(present_ids.max()) - lo + 1, self.unknown, dtype=np.int64)
+        for nid in present_ids.tolist():
+            lut[nid - lo] = self._class_or_add(nid)
+        to = lut[node - lo]
+        words, masks = page_bits(p)
+        keep = ~masks
+        self.nodes[:, words] &= keep
+        for c in range(len(self.node_ids)):
+            sel = to == c
+            if sel.any():
+                w, m = page_bits(p[sel])
+                self.nodes[c, w] |= m
+        self._recount(p, levels, from_cls, to)
+
+    def mark_absent(self, pages: np.ndarray, levels, from_cls) -> None:
+        """move_pages said these pages are not there (ENOENT/EFAULT): drop them until a sample
+        shows them present again (then they start fresh)."""
+        p = np.asarray(pages, dtype=np.int64)
+        if p.size == 0:
+            return
+        levels = np.broadcast_to(np.asarray(levels, dtype=np.int64), p.shape)
+        from_cls = np.broadcast_to(np.asarray(from_cls, dtype=np.int64), p.shape)
+        words, masks = page_bits(p)
+        keep = ~masks
+        self.present_planes[self._cur, words] &= keep
+        self.hist[:, words] &= keep
+        self.nodes[:, words] &= keep
+        self._recount(p, levels, from_cls, None)
+
+    def _recount(self, p, levels, from_cls, to_cls) -> None:
+        ch = p // (self.chunk_words * PAGES_PER_WORD)
+        flat = self.chunk_hist.reshape(-1)
+        base = ch * (self.nclasses * LEVELS) + levels
+        flat -= np.bincount(base + from_cls * LEVELS, minlength=flat.size)
+        if to_cls is not None:
+            flat += np.bincount(base + to_cls * LEVELS, minlength=flat.size)
+
+    def _class_or_add(self, node: int) -> int:
+        if node < 0:
+            return self.unknown
+        if node not in self.node_ids:
+            self.set_node_ids(self.node_ids + (node,))
+        return self.node_ids.index(node)
+
+    # -- retry backoff -----------------------------------------------------------------------
+    def fail(self, pages: np.ndarray, now: int, retry_after: int) -> None:
+        """Moves of ``pages`` failed at interval ``now``: no retry for retry_after intervals,
+        doubling with each consecutive failure."""
+        p = np.asarray(pages, dtype=np.int64)
+        if p.size == 0:
+            return
+        vpn = unique_sorted(self.extents.vpn_of(p).astype(np.int64))
+        i = np.searchsorted(self.retry_vpn, vpn)
+        if self.retry_vpn.size:
+            hit = self.retry_vpn[np.minimum(i, self.retry_vpn.size - 1)] == vpn
+        else:
+            hit = np.zeros(vpn.shape, bool)
+        fails = np.ones(vpn.shape, np.int16)
+        fails[hit] = self.retry_fails[i[hit]] + 1
+        fails = np.minimum(fails, BACKOFF_MAX_DOUBLINGS + 1)
+        until = now + retry_after * (1 << (fails.astype(np.int64) - 1))
+        self.retry_fails[i[hit]] = fails[hit]
+        self.retry_until[i[hit]] = until[hit]
+        new = ~hit
+        if new.any():
+            vs = np.concatenate((self.retry_vpn, vpn[new]))
+            order = np.argsort(vs, kind="stable")
+            self.retry_vpn = vs[order]
+            self.retry_fails = np.concatenate((self.retry_fails, fails[new]))[order]
+            self.retry_until = np.concatenate((self.retry_until, until[new]))[order]
+        w, m = page_bits(p)
+        self.backoff[w] |= m
+
+    def succeed(self, pages: np.ndarray) -> None:
+        """Moves succeeded: forget their failure history."""
+        if self.retry_vpn.size == 0:
+            return
+        vpn = np.sort(self.extents.vpn_of(np.asarray(pages, dtype=np.int64)).astype(np.int64))
+        if vpn.size == 0:
+            return
+        i = np.minimum(np.searchsorted(vpn, self.retry_vpn), vpn.size - 1)
+        drop = vpn[i] == self.retry_vpn
+        if drop.any():
+            self._drop_retry(drop)
+
+    def expire(self, now: int, retry_after: int) -> None:
+        """Lift the backoff of pages whose wait is over; forget failures that are old (quiet
+        for as long as the last wait)."""
+        if self.retry_vpn.size == 0:
+            return
+        wait = retry_after * (1 << (self.retry_fails.astype(np.int64) - 1))
+        due = self.retry_until <= now
+        if due.any():
+            flat = self.extents.flat_of(self.retry_vpn[due])
+            flat = flat[flat >= 0]
+            w, m = page_bits(flat)
+            self.backoff[w] &= ~m
+        stale = self.retry_until + wait <= now
+        if stale.any():
+            self._drop_retry(stale)
+
+    def _drop_retry(self, drop: np.ndarray) -> None:
+        flat = self.extents.flat_of(self.retry_vpn[drop])
+        flat = flat[flat >= 0]
+        w, m = page_bits(flat)
+        self.backoff[w] &= ~m
+        keep = ~drop
+        self.retry_vpn = self.retry_vpn[keep]
+        self.retry_fails = self.retry_fails[keep]
+        self.retry_until = self.retry_until[keep]
+
+    @property
+    def backoff_pages(self) -> int:
+        return int(np.bitwise_count(self.backoff).sum(dtype=np.int64))
+
+    # -- changes of shape --------------------------------------------------------------------
+    def remap(self, extents: Extents) -> None:
+        """The VMAs changed: keep the state of words that are still tracked, start new words
+        fresh (zeros: not present, no history, node unknown).  Histograms and selection see
+        the new layout after the next ``commit``."""
+        if extents == self.extents:
+            return
+        old = self.extents
+        old_hist, old_nodes, old_pres, old_back = self.hist, self.nodes, self.present_planes, self.backoff
+        self._alloc(extents.words)
+        # overlapping word ranges of old and new extents: a merge over the two sorted lists
+        i = j = 0
+        while i < len(old) and j < len(extents):
+            a0, a1 = int(old.word_start[i]), int(old.word_start[i] + old.nwords[i])
+            b0, b1 = int(extents.word_start[j]), int(extents.word_start[j] + extents.nwords[j])
+            lo, hi = max(a0, b0), min(a1, b1)
+            if lo < hi:
+                src = slice(int(old.offset[i]) + lo - a0, int(old.offset[i]) + hi - a0)
+                dst = slice(int(extents.offset[j]) + lo - b0, int(extents.offset[j]) + hi - b0)
+                self.hist[:, dst] = old_hist[:, src]
+                self.nodes[:, dst] = old_nodes[:, src]
+                self.present_planes[:, dst] = old_pres[:, src]
+                self.backoff[dst] = old_back[src]
+            if a1 <= b1:
+                i += 1
+            else:
+                j += 1
+        self.extents = extents
+        if self.retry_vpn.size:
+            inside = extents.flat_of(self.retry_vpn) >= 0
+            self.retry_vpn = self.retry_vpn[inside]
+            self.retry_fails = self.retry_fails[inside]
+            self.retry_until = self.retry_until[inside]
+        # chunk boundaries moved: treat every chunk as active for a window; the per-chunk
+        # histograms stay empty until the next commit (the engine always commits right after
+        # a remap; recomputing here would double the cost of every mmap)
+        self.chunk_seen.fill(self.samples)
+
+    def _recompute(self) -> None:
+        """Per-chunk histograms from the current planes, without taking a new sample."""
+        rows = self.history_rows()
+        nn = len(self.node_ids)
+        for ch, lo, hi in self._chunks():
+            masks = [self.nodes[c, lo:hi] for c in range(nn)] + [self._unknown_mask(lo, hi)]
+            counts = self._kernel.subset_counts([r[lo:hi] for r in rows], masks)
+            for c, m in enumerate(masks):
+                counts[1 + c, 0] = int(np.bitwise_count(m).sum(dtype=np.int64))
+            self.chunk_sub[ch] = counts[1:]
+        np.matmul(self.chunk_sub, _MOEBIUS_T, out=self.chunk_hist)
+        self._pop_valid[:] = True
+
+    def set_window(self, window: int) -> None:
+        """Change the history length, keeping the newest min(old, new) samples."""
+        window = int(window)
+        if window == self.window:
+            return
+        rows = self.history_rows()
+        keep = min(window, self.window)
+        hist = np.zeros((window, self.words), dtype=np.uint64)
+        # newest at row 0 of the new ring; older samples at rows window-1, window-2 ...
+        for k in range(keep):
+            hist[(-k) % window] = rows[k]
+        self.hist = hist
+        self.head = 0
+        self.window = window
+        self._kernel = HistogramKernel(window, self.chunk_words, max(1, len(self.node_ids)))
+        self._recompute()
+
+    def set_node_ids(self, node_ids: Sequence[int]) -> None:
+        """Follow a topology change: nodes keep their planes, new nodes get empty ones,
+        vanished nodes' pages become unknown."""
+        node_ids = tuple(int(n) for n in node_ids)
+        if node_ids == self.node_ids:
+            return
+        planes = np.zeros((len(node_ids), self.words), dtype=np.uint64)
+        for i, nid in enumerate(node_ids):
+            if nid in self.node_ids:
+                planes[i] = self.nodes[self.node_ids.index(nid)]
+        self.nodes = planes
+        self.node_ids = node_ids
+        self.chunk_sub = np.zeros((self.chunk_seen.size, len(node_ids) + 1, LEVELS), dtype=np.int64)
+        self.chunk_hist = np.zeros_like(self.chunk_sub)
+        self._recompute()
+

@@ -1,0 +1,351 @@
+"""/proc: parsers (text or bytes in, values out) and ProcFS, the reader rooted at a directory.
+
+The parsers never touch the file system, so they are tested on strings; ``ProcFS(root)`` opens
+the files under ``root`` (``/proc`` on a real machine, a fixture tree in unit tests) and maps
+the ways a process can vanish under us (ENOENT on open, ESRCH on read, end-of-file where data
+was due) to ``ProcessGone``.
+
+Formats, as printed by Linux (fs/proc/task_mmu.c, fs/proc/array.c, kernel/cgroup/cgroup.c):
+- maps: ``start-end perms offset major:minor inode   path``; the path is padded to a column
+  and may contain spaces; ``seq_path`` escapes only ``\\n`` (as ``\\012``); a file unlinked
+  while mapped gets the suffix `` (deleted)``; pseudo paths are ``[heap]``, ``[stack]``,
+  ``[vdso]``, ``[vvar]``, ``[vsyscall]``, ``[anon:NAME]`` (5.17, PR_SET_VMA_ANON_NAME) ...
+- status: ``Key:\\tvalue``; memory values carry `` kB`` (which means KiB).
+- cgroup: ``hierarchy-ID:controllers:path``; the cgroup v2 line is ``0::/path``.
+- pagemap: one u64 per virtual page (bit 63 present, 62 swapped, 61 file/shared-anon,
+  56 exclusively mapped, 55 soft-dirty, bits 0-54 PFN) in native byte order; since Linux 4.2
+  the PFN reads as 0 without CAP_SYS_ADMIN (4.0 and 4.1 refused unprivileged readers).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from tierd.linux.errors import ParseError, ProcessGone
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+
+# /proc/PID/pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
+PM_PFN_MASK = np.uint64((1 << 55) - 1)
+PM_SOFT_DIRTY = np.uint64(1 << 55)
+PM_MMAP_EXCLUSIVE = np.uint64(1 << 56)
+PM_FILE = np.uint64(1 << 61)
+PM_SWAP = np.uint64(1 << 62)
+PM_PRESENT = np.uint64(1 << 63)
+PM_ENTRY_BYTES = 8
+
+# Suffix d_path() appends to an unlinked file (fs/d_path.c).
+DELETED_SUFFIX = " (deleted)"
+
+
+@dataclass(frozen=True, slots=True)
+class Vma:
+    """One line of /proc/PID/maps.
+
+    ``path`` is "" for an anonymous mapping and has the `` (deleted)`` suffix removed (then
+    ``deleted`` is True); pseudo paths such as ``[heap]`` are kept as printed.
+    """
+
+    start: int
+    end: int
+    perms: str
+    offset: int
+    dev: str
+    inode: int
+    path: str = ""
+    deleted: bool = False
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    @property
+    def pages(self) -> int:
+        return (self.end - self.start) >> PAGE_SHIFT
+
+    @property
+    def anonymous(self) -> bool:
+        """No file behind it: plain anonymous memory, [heap], [stack] or [anon:NAME]."""
+        return self.inode == 0 and (not self.path or self.path[0] == "[")
+
+    @property
+    def special(self) -> bool:
+        """Kernel-provided mappings tierd never touches ([vdso], [vvar], [vsyscall] ...)."""
+        return self.path in ("[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]", "[uprobes]")
+
+
+def _parse_maps_header(line: str, lineno: int, what: str) -> Vma:
+    fields = line.split(None, 5)
+    if len(fields) < 5:
+        raise ParseError(what, lineno, f"expected at least 5 fields, got {len(fields)}")
+    rng, perms, offset, dev, inode = fields[:5]
+    path = fields[5] if len(fields) > 5 else ""
+    start_s, sep, end_s = rng.partition("-")
+    try:
+        if not sep:
+            raise ValueError("no '-' in the address range")
+        start, end = int(start_s, 16), int(end_s, 16)
+        off = int(offset, 16)
+        ino = int(inode, 10)
+    except ValueError as e:
+        raise ParseError(what, lineno, f"bad number: {e}") from None
+    if start < 0 or end < 0 or off < 0 or ino < 0 or start_s.startswith(("+", "-")):
+        raise ParseError(what, lineno, "negative number")
+    if end < start or end >= 1 << 64:
+        raise ParseError(what, lineno, f"bad address range {rng}")
+    if len(perms) != 4:
+        raise ParseError(what, lineno, f"bad permissions {perms!r}")
+    deleted = path.endswith(DELETED_SUFFIX)
+    if deleted:
+        path = path[: -len(DELETED_SUFFIX)]
+    # seq_path() escapes newlines in file names as \012; undo it so names round-trip.
+    if "\\012" in path:
+        path = path.replace("\\012", "\n")
+    return Vma(start, end, perms, off, dev, ino, path, deleted)
+
+
+def parse_maps(text: str) -> tuple[Vma, ...]:
+    """Parse /proc/PID/maps text.  Raises ParseError on a malformed line."""
+    vmas = []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            vmas.append(_parse_maps_header(line, lineno, "maps"))
+    return tuple(vmas)
+
+
+def parse_smaps(text: str) -> tuple[tuple[Vma, Mapping[str, int]], ...]:
+    """Parse /proc/PID/smaps: each VMA with its counters in bytes (``Rss``, ``Anonymous``...).
+
+    Non-numeric fields (``VmFlags``) are left out.  Raises ParseError on malformed text.
+    """
+    out: list[tuple[Vma, dict[str, int]]] = []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        head = line.split(None, 1)[0]
+        if head.endswith(":"):
+            if not out:
+                raise ParseError("smaps", lineno, "counter before the first mapping")
+            value = _parse_quantity(line[len(head):], lineno, "smaps", strict=False)
+            if value is not None:
+                out[-1][1][head[:-1]] = value
+        else:
+            out.append((_parse_maps_header(line, lineno, "smaps"), {}))
+    return tuple(out)
+
+
+def _parse_quantity(value: str, lineno: int, what: str, strict: bool = True) -> int | None:
+    """'  1234 kB' -> 1263616; '  7' -> 7; anything else -> None (or ParseError if strict)."""
+    parts = value.split()
+    if len(parts) == 2 and parts[1] == "kB" and parts[0].isascii() and parts[0].isdigit():
+        return int(parts[0]) * 1024  # /proc's "kB" is KiB (show_val_kb)
+    if len(parts) == 1 and parts[0].isascii() and parts[0].isdigit():
+        return int(parts[0])
+    if strict:
+        raise ParseError(what, lineno, f"bad quantity {value.strip()!r}")
+    return None
+
+
+# status fields printed in hex or octal (fs/proc/array.c): kept as strings.
+STATUS_NOT_DECIMAL = frozenset({
+    "Umask", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt", "CapInh", "CapPrm", "CapEff",
+    "CapBnd", "CapAmb", "Cpus_allowed", "Mems_allowed",
+})
+
+
+def parse_status(text: str) -> dict[str, int | str]:
+    """Parse /proc/PID/status: ``kB`` values become bytes, decimal integers ints, the rest
+    (hex masks such as CapEff, octal Umask, lists) str."""
+    out: dict[str, int | str] = {}
+    for line in text.split("\n"):
+        key, sep, value = line.partition(":")
+        if not sep or not key:
+            continue
+        if key in STATUS_NOT_DECIMAL:
+            out[key] = value.strip()
+            continue
+        q = _parse_quantity(value, 0, "status", strict=False)
+        out[key] = q if q is not None else value.strip()
+    return out
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """Parse /proc/meminfo (or a nodeN/meminfo with its "Node N " prefix): values in bytes."""
+    out: dict[str, int] = {}
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        key, sep, value = line.partition(":")
+        if not sep:
+            raise ParseError("meminfo", lineno, f"no ':' in {line!r}")
+        words = key.split()
+        if len(words) == 3 and words[0] == "Node":  # "Node 0 MemTotal" (drivers/base/node.c)
+            words = words[2:]
+        if len(words) != 1:
+            raise ParseError("meminfo", lineno, f"bad key {key!r}")
+        out[words[0]] = _parse_quantity(value, lineno, "meminfo")  # type: ignore[assignment]
+    return out
+
+
+def parse_cgroup(text: str) -> str | None:
+    """The cgroup v2 path from /proc/PID/cgroup (the ``0::/path`` line), or None without v2."""
+    for line in text.split("\n"):
+        hid, sep1, rest = line.partition(":")
+        controllers, sep2, path = rest.partition(":")
+        if sep1 and sep2 and hid == "0" and controllers == "":
+            return path
+    return None
+
+
+def parse_cmdline(data: bytes) -> tuple[str, ...]:
+    """argv from /proc/PID/cmdline (NUL-separated, NUL-terminated; empty for kernel threads)."""
+    if not data:
+        return ()
+    if data.endswith(b"\0"):
+        data = data[:-1]
+    return tuple(a.decode("utf-8", "surrogateescape") for a in data.split(b"\0"))
+
+
+def decode_pagemap(entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(present bool[n], pfn uint64[n]) from raw pagemap entries; pfn is 0 where not present
+    (or where the reader lacks CAP_SYS_ADMIN)."""
+    entries = np.asarray(entries, dtype=np.uint64)
+    present = (entries & PM_PRESENT) != 0
+    pfn = np.where(present, entries & PM_PFN_MASK, np.uint64(0))
+    return present, pfn
+
+
+def pread_full(fd: int, length: int, offset: int, chunk: int = 0) -> bytes:
+    """pread until ``length`` bytes or end of file (short result then).
+
+    ``chunk`` > 0 caps each call: sysfs binary attributes move at most PAGE_SIZE per read(2)
+    (fs/kernfs/file.c, kernfs_file_read_iter), so asking for more only returns less.
+    """
+    parts = []
+    done = 0
+    while done < length:
+        want = length - done if chunk <= 0 else min(chunk, length - done)
+        data = os.pread(fd, want, offset + done)
+        if not data:
+            break
+        parts.append(data)
+        done += len(data)
+    return b"".join(parts)
+
+
+class ProcFS:
+    """Reads /proc below ``root``.  Stateless apart from the root; safe to share."""
+
+    def __init__(self, root: str = "/proc") -> None:
+        self.root = root
+
+    def path(self, pid: int | str, name: str = "") -> str:
+        return os.path.join(self.root, str(pid), name) if name else os.path.join(self.root, str(pid))
+
+    def exists(self, pid: int) -> bool:
+        return os.path.isdir(self.path(pid))
+
+    def _gone_or_raise(self, pid: int | str, e: OSError) -> None:
+        """Re-raise ``e`` as ProcessGone if the process is gone, else unchanged."""
+        if e.errno == errno.ESRCH or (
+            e.errno == errno.ENOENT and pid != "self" and not os.path.isdir(self.path(pid))
+        ):
+            raise ProcessGone(os.getpid() if pid == "self" else int(pid), e.strerror or "") from None
+        raise e
+
+    def read_bytes(self, pid: int | str, name: str) -> bytes:
+        try:
+            with open(self.path(pid, name), "rb") as f:
+                return f.read()
+        except OSError as e:
+            self._gone_or_raise(pid, e)
+            raise  # unreachable: keeps type checkers happy
+
+    def read_text(self, pid: int | str, name: str) -> str:
+        return self.read_bytes(pid, name).decode("utf-8", "surrogateescape")
+
+    def open(self, pid: int | str, name: str, flags: int = os.O_RDONLY) -> int:
+        """os.open of /proc/PID/NAME with O_CLOEXEC; ProcessGone if the process is gone."""
+        try:
+            return os.open(self.path(pid, name), flags | os.O_CLOEXEC)
+        except OSError as e:
+            self._gone_or_raise(pid, e)
+            raise
+
+    def pids(self) -> tuple[int, ...]:
+        """All process ids (thread-group leaders), ascending."""
+        return tuple(sorted(int(n) for n in os.listdir(self.root) if n.isascii() and n.isdigit()))
+
+    def maps(self, pid: int | str) -> tuple[Vma, ...]:
+        return parse_maps(self.read_text(pid, "maps"))
+
+    def smaps(self, pid: int | str) -> tuple[tuple[Vma, Mapping[str, int]], ...]:
+        return parse_smaps(self.read_text(pid, "smaps"))
+
+    def status(self, pid: int | str) -> dict[str, int | str]:
+        return parse_status(self.read_text(pid, "status"))
+
+    def comm(self, pid: int | str) -> str:
+        return self.read_text(pid, "comm").rstrip("\n")
+
+    def cmdline(self, pid: int | str) -> tuple[str, ...]:
+        return parse_cmdline(self.read_bytes(pid, "cmdline"))
+
+    def cgroup(self, pid: int | str) -> str | None:
+        return parse_cgroup(self.read_text(pid, "cgroup"))
+
+    def exe(self, pid: int | str) -> str | None:
+        """Resolved /proc/PID/exe, without a " (deleted)" suffix (binary replaced by an
+        upgrade); None for kernel threads, which have no exe.  PermissionError if not allowed."""
+        try:
+            target = os.readlink(self.path(pid, "exe"))
+        except OSError as e:
+            if e.errno == errno.ENOENT and os.path.isdir(self.path(pid)):
+                return None  # kernel thread: the link exists but does not resolve
+            self._gone_or_raise(pid, e)
+            raise
+        return target[: -len(DELETED_SUFFIX)] if target.endswith(DELETED_SUFFIX) else target
+
+    def meminfo(self) -> dict[str, int]:
+        with open(os.path.join(self.root, "meminfo")) as f:
+            return parse_meminfo(f.read())
+
+    def pagemap(self, pid: int | str, vpn: int, npages: int) -> np.ndarray:
+        """Raw pagemap entries (uint64[npages]) for virtual pages vpn .. vpn+npages-1.
+
+        Opens and closes the file each call; readers that sample repeatedly keep their own
+        descriptor (tracking.py).  Pages beyond the task's address space read as 0.
+        """
+        fd = self.open(pid, "pagemap")
+        try:
+            return read_pagemap(fd, pid, vpn, npages)
+        finally:
+            os.close(fd)
+
+
+def read_pagemap(fd: int, pid: int | str, vpn: int, npages: int) -> np.ndarray:
+    """One pread of ``npages`` pagemap entries from an open pagemap ``fd``.
+
+    pagemap_read() returns 0 bytes once the task's mm is gone (exited, or a zombie), but also
+    for offsets beyond the task size; entry 0 (vpn 0, always inside the task) tells them apart.
+    """
+    out = np.zeros(npages, dtype=np.uint64)
+    if npages <= 0:
+        return out
+    try:
+        data = pread_full(fd, npages * PM_ENTRY_BYTES, vpn * PM_ENTRY_BYTES)
+        if not data and not os.pread(fd, PM_ENTRY_BYTES, 0):
+            raise ProcessGone(int(pid), "its address space is gone")
+    except OSError as e:
+        if e.errno == errno.ESRCH:
+            raise ProcessGone(int(pid), e.strerror or "") from None
+        raise
+    n = len(data) // PM_ENTRY_BYTES
+    out[:n] = np.frombuffer(data, dtype=np.uint64, count=n)  # native byte order
+    return out

@@ -1,0 +1,176 @@
+"""The one ctypes module: raw system calls tierd makes (move_pages(2)).
+
+``Syscalls`` binds libc's variadic ``syscall(2)`` once (``CDLL(None, use_errno=True)``: the
+symbols already loaded into the interpreter, with errno captured right after each call) and
+calls it with numpy buffers, so a batch of pages costs one call and no per-page Python work.
+
+move_pages(2) appeared in Linux 2.6.18 (needs CONFIG_NUMA and CONFIG_MIGRATION; without them the
+syscall is sys_ni_syscall and fails with ENOSYS).  Its number is per architecture: 279 on
+x86_64 (arch/x86/entry/syscalls/syscall_64.tbl) and 239 on aarch64, which uses the generic
+table (include/uapi/asm-generic/unistd.h, scripts/syscall.tbl; 235 there is mbind).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import mmap
+import platform
+from collections.abc import Iterator
+from types import MappingProxyType
+
+import numpy as np
+
+from tierd.linux.errors import FeatureMissing, MovePagesError, ProcessGone
+
+# include/uapi/linux/mempolicy.h
+MPOL_MF_MOVE = 1 << 1  # move pages owned by this process only (not shared with others)
+MPOL_MF_MOVE_ALL = 1 << 2  # move every page, shared ones too; needs CAP_SYS_NICE
+
+# __NR_move_pages per platform.machine().
+MOVE_PAGES_NR = MappingProxyType({
+    "x86_64": 279,  # arch/x86/entry/syscalls/syscall_64.tbl
+    "aarch64": 239,  # include/uapi/asm-generic/unistd.h
+    "arm64": 239,
+})
+
+PAGE_SIZE = mmap.PAGESIZE
+
+
+class Syscalls:
+    """System calls through libc's ``syscall()``.
+
+    ``libc`` and ``machine`` can be injected (tests pass a fake libc whose ``syscall`` is a
+    Python function receiving the same integer arguments and setting errno with
+    ``ctypes.set_errno``).
+    """
+
+    def __init__(self, libc=None, machine: str | None = None) -> None:
+        self.machine = machine or platform.machine()
+        self.libc = libc if libc is not None else ctypes.CDLL(None, use_errno=True)
+        fn = self.libc.syscall
+        # long syscall(long number, ...); the arguments below are move_pages's:
+        # (int pid, unsigned long count, void **pages, const int *nodes, int *status, int flags)
+        # Declared explicitly so ctypes passes full 64-bit integers and pointers.
+        fn.argtypes = [
+            ctypes.c_long,
+            ctypes.c_long,
+            ctypes.c_ulong,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_int,
+        ]
+        fn.restype = ctypes.c_long
+        self._syscall = fn
+
+    @property
+    def move_pages_nr(self) -> int:
+        nr = MOVE_PAGES_NR.get(self.machine)
+        if nr is None:
+            raise FeatureMissing(
+                "move_pages",
+                "add it to tierd.linux.syscalls.MOVE_PAGES_NR (x86_64 and aarch64 are known)",
+                what=f"tierd does not know the move_pages syscall number on {self.machine}",
+            )
+        return nr
+
+    def move_pages(
+        self,
+        pid: int,
+        addrs: np.ndarray,
+        nodes: np.ndarray | None = None,
+        flags: int = MPOL_MF_MOVE,
+        batch: int = 4096,
+    ) -> np.ndarray:
+        """move_pages(2) on ``addrs`` (uint64 virtual addresses) of process ``pid`` (0 = self).
+
+        ``nodes`` (int32 per address) moves each page to that node; None only queries.  Calls
+        the kernel once per ``batch`` addresses.  Returns int32 status per address: >= 0 the
+        node the page is on (after the move), < 0 -errno for that page (EBUSY, EACCES, ENOENT,
+        EFAULT, ENOMEM ...).  Whole-call failures: ESRCH -> ProcessGone, EPERM/EACCES ->
+        PermissionError, ENOSYS -> FeatureMissing, others (ENODEV, EINVAL, E2BIG) ->
+        MovePagesError.  A whole-call failure after some batches leaves those moved.
+        """
+        pages = np.ascontiguousarray(addrs, dtype=np.uint64)
+        if pages.ndim != 1:
+            raise ValueError("addrs must be one-dimensional")
+        n = pages.shape[0]
+        status = np.full(n, -errno.ENOENT, dtype=np.int32)
+        if n == 0:
+            return status
+        target = None
+        if nodes is not None:
+            target = np.ascontiguousarray(nodes, dtype=np.int32)
+            if target.shape != pages.shape:
+                raise ValueError(f"nodes has shape {target.shape}, addrs {pages.shape}")
+        if batch <= 0:
+            raise ValueError("batch must be positive")
+        nr = self.move_pages_nr
+        pages_p, status_p = pages.ctypes.data, status.ctypes.data
+        nodes_p = target.ctypes.data if target is not None else None
+        for lo in range(0, n, batch):
+            count = min(batch, n - lo)
+            ctypes.set_errno(0)
+            ret = self._syscall(
+                nr,
+                pid,
+                count,
+                pages_p + 8 * lo,
+                None if nodes_p is None else nodes_p + 4 * lo,
+                status_p + 4 * lo,
+                flags,
+            )
+            if ret < 0:
+                self._raise(ctypes.get_errno(), pid, nodes is not None)
+        return status
+
+    @staticmethod
+    def _raise(err: int, pid: int, moving: bool) -> None:
+        if err == errno.ESRCH:
+            raise ProcessGone(pid, "move_pages: ESRCH")
+        if err in (errno.EPERM, errno.EACCES):
+            why = (
+                "moving another user's pages (or MPOL_MF_MOVE_ALL) needs CAP_SYS_NICE, and "
+                "the caller must be allowed to ptrace the process"
+                if err == errno.EPERM
+                else "a target node is not allowed by the caller's cpuset"
+            )
+            raise PermissionError(err, f"move_pages of pid {pid} refused: {why}")
+        if err == errno.ENOSYS:
+            raise FeatureMissing(
+                "move_pages",
+                "boot a kernel with CONFIG_NUMA=y and CONFIG_MIGRATION=y (Linux >= 2.6.18)",
+                what="the kernel has no move_pages(2) (built without CONFIG_NUMA/CONFIG_MIGRATION)",
+            )
+        detail = "a target node is not online" if err == errno.ENODEV and moving else ""
+        raise MovePagesError(err, detail)
+
+
+def move_pages(
+    pid: int,
+    addrs: np.ndarray,
+    nodes: np.ndarray | None = None,
+    flags: int = MPOL_MF_MOVE,
+    batch: int = 4096,
+) -> np.ndarray:
+    """Convenience wrapper: ``Syscalls().move_pages(...)`` (binds libc on each call; code that
+    calls repeatedly should hold a ``Syscalls`` or use ``Kernel.move_pages``)."""
+    return Syscalls().move_pages(pid, addrs, nodes, flags, batch)
+
+
+@contextlib.contextmanager
+def touched_page() -> Iterator[int]:
+    """An anonymous private page of this process, written once (so it is present), yielding
+    its address.  Used by feature probes that need one page of our own to ask about."""
+    m = mmap.mmap(-1, PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        m[0:1] = b"\x01"
+        c = ctypes.c_char.from_buffer(m)
+        try:
+            yield ctypes.addressof(c)
+        finally:
+            del c  # release the buffer export before closing the mapping
+    finally:
+        m.close()

@@ -1,0 +1,414 @@
+"""Access-tracking readers: which pages of a virtual range were accessed since the last sample.
+
+Both readers implement ``AccessReader`` (docs/design.md, "Access tracking contract"): ranges are
+given in 64-page words (word w = virtual pages 64*w .. 64*w+63, bit j = page 64*w + j) and the
+result is two uint64 bitmaps, ``present`` and ``accessed``.  No per-page Python work: every
+step is a numpy operation over the whole range.
+
+- ``IdleBitmapReader``: /proc/PID/idle_bitmap from tierd's kernel patch (kernel/patches, not
+  upstream).  One pread per range; the kernel walks the page tables once, reports and clears
+  the Accessed bits (file opened O_RDWR) and flushes the TLB.
+- ``PageIdleReader``: the stock interfaces, Linux 4.3+ with CONFIG_IDLE_PAGE_TRACKING (commit
+  33c3fc71c8cf, "mm: introduce idle page tracking"): /proc/PID/pagemap gives the PFN of each
+  present page (CAP_SYS_ADMIN, Linux 4.2+), /sys/kernel/mm/page_idle/bitmap has one bit per
+  PFN: reading it reports "idle since marked" (after harvesting the PTE Accessed bits through
+  rmap), writing 1s marks pages idle.  Large folios carry one idle flag: page_idle_get_folio()
+  returns NULL for tail pages (mm/page_idle.c), so a tail page's bit always reads 0; the tail
+  is mapped to its head PFN using /proc/kpageflags (KPF_COMPOUND_HEAD 15, KPF_COMPOUND_TAIL 16).
+  The first sample of a range reports every present page as accessed (nothing was marked yet).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from tierd.linux.errors import FeatureMissing, ProcessGone
+from tierd.linux.procfs import ProcFS, decode_pagemap, pread_full, read_pagemap
+
+PAGES_PER_WORD = 64
+IDLE_RECORD_BYTES = 16  # idle_bitmap: (present u64 LE, idle u64 LE) per 64 pages
+
+# include/uapi/linux/kernel-page-flags.h
+KPF_LRU = 5
+KPF_COMPOUND_HEAD = 15
+KPF_COMPOUND_TAIL = 16
+KPF_THP = 22
+KPF_ZERO_PAGE = 24
+
+# A tail's head is at the tail's PFN rounded down to the folio size (folios are naturally
+# aligned).  Orders searched: up to 13 covers PMD-sized THP with 4K (9), 16K (11) pages and
+# MAX_PAGE_ORDER (10 by default).
+HEAD_SEARCH_ORDERS = np.arange(1, 14, dtype=np.uint64)
+HEAD_SEARCH_ORDERS.setflags(write=False)  # a constant
+
+# Ranges remembered per pid for the "first sample" rule before the memory is reset.
+SEEN_RANGES_MAX = 4096
+
+# sysfs binary attributes transfer at most PAGE_SIZE per read/write (fs/kernfs/file.c).
+SYSFS_IO_MAX = 4096
+
+
+@runtime_checkable
+class AccessReader(Protocol):
+    """The contract both readers implement (and fakes in tests/simulation)."""
+
+    name: str
+
+    def sample(self, pid: int, word_start: int, nwords: int) -> tuple[np.ndarray, np.ndarray]:
+        """(present, accessed), each uint64[nwords]; accessed implies present; resets the
+        accessed state for the next sample.  Raises ProcessGone if the process exited."""
+        ...
+
+    def close(self, pid: int) -> None:
+        """Forget ``pid``: close its cached file descriptors."""
+        ...
+
+
+def extents(starts, ends) -> tuple[np.ndarray, np.ndarray]:
+    """Tracked extents of a set of VMAs: (word_start int64[m], nwords int64[m]), ascending.
+
+    Each VMA [start, end) (byte addresses) is rounded out to 64-page words; ranges that touch
+    or overlap merge, so every extent is a whole number of words (design.md, Page addressing).
+    """
+    s = np.asarray(starts, dtype=np.uint64).ravel()
+    e = np.asarray(ends, dtype=np.uint64).ravel()
+    if s.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    ws = (s >> np.uint64(18)).astype(np.int64)  # 12 (page) + 6 (64 pages per word)
+    we = ((e + np.uint64((1 << 18) - 1)) >> np.uint64(18)).astype(np.int64)
+    # (e + 2**18-1) would overflow for a VMA ending at 2**64; never the case for user space,
+    # but [vsyscall] ends at 0xffffffffff601000: still fine, the sum stays below 2**64.
+    order = np.argsort(ws, kind="stable")
+    ws, we = ws[order], np.maximum(we[order], ws[order])
+    run_end = np.maximum.accumulate(we)
+    new = np.ones(ws.size, dtype=bool)
+    new[1:] = ws[1:] > run_end[:-1]
+    first = np.flatnonzero(new)
+    last = np.append(first[1:] - 1, ws.size - 1)
+    return ws[first], run_end[last] - ws[first]
+
+
+def unpack_words(words: np.ndarray) -> np.ndarray:
+    """uint64[n] bitmap words -> bool[64*n], index 64*w + j = bit j of word w."""
+    w = np.ascontiguousarray(words, dtype="<u8")
+    return np.unpackbits(w.view(np.uint8), bitorder="little").view(bool)
+
+
+def pack_bits(bits: np.ndarray) -> np.ndarray:
+    """bool[64*n] -> uint64[n] (inverse of unpack_words); len(bits) must be a multiple of 64."""
+    b = np.ascontiguousarray(bits, dtype=bool)
+    if b.size % PAGES_PER_WORD:
+        raise ValueError("bit count must be a multiple of 64")
+    return np.packbits(b, bitorder="little").view("<u8").astype(np.uint64)
+
+
+def popcount(words: np.ndarray) -> int:
+    """Number of set bits in a uint64 array."""
+    w = np.ascontiguousarray(words, dtype=np.uint64)
+    return int(np.unpackbits(w.view(np.uint8)).sum(dtype=np.int64))
+
+
+def _spans(sorted_idx: np.ndarray, gap: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cover sorted unique indices with [lo, hi] spans, merging neighbours closer than gap."""
+    breaks = np.flatnonzero(np.diff(sorted_idx) > gap)
+    lo = sorted_idx[np.append(0, breaks + 1)]
+    hi = sorted_idx[np.append(breaks, sorted_idx.size - 1)]
+    return lo, hi
+
+
+def _is_gone(fd: int, entry: int) -> bool:
+    """A 0-byte read where data was due: gone if entry 0 (vpn 0, inside every task) is empty
+    too.  Both pagemap_read() and the idle_bitmap patch return 0 bytes once the mm is gone.
+    ``entry`` is the file's record size (idle_bitmap refuses reads of other sizes)."""
+    try:
+        return not os.pread(fd, entry, 0)
+    except OSError as e:
+        return e.errno == errno.ESRCH
+
+
+class IdleBitmapReader:
+    """/proc/PID/idle_bitmap (tierd's kernel patch).  Keeps one O_RDWR descriptor per pid."""
+
+    name = "idle_bitmap"
+
+    def __init__(self, proc: str = "/proc", chunk_words: int = 1 << 20) -> None:
+        self.procfs = ProcFS(proc)
+        self.chunk_words = chunk_words  # 16 MiB of records per pread at most
+        self._fds: dict[int, int] = {}
+
+    def _fd(self, pid: int) -> int:
+        fd = self._fds.get(pid)
+        if fd is None:
+            try:
+                # O_RDWR: reads clear the Accessed bits they report (O_RDONLY only peeks).
+                fd = self.procfs.open(pid, "idle_bitmap", os.O_RDWR)
+            except FileNotFoundError:
+                raise FeatureMissing(
+                    "idle_bitmap",
+                    "build and boot the patched kernel: kernel/build.sh applies kernel/patches",
+                    what="/proc/PID/idle_bitmap does not exist (tierd kernel patch, not upstream)",
+                ) from None
+            self._fds[pid] = fd
+        return fd
+
+    def sample(self, pid: int, word_start: int, nwords: int) -> tuple[np.ndarray, np.ndarray]:
+        present = np.zeros(nwords, dtype=np.uint64)
+        idle = np.zeros(nwords, dtype=np.uint64)
+        if nwords <= 0:
+            return present, present.copy()
+        fd = self._fd(pid)
+        for lo in range(0, nwords, self.chunk_words):
+            n = min(self.chunk_words, nwords - lo)
+            try:
+                data = pread_full(fd, IDLE_RECORD_BYTES * n, IDLE_RECORD_BYTES * (word_start + lo))
+            except OSError as e:
+                if e.errno == errno.ESRCH:
+                    self.close(pid)
+                    raise ProcessGone(pid, "idle_bitmap: ESRCH") from None
+                raise
+            if not data and lo == 0 and _is_gone(fd, IDLE_RECORD_BYTES):
+                self.close(pid)
+                raise ProcessGone(pid, "idle_bitmap: end of file")
+            k = len(data) // IDLE_RECORD_BYTES
+            rec = np.frombuffer(data, dtype="<u8", count=2 * k).reshape(k, 2)
+            present[lo : lo + k] = rec[:, 0]
+            idle[lo : lo + k] = rec[:, 1]
+        return present, present & ~idle
+
+    def close(self, pid: int) -> None:
+        fd = self._fds.pop(pid, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close_all(self) -> None:
+        for pid in list(self._fds):
+            self.close(pid)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close_all()
+
+
+class PageIdleReader:
+    """pagemap + /proc/kpageflags + /sys/kernel/mm/page_idle/bitmap (stock kernels).
+
+    Per sample of a range: one pread of pagemap; the kpageflags of the present PFNs (to drop
+    the shared zero page and map THP tail pages to their head); the distinct bitmap words those
+    PFNs fall in, read in spans that merge words less than ``merge_gap_words`` apart; then the
+    same words written back with the bits of exactly these PFNs set, marking them idle for the
+    next sample.  (Writing only our bits rather than whole all-ones words costs the same number
+    of writes, skips the rmap walks for other processes' pages, and keeps two targets that
+    share a bitmap word from resetting each other's pages.)
+    """
+
+    name = "page_idle"
+
+    def __init__(
+        self,
+        proc: str = "/proc",
+        sys: str = "/sys",
+        merge_gap_words: int = 8,
+        merge_gap_pfns: int = 512,
+        chunk_words: int = 1 << 14,
+    ) -> None:
+        self.procfs = ProcFS(proc)
+        self.bitmap_path = os.path.join(sys, "kernel/mm/page_idle/bitmap")
+        self.kpageflags_path = os.path.join(proc, "kpageflags")
+        self.merge_gap_words = merge_gap_words
+        self.merge_gap_pfns = merge_gap_pfns
+        self.chunk_words = chunk_words  # 1M pages = 8 MiB of pagemap per pread at most
+        self._fds: dict[int, int] = {}
+        self._seen: dict[int, set[tuple[int, int]]] = {}
+        self._bitmap_fd: int | None = None
+        self._kpf_fd: int | None = None
+
+    # -- file descriptors ------------------------------------------------------------------
+    def _pagemap_fd(self, pid: int) -> int:
+        fd = self._fds.get(pid)
+        if fd is None:
+            fd = self._fds[pid] = self.procfs.open(pid, "pagemap")
+        return fd
+
+    def _bitmap(self) -> int:
+        if self._bitmap_fd is None:
+            try:
+                self._bitmap_fd = os.open(self.bitmap_path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise FeatureMissing(
+                    "page_idle",
+                    "boot a kernel with CONFIG_IDLE_PAGE_TRACKING=y, or tierd's patched kernel",
+                    what=f"{self.bitmap_path} does not exist (kernel built without "
+                    "CONFIG_IDLE_PAGE_TRACKING, Linux 4.3+)",
+                ) from None
+        return self._bitmap_fd
+
+    def _kpageflags(self) -> int:
+        if self._kpf_fd is None:
+            try:
+                self._kpf_fd = os.open(self.kpageflags_path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise FeatureMissing(
+                    "kpageflags",
+                    "boot a kernel with CONFIG_PROC_PAGE_MONITOR=y",
+                    what=f"{self.kpageflags_path} does not exist (CONFIG_PROC_PAGE_MONITOR)",
+                ) from None
+        return self._kpf_fd
+
+    # -- sparse reads of per-PFN files -------------------------------------------------------
+    def _read_u64(self, fd: int, idx: np.ndarray, gap: int, chunk: int = 0) -> np.ndarray:
+        """u64 entries at sorted unique indices ``idx`` of a file of u64s, read in spans."""
+        out = np.zeros(idx.size, dtype=np.uint64)
+        if idx.size == 0:
+            return out
+        lo, hi = _spans(idx, gap)
+        pos = np.searchsorted(idx, lo)
+        end = np.searchsorted(idx, hi, side="right")
+        for a, b, p, q in zip(lo.tolist(), hi.tolist(), pos.tolist(), end.tolist()):
+            data = pread_full(fd, 8 * (b - a + 1), 8 * a, chunk)
+            span = np.zeros(b - a + 1, dtype=np.uint64)
+            k = len(data) // 8
+            span[:k] = np.frombuffer(data, dtype=np.uint64, count=k)  # native byte order
+            out[p:q] = span[idx[p:q] - a]
+        return out
+
+    def _flags(self, pfns: np.ndarray) -> np.ndarray:
+        """kpageflags of sorted unique PFNs."""
+        return self._read_u64(self._kpageflags(), pfns, self.merge_gap_pfns)
+
+    def _heads(self, tails: np.ndarray) -> np.ndarray:
+        """Head PFN of each tail PFN (vectorized): the first of tail & ~(2**k - 1), k = 1, 2 ..
+        whose kpageflags has COMPOUND_HEAD.  A tail whose head is not found (the folio was
+        split meanwhile) keeps its own PFN."""
+        masks = ~((np.uint64(1) << HEAD_SEARCH_ORDERS) - np.uint64(1))
+        cand = tails[:, None] & masks[None, :]
+        uc = np.unique(cand)
+        flags = self._flags(uc)[np.searchsorted(uc, cand)]
+        is_head = ((flags >> np.uint64(KPF_COMPOUND_HEAD)) & np.uint64(1)).astype(bool)
+        first = np.argmax(is_head, axis=1)
+        found = is_head[np.arange(tails.size), first]
+        return np.where(found, cand[np.arange(tails.size), first], tails)
+
+    # -- the contract -------------------------------------------------------------------------
+    def sample(self, pid: int, word_start: int, nwords: int) -> tuple[np.ndarray, np.ndarray]:
+        present = np.zeros(nwords, dtype=np.uint64)
+        accessed = np.zeros(nwords, dtype=np.uint64)
+        words, masks = [], []
+        for lo in range(0, max(nwords, 0), self.chunk_words):
+            n = min(self.chunk_words, nwords - lo)
+            p, a, w, m = self._sample(pid, word_start + lo, n)
+            present[lo : lo + n], accessed[lo : lo + n] = p, a
+            words.append(w)
+            masks.append(m)
+        if words:
+            # Mark idle once per sample, after every read: chunks can share bitmap words.
+            w = np.concatenate(words)
+            m = np.concatenate(masks)
+            order = np.argsort(w, kind="stable")  # one chunk: already sorted, O(n)
+            w, m = w[order], m[order]
+            uw, first = np.unique(w, return_index=True)
+            if uw.size:
+                self._write_words(self._bitmap(), uw, np.bitwise_or.reduceat(m, first))
+        seen = self._seen.setdefault(pid, set())
+        if len(seen) > SEEN_RANGES_MAX:  # extents drift as VMAs grow: bound the bookkeeping
+            seen.clear()
+        if (word_start, nwords) not in seen:
+            # Nothing was marked idle for this range before: report every present page as
+            # accessed (the contract), whatever stale idle flags the bitmap holds.
+            seen.add((word_start, nwords))
+            accessed = present.copy()
+        return present, accessed
+
+    def _sample(self, pid: int, word_start: int, nwords: int) -> tuple[np.ndarray, ...]:
+        """(present, accessed, bitmap words, our bits in them) of one chunk."""
+        npages = PAGES_PER_WORD * nwords
+        fd = self._pagemap_fd(pid)
+        try:
+            entries = read_pagemap(fd, pid, PAGES_PER_WORD * word_start, npages)
+        except ProcessGone:
+            self.close(pid)
+            raise
+        present, pfn = decode_pagemap(entries)
+        idx = np.flatnonzero(present)
+        pfns = pfn[idx]
+        if idx.size and not pfns.any():
+            raise FeatureMissing(
+                "pagemap_pfn",
+                "run tierd as root (it needs CAP_SYS_ADMIN)",
+                what="/proc/PID/pagemap shows no page frame numbers (hidden without CAP_SYS_ADMIN "
+                "since Linux 4.2)",
+            )
+        upfn, inv = np.unique(pfns, return_inverse=True)
+        flags = self._flags(upfn)
+        # The shared zero page (and huge zero folio) is not this process's memory.
+        real = ((flags >> np.uint64(KPF_ZERO_PAGE)) & np.uint64(1)) == 0
+        head = upfn.copy()
+        tail = (((flags >> np.uint64(KPF_COMPOUND_TAIL)) & np.uint64(1)) != 0) & real
+        if tail.any():
+            head[tail] = self._heads(upfn[tail])
+        # Distinct head PFNs -> distinct bitmap words, and the mask of our bits in each.
+        if tail.any():
+            uh, hinv = np.unique(head[real], return_inverse=True)
+        else:  # no large folios: heads are the (sorted, unique) PFNs themselves
+            uh, hinv = upfn[real], np.arange(int(real.sum()))
+        words = uh >> np.uint64(6)
+        bits = np.uint64(1) << (uh & np.uint64(63))
+        uw, wfirst = np.unique(words, return_index=True)
+        mask = np.add.reduceat(bits, wfirst) if uh.size else np.zeros(0, np.uint64)  # distinct bits
+        bitmap = self._bitmap()
+        idle_words = self._read_u64(bitmap, uw, self.merge_gap_words, SYSFS_IO_MAX)
+        idle_h = (idle_words[np.searchsorted(uw, words)] & bits) != 0
+        # Back to pages: page -> unique pfn -> (real) head -> idle.
+        idle_u = np.zeros(upfn.size, dtype=bool)
+        idle_u[real] = idle_h[hinv]
+        page_present = np.zeros(npages, dtype=bool)
+        page_present[idx] = real[inv]
+        page_accessed = np.zeros(npages, dtype=bool)
+        page_accessed[idx] = real[inv] & ~idle_u[inv]
+        return pack_bits(page_present), pack_bits(page_accessed), uw, mask
+
+    def _write_words(self, fd: int, words: np.ndarray, values: np.ndarray) -> None:
+        """Write ``values`` at bitmap word indices ``words`` (sorted unique), in spans; the
+        gaps inside a span are written as 0, which the kernel ignores (only set bits act)."""
+        if words.size == 0:
+            return
+        lo, hi = _spans(words, self.merge_gap_words)
+        pos = np.searchsorted(words, lo)
+        end = np.searchsorted(words, hi, side="right")
+        for a, b, p, q in zip(lo.tolist(), hi.tolist(), pos.tolist(), end.tolist()):
+            span = np.zeros(b - a + 1, dtype=np.uint64)  # native, like the kernel's u64s
+            span[words[p:q] - a] = values[p:q]
+            buf = span.tobytes()
+            done = 0
+            while done < len(buf):
+                n = os.pwrite(fd, buf[done : done + SYSFS_IO_MAX], 8 * a + done)
+                if n <= 0:
+                    raise OSError(errno.EIO, f"short write to {self.bitmap_path}")
+                done += n
+
+    def close(self, pid: int) -> None:
+        self._seen.pop(pid, None)
+        fd = self._fds.pop(pid, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close_all(self) -> None:
+        for pid in list(self._fds):
+            self.close(pid)
+        self._seen.clear()
+        for attr in ("_bitmap_fd", "_kpf_fd"):
+            fd = getattr(self, attr)
+            if fd is not None:
+                os.close(fd)
+                setattr(self, attr, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close_all()
