@@ -118,7 +118,11 @@ def qemu_command(kernel: Path, machine: Machine, init: str, out: Path,
     return [
         "qemu-system-x86_64",
         # -cpu max: numpy's SIMD dispatch dies with SIGILL on QEMU's default CPU model.
-        "-machine", "q35,hmat=on", "-cpu", "max", "-accel", "tcg",
+        # avx2=off: QEMU 7.2's TCG emulation of AVX2 (new in 7.2) makes numpy's AVX2
+        # argsort (x86-simd-sort) return unsorted orders for 64-bit keys, which breaks
+        # np.unique(return_inverse=True) and everything built on it.  Without AVX2 numpy
+        # falls back to its SSE4.2 baseline, which sorts correctly (tests/vm/guest checks).
+        "-machine", "q35,hmat=on", "-cpu", "max,avx2=off", "-accel", "tcg",
         "-smp", str(m.cpus), "-m", f"{total}M",
         "-object", f"memory-backend-ram,id=m0,size={m.fast}",
         "-object", f"memory-backend-ram,id=m1,size={m.slow}",
