@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from tierd.engine.hotness import LEVELS, hotness_reference, weights  # noqa: E402
+from tierd.engine.hotness import LEVELS, weights  # noqa: E402
 from tierd.engine.state import CHUNK_WORDS, Extents, PageState  # noqa: E402
 from tierd.units import format_size, parse_size  # noqa: E402
 
@@ -160,7 +160,6 @@ def main() -> int:
         print(f"bitsliced {pattern:7s}: min {min(ns):.3f} ns/page, median "
               f"{statistics.median(ns):.3f} ns/page ({min(times) * 1e3:.0f} ms/sample); state "
               f"{st.nbytes / 2**20:.0f} MiB = {st.bytes_per_page:.3f} bytes/page")
-        pat_words = [st.hist[k].copy() for k in range(min(4, args.window))]
         del st
     bpages = int(pages * args.baseline_fraction) // 64 * 64
     rng = np.random.default_rng(args.seed)

@@ -157,6 +157,7 @@ def test_move_own_pages_to_node_0(kernel, buf):
     assert buf.read(pages) == before  # contents survive the move
 
 
+@pytest.mark.rig
 def test_move_own_pages_between_nodes(kernel, buf):
     fast, slow = kernel.topology().classify()
     mem_nodes = list(fast) + list(slow)
@@ -252,12 +253,14 @@ def _reader_roundtrip(reader, buf, kernel) -> None:
     reader.close(pid)
 
 
+@pytest.mark.rig
 def test_page_idle_reader_on_own_pages(kernel, buf):
     if not kernel.features().page_idle.available:
         pytest.skip(f"page_idle: {kernel.features().page_idle.detail}")
     _reader_roundtrip(PageIdleReader(), buf, kernel)
 
 
+@pytest.mark.rig
 def test_idle_bitmap_reader_on_own_pages(kernel, buf):
     if not kernel.features().idle_bitmap.available:
         pytest.skip(f"idle_bitmap: {kernel.features().idle_bitmap.detail}")
@@ -307,6 +310,7 @@ def test_cli_gives_a_plain_answer(cmd):
         assert p.returncode == 1 and "NOT AVAILABLE" in p.stdout and "scan incomplete" in p.stderr
 
 
+@pytest.mark.rig
 @pytest.mark.parametrize("reader_name", ["page_idle", "idle_bitmap"])
 def test_reader_on_transparent_huge_pages(kernel, reader_name):
     """A PMD-mapped THP has one Accessed bit (and page_idle one idle flag, on the head page):

@@ -10,7 +10,6 @@ import signal
 import threading
 
 import numpy as np
-import pytest
 from engine_fakes import GIB, PAGE, FakeKernel, FakeProc
 
 from tierd.engine import daemon as daemon_mod
@@ -146,7 +145,7 @@ def test_absent_page_is_dropped_until_seen_again():
 def test_exiting_target_is_dropped_quietly(caplog):
     k = FakeKernel()
     a = k.add(FakeProc(PID, 64, node=1))
-    b = k.add(FakeProc(PID + 1, 64, base=0x7E00_0000_0000, node=1))
+    k.add(FakeProc(PID + 1, 64, base=0x7E00_0000_0000, node=1))
     eng = make_engine(k, pids=(PID, PID + 1))
     eng.step()
     k.gone_on_sample = PID + 1  # exits while its access bits are read

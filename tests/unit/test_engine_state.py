@@ -130,6 +130,15 @@ def test_moves_keep_chunk_histograms_consistent():
     incremental = st_.chunk_hist.copy()
     st_._recompute()
     assert np.array_equal(incremental, st_.chunk_hist)
+    # next sample with unchanged presence reuses the class populations: still exact
+    present = np.ones(n, bool)
+    present[9] = False
+    feed(st_, present, rng.random(n) < 0.3)
+    st_.set_node(np.array([12]), st_.hotness(np.array([12])), st_.class_of(0), 1)
+    feed(st_, present, rng.random(n) < 0.3)
+    incremental = st_.chunk_hist.copy()
+    st_._recompute()
+    assert np.array_equal(incremental, st_.chunk_hist)
 
 
 def test_remap_keeps_surviving_words_and_starts_new_ones_fresh():

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import psutil
-import pytest
 
 from tierd.engine.targets import PsutilResolver, ProcessRef, StaticResolver, cgroup_matches
 from tierd.linux.procfs import ProcFS

@@ -359,3 +359,12 @@ def test_page_idle_large_range_in_chunks(tmp_path):
         t.access(10000 + vpns[::3])
         _, accessed = r.sample(t.pid, 0, 64)
         assert bits_of(accessed) == vpns[::3].tolist()
+
+
+def test_unique_inverse_matches_numpy():
+    from tierd.linux.tracking import _unique_inverse
+
+    a = np.random.default_rng(3).integers(0, 500, 5000).astype(np.uint64)
+    u, inv = _unique_inverse(a)
+    assert (np.diff(u) > 0).all() and (u[inv] == a).all()
+    assert u.tolist() == np.unique(a).tolist()

@@ -47,6 +47,7 @@ log = logging.getLogger("tierd")
 
 QUERY_FACTOR = 8  # node queries per interval, relative to the migration budget in pages
 QUERY_MIN = 65536  # ... but at least this many (256 MiB of address space)
+SLICE_PAGES = 1 << 20  # pages selected and moved at a time (bounds the temporaries)
 DEFAULT_CONFIG = "/etc/tierd.yaml"
 
 
@@ -300,51 +301,67 @@ class Engine:
         return [UnitCounts(u.ref.key, u.ref.target, u.state.histograms()) for u in units]
 
     def _execute(self, requests: Sequence[Request], stats: IntervalStats, query: bool = False) -> int:
-        """Select the pages for ``requests`` and run move_pages on them, unit by unit.
-        Returns the pages moved (for queries: learned)."""
+        """Select the pages for ``requests`` and run move_pages on them, process by process
+        (in the order of each process's first request), at most SLICE_PAGES pages at a time
+        (bounded memory at any scale).  Returns the pages moved (for queries: learned)."""
         by_unit: dict = {}
         for r in requests:
             by_unit.setdefault(r.unit, []).append(r)
         done = 0
         for key, reqs in by_unit.items():
             unit = self.units.get(key)
-            if unit is None or unit.state is None or self.should_stop():
+            if unit is None or unit.state is None:
                 continue
             st = unit.state
-            sel = st.select([(st.class_of(r.node), r.level, r.count) for r in reqs])
-            sizes = [s.size for s in sel]
-            if not sum(sizes):
-                continue
-            pages = np.concatenate(sel)
-            levels = np.repeat([r.level for r in reqs], sizes)
-            from_cls = np.repeat([st.class_of(r.node) for r in reqs], sizes)
-            addrs = st.extents.vpn_of(pages) << np.uint64(12)
-            try:
-                if query:
-                    status, counts = self.executor.query(unit.ref.pid, addrs)
-                    dest = None
-                else:
-                    dest = np.repeat([r.dest for r in reqs], sizes).astype(np.int32)
-                    status, counts = self.executor.move(unit.ref.pid, addrs, dest)
-            except GONE:
-                self._drop(key)
-                stats.dropped += 1
-                continue
-            except OSError as e:  # PermissionError, MovePagesError: this process, this time
-                log.warning("pid %d (%s): move_pages: %s", unit.ref.pid, unit.ref.target, e)
-                continue
-            (stats.queries if query else stats.moves).add(counts)
-            done += counts.learned if query else counts.moved
-            self._apply(st, pages, levels, from_cls, status, dest)
+            cls = [st.class_of(r.node) for r in reqs]
+            left = [r.count for r in reqs]
+            while any(left) and not self.should_stop():
+                # a selected page leaves its (class, level) when it moves, is learned, fails
+                # (backoff) or is absent, so the next slice finds the next pages
+                sel = st.select([(c, r.level, n) for c, r, n in zip(cls, reqs, left)], limit=SLICE_PAGES)
+                sizes = [p.size for p in sel]
+                if not sum(sizes):
+                    break
+                pages = np.concatenate(sel)
+                addrs = st.extents.vpn_of(pages) << np.uint64(12)
+                try:
+                    if query:
+                        status, counts = self.executor.query(unit.ref.pid, addrs)
+                        dest = None
+                    else:
+                        dest = np.repeat(np.array([r.dest for r in reqs], np.int32), sizes)
+                        status, counts = self.executor.move(unit.ref.pid, addrs, dest)
+                except GONE:
+                    self._drop(key)
+                    stats.dropped += 1
+                    break
+                except OSError as e:  # PermissionError, MovePagesError: this process, this time
+                    log.warning("pid %d (%s): move_pages: %s", unit.ref.pid, unit.ref.target, e)
+                    break
+                (stats.queries if query else stats.moves).add(counts)
+                done += counts.learned if query else counts.moved
+                lo = 0
+                for i, n in enumerate(sizes):
+                    if n:
+                        self._apply(st, sel[i], reqs[i].level, cls[i], status[lo: lo + n],
+                                    None if query else reqs[i].dest)
+                        left[i] -= n
+                        lo += n
+                if counts.not_tried:
+                    break
         return done
 
-    def _apply(self, st: PageState, pages, levels, from_cls, status, dest) -> None:
-        """Fold move_pages results back into the state."""
+    def _apply(self, st: PageState, pages, level: int, cls: int, status, dest) -> None:
+        """Fold move_pages results back into the state (one request: one level and class)."""
+        if dest is not None and (status == dest).all():  # the common case: everything moved
+            st.set_node(pages, level, cls, dest)
+            st.succeed(pages)
+            return
         m = outcome_masks(status, dest)
         ok = m["ok"]
-        st.set_node(pages[ok], levels[ok], from_cls[ok], status[ok])
+        st.set_node(pages[ok], level, cls, status[ok])
         absent = m["absent"]
-        st.mark_absent(pages[absent], levels[absent], from_cls[absent])
+        st.mark_absent(pages[absent], level, cls)
         failed = m["busy"] | m["nomem"] | m["denied"] | m["other"]
         if dest is not None:
             failed |= absent  # do not retry an absent page every interval

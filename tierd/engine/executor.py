@@ -70,7 +70,7 @@ class MoveCounts:
 
 def outcome_masks(status: np.ndarray, dest: np.ndarray | None) -> dict[str, np.ndarray]:
     """Boolean masks per outcome for a move (dest given) or a query (dest None)."""
-    s = np.asarray(status, dtype=np.int64)
+    s = np.asarray(status)
     ok = s >= 0
     tried = s != NOT_TRIED
     masks = {
@@ -83,7 +83,7 @@ def outcome_masks(status: np.ndarray, dest: np.ndarray | None) -> dict[str, np.n
     }
     masks["other"] = tried & ~ok & ~masks["absent"] & ~masks["busy"] & ~masks["nomem"] & ~masks["denied"]
     if dest is not None:
-        d = np.broadcast_to(np.asarray(dest, dtype=np.int64), s.shape)
+        d = np.broadcast_to(np.asarray(dest), s.shape)
         masks["moved"] = ok & (s == d)
         masks["elsewhere"] = ok & (s != d)
     return masks
@@ -91,6 +91,8 @@ def outcome_masks(status: np.ndarray, dest: np.ndarray | None) -> dict[str, np.n
 
 def tally(status: np.ndarray, dest: np.ndarray | None) -> MoveCounts:
     """Counters for one batch of statuses (see the module docstring)."""
+    if dest is not None and np.array_equal(status, dest):  # the common case: all moved
+        return MoveCounts(moved=int(np.size(status)))
     m = outcome_masks(status, dest)
     c = MoveCounts(
         busy=int(m["busy"].sum()), absent=int(m["absent"].sum()), nomem=int(m["nomem"].sum()),

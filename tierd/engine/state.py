@@ -106,6 +106,8 @@ class Extents:
     def vpn_of(self, flat_pages: np.ndarray) -> np.ndarray:
         """Flat page indices -> virtual page numbers (uint64)."""
         p = np.asarray(flat_pages, dtype=np.int64)
+        if self.word_start.size == 1:
+            return (p + int(self.word_start[0]) * PAGES_PER_WORD).astype(np.uint64)
         i = np.searchsorted(self.offset, p // PAGES_PER_WORD, side="right") - 1
         return (p + (self.word_start[i] - self.offset[i]) * PAGES_PER_WORD).astype(np.uint64)
 
@@ -128,17 +130,26 @@ def _special(vma) -> bool:
     return getattr(vma, "path", "") in ("[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]")
 
 
-def page_bits(pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flat page indices -> (unique word indices, OR-ed bit masks), for scattering into a
-    plane without per-page Python work."""
-    p = np.sort(np.asarray(pages, dtype=np.int64))
-    if p.size == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.uint64)
+def _group_bits(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted flat pages -> (distinct words, index of each word's first page, bit per page)."""
     words = p >> 6
     bits = np.left_shift(_ONE, (p & 63).astype(np.uint64))
     starts = np.flatnonzero(np.concatenate(([True], words[1:] != words[:-1])))
+    return words[starts], starts, bits
+
+
+def page_bits(pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat page indices -> (unique word indices, OR-ed bit masks), for scattering into a
+    plane without per-page Python work.  Already sorted input (the usual case: selections
+    come in address order) is not sorted again."""
+    p = np.asarray(pages, dtype=np.int64)
+    if p.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint64)
+    if p.size > 1 and not (p[1:] >= p[:-1]).all():
+        p = np.sort(p)
+    words, starts, bits = _group_bits(p)
     # OR, not add: a page listed twice sets its bit once
-    return words[starts], np.bitwise_or.reduceat(bits, starts)
+    return words, np.bitwise_or.reduceat(bits, starts)
 
 
 def unique_sorted(a: np.ndarray) -> np.ndarray:
@@ -161,9 +172,8 @@ def words_to_pages(word_idx: np.ndarray, masks: np.ndarray) -> np.ndarray:
     if word_idx.size == 0:
         return np.zeros(0, np.int64)
     m = np.ascontiguousarray(masks, dtype="<u8")
-    bits = np.unpackbits(m.view(np.uint8), bitorder="little").reshape(-1, 64)
-    row, col = np.nonzero(bits)
-    return np.asarray(word_idx, dtype=np.int64)[row] * 64 + col
+    f = np.flatnonzero(np.unpackbits(m.view(np.uint8), bitorder="little").view(bool))
+    return np.asarray(word_idx, dtype=np.int64)[f >> 6] * 64 + (f & 63)
 
 
 def _lowest_bits(x: int, k: int) -> int:
@@ -372,17 +382,18 @@ class PageState:
         return out
 
     # -- selection ---------------------------------------------------------------------------
-    def select(self, requests: Sequence[tuple[int, int, int]]) -> list[np.ndarray]:
+    def select(self, requests: Sequence[tuple[int, int, int]], limit: int | None = None) -> list[np.ndarray]:
         """For each (class, level, count): up to ``count`` flat pages of that class at exactly
-        that hotness, not in backoff, lowest addresses first.  Requests for the same
-        (class, level) get disjoint pages, in request order."""
+        that hotness, not in backoff, lowest addresses first; at most ``limit`` pages in all.
+        Requests for the same (class, level) get disjoint pages, in request order.  One pass
+        over the chunks serves every request (hotness planes are computed once per chunk)."""
         want: dict[tuple[int, int], int] = {}
         for cls, level, count in requests:
             if count > 0:
                 want[(cls, level)] = want.get((cls, level), 0) + int(count)
         got: dict[tuple[int, int], list[np.ndarray]] = {k: [] for k in want}
         if want:
-            self._select(want, got)
+            self._select(want, got, (1 << 62) if limit is None else int(limit))
         pools = {k: (np.concatenate(v) if v else np.zeros(0, np.int64)) for k, v in got.items()}
         used = {k: 0 for k in pools}
         out = []
@@ -396,7 +407,7 @@ class PageState:
             out.append(a)
         return out
 
-    def _select(self, want: dict, got: dict) -> None:
+    def _select(self, want: dict, got: dict, limit: int) -> None:
         keys = list(want)
         need = np.array([want[k] for k in keys], dtype=np.int64)
         cls_idx = np.array([k[0] for k in keys])
@@ -405,10 +416,10 @@ class PageState:
         rows = None
         kern = self._kernel
         for ch in np.flatnonzero((avail > 0).any(axis=1)):
+            if limit <= 0 or not need.any():
+                break
             live = np.flatnonzero((need > 0) & (avail[ch] > 0))
             if live.size == 0:
-                if not need.any():
-                    break
                 continue
             lo = int(ch) * self.chunk_words
             hi = min(lo + self.chunk_words, self.words)
@@ -425,7 +436,9 @@ class PageState:
                 total = int(csum[-1]) if n else 0
                 if total == 0:
                     continue
-                k = int(need[j])
+                k = min(int(need[j]), limit)
+                if k <= 0:
+                    break
                 if total <= k:
                     widx = np.flatnonzero(m)
                     masks = m[widx]
@@ -439,59 +452,82 @@ class PageState:
                     taken = k
                 got[keys[j]].append(words_to_pages(widx + lo, masks))
                 need[j] -= taken
+                limit -= taken
 
     # -- updates from move_pages -------------------------------------------------------------
-    def set_node(self, pages: np.ndarray, levels, from_cls, node: np.ndarray) -> None:
-        """Record that ``pages`` (flat) are on ``node`` (node id per page, or one id).
+    def set_node(self, pages: np.ndarray, level, from_cls, node) -> None:
+        """Record that ``pages`` (flat) are on ``node`` (one id, or one per page; -1 unknown).
 
-        ``levels`` and ``from_cls`` (per page or scalar) are the hotness and class the pages
-        were selected with; they keep the per-chunk histograms current without a recount."""
+        ``level`` and ``from_cls`` are the hotness and class the pages were selected with
+        (scalars, or arrays per page); they keep the per-chunk histograms current without a
+        recount."""
         p = np.asarray(pages, dtype=np.int64)
         if p.size == 0:
             return
-        node = np.broadcast_to(np.asarray(node, dtype=np.int64), p.shape)
-        levels = np.broadcast_to(np.asarray(levels, dtype=np.int64), p.shape)
-        from_cls = np.broadcast_to(np.asarray(from_cls, dtype=np.int64), p.shape)
-        # class per page through a lookup table over node ids (a handful, small integers;
-        # negative = unknown)
-        lo = min(int(node.min()), 0)
-        present_ids = np.flatnonzero(np.bincount(node - lo)) + lo
-        lut = np.full(int(present_ids.max()) - lo + 1, self.unknown, dtype=np.int64)
-        for nid in present_ids.tolist():
-            lut[nid - lo] = self._class_or_add(nid)
-        to = lut[node - lo]
-        words, masks = page_bits(p)
-        keep = ~masks
-        self.nodes[:, words] &= keep
-        for c in range(len(self.node_ids)):
-            sel = to == c
-            if sel.any():
-                w, m = page_bits(p[sel])
-                self.nodes[c, w] |= m
-        self._recount(p, levels, from_cls, to)
+        if np.ndim(level) or np.ndim(from_cls):
+            for sel, lv, fc in self._groups(p, level, from_cls):
+                self.set_node(p[sel], lv, fc, node if np.ndim(node) == 0 else np.asarray(node)[sel])
+            return
+        level, from_cls = int(level), int(from_cls)
+        if p.size > 1 and not (p[1:] >= p[:-1]).all():
+            order = np.argsort(p, kind="stable")
+            p = p[order]
+            if np.ndim(node):
+                node = np.asarray(node)[order]
+        words, starts, bits = _group_bits(p)
+        masks = np.bitwise_or.reduceat(bits, starts)
+        if len(self.node_ids):
+            self.nodes[:, words] &= ~masks
+        if np.ndim(node) == 0:
+            to = self._class_or_add(int(node))
+            if to < len(self.node_ids):
+                self.nodes[to, words] |= masks
+            self._recount(p, level, from_cls, to)
+            return
+        node = np.asarray(node, dtype=np.int64)
+        zero = np.uint64(0)
+        for nid in np.flatnonzero(np.bincount(node[node >= 0])).tolist():
+            sel = node == nid
+            to = self._class_or_add(nid)
+            # the same word grouping for every node: pages of other nodes contribute 0 bits
+            self.nodes[to, words] |= np.bitwise_or.reduceat(np.where(sel, bits, zero), starts)
+            self._recount(p[sel], level, from_cls, to)
+        if (node < 0).any():
+            self._recount(p[node < 0], level, from_cls, self.unknown)
 
-    def mark_absent(self, pages: np.ndarray, levels, from_cls) -> None:
+    def mark_absent(self, pages: np.ndarray, level, from_cls) -> None:
         """move_pages said these pages are not there (ENOENT/EFAULT): drop them until a sample
         shows them present again (then they start fresh)."""
         p = np.asarray(pages, dtype=np.int64)
         if p.size == 0:
             return
-        levels = np.broadcast_to(np.asarray(levels, dtype=np.int64), p.shape)
-        from_cls = np.broadcast_to(np.asarray(from_cls, dtype=np.int64), p.shape)
+        if np.ndim(level) or np.ndim(from_cls):
+            for sel, lv, fc in self._groups(p, level, from_cls):
+                self.mark_absent(p[sel], lv, fc)
+            return
         words, masks = page_bits(p)
         keep = ~masks
         self.present_planes[self._cur, words] &= keep
         self.hist[:, words] &= keep
-        self.nodes[:, words] &= keep
-        self._recount(p, levels, from_cls, None)
+        if len(self.node_ids):
+            self.nodes[:, words] &= keep
+        self._recount(p, int(level), int(from_cls), None)
 
-    def _recount(self, p, levels, from_cls, to_cls) -> None:
-        ch = p // (self.chunk_words * PAGES_PER_WORD)
-        flat = self.chunk_hist.reshape(-1)
-        base = ch * (self.nclasses * LEVELS) + levels
-        flat -= np.bincount(base + from_cls * LEVELS, minlength=flat.size)
+    def _groups(self, p, level, from_cls):
+        """(mask, level, class) for each distinct (level, class) pair among the pages."""
+        lv = np.broadcast_to(np.asarray(level, dtype=np.int64), p.shape)
+        fc = np.broadcast_to(np.asarray(from_cls, dtype=np.int64), p.shape)
+        key = fc * LEVELS + lv
+        for k in np.flatnonzero(np.bincount(key)).tolist():
+            yield key == k, k % LEVELS, k // LEVELS
+
+    def _recount(self, p, level: int, from_cls: int, to_cls: int | None) -> None:
+        """Move ``p``'s pages from (from_cls, level) to (to_cls, level) in the per-chunk
+        histograms (to_cls None: they are gone)."""
+        per_chunk = np.bincount(p // (self.chunk_words * PAGES_PER_WORD), minlength=self.chunk_hist.shape[0])
+        self.chunk_hist[:, from_cls, level] -= per_chunk
         if to_cls is not None:
-            flat += np.bincount(base + to_cls * LEVELS, minlength=flat.size)
+            self.chunk_hist[:, to_cls, level] += per_chunk
 
     def _class_or_add(self, node: int) -> int:
         if node < 0:
