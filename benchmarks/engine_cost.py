@@ -9,7 +9,7 @@ the timed samples) and bytes of state per page, measured from the arrays.
 Access patterns (the kernel's side is pre-generated, not timed):
 - dense: 25% of all pages accessed per sample, uniformly scattered, pages spread randomly
   over two nodes: every 64-page word and every chunk is busy.  The worst case.
-- cold75: the same inside 25% of the 1 GiB chunks; the other 75% of the address space is
+- cold75: the same inside 25% of the engine's chunks (4 GiB each); the other 75% of the space is
   not touched during the window (typical of big memory: most of it is cold).
 
 Baseline, measured in the same run on a slice of the same data: the obvious per-page byte

@@ -65,6 +65,9 @@ def test_no_room_demotes_coldest_then_promotes():
         proc.node[proc.vpn(i)] = 0
     eng = make_engine(k)
     eng.step()
+    access(proc, [64, 65, 66, 67])
+    eng.step()
+    assert k.moves() == []  # one access is no evidence: nothing is displaced for it
     k.calls.clear()
     access(proc, [64, 65, 66, 67])
     eng.step()
@@ -366,3 +369,19 @@ def test_run_arguments_parse():
 
 def test_not_tried_status_is_distinct():
     assert NOT_TRIED < -4095  # never a real -errno
+
+
+def test_single_tier_machine_only_observes(caplog):
+    from tierd.linux.sysfs import Node, Topology
+
+    k = FakeKernel()
+    k.topology = lambda: Topology((Node(0, (0,), 4 * GIB, 3 * GIB, (10,), None),))
+    proc = k.add(FakeProc(PID, 64, node=0))
+    eng = make_engine(k)
+    with caplog.at_level(logging.WARNING, logger="tierd"):
+        eng.step()
+        access(proc, [1])
+        stats = eng.step()
+    assert k.calls == [] and stats.plan is None
+    assert caplog.text.count("no slow memory tier") == 1
+    assert stats.targets["app"].hist.sum() == 64

@@ -109,3 +109,17 @@ def test_level_mask(window, level, data):
     m = k.level_mask(planes, level, base, np.empty(2, np.uint64))
     ref = hotness_reference(unpack(hist), window)
     assert np.array_equal(unpack(m), (ref == level) & unpack(base))
+
+
+@settings(max_examples=40, deadline=None)
+@given(window=st.integers(1, 16), levels=st.sets(st.integers(0, 15), min_size=1), data=st.data())
+def test_level_masks_tree_matches_single_masks(window, levels, data):
+    hist = np.array(data.draw(st.lists(st.lists(words64, min_size=3, max_size=3),
+                                       min_size=window, max_size=window)), dtype=np.uint64)
+    base = np.array(data.draw(st.lists(words64, min_size=3, max_size=3)), dtype=np.uint64)
+    k = HistogramKernel(window, chunk_words=4)
+    planes = k.hot_planes(list(hist), 3)
+    got = k.level_masks(planes, levels, base)
+    assert sorted(got) == sorted(levels)
+    for v, m in got.items():
+        assert np.array_equal(m, k.level_mask(planes, v, base, np.empty(3, np.uint64)))

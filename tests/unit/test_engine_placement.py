@@ -91,15 +91,18 @@ def test_share_lowers_and_cap_raises_a_targets_threshold():
 def test_promotes_hottest_first_into_free_room_never_touching_placed_pages():
     u = unit("u", fast={15: 10, 0: 50}, slow={15: 5, 9: 20, 3: 30, 0: 500})
     p = plan([u], NODES, topo(fast_free_pages=40), (0,), (1,), policy(), move_budget=1000)
-    # threshold 1 (65 pages >= 1 fit in 60 + 40): room first, then level-0 fast pages give way
+    # threshold 1 (65 pages >= 1 fit in 60 + 40): room first; the rest of level 3 would have
+    # to displace pages, but 3 is within one access (weight 4): no evidence of reuse
     assert requests(p) == [
         ("u", 1, 15, 5, 0, "promote"),
         ("u", 1, 9, 20, 0, "promote"),
         ("u", 1, 3, 15, 0, "promote"),
-        ("u", 0, 0, 15, 1, "demote"),
-        ("u", 1, 3, 15, 0, "promote"),
     ]
     assert p.hot["a"] == 1 and p.budget == 100
+    u = unit("u", fast={0: 50}, slow={5: 30})  # 5 > 4: two accesses at least
+    p = plan([u], NODES, topo(fast_free_pages=10), (0,), (1,), policy(), move_budget=1000)
+    assert requests(p) == [("u", 1, 5, 10, 0, "promote"), ("u", 0, 0, 20, 1, "demote"),
+                           ("u", 1, 5, 20, 0, "promote")]
 
 
 def test_move_budget_limits_promotions():
@@ -202,6 +205,7 @@ def test_plan_invariants(fast, slow, free, budget, hyst, minhot):
             nxt = p.requests[i + 1]
             assert nxt.reason == "promote" and nxt.count == r.count
             assert nxt.level >= thr and r.level < nxt.level - hyst
+            assert nxt.level > 4  # at least two accesses in the window (weights 4,3,2,...)
 
 
 @pytest.mark.parametrize("share", [None, 0.5])

@@ -1,0 +1,24 @@
+"""tierd's engine: from access bits to move_pages calls, as arithmetic on numpy arrays.
+
+- ``state``: per-process packed page state (history bit-planes, node planes, presence,
+  backoff) over the process's extents, remapped when its VMAs change;
+- ``hotness``: recency-weighted hotness 0..15 by bit-sliced adders, 16-bin histograms;
+- ``placement``: pure policy: fast-tier budget, MEMTIS-style hot threshold, promotion and
+  demotion requests within the migration budget;
+- ``executor``: move_pages in short batches, per-status accounting;
+- ``targets``: policy target selectors -> processes (psutil);
+- ``daemon``: ``Engine`` (one interval), ``Daemon`` (loop, signals, reload), ``tierd run``;
+- ``simulate``: a simulated machine and workloads behind the same Kernel facade,
+  ``tierd simulate``.
+
+The engine reaches the kernel only through a Kernel-like object (docs/design.md).
+"""
+
+from tierd.engine.daemon import Daemon, Engine, IntervalStats, Observer
+from tierd.engine.placement import Plan, Request, UnitCounts, plan, plan_queries
+from tierd.engine.state import Extents, PageState
+
+__all__ = [
+    "Daemon", "Engine", "Extents", "IntervalStats", "Observer", "PageState", "Plan", "Request",
+    "UnitCounts", "plan", "plan_queries",
+]

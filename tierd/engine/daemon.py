@@ -47,7 +47,7 @@ log = logging.getLogger("tierd")
 
 QUERY_FACTOR = 8  # node queries per interval, relative to the migration budget in pages
 QUERY_MIN = 65536  # ... but at least this many (256 MiB of address space)
-SLICE_PAGES = 1 << 20  # pages selected and moved at a time (bounds the temporaries)
+SLICE_PAGES = 1 << 22  # pages selected and moved at a time: ~100 MB of temporaries at most
 DEFAULT_CONFIG = "/etc/tierd.yaml"
 
 
@@ -202,6 +202,8 @@ class Engine:
 
     # -- one interval ------------------------------------------------------------------------
     def step(self) -> IntervalStats:
+        """One interval: topology, targets, a sample of every process, node queries,
+        placement, moves (demotions first).  Never sleeps; the Daemon paces it."""
         pol = self.policy
         self.seq += 1
         stats = IntervalStats(seq=self.seq, started=time.time())
@@ -247,6 +249,7 @@ class Engine:
         stats.move_seconds = stats.moves.seconds + stats.queries.seconds
         stats.engine_seconds = engine_s + (t2 - t1) - stats.move_seconds
         stats.seconds = t2 - t0
+        live = [u for u in live if u.ref.key in self.units]  # minus those that exited meanwhile
         self._fill_stats(stats, live, node_ids, fast)
         return stats
 

@@ -19,7 +19,12 @@ Moves, in priority order, all within one migration budget (rate * interval, in p
    make it, coldest first, but only one that is below its own target's threshold *and* colder
    than the promoted page by more than ``hysteresis`` levels.  So the cold threshold is
    hot - hysteresis (pages below it give way to any hot page), and pages in between give way
-   only to clearly hotter ones: two pages near the boundary cannot swap back and forth;
+   only to clearly hotter ones: two pages near the boundary cannot swap back and forth.
+   And only a page accessed in at least two samples of the window may displace another
+   (its hotness exceeds the largest weight, the most one access can give): one recent
+   access says little, and without this filter the pages of a big cold working set that
+   happen to be touched once take turns on the fast tier, spending the whole migration
+   budget for nothing (the "two references" rule of 2Q and of TPP's active-list check);
 4. fill: free room still left after that goes to the hottest pages below their threshold
    (at least min_hot), without displacing anything.  A threshold cannot split a level, so
    without this step a level that only partly fits would leave the room idle.
@@ -37,7 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tierd.engine.hotness import LEVELS
+from tierd.engine.hotness import LEVELS, weights
 
 PAGE_SIZE = 4096
 NO_THRESHOLD = LEVELS  # "nothing is hot": no page has hotness 16
@@ -297,6 +302,8 @@ def plan(
     headroom = {t: None if t not in caps else caps[t] - sum(
         on_fast[i] - demoted_fast[i] for i, u in enumerate(units) if u.target == t) for t in names}
     hyst = policy.hysteresis
+    window = getattr(policy, "window", 8)
+    single = weights(window)[0] if window > 1 else -1  # most hotness one access can give
     for fill in (False, True):
         for p in range(LEVELS - 1, policy.min_hot - 1, -1):
             for ui, u in enumerate(units):
@@ -316,7 +323,7 @@ def plan(
                                 headroom[u.target] = hr - k
                             c -= k
                             continue
-                        if fill:
+                        if fill or p <= single:
                             break
                         victim = _coldest_victim(ctx, units, fast, hot, p - hyst,
                                                  u.target if hr is not None and hr <= 0 else None)

@@ -25,8 +25,9 @@ that (re)appears starts fresh, and the accessed bit of its first sample is ignor
 "accessed at some point", not "since the last sample": the page_idle reader reports every
 page as accessed on its first sample).
 
-Hot path work is done per chunk of ``chunk_words`` words so the temporaries stay in cache; a
-chunk without any access in the whole window takes a shortcut (all its pages are at hotness
+Hot path work is done per chunk of ``chunk_words`` words: large enough that numpy's per-call
+overhead is small, small enough that the temporaries stay in the caches.  A chunk without
+any access in the whole window takes a shortcut (all its pages are at hotness
 0).  Per chunk, the state keeps the histogram of each class (node, or unknown) so that
 selecting "the N hottest pages on the slow node" visits only chunks that have some.
 """
@@ -41,7 +42,7 @@ from tierd.engine.hotness import LEVELS, MOEBIUS, HistogramKernel, hotness_refer
 
 PAGE_SHIFT = 12
 PAGES_PER_WORD = 64
-CHUNK_WORDS = 8192  # 512Ki pages = 2 GiB of address space per chunk
+CHUNK_WORDS = 16384  # 1Mi pages = 4 GiB of address space per chunk (fewer numpy calls)
 BACKOFF_MAX_DOUBLINGS = 8  # retry_after * 2**8 intervals at most
 
 _ONE = np.uint64(1)
@@ -428,31 +429,35 @@ class PageState:
                 rows = self.history_rows()
             planes = kern.hot_planes([r[lo:hi] for r in rows], n)
             notback = np.bitwise_not(self.backoff[lo:hi])
-            for j in live:
-                base = self.class_mask(int(cls_idx[j]), lo, hi) & notback
-                m = kern.level_mask(planes, int(lvl_idx[j]), base, np.empty(n, np.uint64))
-                pc = np.bitwise_count(m)
-                csum = np.cumsum(pc, dtype=np.int64)
-                total = int(csum[-1]) if n else 0
-                if total == 0:
-                    continue
-                k = min(int(need[j]), limit)
-                if k <= 0:
-                    break
-                if total <= k:
-                    widx = np.flatnonzero(m)
-                    masks = m[widx]
-                    taken = total
-                else:
-                    cut = int(np.searchsorted(csum, k))  # first word where the count reaches k
-                    widx = np.flatnonzero(m[: cut + 1])
-                    masks = m[widx].copy()
-                    before = int(csum[cut - 1]) if cut else 0
-                    masks[-1] = np.uint64(_lowest_bits(int(m[cut]), k - before))
-                    taken = k
-                got[keys[j]].append(words_to_pages(widx + lo, masks))
-                need[j] -= taken
-                limit -= taken
+            by_class: dict[int, list[int]] = {}
+            for j in live.tolist():
+                by_class.setdefault(int(cls_idx[j]), []).append(j)
+            for c, js in by_class.items():
+                base = self.class_mask(c, lo, hi) & notback
+                masks_by_level = kern.level_masks(planes, [lvl_idx[j] for j in js], base)
+                for j in js:
+                    if limit <= 0:
+                        break
+                    m = masks_by_level[int(lvl_idx[j])]
+                    csum = np.cumsum(np.bitwise_count(m), dtype=np.int64)
+                    total = int(csum[-1]) if n else 0
+                    if total == 0:
+                        continue
+                    k = min(int(need[j]), limit)
+                    if total <= k:
+                        widx = np.flatnonzero(m)
+                        masks = m[widx]
+                        taken = total
+                    else:
+                        cut = int(np.searchsorted(csum, k))  # first word where the count reaches k
+                        widx = np.flatnonzero(m[: cut + 1])
+                        masks = m[widx].copy()
+                        before = int(csum[cut - 1]) if cut else 0
+                        masks[-1] = np.uint64(_lowest_bits(int(m[cut]), k - before))
+                        taken = k
+                    got[keys[j]].append(words_to_pages(widx + lo, masks))
+                    need[j] -= taken
+                    limit -= taken
 
     # -- updates from move_pages -------------------------------------------------------------
     def set_node(self, pages: np.ndarray, level, from_cls, node) -> None:
