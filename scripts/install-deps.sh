@@ -33,7 +33,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 stamp="$venv/.installed"
 if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
-	"$venv/bin/pip" install -q --upgrade pip
-	"$venv/bin/pip" install -q -e "$here[test]"
+	echo "install-deps: pip install -e .[test] into $venv (log: $venv/pip.log)"
+	{ "$venv/bin/pip" install --upgrade pip && "$venv/bin/pip" install -e "$here[test]"; } \
+		> "$venv/pip.log" 2>&1 || { tail -30 "$venv/pip.log" >&2; exit 1; }
 	touch "$stamp"
 fi
