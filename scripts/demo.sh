@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tierd's main job, from a fresh Debian 12 machine (as root): installs tierd in .venv, shows
 # what this machine offers (`tierd topology`), samples a live process (`tierd scan`), then
-# runs the policy simulator on a 1 TiB zipf workload with a phase change.
+# runs the policy simulator on a zipf workload with phase changes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh || exit 1
@@ -28,6 +28,6 @@ $tierd scan --pid "$workload" --samples 4 --interval 1
 echo "(tierd scan exited $?)"
 kill "$workload" 2>/dev/null
 
-echo; echo "== tierd simulate: 1 TiB, 256 GiB fast tier, zipf with a phase change"
+echo; echo "== tierd simulate: 16 GiB process, 4 GiB fast tier, zipf, hot set moves every 20"
 $tierd simulate --config etc/tierd.yaml \
-	--workload "size=1TiB,fast=256GiB,dist=zipf:1.1,phase=every:10" --intervals 25
+	--workload "size=16GiB,fast=4GiB,dist=zipf:1.1,phase=every:20" --intervals 40
