@@ -133,6 +133,14 @@ def _spans(sorted_idx: np.ndarray, gap: int) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
+def _open_feature(path: str, flags: int, feature: str, how_to_fix: str, why: str) -> int:
+    """Open a kernel interface file; its absence is a FeatureMissing naming the fix."""
+    try:
+        return os.open(path, flags | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FeatureMissing(feature, how_to_fix, what=f"{path} does not exist ({why})") from None
+
+
 def _is_gone(fd: int, entry: int) -> bool:
     """A 0-byte read where data was due: gone if entry 0 (vpn 0, inside every task) is empty
     too.  Both pagemap_read() and the idle_bitmap patch return 0 bytes once the mm is gone.
@@ -250,27 +258,17 @@ class PageIdleReader:
 
     def _bitmap(self) -> int:
         if self._bitmap_fd is None:
-            try:
-                self._bitmap_fd = os.open(self.bitmap_path, os.O_RDWR | os.O_CLOEXEC)
-            except FileNotFoundError:
-                raise FeatureMissing(
-                    "page_idle",
-                    "boot a kernel with CONFIG_IDLE_PAGE_TRACKING=y, or tierd's patched kernel",
-                    what=f"{self.bitmap_path} does not exist (kernel built without "
-                    "CONFIG_IDLE_PAGE_TRACKING, Linux 4.3+)",
-                ) from None
+            self._bitmap_fd = _open_feature(
+                self.bitmap_path, os.O_RDWR, "page_idle",
+                "boot a kernel with CONFIG_IDLE_PAGE_TRACKING=y, or tierd's patched kernel",
+                "kernel built without CONFIG_IDLE_PAGE_TRACKING, Linux 4.3+")
         return self._bitmap_fd
 
     def _kpageflags(self) -> int:
         if self._kpf_fd is None:
-            try:
-                self._kpf_fd = os.open(self.kpageflags_path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                raise FeatureMissing(
-                    "kpageflags",
-                    "boot a kernel with CONFIG_PROC_PAGE_MONITOR=y",
-                    what=f"{self.kpageflags_path} does not exist (CONFIG_PROC_PAGE_MONITOR)",
-                ) from None
+            self._kpf_fd = _open_feature(
+                self.kpageflags_path, os.O_RDONLY, "kpageflags",
+                "boot a kernel with CONFIG_PROC_PAGE_MONITOR=y", "CONFIG_PROC_PAGE_MONITOR")
         return self._kpf_fd
 
     # -- sparse reads of per-PFN files -------------------------------------------------------
