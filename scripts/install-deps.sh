@@ -11,7 +11,7 @@ kernel=0
 
 pkgs=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev)
 if [ $kernel = 1 ]; then
-	pkgs+=(build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils ccache
+	pkgs+=(build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils rsync ccache
 	       qemu-system-x86 linux-source-6.12 git perl)
 fi
 missing=()

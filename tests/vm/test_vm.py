@@ -4,6 +4,7 @@ kernel).  The assertions here read what the guest recorded in the out share.
 """
 
 import os
+import re
 import shutil
 import sys
 import xml.etree.ElementTree as ET
@@ -56,6 +57,14 @@ def test_kselftest_passes(guest):
     assert "not ok" not in tap, tap
     assert "# Totals: pass:" in tap, tap
     assert " skip:0 " in tap, f"a selftest case was skipped in the rig:\n{tap}"
+
+
+def test_kunit_suite_passes_at_boot(guest):
+    """CONFIG_PROC_IDLE_BITMAP_KUNIT_TEST=y runs the suite during boot (KTAP on the console)."""
+    out, result = guest
+    results = re.findall(r"\b((?:not )?ok) \d+ proc_idle_bitmap\s*$", result.console, re.M)
+    assert results == ["ok"], "\n".join(line for line in result.console.splitlines()
+                                        if "idle_bitmap" in line)
 
 
 def test_guest_tests_pass(guest):
