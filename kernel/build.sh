@@ -41,6 +41,14 @@ fi
 
 [ -f "$src_tar" ] || { log "$src_tar missing: run scripts/install-deps.sh --kernel"; exit 1; }
 mkdir -p "$cache"
+# One build at a time: the source repo and the object tree below are shared by every
+# checkout (git worktrees, CI clones) that uses this cache.
+exec 9>"$cache/lock"
+flock 9
+if [ "${1:-}" != "--tree" ] && [ -f "$out/bzImage" ]; then
+	echo "$out"    # built by another run while this one waited
+	exit 0
+fi
 
 # One-time: unpack and commit the pristine tree.  Debian's .gitignore ignores everything at
 # the top level (for its packaging), hence add -f.
