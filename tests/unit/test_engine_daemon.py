@@ -367,10 +367,6 @@ def test_run_arguments_parse():
     assert a.config == "x.yaml" and a.intervals == 3 and a.log_level == "INFO"
 
 
-def test_not_tried_status_is_distinct():
-    assert NOT_TRIED < -4095  # never a real -errno
-
-
 def test_single_tier_machine_only_observes(caplog):
     from tierd.linux.sysfs import Node, Topology
 

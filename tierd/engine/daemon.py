@@ -49,6 +49,10 @@ QUERY_FACTOR = 8  # node queries per interval, relative to the migration budget 
 QUERY_MIN = 65536  # ... but at least this many (256 MiB of address space)
 SLICE_PAGES = 1 << 22  # pages selected and moved at a time: ~100 MB of temporaries at most
 DEFAULT_CONFIG = "/etc/tierd.yaml"
+# Intervals in a row that may fail (an unexpected exception in Engine.step) before the daemon
+# gives up and `tierd run` exits 1: one failure is logged and skipped, but a daemon that fails
+# every interval does nothing while looking alive; exiting lets systemd restart it or alert.
+MAX_FAILED_INTERVALS = 10
 
 
 @dataclass
@@ -143,6 +147,7 @@ class Unit:
 
     ref: ProcessRef
     state: PageState | None = None
+    reader_errors: set = field(default_factory=set)  # errnos already warned about
 
 
 class Engine:
@@ -291,7 +296,13 @@ class Engine:
             except GONE:
                 raise
             except OSError as e:  # this range only (e.g. unmapped between maps and read)
-                log.debug("pid %d: range %#x+%d words: %s", pid, ws * 64 << 12, nw, e)
+                # once per process and errno at WARNING: a reader that fails on every range
+                # (permissions, a broken interface) must not look like an idle process
+                first = e.errno not in unit.reader_errors
+                unit.reader_errors.add(e.errno)
+                log.log(logging.WARNING if first else logging.DEBUG,
+                        "pid %d (%s): access bits of %#x+%d words not read: %s", pid,
+                        unit.ref.target, ws * 64 << 12, nw, e)
                 p = a = 0
             present[off: off + nw] = p
             accessed[off: off + nw] = a
@@ -427,6 +438,7 @@ class Daemon:
         stop: threading.Event | None = None,
         reload: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_failed: int = MAX_FAILED_INTERVALS,
     ) -> None:
         if loader is None:
             from tierd.policy import load_policy
@@ -438,6 +450,8 @@ class Daemon:
         self.stop = stop if stop is not None else threading.Event()
         self.reload_requested = reload if reload is not None else threading.Event()
         self.clock = clock
+        self.max_failed = max_failed
+        self.failed = False  # set when run() gave up after max_failed failed intervals
         engine.should_stop = self.stop.is_set
         engine.executor.should_stop = self.stop.is_set
 
@@ -483,13 +497,19 @@ class Daemon:
         return stats
 
     def run(self, max_intervals: int | None = None) -> None:
-        """Sample now, then every policy interval until ``stop`` is set."""
+        """Sample now, then every policy interval until ``stop`` is set, or until
+        ``max_failed`` intervals in a row failed (then ``failed`` is set)."""
         self._notify("on_ready", self.engine)
         done = 0
+        failed_in_a_row = 0
         due = self.clock()
         try:
             while True:
-                self.tick()
+                failed_in_a_row = failed_in_a_row + 1 if self.tick() is None else 0
+                if failed_in_a_row >= self.max_failed:
+                    log.error("%d intervals in a row failed: stopping", failed_in_a_row)
+                    self.failed = True
+                    break
                 done += 1
                 if max_intervals is not None and done >= max_intervals:
                     break
@@ -565,4 +585,4 @@ def main(args: argparse.Namespace, *, kernel=None, observers: Sequence[Observer]
              policy.source, len(policy.targets), policy.interval, engine.reader.name)
     daemon.run(max_intervals=getattr(args, "intervals", None))
     log.info("tierd stopped")
-    return 0
+    return 1 if daemon.failed else 0
