@@ -98,6 +98,20 @@ def test_maps_malformed_lines_raise_parse_error(line):
     assert ei.value.line == 2
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        "+1000-2000 rw-p 00000000 00:00 0",  # int() takes a sign the kernel never writes
+        "1000-2000 rw-p -0000010 00:00 0",
+        "1000-2000 rw-p 00000000 00:00 -1",
+    ],
+)
+def test_maps_signed_numbers_are_rejected_as_negative(line):
+    with pytest.raises(ParseError) as ei:
+        parse_maps(line + "\n")
+    assert ei.value.line == 1 and "negative number" in str(ei.value)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text())
 def test_maps_parser_never_crashes(text):

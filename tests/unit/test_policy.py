@@ -121,6 +121,7 @@ def test_shipped_policy_documents_every_key():
         ("interval: 5s\ninterval: 6s\n", 2, "interval", "given twice"),
         ("interval: -5s\n", 1, "interval", "negative"),
         ("interval: 0s\n", 1, "interval", "longer than 0s"),
+        ("interval: 86401s\n", 1, "interval", "at most a day (24h)"),
         ("interval: [5]\n", 1, "interval", "got a list"),
         ("tracking: damon\n", 1, "tracking", "not one of"),
         ("tracking: 5\n", 1, "tracking", "expected a string"),
@@ -166,8 +167,8 @@ def test_shipped_policy_documents_every_key():
         ("metrics:\n  listen: '::1:9464'\n", 2, "metrics.listen", "brackets"),
         ("metrics:\n  port: 1\n", 2, "metrics.port", "unknown key"),
         ("- 1\n- 2\n", 1, "policy", "expected a mapping"),
-        ("interval: 5s\n  bad: indent\n", 2, "yaml", ""),
-        ("a: b\n---\nc: d\n", 2, "yaml", ""),
+        ("interval: 5s\n  bad: indent\n", 2, "yaml", "mapping values are not allowed here"),
+        ("a: b\n---\nc: d\n", 2, "yaml", "another document"),
         ("interval: !!python/object:os.system x\n", 1, "interval", "unreadable"),
         ("interval: !!int abc\n", 1, "interval", "unreadable"),
         ("1: x\n", 1, "1", "keys must be names"),
@@ -178,6 +179,11 @@ def test_errors_name_file_line_and_key(text, line, key, msg):
     assert (e.source, e.line, e.key) == ("p.yaml", line, key), str(e)
     assert msg in e.message
     assert str(e).startswith(f"p.yaml:{line}: {key}: ")
+
+
+def test_interval_limits_are_inclusive():
+    assert parse("interval: 24h\n").interval == 86400  # a day is allowed, a second more is not
+    assert parse("interval: 1ms\n").interval == 0.001
 
 
 def test_null_where_value_needed():
