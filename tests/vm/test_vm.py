@@ -6,6 +6,7 @@ kernel).  The assertions here read what the guest recorded in the out share.
 import os
 import re
 import shutil
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -79,4 +80,22 @@ def test_guest_tests_pass(guest):
     assert counts["failures"] == counts["errors"] == 0, result.output[-6000:]
     # Everything in the guest must really run: it is the machine the tests were written for.
     assert counts["skipped"] == 0, result.output[-6000:]
-    assert counts["tests"] >= 5, counts
+    # and every test the guest was given ran: a test file the guest lost (not shared, failing
+    # to import into an empty collection ...) must not pass unnoticed
+    ran = {(c.get("classname"), c.get("name")) for c in suite.iter("testcase")}
+    assert ran == expected_guest_tests(), counts
+
+
+def expected_guest_tests() -> set[tuple[str, str]]:
+    """(classname, name) of every test the guest command collects, as junit names them,
+    from the same collection run here with the guest's TIERD_IN_VM=1."""
+    p = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only",
+                        "-q", "tests/vm/guest", "tests/host"], cwd=REPO, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "TIERD_IN_VM": "1"})
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = set()
+    for nodeid in (line for line in p.stdout.splitlines() if "::" in line):
+        path, *classes, name = nodeid.split("::")
+        out.add((".".join([path.removesuffix(".py").replace("/", "."), *classes]), name))
+    assert len(out) >= 5, p.stdout
+    return out

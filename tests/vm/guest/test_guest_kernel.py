@@ -149,15 +149,28 @@ def test_cli_topology_and_scan(tmp_path):
     out = subprocess.run(tierd + ["topology"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "idle_bitmap" in out.stdout
+    # the child's known pattern: an 8 MiB mapping (no THP) whose first 4 MiB (1024 pages)
+    # it writes every 50 ms and whose rest it never touches; it prints the mapping's address
     child = subprocess.Popen([sys.executable, "-c",
-                              "import mmap,time\nm=mmap.mmap(-1,8<<20)\n"
+                              "import ctypes,mmap,sys,time\n"
+                              "m=mmap.mmap(-1,8<<20,flags=mmap.MAP_PRIVATE|mmap.MAP_ANONYMOUS)\n"
+                              "m.madvise(mmap.MADV_NOHUGEPAGE)\n"
+                              "for i in range(0,4<<20,4096): m[i]=1\n"
+                              "print(ctypes.addressof(ctypes.c_char.from_buffer(m)),flush=True)\n"
                               "while True:\n for i in range(0,4<<20,4096): m[i]=1\n"
-                              " time.sleep(0.05)"])
+                              " time.sleep(0.05)"], stdout=subprocess.PIPE, text=True)
     try:
+        addr = int(child.stdout.readline())
         out = subprocess.run(tierd + ["scan", "--pid", str(child.pid), "--samples", "2",
                                       "--interval", "1"],
                              capture_output=True, text=True, timeout=300)
     finally:
         child.kill()
+        child.wait()
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "idle_bitmap" in out.stdout + out.stderr
+    assert "access tracking: idle_bitmap, 2 sample(s)" in out.stdout
+    # the mapping's row: "anon START-END  VMAs size Rss pages c=0 c=1 c=2"
+    rows = [line.split() for line in out.stdout.splitlines() if line.strip().startswith("anon 0x")]
+    mine = [r for r in rows if int(r[1].split("-")[0], 16) <= addr < int(r[1].split("-")[1], 16)]
+    assert len(mine) == 1, out.stdout
+    assert mine[0][5:] == ["1024", "0", "0", "1024"], out.stdout  # present, c=0, c=1, c=2
