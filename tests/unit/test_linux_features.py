@@ -23,8 +23,12 @@ from linux_fakes import FakeSyscalls, all_available, make_tree
 
 def test_probe_on_fixture_tree(tmp_path):
     proc, sys = make_tree(tmp_path)
-    f = probe(proc, sys, FakeSyscalls(result=1))
-    assert f.move_pages.available and "node 1" in f.move_pages.detail
+    fake = FakeSyscalls(result=7)  # a node the fixture tree does not have: the answer is news
+    f = probe(proc, sys, fake)
+    # the probe asks (nodes=None) where one page-aligned page of its own (pid 0) is
+    ((pid, addrs, nodes),) = fake.calls
+    assert pid == 0 and nodes is None and len(addrs) == 1 and addrs[0] % 4096 == 0
+    assert f.move_pages.available and f.move_pages.detail == "a page of ours reports node 7"
     assert f.page_idle.available and f.kpageflags.available
     assert not f.idle_bitmap.available and "kernel/patches" in f.idle_bitmap.how_to_fix
     assert not f.pagemap_pfn.available  # the fixture has no pagemap for us

@@ -99,9 +99,19 @@ def test_size_format_parse_close(n):
 
 
 @given(st.one_of(st.text(max_size=30), st.integers(), st.floats(), st.booleans(), st.none()))
-def test_parsers_never_crash(v):
-    for fn in (parse_size, parse_duration, parse_fraction, parse_rate, parse_amount):
+def test_parsers_return_a_valid_value_or_raise_unit_error(v):
+    # anything else (TypeError, OverflowError, a negative size ...) would escape the policy
+    # loader's FILE:LINE: KEY reporting
+    def check(fn, ok):
         try:
-            fn(v)
+            got = fn(v)
         except UnitError:
-            pass
+            return
+        assert ok(got), (fn.__name__, v, got)
+
+    check(parse_size, lambda n: type(n) is int and n >= 0)
+    check(parse_rate, lambda n: type(n) is int and n >= 0)
+    check(parse_duration, lambda t: type(t) is float and 0 <= t < float("inf"))
+    check(parse_fraction, lambda f: type(f) is float and 0 <= f <= 1)
+    check(parse_amount, lambda a: (a.bytes is None) != (a.fraction is None)
+          and (a.bytes or 0) >= 0 and 0 <= (a.fraction or 0) <= 1)
