@@ -8,7 +8,9 @@ resident memory (kernel threads) are never targets.
 
 Processes exit at any moment: psutil.NoSuchProcess / ZombieProcess and the kernel boundary's
 ProcessGone while looking at one simply mean it is not a target (any more).  AccessDenied
-for one attribute means that selector does not match.
+for one attribute means that selector does not match; since such a target silently loses
+processes, that is logged at WARNING once per target and reason (attribute and error), as is
+any other psutil error that makes a process be skipped.
 """
 
 from __future__ import annotations
@@ -67,6 +69,14 @@ class PsutilResolver:
         else:
             self.procfs = kernel.procfs
         self.self_pid = os.getpid() if self_pid is None else self_pid
+        self._warned: set[tuple[str, str]] = set()  # (target, reason) already logged
+
+    def _warn_once(self, target: str, reason: str, pid: int, detail: str) -> None:
+        if (target, reason) in self._warned:
+            log.debug("target %s: pid %d: %s", target, pid, detail)
+            return
+        self._warned.add((target, reason))
+        log.warning("target %s: pid %d: %s (further cases logged at DEBUG)", target, pid, detail)
 
     def resolve(self, specs: Sequence) -> list[ProcessRef]:
         if not specs:
@@ -89,9 +99,6 @@ class PsutilResolver:
                 ref = self._match(proc, specs)
             except GONE:
                 continue
-            except psutil.Error as e:  # AccessDenied on a cheap attribute: skip the process
-                log.debug("pid %d: %s", proc.pid, e)
-                continue
             if ref is not None:
                 out.append(ref)
         order = {s.name: i for i, s in enumerate(specs)}
@@ -100,45 +107,63 @@ class PsutilResolver:
 
     def _match(self, proc: psutil.Process, specs: Sequence) -> ProcessRef | None:
         cache: dict[str, object] = {}
+        denied: dict[str, Exception] = {}
+        spec = None
 
         def get(attr: str):
             if attr not in cache:
-                cache[attr] = self._attr(proc, attr)
+                try:
+                    cache[attr] = self._attr(proc, attr)
+                except (psutil.AccessDenied, PermissionError) as e:
+                    cache[attr], denied[attr] = None, e
+            if attr in denied:  # this target's selector cannot be checked: it will not match
+                self._warn_once(spec.name, f"{attr}: {type(denied[attr]).__name__}", proc.pid,
+                                f"cannot read {attr} ({_describe(denied[attr])}), so it does not match "
+                                f"this target; run tierd as root")
             return cache[attr]
 
-        for spec in specs:
-            if spec.pids and proc.pid not in spec.pids:
-                continue
-            if spec.comm is not None and not _search(spec.comm, get("comm")):
-                continue
-            if spec.exe is not None and not _search(spec.exe, get("exe")):
-                continue
-            if spec.cmdline is not None and not _search(spec.cmdline, get("cmdline")):
-                continue
-            if spec.cgroup is not None and not cgroup_matches(get("cgroup"), spec.cgroup):
-                continue
-            rss = get("rss")
-            if not rss or rss < spec.min_rss:
-                continue
-            return ProcessRef(proc.pid, proc.create_time(), spec.name, str(get("comm") or ""))
+        try:
+            for spec in specs:
+                if spec.pids and proc.pid not in spec.pids:
+                    continue
+                if spec.comm is not None and not _search(spec.comm, get("comm")):
+                    continue
+                if spec.exe is not None and not _search(spec.exe, get("exe")):
+                    continue
+                if spec.cmdline is not None and not _search(spec.cmdline, get("cmdline")):
+                    continue
+                if spec.cgroup is not None and not cgroup_matches(get("cgroup"), spec.cgroup):
+                    continue
+                rss = get("rss")
+                if not rss or rss < spec.min_rss:
+                    continue
+                return ProcessRef(proc.pid, proc.create_time(), spec.name, str(get("comm") or ""))
+        except GONE:
+            raise
+        except psutil.Error as e:  # e.g. AccessDenied on create_time(): skip the process
+            self._warn_once(spec.name, type(e).__name__, proc.pid,
+                            f"skipped, cannot be checked against this target: {_describe(e)}")
         return None
 
     def _attr(self, proc: psutil.Process, attr: str):
-        """One attribute; None when access is denied (the selector then does not match)."""
-        try:
-            if attr == "comm":
-                return self.procfs.comm(proc.pid)
-            if attr == "exe":
-                return proc.exe() or None
-            if attr == "cmdline":
-                return " ".join(proc.cmdline())
-            if attr == "cgroup":
-                return self.procfs.cgroup(proc.pid)
-            if attr == "rss":
-                return proc.memory_info().rss
-        except (psutil.AccessDenied, PermissionError):
-            return None
+        """One attribute; raises psutil.AccessDenied / PermissionError when it cannot be read
+        (``_match`` then treats it as not matching, and says so)."""
+        if attr == "comm":
+            return self.procfs.comm(proc.pid)
+        if attr == "exe":
+            return proc.exe() or None
+        if attr == "cmdline":
+            return " ".join(proc.cmdline())
+        if attr == "cgroup":
+            return self.procfs.cgroup(proc.pid)
+        if attr == "rss":
+            return proc.memory_info().rss
         raise ValueError(attr)
+
+
+def _describe(e: Exception) -> str:
+    """"AccessDenied: (pid=5)"; psutil.Error("x") has an empty str()."""
+    return f"{type(e).__name__}: {str(e) or ' '.join(map(str, e.args))}"
 
 
 def _search(pattern, value) -> bool:
