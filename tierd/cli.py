@@ -5,7 +5,8 @@ Commands:
   tierd topology              NUMA nodes, memory tiers, fast/slow classes, kernel interfaces
   tierd scan --pid N          sample a process's page accesses K times, per mapping and node
   tierd run / simulate        the daemon and the policy simulator (tierd.engine; present only
-                              when the engine modules are installed)
+                              when the engine modules are installed; one that is installed but
+                              fails to import says why when used, exit 1)
 
 Exit codes (also in ``tierd --help``):
   0  success
@@ -106,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Samples the process K times, S apart, with the best access-tracking "
         "interface, and prints per mapping and per NUMA node how many resident pages were "
         "accessed in how many of the K samples.  Without an access-tracking interface it "
-        "prints the resident pages per mapping and node, says why, and exits 1.",
+        "prints the resident pages per mapping and node, says why, and exits 1; so it does "
+        "when move_pages cannot tell the pages' nodes.",
         epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--pid", type=_positive_int, required=True, help="process id")
@@ -126,9 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
             mod = importlib.import_module(modname)
         except ModuleNotFoundError as e:
             if e.name != modname:  # the module exists but something it imports does not
+                _add_broken(sub, name, help_text, f"{modname}: {e}")
                 unavailable.append(f"{name} ({modname}: {e})")
             continue
         except Exception as e:  # a broken engine must not take check-config/topology down
+            _add_broken(sub, name, help_text, f"{modname}: {type(e).__name__}: {e}")
             unavailable.append(f"{name} ({modname}: {type(e).__name__}: {e})")
             continue
         p = sub.add_parser(name, help=help_text, epilog=EXIT_CODES_HELP,
@@ -140,6 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
     if unavailable:
         parser.epilog = EXIT_CODES_HELP + "\n\nunavailable commands: " + "; ".join(unavailable)
     return parser
+
+
+def _add_broken(sub, name: str, help_text: str, why: str) -> None:
+    """``name`` is installed but does not import: keep the command, so that using it says why
+    (exit 1) instead of argparse's "invalid choice"; it takes any arguments."""
+    p = sub.add_parser(name, help=f"{help_text} (UNAVAILABLE: {why})", add_help=False,
+                       prefix_chars="\0")
+    p.add_argument("args", nargs="*")
+
+    def broken(args, kernel, out, err) -> int:
+        print(f"tierd: {name} is unavailable: cannot import {why}", file=err)
+        return EXIT_FAILURE
+
+    p.set_defaults(func=broken)
 
 
 def _engine_main(mod):
@@ -493,7 +511,11 @@ def cmd_scan(args, kernel, out, err) -> int:
         rows_table("node", res.nodes, False)
     else:
         print("  (no resident pages)", file=out)
+    rc = EXIT_OK
     if not res.reader:
         print("tierd: scan incomplete: no access-tracking interface (see above)", file=err)
-        return EXIT_FAILURE
-    return EXIT_OK
+        rc = EXIT_FAILURE
+    if res.node_error:
+        print(f"tierd: scan incomplete: the pages' nodes are unknown: {res.node_error}", file=err)
+        rc = EXIT_FAILURE
+    return rc

@@ -200,6 +200,21 @@ def test_scan_without_reader_reports_what_it_can_and_exits_1(tmp_path):
     assert "scan incomplete" in err and "Traceback" not in err
 
 
+def test_scan_that_cannot_place_pages_exits_1(tmp_path):
+    k = FakeKernel(scan_proc(tmp_path), FakeReader())
+
+    def denied(*a, **kw):
+        raise PermissionError(1, "Operation not permitted")
+
+    k.move_pages = denied
+    rc, out, err = run(["scan", "--pid", "500", "--samples", "1", "--interval", "1ms"], k)
+    assert rc == 1
+    assert table_row(out, "[heap]")[:5] == ["[heap]", "1", "256KiB", "256KiB", "64"]
+    assert "  unknown: [Errno 1] Operation not permitted" in out
+    assert err == ("tierd: scan incomplete: the pages' nodes are unknown: "
+                   "[Errno 1] Operation not permitted\n")
+
+
 def test_scan_of_missing_process_exits_1(tmp_path):
     rc, out, err = run(["scan", "--pid", "999", "--samples", "1"], FakeKernel(scan_proc(tmp_path)))
     assert rc == 1 and "process 999 has exited" in err and out == ""
@@ -240,8 +255,22 @@ def test_broken_engine_module_is_reported_not_fatal(monkeypatch, tmp_path):
         ("run", "broken_engine_for_tierd_tests", "add_run_arguments", "run"),))
     assert "unavailable commands: run (broken_engine_for_tierd_tests: RuntimeError: half-done)" in (
         cli.build_parser().epilog)
-    assert run(["run"])[0] == 2
+    # `run` is still a command: using it says why it cannot run (not "invalid choice")
+    for argv in (["run"], ["run", "--config", "x.yaml", "--intervals", "3"]):
+        rc, out, err = run(argv)
+        assert rc == 1 and out == ""
+        assert err == ("tierd: run is unavailable: cannot import broken_engine_for_tierd_tests: "
+                       "RuntimeError: half-done\n")
     assert run(["check-config", "/nonexistent"])[0] == 2  # the rest still works
+
+
+def test_engine_module_with_a_missing_dependency_is_reported_when_used(monkeypatch, tmp_path):
+    (tmp_path / "engine_needing_x_for_tierd_tests.py").write_text("import no_such_dep_for_tierd\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "ENGINE_COMMANDS", (
+        ("run", "engine_needing_x_for_tierd_tests", "add_run_arguments", "run"),))
+    rc, _, err = run(["run", "--config", "x.yaml"])
+    assert rc == 1 and "No module named 'no_such_dep_for_tierd'" in err
 
 
 def test_engine_exceptions_map_to_exit_codes(monkeypatch):
