@@ -1,0 +1,96 @@
+"""PageState helpers and edges that the main state tests leave open (found by mutation
+testing): duplicates, unsorted input, extent ends, the selection limit across requests and
+chunks, the backoff cap, forgetting several failures at once."""
+
+from __future__ import annotations
+
+import numpy as np
+from test_engine_state import feed
+
+from tierd.engine.state import (
+    BACKOFF_MAX_DOUBLINGS,
+    Extents,
+    PageState,
+    _lowest_bits,
+    page_bits,
+    unique_sorted,
+)
+
+
+def test_unique_sorted_drops_duplicates():
+    assert unique_sorted(np.array([3, 1, 3, 2, 2, 9])).tolist() == [1, 2, 3, 9]
+    assert unique_sorted(np.array([4, 4])).tolist() == [4]
+    assert unique_sorted(np.array([4, 4, 4])).tolist() == [4]
+    assert unique_sorted(np.array([7])).tolist() == [7]
+    assert unique_sorted(np.array([], np.int64)).tolist() == []
+    assert unique_sorted([2**40 + 1, 2**40 + 1]).dtype == np.int64
+
+
+def test_page_bits_sorts_two_pages_and_ors_duplicates():
+    w, m = page_bits(np.array([65, 1]))
+    assert w.tolist() == [0, 1] and m.tolist() == [2, 2]
+    w, m = page_bits(np.array([5, 5, 6]))
+    assert w.tolist() == [0] and m.tolist() == [0b1100000]
+    w, m = page_bits(np.array([], np.int64))
+    assert w.shape == (0,) and w.dtype == np.int64 and m.dtype == np.uint64
+
+
+def test_flat_of_ends_of_extents():
+    ext = Extents([2, 10], [1, 2])  # vpns 128..191 and 640..767
+    vpns = np.array([127, 128, 191, 192, 639, 640, 767, 768])
+    assert ext.flat_of(vpns).tolist() == [-1, 0, 63, -1, -1, 64, 191, -1]
+    assert ext.vpn_of(np.array([0, 63, 64, 191])).tolist() == [128, 191, 640, 767]
+    none = Extents([], [])
+    assert none.flat_of(np.array([[1, 2]])).tolist() == [[-1, -1]]
+
+
+def test_lowest_bits():
+    assert _lowest_bits(0b101101000, 2) == 0b1000 + 0b100000
+    assert _lowest_bits(0b101101000, 0) == 0
+    assert _lowest_bits(1 << 63, 1) == 1 << 63
+
+
+def hot_state():
+    """3 chunks of 64 pages, all present; chunks 0 and 1 accessed in the last sample, chunk 2
+    not: (state, hot level, unknown class)."""
+    st_ = PageState(Extents([0], [3]), 4, (0, 1), chunk_words=1)
+    present = np.ones(192, bool)
+    acc = np.zeros(192, bool)
+    acc[:128] = True
+    feed(st_, present, np.zeros(192, bool))
+    feed(st_, present, acc)
+    return st_, int(st_.hotness(np.array([0]))[0]), st_.unknown
+
+
+def test_select_finds_a_later_request_past_a_chunk_with_nothing_left_to_take():
+    st_, hot, unk = hot_state()
+    assert hot > 0
+    # chunk 0 serves the hot request, chunk 1 has only hot pages (no longer needed),
+    # chunk 2 holds the cold page asked for
+    got = st_.select([(unk, hot, 1), (unk, 0, 1)])
+    assert [g.tolist() for g in got] == [[0], [128]]
+
+
+def test_select_limit_counts_across_requests():
+    st_, hot, unk = hot_state()
+    got = st_.select([(unk, hot, 3), (unk, 0, 3)], limit=5)
+    assert [g.tolist() for g in got] == [[0, 1, 2], [128, 129]]
+    got = st_.select([(unk, hot, 100), (unk, 0, 100)], limit=70)
+    assert [g.size for g in got] == [70, 0]  # the limit spans the chunks of one request
+    assert [g.size for g in st_.select([(unk, hot, 3)], limit=0)] == [0]
+
+
+def test_backoff_stops_doubling_at_the_cap():
+    st_ = PageState(Extents([0], [1]), 8, (0,))
+    p = np.array([7])
+    for now in range(20):
+        st_.fail(p, now=now, retry_after=3)
+    assert st_.retry_fails.tolist() == [BACKOFF_MAX_DOUBLINGS + 1]
+    assert st_.retry_until.tolist() == [19 + 3 * 2**BACKOFF_MAX_DOUBLINGS]
+
+
+def test_succeed_forgets_exactly_the_pages_given():
+    st_ = PageState(Extents([0], [1]), 8, (0,))
+    st_.fail(np.array([3, 7, 9]), now=1, retry_after=2)
+    st_.succeed(np.array([9, 3]))
+    assert st_.retry_vpn.tolist() == [7] and st_.backoff_pages == 1
