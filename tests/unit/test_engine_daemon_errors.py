@@ -228,3 +228,29 @@ def test_run_exits_1_when_intervals_keep_failing(tmp_path, monkeypatch):
     finally:
         for s, h in saved.items():
             signal.signal(s, h)
+
+
+def test_executor_adds_up_call_time_and_grows_batches_only_after_quick_calls():
+    class Kernel:
+        def move_pages(self, pid, addrs, nodes=None, flags=0, batch=4096):
+            return np.zeros(len(addrs), np.int32)
+
+    class Clock:  # each call takes `step` seconds
+        def __init__(self, step):
+            self.t, self.n, self.step = 0.0, 0, step
+
+        def __call__(self):
+            self.n += 1
+            if self.n % 2 == 0:
+                self.t += self.step
+            return self.t
+
+    ex = Executor(Kernel(), 64, clock=Clock(0.0045), call_seconds=0.020)
+    ex.batch["query"] = 16
+    _, c = ex.query(1, np.arange(16 + 32, dtype=np.uint64))
+    # 4.5 ms < 20/4 ms: a quick call, the next batch doubles (16 -> 32)
+    assert c.calls == 2 and abs(c.seconds - 0.009) < 1e-9
+    ex = Executor(Kernel(), 64, clock=Clock(0.0055), call_seconds=0.020)
+    ex.batch["query"] = 16
+    _, c = ex.query(1, np.arange(48, dtype=np.uint64))
+    assert c.calls == 3  # 5.5 ms is not quick: the batch stays 16

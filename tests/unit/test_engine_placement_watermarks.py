@@ -122,3 +122,14 @@ def test_fast_share_pages_without_another_victim_stay():
             targets=(TargetSpec("a", fast_share=Amount(fraction=0.10)), TargetSpec("b")))
     assert p.hot["a"] == 1
     assert p.requests == ()
+
+
+def test_queries_use_the_last_page_of_budget():
+    from tierd.engine.placement import plan_queries
+
+    u = UnitCounts("u", "a", np.zeros((3, LEVELS), np.int64))
+    u.hist[2, 9] = 5
+    u.hist[2, 3] = 5
+    assert [(r.level, r.count) for r in plan_queries([u], 1)] == [(9, 1)]
+    assert [(r.level, r.count) for r in plan_queries([u], 6)] == [(9, 5), (3, 1)]
+    assert plan_queries([u], 0) == []
