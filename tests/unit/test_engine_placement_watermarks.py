@@ -133,3 +133,15 @@ def test_queries_use_the_last_page_of_budget():
     assert [(r.level, r.count) for r in plan_queries([u], 1)] == [(9, 1)]
     assert [(r.level, r.count) for r in plan_queries([u], 6)] == [(9, 5), (3, 1)]
     assert plan_queries([u], 0) == []
+
+
+def test_two_promotions_share_one_level_of_victims_exactly():
+    # 10 fast pages at hotness 2 make room for 5 + 5 hot slow pages: the second promotion
+    # sees exactly what the first left of that level
+    u = pages("u", "a", fast={2: 10}, slow={15: 5, 14: 5})
+    p = run([u], free=0, keep_free=Amount(bytes=0), demote_below=Amount(bytes=0))
+    assert p.hot["a"] == 3  # the 10 pages >= 3 fit in the 10 the fast tier holds
+    assert [(r.reason, r.node, r.level, r.count) for r in p.requests] == [
+        ("demote", FAST, 2, 5), ("promote", SLOW, 15, 5),
+        ("demote", FAST, 2, 5), ("promote", SLOW, 14, 5),
+    ]

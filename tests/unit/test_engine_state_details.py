@@ -94,3 +94,14 @@ def test_succeed_forgets_exactly_the_pages_given():
     st_.fail(np.array([3, 7, 9]), now=1, retry_after=2)
     st_.succeed(np.array([9, 3]))
     assert st_.retry_vpn.tolist() == [7] and st_.backoff_pages == 1
+
+
+def test_remap_keeps_backoff_of_pages_still_tracked_including_the_first():
+    st_ = PageState(Extents([0, 10], [1, 1]), 8, (0,))
+    feed(st_, np.ones(128, bool), np.zeros(128, bool))
+    st_.fail(np.array([0, 64]), now=1, retry_after=2)  # vpn 0 and vpn 640
+    st_.remap(Extents([0], [2]))  # the second region is unmapped, the first grows
+    assert st_.retry_vpn.tolist() == [0] and st_.retry_until.tolist() == [3]
+    assert st_.backoff_pages == 1
+    st_.expire(now=3, retry_after=2)
+    assert st_.backoff_pages == 0
