@@ -105,3 +105,30 @@ def test_remap_keeps_backoff_of_pages_still_tracked_including_the_first():
     assert st_.backoff_pages == 1
     st_.expire(now=3, retry_after=2)
     assert st_.backoff_pages == 0
+
+
+def test_set_node_unsorted_pages_with_a_node_each():
+    st_ = PageState(Extents([0], [2]), 8, (0, 1), chunk_words=1)
+    feed(st_, np.ones(128, bool), np.zeros(128, bool))
+    unk = st_.unknown
+    st_.set_node(np.array([70, 3, 65, 9]), 0, unk, np.array([1, 0, -1, 1]))
+    assert st_.node_of(np.array([70, 3, 65, 9, 4])).tolist() == [1, 0, -1, 1, -1]
+    h = st_.histograms()
+    assert (h[0, 0], h[1, 0], h[unk, 0]) == (1, 2, 125)
+
+
+def test_extents_skip_every_special_mapping_with_or_without_the_attribute():
+    from types import SimpleNamespace
+
+    from tierd.linux.procfs import Vma
+
+    def v(page, path):
+        return Vma(page * 4096, (page + 1) * 4096, "r-xp", 0, "00:00", 0, path)
+
+    # Vma knows its special mappings ([uprobes] is one only Vma.special lists)
+    ext = Extents.from_vmas([v(0, ""), v(64, "[uprobes]"), v(128, "[vvar]")])
+    assert ext.word_start.tolist() == [0]
+    # duck-typed mappings without .special: by path
+    ns = [SimpleNamespace(start=p * 64 * 4096, end=(p * 64 + 1) * 4096, perms="r--p", path=path)
+          for p, path in enumerate(["", "[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]", "x"])]
+    assert Extents.from_vmas(ns).word_start.tolist() == [0, 5]
