@@ -132,3 +132,10 @@ def test_extents_skip_every_special_mapping_with_or_without_the_attribute():
     ns = [SimpleNamespace(start=p * 64 * 4096, end=(p * 64 + 1) * 4096, perms="r--p", path=path)
           for p, path in enumerate(["", "[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]", "x"])]
     assert Extents.from_vmas(ns).word_start.tolist() == [0, 5]
+
+
+def test_extents_repr_and_equality():
+    # word 2 = vpn 0x80, word 10 = vpn 0x280
+    assert repr(Extents([2, 10], [1, 2])) == "Extents(0x80+64p, 0x280+128p)"
+    assert Extents([2], [1]) == Extents([2], [1])
+    assert Extents([2], [1]) != Extents([3], [1]) and Extents([2], [1]) != Extents([2], [2])
