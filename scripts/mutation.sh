@@ -5,6 +5,7 @@
 # benchmarks/README.md.
 #
 #   scripts/mutation.sh [REV] [OUT]
+#   MUTATION_SAMPLE=4 scripts/mutation.sh ...     # a fixed quarter of the mutants (~35 min)
 #
 # REV (default: the working tree) is a git revision to measure instead, e.g. `main` for the
 # score before a change, so "before" and "after" come from the same script and tool.  The tree
@@ -33,7 +34,7 @@ if [ -n "$rev" ]; then
 else
 	# The working tree as it is, committed or not (tracked and new files, not ignored ones).
 	git -C "$here" ls-files -co --exclude-standard -z |
-		(cd "$here" && xargs -0 cp --parents -t "$out")
+		(cd "$here" && xargs -0 cp -d --parents -t "$out")
 fi
 # Config in setup.cfg of the copy: pyproject.toml stays the project's, and a [tool.mutmut]
 # table there would win over this file.
@@ -61,7 +62,8 @@ cd "$out"
 echo "mutation: ${rev:-working tree at} $(git -C "$here" rev-parse --short "${rev:-HEAD}") in $out; load: $(uptime)"
 start=$(date +%s)
 # scripts/mutmut_run.py: mutmut, with links copied as links and MUTATION_SAMPLE=K (default 1:
-# all) running the mutants whose name hashes to 0 mod K (the same ones in every run).
+# all) running the mutants whose name hashes to 0 mod K (the same ones in every run), or
+# MUTATION_ONLY=FILE the mutants named in FILE (e.g. an earlier run's survivors).
 nice -n 19 "$here/.venv/bin/python" "$here/scripts/mutmut_run.py" run --max-children 2 \
 	> "$out/run.log" 2>&1 || true
 echo "mutation: mutmut run took $(( $(date +%s) - start )) s"

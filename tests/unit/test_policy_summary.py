@@ -107,3 +107,58 @@ def test_metrics_port_range(listen, ok):
         assert parse_policy(text, "p.yaml").metrics_listen == listen
     else:
         assert "is not a number in 1..65535" in error(text).message
+
+
+# The whole message, word for word: what `tierd check-config` and a failed reload print.
+EXACT = [
+    ("tracking: 5.5\n", "p.yaml:1: tracking: expected a string, got a number (quote it)"),
+    ("tracking: yes\n", "p.yaml:1: tracking: expected a string, got true/false (quote it)"),
+    ("hotness:\n  window: abc\n", "p.yaml:2: hotness.window: expected a whole number, got a string"),
+    ("hotness:\n  window: 1.5\n", "p.yaml:2: hotness.window: expected a whole number, got a number"),
+    ("hotness:\n  window:\n", "p.yaml:2: hotness.window: expected a whole number, got nothing"),
+    ("targets:\n  - name: a\n    comm: {x: 1}\n",
+     "p.yaml:3: targets[0].comm: expected a single value, got a mapping"),
+    ("interval: 25h\n", "p.yaml:1: interval: must be at most a day (24h)"),
+    ("targets:\n  - name: a\n    pids: []\n", "p.yaml:3: targets[0].pids: empty list"),
+    ("targets:\n  - name: a\n    pids: [4194305]\n",
+     "p.yaml:3: targets[0].pids[0]: 4194305 is out of range (1..4194304)"),
+    ("targets:\n  - name: a\n    pids: 0\n", "p.yaml:3: targets[0].pids: 0 is out of range (1..4194304)"),
+    ("targets:\n  - name: a\n    cgroup: 5\n",
+     "p.yaml:3: targets[0].cgroup: expected a string, got a number (quote it)"),
+    ("targets:\n  - name: a\n    min_rss: 1MiB\n",
+     "p.yaml:2: targets[0]: needs at least one selector: pids, comm, exe, cmdline or cgroup"),
+    ("targets:\n  - name: a\n    comm: x\n    min_rss: big\n",
+     "p.yaml:4: targets[0].min_rss: 'big' is not a size (e.g. \"256MiB\", \"4KiB\", \"1GiB\")"),
+    ("targets:\n  - name: a\n    comm: x\n    fast_share: lots\n",
+     "p.yaml:4: targets[0].fast_share: 'lots' is not a size (e.g. \"256MiB\", \"4KiB\", \"1GiB\")"),
+    ("targets:\n  - name: a\n    comm: x\n    fast_cap:\n",
+     "p.yaml:4: targets[0].fast_cap: needs a size or percentage"),
+    ("targets: 5\n", "p.yaml:1: targets: expected a list"),
+    ("fast_tier:\n  keep_free:\n", "p.yaml:2: fast_tier.keep_free: needs a size or percentage"),
+    ("fast_tier:\n  keep_free: 100%\n", "p.yaml:2: fast_tier.keep_free: must be below 100%"),
+    ("fast_tier:\n  demote_below: 50%\n",
+     "p.yaml:2: fast_tier.demote_below: demote_below (50%) must not exceed keep_free (10%): "
+     "demotion starts below demote_below and stops once keep_free is free again"),
+    ("fast_tier:\n  keep_free: 1%\n",
+     "p.yaml:2: fast_tier.keep_free: demote_below (5%) must not exceed keep_free (1%): "
+     "demotion starts below demote_below and stops once keep_free is free again"),
+    ("migration:\n  rate: fast\n", "p.yaml:2: migration.rate: 'fast' is not a rate (e.g. \"128MiB/s\")"),
+    ("migration:\n  rate: 1KiB/s\n", "p.yaml:2: migration.rate: must be at least 4KiB/s"),
+    ("migration:\n  batch:\n", "p.yaml:2: migration.batch: needs a size"),
+    ("migration:\n  retry_after: 1048577\n",
+     "p.yaml:2: migration.retry_after: 1048577 is out of range (1..1048576)"),
+    ("migration: [1]\n", "p.yaml:1: migration: expected a mapping of keys (rate, batch, retry_after)"),
+    ("migration:\n  speed: 1\n", "p.yaml:2: migration.speed: unknown key (known: rate, batch, retry_after)"),
+    ("nodes:\n  slow: [1, 1]\n", "p.yaml:2: nodes.slow: a node is listed twice"),
+    ("nodes:\n  slow: x\n", "p.yaml:2: nodes.slow: expected auto or a list of node ids, got 'x'"),
+    ("metrics:\n  listen: {a: 1}\n", "p.yaml:2: metrics.listen: expected a single value, got a mapping"),
+    ("a: *x\n", "p.yaml:1: yaml: found undefined alias 'x'"),
+    ("interval: 5s\n\ntracking: \x00\n", "p.yaml:3: yaml: special characters are not allowed"),
+    ("? [a]\n: b\n", "p.yaml:1: <key>: expected a single value, got a list"),
+    ("a: " + "[" * 5000 + "]" * 5000 + "\n", "p.yaml: yaml: nested too deeply"),
+]
+
+
+@pytest.mark.parametrize("text, message", EXACT, ids=range(len(EXACT)))
+def test_error_messages_word_for_word(text, message):
+    assert str(error(text)) == message
