@@ -145,3 +145,84 @@ def test_two_promotions_share_one_level_of_victims_exactly():
         ("demote", FAST, 2, 5), ("promote", SLOW, 15, 5),
         ("demote", FAST, 2, 5), ("promote", SLOW, 14, 5),
     ]
+
+
+def test_plan_reports_what_it_was_given():
+    u = pages("u", "a", fast={0: 30}, slow={9: 5})
+    p = run([u], free=500)
+    assert (p.fast_pages, p.move_budget, p.budget) == (30, 10_000, 30 + 400)
+    assert len(p.rooms) == 1 and p.rooms[0].room == 400
+    only_fast = plan([u], (FAST, SLOW), machine(500), (FAST,), (), Policy(**WATERMARKS), 77)
+    assert only_fast.requests == () and only_fast.move_budget == 77
+    # no slow tier, no moves, but the thresholds are still reported: all 35 pages fit (>= 1)
+    assert only_fast.hot == {"a": 1} and only_fast.cold == {"a": 0}  # 1 - hysteresis, >= 0
+
+
+def test_demand_has_one_entry_per_level_and_none_above():
+    from tierd.engine.placement import demand
+
+    d = demand(np.arange(LEVELS))
+    assert d.shape == (LEVELS + 1,) and d[0] == sum(range(LEVELS)) and d[LEVELS] == 0
+
+
+def test_full_slow_node_still_takes_the_demotions():
+    t = Topology((
+        Node(FAST, (0,), TOTAL * PAGE_SIZE, 40 * PAGE_SIZE, (10, 20), None),
+        Node(SLOW, (), 100_000 * PAGE_SIZE, 5 * PAGE_SIZE, (20, 10), None),  # 5 pages free
+    ))
+    u = pages("u", "a", fast={0: 100})
+    p = plan([u], (FAST, SLOW), t, (FAST,), (SLOW,), Policy(**WATERMARKS), 10_000)
+    assert moved(p, "watermark") == [("u", FAST, 0, 60, SLOW)]
+
+
+def cap(n, **kw):
+    return (TargetSpec("a", fast_cap=Amount(bytes=n * PAGE_SIZE), **kw), TargetSpec("b"))
+
+
+def test_watermark_demotions_count_toward_a_cap():
+    # 160 fast pages of a (cap 80): the watermark takes 90 of them from three levels, which
+    # leaves 70, under the cap: nothing more to demote for the cap
+    u = pages("a1", "a", fast={0: 30, 1: 30, 9: 100})
+    p = run([u], free=10, targets=cap(80))
+    assert [r.count for r in p.requests if r.reason == "watermark"] == [30, 30, 30]
+    assert moved(p, "cap") == []
+
+
+def test_cap_demotion_of_one_page_and_within_the_move_budget():
+    u = pages("a1", "a", fast={0: 81})
+    p = run([u], free=500, targets=cap(80))
+    assert moved(p, "cap") == [("a1", FAST, 0, 1, SLOW)]
+    u = pages("a1", "a", fast={0: 130})
+    b = pages("b1", "b", slow={12: 100})
+    kw = dict(WATERMARKS, min_hot=1, hysteresis=2, targets=cap(80))
+    p = plan([u, b], (FAST, SLOW), machine(500), (FAST,), (SLOW,), Policy(**kw), 20)
+    # 50 over the cap, but only 20 moves this interval, and none left for b
+    assert moved(p, "cap") == [("a1", FAST, 0, 20, SLOW)] and p.count("promote") == 0
+
+
+def test_capped_target_promotes_only_up_to_its_cap():
+    u = pages("a1", "a", slow={12: 100})
+    p = run([u], free=500, targets=cap(50))
+    assert moved(p, "promote") == [("a1", SLOW, 12, 50, FAST)]
+
+
+def test_uncapped_target_displaces_another_targets_cold_pages():
+    a = pages("a1", "a", fast={0: 40})
+    b = pages("b1", "b", slow={12: 40})
+    p = run([a, b], free=0, keep_free=Amount(bytes=0), demote_below=Amount(bytes=0))
+    assert moved(p, "demote") == [("a1", FAST, 0, 40, SLOW)]
+    assert moved(p, "promote") == [("b1", SLOW, 12, 40, FAST)]
+
+
+def test_the_two_access_rule_follows_the_window():
+    # with window 1 one access is the whole window (hotness 15): no "two accesses" to wait for
+    u = pages("u", "a", fast={0: 10}, slow={15: 10})
+    p = run([u], free=0, keep_free=Amount(bytes=0), demote_below=Amount(bytes=0), window=1)
+    assert p.count("promote") == 10
+    # with window 2 one access gives 9: a page at 8 has not been seen twice...
+    u = pages("u", "a", fast={0: 10}, slow={8: 10})
+    p = run([u], free=0, keep_free=Amount(bytes=0), demote_below=Amount(bytes=0), window=2)
+    assert p.count("promote") == 0
+    # ... while with the default window 8 (one access: 4) it has
+    p = run([u], free=0, keep_free=Amount(bytes=0), demote_below=Amount(bytes=0))
+    assert p.count("promote") == 10
