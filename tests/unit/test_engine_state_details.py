@@ -139,3 +139,62 @@ def test_extents_repr_and_equality():
     assert repr(Extents([2, 10], [1, 2])) == "Extents(0x80+64p, 0x280+128p)"
     assert Extents([2], [1]) == Extents([2], [1])
     assert Extents([2], [1]) != Extents([3], [1]) and Extents([2], [1]) != Extents([2], [2])
+
+
+def test_extents_must_be_ascending_disjoint_and_non_empty():
+    import pytest
+
+    assert Extents([0, 2], [2, 1]).words == 3  # touching is fine
+    for ws, nw in (([0, 1], [2, 1]), ([4, 0], [1, 1]), ([0], [0])):
+        with pytest.raises(ValueError, match="^extents must be ascending, disjoint and non-empty$"):
+            Extents(ws, nw)
+
+
+def test_accessed_without_present_is_not_an_access():
+    st_ = PageState(Extents([0], [1]), 8, (0,))
+    present = np.ones(64, bool)
+    present[5] = False
+    feed(st_, present, np.zeros(64, bool))
+    acc = np.zeros(64, bool)
+    acc[[5, 6]] = True  # page 5: a broken record says accessed but not present
+    feed(st_, present, acc)
+    assert st_.hotness(np.array([5, 6])).tolist() == [0, 4]
+    assert st_.histograms().sum() == 63
+
+
+def test_mark_absent_touches_only_the_pages_given():
+    st_ = PageState(Extents([0], [1]), 8, (0,))
+    present = np.ones(64, bool)
+    present[10] = False
+    feed(st_, present, np.zeros(64, bool))
+    st_.mark_absent(np.array([3]), 0, st_.unknown)
+    assert st_.histograms().sum() == 62  # 64 - page 10 (never there) - page 3
+    assert int(st_.present[0]) == (2**64 - 1) & ~(1 << 3) & ~(1 << 10)
+    feed(st_, present, present)  # page 3 is back (fresh), page 10 still not there
+    assert st_.histograms().sum() == 63
+
+
+def test_two_requests_for_one_class_and_level_get_both_counts():
+    st_, hot, unk = hot_state()
+    got = st_.select([(unk, 0, 2), (unk, 0, 3)])
+    assert [g.tolist() for g in got] == [[128, 129], [130, 131, 132]]
+
+
+def test_growing_the_window_keeps_the_order_of_samples():
+    from tierd.engine.hotness import hotness_reference
+
+    st_ = PageState(Extents([0], [2]), 3, (0,))  # one chunk of two words
+    rows = []
+    feed(st_, np.ones(128, bool), np.zeros(128, bool))
+    for k in range(3):  # page k accessed in sample k only; pages 8+ every time
+        acc = np.zeros(128, bool)
+        acc[k] = True
+        acc[8:] = True
+        feed(st_, np.ones(128, bool), acc)
+        rows.insert(0, acc[:4])
+    st_.set_window(6)
+    # newest first; rows 3-5 of the longer window: no samples yet
+    want = hotness_reference(np.array(rows + [[False] * 4] * 3), 6)
+    assert st_.hotness(np.arange(4)).tolist() == want.tolist()
+    feed(st_, np.ones(128, bool), np.zeros(128, bool))  # and the new window keeps working
+    assert st_.histograms().sum() == 128
