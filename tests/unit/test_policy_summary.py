@@ -156,9 +156,25 @@ EXACT = [
     ("interval: 5s\n\ntracking: \x00\n", "p.yaml:3: yaml: special characters are not allowed"),
     ("? [a]\n: b\n", "p.yaml:1: <key>: expected a single value, got a list"),
     ("a: " + "[" * 5000 + "]" * 5000 + "\n", "p.yaml: yaml: nested too deeply"),
+    ("hotness:\n  hysteresis: -1\n", "p.yaml:2: hotness.hysteresis: -1 is out of range (0..15)"),
+    ("nodes:\n  fast: [-1]\n", "p.yaml:2: nodes.fast[0]: -1 is out of range (0..4095)"),
+    ("nodes:\n  fast: 4096\n", "p.yaml:2: nodes.fast: 4096 is out of range (0..4095)"),
+    ("targets:\n  - name: a\n    cgroup: x\n",
+     "p.yaml:3: targets[0].cgroup: a cgroup v2 path starts with / (e.g. /system.slice/db.service)"),
+    ("targets:\n  - {comm: x}\n", "p.yaml:2: targets[0].name: every target needs a name"),
+    ("targets:\n  - name: a\n    pids: [1]\n    fast_share: 1\n    fast_cap: 0\n",
+     "p.yaml:5: targets[0].fast_cap: fast_cap (0B) is below fast_share (1B)"),
+    ("5\n", "p.yaml:1: policy: expected a mapping of keys (interval, tracking, targets, nodes, "
+     "fast_tier, hotness, migration, metrics)"),
 ]
 
 
 @pytest.mark.parametrize("text, message", EXACT, ids=range(len(EXACT)))
 def test_error_messages_word_for_word(text, message):
     assert str(error(text)) == message
+
+
+def test_policy_error_fields():
+    e = error("interval: 0s\n")
+    assert e.args == ("p.yaml", 1, "interval", "must be longer than 0s")
+    assert (e.source, e.line, e.key, e.message) == e.args
