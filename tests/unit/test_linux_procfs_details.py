@@ -93,3 +93,24 @@ def test_empty_pagemap_is_process_gone_with_its_pid(tmp_path):
         os.close(fd)
     assert ei.value.pid == 42 and ei.value.errno == errno.ESRCH
     assert "its address space is gone" in str(ei.value)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("1000 rw-p 0 00:00 0", "maps:2: bad number: no '-' in the address range"),
+    ("zz-2000 rw-p 0 00:00 0", "maps:2: bad number: invalid literal for int() with base 16: 'zz'"),
+    ("1000-2000 rw-p 0 00:00 x", "maps:2: bad number: invalid literal for int() with base 10: 'x'"),
+    ("1000--2000 rw-p 0 00:00 0", "maps:2: negative number"),
+    ("1000-2000 rw-p 0 00:00 -1", "maps:2: negative number"),
+])
+def test_maps_errors_word_for_word(line, message):
+    from tierd.linux.procfs import parse_maps
+
+    with pytest.raises(ParseError) as ei:
+        parse_maps("1000-2000 r--p 0 00:00 0\n" + line + "\n")
+    assert str(ei.value) == message
+
+
+def test_meminfo_bad_quantity_names_meminfo():
+    with pytest.raises(ParseError) as ei:
+        parse_meminfo("MemFree: 12 MB\n")
+    assert (ei.value.what, ei.value.line) == ("meminfo", 1)
