@@ -34,7 +34,7 @@ targets:
   - name: app
     comm: "."
 fast_tier: {{keep_free: 10%, demote_below: 5%}}
-hotness: {{window: {window}, min_hot: 1, hysteresis: 2}}
+hotness: {{window: {window}, min_hot: 1}}
 migration: {{rate: {rate}, batch: 4MiB, retry_after: 4}}
 """
 

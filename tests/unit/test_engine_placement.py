@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from tierd.engine.hotness import LEVELS
 from tierd.engine.placement import (
+    FALLBACK_HYSTERESIS,
     NO_THRESHOLD,
     PAGE_SIZE,
     UnitCounts,
@@ -35,7 +36,7 @@ def topo(fast_total_pages=1000, fast_free_pages=100, slow_free_pages=10_000):
 
 
 def policy(**kw):
-    base = dict(keep_free=Amount(bytes=0), demote_below=Amount(bytes=0), min_hot=1, hysteresis=2,
+    base = dict(keep_free=Amount(bytes=0), demote_below=Amount(bytes=0), min_hot=1,
                 targets=(TargetSpec("a"), TargetSpec("b")))
     base.update(kw)
     return Policy(**base)
@@ -178,11 +179,12 @@ hists = st.lists(st.integers(0, 50), min_size=LEVELS, max_size=LEVELS)
 
 @settings(max_examples=150, deadline=None)
 @given(fast=hists, slow=hists, free=st.integers(0, 400), budget=st.integers(0, 300),
-       hyst=st.integers(0, 4), minhot=st.integers(0, 6))
-def test_plan_invariants(fast, slow, free, budget, hyst, minhot):
+       minhot=st.integers(0, 6))
+def test_plan_invariants(fast, slow, free, budget, minhot):
     u = unit("u", fast=dict(enumerate(fast)), slow=dict(enumerate(slow)))
     t = topo(fast_total_pages=2000, fast_free_pages=free)
-    pol = policy(hysteresis=hyst, min_hot=minhot)
+    pol = policy(min_hot=minhot)
+    hyst = FALLBACK_HYSTERESIS
     p = plan([u], NODES, t, (0,), (1,), pol, move_budget=budget)
     assert sum(r.count for r in p.requests) <= budget
     taken = {}

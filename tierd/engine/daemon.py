@@ -37,9 +37,12 @@ from tierd.engine.placement import (
     Plan,
     Request,
     UnitCounts,
+    cap_promotions,
+    node_rooms,
     plan,
     plan_queries,
 )
+from tierd.engine.gain import GainModel
 from tierd.engine.state import CHUNK_WORDS, Extents, PageState
 from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
 
@@ -170,6 +173,7 @@ class Engine:
         self.executor = Executor(kernel, policy.batch // PAGE_SIZE, should_stop=should_stop, clock=clock)
         self.units: dict[tuple, Unit] = {}
         self.seq = 0
+        self.gain = GainModel()  # access-rate estimates per (tier, level), across intervals
         self._warned_single_tier = False
 
     # -- policy ------------------------------------------------------------------------------
@@ -234,12 +238,16 @@ class Engine:
             queries = plan_queries(self._counts(live), self.query_budget)
             self._execute(queries, stats, query=True)
             counts = self._counts(live)
-            pl = plan(counts, node_ids, topo, fast, slow, pol, self.move_budget)
+            gain = self._gain(live, node_ids, fast, slow)
+            pl = plan(counts, node_ids, topo, fast, slow, pol, self.move_budget, gain)
             stats.plan = pl
             demotions = [r for r in pl.requests if r.reason != "promote"]
             promotions = [r for r in pl.requests if r.reason == "promote"]
-            # demotions first: they make the room the promotions were planned into
+            # demotions first: they make the room the promotions were planned into; then
+            # promote only into the room there is now (a failed demotion cancels its pair)
             stats.demoted = self._execute(demotions, stats)
+            rooms = node_rooms(self.kernel.topology(), fast, pol.keep_free, pol.demote_below)
+            promotions = cap_promotions(promotions, {r.node: r.room for r in rooms})
             stats.promoted = self._execute(promotions, stats)
         elif live and not self._warned_single_tier:
             log.warning("no slow memory tier (fast nodes %s, slow nodes %s): only observing",
@@ -301,7 +309,24 @@ class Engine:
 
     @staticmethod
     def _counts(units: Sequence[Unit]) -> list[UnitCounts]:
-        return [UnitCounts(u.ref.key, u.ref.target, u.state.histograms()) for u in units]
+        """Histograms per process; movable: minus pages in retry backoff, and nothing before
+        a second sample (the first one carries no recency: no page has history yet)."""
+        out = []
+        for u in units:
+            h = u.state.histograms()
+            movable = h - u.state.backoff_histograms() if u.state.samples >= 2 else np.zeros_like(h)
+            out.append(UnitCounts(u.ref.key, u.ref.target, h, movable))
+        return out
+
+    def _gain(self, units: Sequence[Unit], node_ids, fast, slow):
+        """This interval's access-rate estimates (tierd.engine.gain), or None: the level
+        rule."""
+        est = sum(u.state.est for u in units if u.state.node_ids == tuple(node_ids))
+        if not isinstance(est, np.ndarray):
+            return None
+        cls = {n: i for i, n in enumerate(node_ids)}
+        return self.gain.update(est, [cls[n] for n in fast if n in cls],
+                                [cls[n] for n in slow if n in cls], self.policy.min_gain)
 
     def _execute(self, requests: Sequence[Request], stats: IntervalStats, query: bool = False) -> int:
         """Select the pages for ``requests`` and run move_pages on them, process by process
