@@ -91,6 +91,7 @@ class Policy:
     min_hot: int = 1
     min_gain: float = 0.05  # hotness.min_gain (replaced hotness.hysteresis)
     rate: int = 128 << 20
+    query_rate: int = 64 << 30  # migration.query_rate: address space per second to learn nodes of
     batch: int = 4 << 20
     retry_after: int = 4
     metrics_listen: str = "127.0.0.1:9464"
@@ -115,6 +116,7 @@ class Policy:
             "hotness.min_hot": str(self.min_hot),
             "hotness.min_gain": f"{self.min_gain * 100:g}%",
             "migration.rate": format_size(self.rate) + "/s",
+            "migration.query_rate": format_size(self.query_rate) + "/s",
             "migration.batch": format_size(self.batch),
             "migration.retry_after": f"{self.retry_after} intervals",
             "metrics.listen": self.metrics_listen or "(disabled)",
@@ -298,11 +300,12 @@ class _Walker:
                 kw["min_gain"] = self.unit(h["min_gain"][1], "hotness.min_gain", parse_fraction,
                                            "percentage")
         if "migration" in top:
-            m = self.mapping(top["migration"][1], "migration", ("rate", "batch", "retry_after"))
-            if "rate" in m:
-                kw["rate"] = self.unit(m["rate"][1], "migration.rate", parse_rate, "rate")
-                if kw["rate"] < PAGE_SIZE:
-                    self.fail(m["rate"][1], "migration.rate", "must be at least 4KiB/s")
+            m = self.mapping(top["migration"][1], "migration", ("rate", "query_rate", "batch", "retry_after"))
+            for k in ("rate", "query_rate"):
+                if k in m:
+                    kw[k] = self.unit(m[k][1], f"migration.{k}", parse_rate, "rate")
+                    if kw[k] < PAGE_SIZE:
+                        self.fail(m[k][1], f"migration.{k}", "must be at least 4KiB/s")
             if "batch" in m:
                 kw["batch"] = self.unit(m["batch"][1], "migration.batch", parse_size, "size")
                 if kw["batch"] < PAGE_SIZE:

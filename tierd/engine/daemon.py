@@ -48,8 +48,7 @@ from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
 
 log = logging.getLogger("tierd")
 
-QUERY_FACTOR = 8  # node queries per interval, relative to the migration budget in pages
-QUERY_MIN = 65536  # ... but at least this many (256 MiB of address space)
+QUERY_MIN = 65536  # node queries per interval at least (256 MiB of address space)
 SLICE_PAGES = 1 << 22  # pages selected and moved at a time: ~100 MB of temporaries at most
 DEFAULT_CONFIG = "/etc/tierd.yaml"
 
@@ -160,7 +159,6 @@ class Engine:
         should_stop: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.monotonic,
         chunk_words: int = CHUNK_WORDS,
-        query_factor: int = QUERY_FACTOR,
     ) -> None:
         self.kernel = kernel
         self.policy = policy
@@ -168,7 +166,6 @@ class Engine:
         self.should_stop = should_stop
         self.clock = clock
         self.chunk_words = chunk_words
-        self.query_factor = query_factor
         self.reader = kernel.reader(policy.tracking)
         self.executor = Executor(kernel, policy.batch // PAGE_SIZE, should_stop=should_stop, clock=clock)
         self.units: dict[tuple, Unit] = {}
@@ -202,7 +199,9 @@ class Engine:
 
     @property
     def query_budget(self) -> int:
-        return max(QUERY_MIN, self.query_factor * self.move_budget)
+        """Pages whose node may be asked for this interval (migration.query_rate * interval):
+        a budget of its own, so learning where pages are never costs migrations."""
+        return max(QUERY_MIN, int(self.policy.query_rate * self.policy.interval) // PAGE_SIZE)
 
     # -- one interval ------------------------------------------------------------------------
     def step(self) -> IntervalStats:

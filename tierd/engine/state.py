@@ -182,6 +182,22 @@ def words_to_pages(word_idx: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return np.asarray(word_idx, dtype=np.int64)[f >> 6] * 64 + (f & 63)
 
 
+_KERNELS: dict[tuple[int, int], HistogramKernel] = {}
+
+
+def shared_kernel(window: int, chunk_words: int) -> HistogramKernel:
+    """One histogram kernel (scratch buffers only) per window and chunk size, shared by every
+    process's state: with hundreds of small processes, per-process buffers (megabytes
+    each, strided rows) cost more in cache and TLB misses than the arithmetic.  The engine
+    is single-threaded and a kernel's buffers hold nothing between calls, except the
+    hotness planes ``commit`` reads back right after computing them."""
+    key = (int(window), int(chunk_words))
+    k = _KERNELS.get(key)
+    if k is None:
+        k = _KERNELS[key] = HistogramKernel(key[0], key[1], 4)
+    return k
+
+
 def _lowest_bits(x: int, k: int) -> int:
     """The k lowest set bits of the 64-bit integer x."""
     out = 0
@@ -209,7 +225,7 @@ class PageState:
         self.samples = 0  # samples committed
         self.head = 0  # ring row of the newest sample
         self._cur = 0  # which present plane is the current one
-        self._kernel = HistogramKernel(self.window, self.chunk_words, max(1, len(self.node_ids)))
+        self._kernel = shared_kernel(self.window, self.chunk_words)
         self._alloc(extents.words)
         # sparse retry table, sorted by vpn
         self.retry_vpn = np.zeros(0, np.int64)
@@ -761,7 +777,7 @@ class PageState:
         self.hist = hist
         self.head = 0
         self.window = window
-        self._kernel = HistogramKernel(window, self.chunk_words, max(1, len(self.node_ids)))
+        self._kernel = shared_kernel(window, self.chunk_words)
         self._est_reset()
         self._recompute()
 

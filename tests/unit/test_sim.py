@@ -7,8 +7,8 @@ import errno
 import numpy as np
 import pytest
 
-from tierd.engine import simulate as sim
-from tierd.engine.simulate import (
+from tierd.sim import simulate as sim
+from tierd.sim.simulate import (
     FAST,
     SLOW,
     SimKernel,
