@@ -152,3 +152,52 @@ def test_cli_simulate(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "steady state: hit/oracle" in out and out.count("\n") >= 6
     assert main(["simulate", "--config", str(cfg), "--workload", "size=1GiB"]) == 2
+
+
+def test_wasted_moves_and_effective_access_time():
+    """A page moved back within the window is wasted; a swap that demotes the heavier page
+    is wasted twice; moves raise the effective access time."""
+    m = SimMachine(parse_workload("size=8MiB,fast=4MiB,slow=16MiB,init=slow,dist=zipf:1.1"))
+    k = SimKernel(m)
+    p = next(iter(m.procs.values()))
+    heavy = p.page_of(np.arange(4, dtype=np.uint64))  # the 4 heaviest pages
+    light = p.page_of(np.arange(1000, 1004, dtype=np.uint64))
+
+    def addrs(pages):
+        return (np.asarray(pages, np.uint64) + np.uint64(p.base_vpn)) << np.uint64(12)
+
+    m.interval = 0
+    m.begin_moves()
+    k.move_pages(p.pid, addrs(heavy), np.full(4, FAST, np.int32))
+    assert m.move_stats() == (0, 0)  # first moves, into free room
+    m.interval = 3
+    m.begin_moves()
+    k.move_pages(p.pid, addrs(heavy[:2]), np.full(2, SLOW, np.int32))  # back after 3 intervals
+    k.move_pages(p.pid, addrs(light[:2]), np.full(2, FAST, np.int32))  # lighter ones promoted
+    assert m.move_stats() == (2, 4)
+    m.interval = 3 + sim.WASTE_WINDOW
+    m.begin_moves()
+    k.move_pages(p.pid, addrs(heavy[:2]), np.full(2, FAST, np.int32))  # back, but much later
+    assert m.move_stats() == (0, 0)
+
+
+def test_nodes_learned_within_the_documented_intervals():
+    """etc/tierd.yaml: the default migration.query_rate learns a 1 TiB process in 4 intervals.
+    The same schedule, scaled down (2 GiB, a quarter of it per interval), on the simulator:
+    queries come out of their own budget, hottest first, and every page is known after the
+    4th interval while moves go on."""
+    default = Policy()
+    per_interval = int(default.query_rate * default.interval) // 4096
+    intervals = -(-(1 << 40) // 4096 // per_interval)
+    assert intervals <= 4
+    pages = (2 << 30) // 4096
+    pol = policy(interval=4.0, query_rate=(2 << 30) // intervals // 4, rate=64 * MIB)
+    rows, _ = simulate(pol, parse_workload("size=2GiB,fast=1GiB,dist=zipf:1.1,seed=5"), intervals=6)
+    budget = pages // intervals
+    assert [r.unknown for r in rows[:intervals]] == [pages - (i + 1) * budget for i in range(intervals)]
+    assert all(r.unknown == 0 for r in rows[intervals - 1:])
+    assert sum(r.queried for r in rows) == pages
+    moved = [r for r in rows if r.moves]
+    assert moved and all(r.moves <= 64 * MIB * 4 // 4096 for r in rows)
+    assert all(r.eat_ns > sim.ACCESS_LINES * sim.T_FAST for r in moved)
+    assert all(0 <= r.wasted <= r.moves for r in rows)

@@ -23,7 +23,12 @@ it (exact, maintained as pages move).  The oracle is the best placement for the 
 capacity the engine may fill (fast node size minus the keep_free floor and other users): the
 heaviest pages, i.e. the prefix sum of the weights by rank.  Printed per interval, measured
 *during* the interval (before that interval's moves): hit fraction, oracle, their ratio,
-pages promoted / demoted, and the engine's own time.
+pages promoted / demoted, and the engine's own time.  And what the moves cost: ``wasted``
+moves (pages moved back within WASTE_WINDOW intervals of their last move, plus swaps whose
+promoted page is not more accessed than its demoted one, matched heaviest with heaviest),
+``eat_ns`` (effective access time per access: fast/slow latency by the hit fraction, plus
+each migrated page's cost spread over the interval's accesses; constants T_FAST, T_SLOW,
+ACCESS_LINES, T_MOVE), and ``unknown`` (pages whose node the engine has not learned yet).
 
 Compact SPEC: comma-separated key=value, e.g.
 ``size=1TiB,fast=256GiB,dist=zipf:1.1,phase=every:20`` or ``size=64GiB,fast=16GiB,dist=hotset:10%``.
@@ -62,6 +67,11 @@ CHUNK = 1 << 24  # ranks/pages per vectorized step: bounds temporaries to ~100 M
 BLOCK = 1 << 12  # ranks per block of the tail-sampling table
 HEAD_LAMBDA = 0.5  # ranks expecting at least this many accesses are drawn one by one
 MIN_FREE_FRACTION = 0.005  # the simulated kernel keeps this much of a node free
+WASTE_WINDOW = 8  # a page moved back within this many intervals was moved for nothing
+# Effective access time model (ns), a relative score: each simulated access stands for
+# ACCESS_LINES cache-line misses served by the page's tier; each migrated page costs T_MOVE
+# (copy 4 KiB, unmap, TLB shootdown, remap).
+T_FAST, T_SLOW, ACCESS_LINES, T_MOVE = 80.0, 250.0, 16, 8000.0
 
 
 class WorkloadError(ValueError):
@@ -356,6 +366,8 @@ class SimProcess:
             self.present[-1] = np.uint64((1 << (self.npages % 64)) - 1)
         self.accessed = np.zeros(self.words, dtype=np.uint64)
         self._mark = np.zeros(self.words * 64, dtype=bool)
+        # interval of each page's last move + 1 (0: never moved), modulo 255: one byte a page
+        self.moved_at = np.zeros(self.npages, dtype=np.uint8)
         self.phase = 0
         self._new_mapping()
         # ranks below `head` expect >= HEAD_LAMBDA accesses: drawn one by one
@@ -465,6 +477,22 @@ class SimMachine:
             self.used[FAST] += take
             self.used[SLOW] += proc.npages - take
         self.interval = -1
+        self.begin_moves()
+
+    def begin_moves(self) -> None:
+        """Start this interval's move accounting (see ``move_stats``)."""
+        self._back = 0  # pages moved back within WASTE_WINDOW intervals of their last move
+        self._rates: dict[int, list[np.ndarray]] = {FAST: [], SLOW: []}  # true rates of moved pages
+
+    def move_stats(self) -> tuple[int, int]:
+        """(moved back within the window, moves that did not improve the fast tier) this
+        interval.  The second: promoted and demoted pages matched heaviest with heaviest; a
+        pair whose promoted page is not more accessed than its demoted one is two wasted
+        moves."""
+        up = np.sort(np.concatenate(self._rates[FAST] or [np.zeros(0)]))[::-1]
+        down = np.sort(np.concatenate(self._rates[SLOW] or [np.zeros(0)]))[::-1]
+        k = min(up.size, down.size)
+        return self._back, 2 * int((up[:k] <= down[:k]).sum())
 
     def free(self, node: int) -> int:
         return self.capacity[node] - self.used[node]
@@ -541,8 +569,15 @@ class SimMachine:
             st[full] = -errno.ENOMEM
             if ok.size:
                 moved = pg[ok]
-                w = float(proc.weight_of_pages(moved).sum())
+                wp = proc.weight_of_pages(moved)
+                w = float(wp.sum())
                 proc.fast_weight += w if d == FAST else -w
+                self._rates[d].append(wp * proc.rate)
+                now = self.interval % 255 + 1
+                last = proc.moved_at[moved].astype(np.int64)
+                age = (now - last) % 255
+                self._back += int(((last > 0) & (age < WASTE_WINDOW)).sum())
+                proc.moved_at[moved] = now
                 proc.node[moved] = d
                 st[ok] = d
                 self.used[d] += ok.size
@@ -658,6 +693,19 @@ class Row:
     engine_ms: float
     phase_change: bool
     fast_used: float  # fraction of the fast node in use
+    unknown: int = 0  # present pages whose node the engine does not know yet
+    moved_back: int = 0  # pages moved back within WASTE_WINDOW intervals of their last move
+    unimproving: int = 0  # moves in pairs whose promoted page was not the more accessed
+    eat_ns: float = 0.0  # effective access time per access, migrations included (T_* model)
+
+    @property
+    def moves(self) -> int:
+        return self.promoted + self.demoted
+
+    @property
+    def wasted(self) -> int:
+        """Moves that bought nothing (moved back, or not more accessed), at most all moves."""
+        return min(self.moves, self.moved_back + self.unimproving)
 
     @property
     def ratio(self) -> float:
@@ -703,13 +751,20 @@ def simulate(policy, spec: WorkloadSpec, intervals: int | None = None, on_row=No
     rows = []
     for _ in range(intervals or spec.intervals):
         changed = machine.begin_interval()
+        machine.begin_moves()
         hit = machine.hit_fraction()
         stats = engine.step()
+        back, unimproving = machine.move_stats()
+        accesses = sum(p.rate for p in machine.procs.values())
+        moves = stats.promoted + stats.demoted
         row = Row(
             interval=machine.interval, hit=hit, oracle=oracle, promoted=stats.promoted,
             demoted=stats.demoted, failed=stats.moves.failed, queried=stats.queries.queried,
             engine_ms=stats.engine_seconds * 1e3, phase_change=changed,
             fast_used=machine.used[FAST] / machine.capacity[FAST],
+            unknown=int(stats.nodes[-1].sum()) if -1 in stats.nodes else 0,
+            moved_back=back, unimproving=unimproving,
+            eat_ns=ACCESS_LINES * (hit * T_FAST + (1 - hit) * T_SLOW) + moves * T_MOVE / accesses,
         )
         rows.append(row)
         if on_row is not None:
@@ -795,14 +850,15 @@ def main(args: argparse.Namespace) -> int:
           f"rate {format_size(policy.rate)}/s x {policy.interval:g}s")
     if not args.quiet:
         print(f"{'interval':>8} {'hit':>6} {'oracle':>6} {'ratio':>6} {'promoted':>9} "
-              f"{'demoted':>9} {'failed':>7} {'queried':>9} {'fast%':>6} {'engine_ms':>9}")
+              f"{'demoted':>9} {'failed':>7} {'queried':>9} {'fast%':>6} {'engine_ms':>9} "
+              f"{'wasted':>8} {'eat_ns':>7} {'unknown':>9}")
 
     def show(r: Row) -> None:
         if not args.quiet:
             mark = "  <- hot set moved" if r.phase_change else ""
             print(f"{r.interval:>8} {r.hit:6.3f} {r.oracle:6.3f} {r.ratio:6.3f} {r.promoted:>9} "
                   f"{r.demoted:>9} {r.failed:>7} {r.queried:>9} {100 * r.fast_used:6.1f} "
-                  f"{r.engine_ms:9.1f}{mark}", flush=True)
+                  f"{r.engine_ms:9.1f} {r.wasted:>8} {r.eat_ns:7.0f} {r.unknown:>9}{mark}", flush=True)
 
     t0 = time.monotonic()
     try:
