@@ -132,3 +132,25 @@ def test_two_identical_processes_share_the_fast_node_equally():
     fa, fb = pages_on(a, 0), pages_on(b, 0)
     assert fa + fb == 800  # the room: 1210 - 410
     assert abs(fa - fb) <= 0.02 * max(fa, fb)
+
+
+def test_reader_that_knows_nodes_saves_the_queries():
+    """The pagemap path reads PFNs, and a PFN's node comes from the sysfs memory blocks:
+    a reader offering ``nodes(pid, word_start, nwords)`` makes node queries unnecessary."""
+    k = FakeKernel()
+    proc = k.add(FakeProc(PID, 128, node=1))
+    for i in range(0, 128, 3):
+        proc.node[proc.vpn(i)] = 0
+
+    def nodes(pid, word_start, nwords):
+        out = np.full(nwords * 64, -1, np.int16)
+        for v, n in k.proc(pid).node.items():
+            if word_start * 64 <= v < (word_start + nwords) * 64:
+                out[v - word_start * 64] = n
+        return out
+
+    k._reader.nodes = nodes
+    eng = make_engine(k)
+    stats = eng.step()
+    assert [c for c in k.calls if c[0] == "query"] == []
+    assert stats.nodes[-1].sum() == 0 and stats.nodes[0].sum() == 43 and stats.nodes[1].sum() == 85

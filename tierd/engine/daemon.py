@@ -43,7 +43,7 @@ from tierd.engine.placement import (
     plan_queries,
 )
 from tierd.engine.gain import GainModel
-from tierd.engine.state import CHUNK_WORDS, Extents, PageState
+from tierd.engine.state import CHUNK_WORDS, Extents, PageState, words_to_pages
 from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
 
 log = logging.getLogger("tierd")
@@ -304,7 +304,30 @@ class Engine:
             accessed[off: off + nw] = a
         t0 = self.clock()
         st.commit()
+        nodes_of = getattr(self.reader, "nodes", None)
+        if nodes_of is not None:
+            self._learn_nodes(unit, nodes_of)
         return ours + self.clock() - t0
+
+    @staticmethod
+    def _learn_nodes(unit: Unit, nodes_of) -> None:
+        """A reader that knows each page's node from the sample itself (pagemap PFNs and the
+        sysfs memory blocks: ``nodes(pid, word_start, nwords)`` -> int16 per page, -1
+        unknown) saves the move_pages queries: pages of unknown node learn it here."""
+        st = unit.state
+        unknown = st.class_mask(st.unknown, 0, st.words)
+        if not unknown.any():
+            return
+        ext = st.extents
+        for ws, nw, off in zip(ext.word_start.tolist(), ext.nwords.tolist(), ext.offset.tolist()):
+            w = np.flatnonzero(unknown[off: off + nw])
+            if w.size == 0:
+                continue
+            pages = words_to_pages(w + off, unknown[off + w])
+            node = np.asarray(nodes_of(unit.ref.pid, ws, nw), dtype=np.int64)[pages - off * 64]
+            ok = node >= 0
+            if ok.any():
+                st.set_node(pages[ok], st.hotness(pages[ok]), st.unknown, node[ok])
 
     @staticmethod
     def _counts(units: Sequence[Unit]) -> list[UnitCounts]:

@@ -729,8 +729,10 @@ def fast_capacity_pages(spec: WorkloadSpec, policy) -> int:
 
 
 def simulate(policy, spec: WorkloadSpec, intervals: int | None = None, on_row=None,
-             chunk_words: int | None = None) -> tuple[list[Row], SimMachine]:
-    """Run the engine on the simulated machine; returns the per-interval rows."""
+             chunk_words: int | None = None, on_end=None) -> tuple[list[Row], SimMachine]:
+    """Run the engine on the simulated machine; returns the per-interval rows.
+    ``on_end(engine, machine)`` is called after the last interval, before the engine
+    closes (to inspect its state)."""
     machine = SimMachine(spec)
     kernel = SimKernel(machine)
     names = [t.name for t in policy.targets]
@@ -769,6 +771,8 @@ def simulate(policy, spec: WorkloadSpec, intervals: int | None = None, on_row=No
         rows.append(row)
         if on_row is not None:
             on_row(row)
+    if on_end is not None:
+        on_end(engine, machine)
     engine.close()
     return rows, machine
 
