@@ -201,3 +201,32 @@ def test_nodes_learned_within_the_documented_intervals():
     assert moved and all(r.moves <= 64 * MIB * 4 // 4096 for r in rows)
     assert all(r.eat_ns > sim.ACCESS_LINES * sim.T_FAST for r in moved)
     assert all(0 <= r.wasted <= r.moves for r in rows)
+
+
+def test_churn_frees_and_faults_back_pages_and_kswapd_demotes_behind_tierds_back():
+    spec = parse_workload("size=64MiB,fast=32MiB,dist=zipf:1.1,churn=10%,kswapd=on,seed=6")
+    assert spec.processes[0].churn == 0.1 and spec.kswapd
+    m = SimMachine(spec)
+    p = next(iter(m.procs.values()))
+    assert m.free(FAST) < sim.KSWAPD_LOW * m.capacity[FAST]  # first touch filled it
+    m.begin_interval()
+    assert m.kswapd_demoted > 0 and m.free(FAST) >= int(sim.KSWAPD_HIGH * m.capacity[FAST])
+    m.begin_interval()
+    lo, hi = p.freed
+    assert hi - lo == int(p.npages * 0.1) // 64 * 64
+    assert (p.node[lo:hi] == sim.ABSENT).all() and not p.present[lo // 64: hi // 64].any()
+    assert not (p.accessed[lo // 64: hi // 64]).any()
+    assert m.used[FAST] + m.used[SLOW] == p.npages - (hi - lo)
+    k = SimKernel(m)
+    addr = np.array([(p.base_vpn + lo) << 12], np.uint64)
+    assert k.move_pages(p.pid, addr, None).tolist() == [-errno.ENOENT]
+    assert k.move_pages(p.pid, addr, np.array([FAST], np.int32)).tolist() == [-errno.ENOENT]
+    m.begin_interval()  # faulted back in (and another range freed)
+    assert (p.node[lo:hi] != sim.ABSENT).all() or p.freed[0] < hi
+    fw = p.fast_weight
+    p.recompute_fast_weight()
+    assert abs(fw - p.fast_weight) < 1e-9
+    # the engine copes: pages vanish and come back with unknown node, kswapd moves pages
+    rows, _ = simulate(policy(), spec, intervals=10)
+    assert summarize(rows).steady_ratio > 0.8
+    assert all(r.fast_used <= 1.0 for r in rows)

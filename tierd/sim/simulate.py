@@ -36,10 +36,13 @@ Keys: size, fast, slow (default: size), other (fast memory used by others, defau
 dist (uniform | zipf:S | hotset:F[:Q]), phase (none | every:K), accesses (per page per
 interval, "1x"), layout (scatter | contig), init (first | slow: where pages start; first = first
 touch, the fast node fills up first), busy (fraction of moves failing with EBUSY),
-target (policy target name; default the first), intervals, seed.
-A YAML file instead gives ``machine: {fast, slow, other}``, ``intervals``, ``seed`` and a
-``processes:`` list of maps with the per-process keys (size, dist, phase, accesses, layout,
-init, busy, target).
+target (policy target name; default the first), churn (fraction of the pages freed each
+interval, as one range, and faulted back in the next: first touch puts them on the fast node
+while it has room), kswapd (on/off: the kernel itself demotes pages not accessed lately when
+the fast node's free memory falls below 1%, behind tierd's back), intervals, seed.
+A YAML file instead gives ``machine: {fast, slow, other, kswapd}``, ``intervals``, ``seed``
+and a ``processes:`` list of maps with the per-process keys (size, dist, phase, accesses,
+layout, init, busy, target, churn).
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ CHUNK = 1 << 24  # ranks/pages per vectorized step: bounds temporaries to ~100 M
 BLOCK = 1 << 12  # ranks per block of the tail-sampling table
 HEAD_LAMBDA = 0.5  # ranks expecting at least this many accesses are drawn one by one
 MIN_FREE_FRACTION = 0.005  # the simulated kernel keeps this much of a node free
+KSWAPD_LOW, KSWAPD_HIGH = 0.01, 0.02  # kswapd=on: demotes below LOW free until HIGH is free
+ABSENT = -1  # node of a freed page
 WASTE_WINDOW = 8  # a page moved back within this many intervals was moved for nothing
 # Effective access time model (ns), a relative score: each simulated access stands for
 # ACCESS_LINES cache-line misses served by the page's tier; each migrated page costs T_MOVE
@@ -92,6 +97,7 @@ class ProcessSpec:
     init: str = "first"
     busy: float = 0.0
     target: str | None = None
+    churn: float = 0.0  # fraction of the pages freed each interval, faulted back in the next
 
 
 @dataclass(frozen=True)
@@ -102,14 +108,15 @@ class WorkloadSpec:
     other: int = 0
     intervals: int = 30
     seed: int = 1
+    kswapd: bool = False  # the kernel demotes by itself when the fast node runs low
 
     @property
     def slow_size(self) -> int:
         return self.slow if self.slow is not None else sum(p.size for p in self.processes)
 
 
-_PROC_KEYS = {"size", "dist", "phase", "accesses", "layout", "init", "busy", "target"}
-_MACHINE_KEYS = {"fast", "slow", "other"}
+_PROC_KEYS = {"size", "dist", "phase", "accesses", "layout", "init", "busy", "target", "churn"}
+_MACHINE_KEYS = {"fast", "slow", "other", "kswapd"}
 
 
 def parse_workload(text: str) -> WorkloadSpec:
@@ -179,6 +186,7 @@ def _from_mapping(doc, where: str) -> WorkloadSpec:
         fast=fast,
         slow=None if slow is None else size(slow, "slow"),
         other=size(machine.get("other", 0), "other"),
+        kswapd=_onoff(machine.get("kswapd", "off"), "kswapd", where),
         intervals=_int(doc.get("intervals", 30), "intervals", where),
         seed=_int(doc.get("seed", 1), "seed", where),
     )
@@ -187,6 +195,14 @@ def _from_mapping(doc, where: str) -> WorkloadSpec:
     if spec.slow_size < 1:
         raise WorkloadError(f"{where}: slow must be > 0")
     return spec
+
+
+def _onoff(v, key, where) -> bool:
+    if v in (True, False):
+        return bool(v)
+    if str(v) in ("on", "off"):
+        return str(v) == "on"
+    raise WorkloadError(f"{where}: {key}: on or off, got {v!r}")
 
 
 def _int(v, key, where) -> int:
@@ -237,7 +253,14 @@ def _process(p: dict, key: str, where: str, size) -> ProcessSpec:
             raise ValueError
     except (ValueError, UnitError):
         raise WorkloadError(f"{where}: {key}.busy: a fraction below 1") from None
-    return ProcessSpec(s, dist, every, accesses, layout, init, busy, p.get("target"))
+    churn = p.get("churn", 0)
+    try:
+        churn = parse_fraction(churn) if isinstance(churn, str) and churn.endswith("%") else float(churn)
+        if not 0 <= churn < 1:
+            raise ValueError
+    except (ValueError, UnitError):
+        raise WorkloadError(f"{where}: {key}.churn: a fraction below 1") from None
+    return ProcessSpec(s, dist, every, accesses, layout, init, busy, p.get("target"), churn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,6 +392,7 @@ class SimProcess:
         # interval of each page's last move + 1 (0: never moved), modulo 255: one byte a page
         self.moved_at = np.zeros(self.npages, dtype=np.uint8)
         self.phase = 0
+        self.freed: tuple[int, int] | None = None  # pages freed last interval (churn)
         self._new_mapping()
         # ranks below `head` expect >= HEAD_LAMBDA accesses: drawn one by one
         self.head = self.dist.count_ge(HEAD_LAMBDA / self.rate)
@@ -446,6 +470,14 @@ class SimProcess:
         mark[pages] = True
         self.accessed = np.packbits(mark, bitorder="little").view(np.uint64).copy()
         mark[pages] = False
+        self.accessed &= self.present  # freed pages are not accessed
+
+    def set_present(self, lo: int, hi: int, on: bool) -> None:
+        """Pages lo..hi (64-aligned lo) present or not (freed: node ABSENT)."""
+        w0, w1 = lo // 64, -(-hi // 64)
+        self.present[w0:w1] = np.uint64(0xFFFF_FFFF_FFFF_FFFF) if on else np.uint64(0)
+        if on and self.npages % 64 and w1 == self.words:
+            self.present[-1] = np.uint64((1 << (self.npages % 64)) - 1)
 
     def place_initially(self, fast_pages: int) -> None:
         self.node[:fast_pages] = FAST
@@ -477,6 +509,7 @@ class SimMachine:
             self.used[FAST] += take
             self.used[SLOW] += proc.npages - take
         self.interval = -1
+        self.kswapd_demoted = 0
         self.begin_moves()
 
     def begin_moves(self) -> None:
@@ -497,6 +530,63 @@ class SimMachine:
     def free(self, node: int) -> int:
         return self.capacity[node] - self.used[node]
 
+    def churn(self, proc: SimProcess) -> None:
+        """Fault back in the pages freed last interval (first touch: the fast node while it
+        has more than the kernel's reserve free, like Linux's local allocation), then free a
+        new range of ``churn`` of the pages."""
+        if proc.freed is not None:
+            lo, hi = proc.freed
+            proc.set_present(lo, hi, True)
+            k = max(0, min(hi - lo, self.free(FAST) - int(self.capacity[FAST] * MIN_FREE_FRACTION)))
+            proc.node[lo: lo + k] = FAST
+            proc.node[lo + k: hi] = SLOW
+            self.used[FAST] += k
+            self.used[SLOW] += hi - lo - k
+            if k:
+                proc.fast_weight += float(proc.weight_of_pages(np.arange(lo, lo + k)).sum())
+            proc.freed = None
+        n = int(proc.npages * proc.spec.churn) // 64 * 64
+        if n <= 0:
+            return
+        lo = int(proc.rng.integers(0, (proc.npages - n) // 64 + 1)) * 64
+        hi = lo + n
+        sl = proc.node[lo:hi]
+        on_fast = np.flatnonzero(sl == FAST) + lo
+        if on_fast.size:
+            proc.fast_weight -= float(proc.weight_of_pages(on_fast).sum())
+        self.used[FAST] -= on_fast.size
+        self.used[SLOW] -= int((sl == SLOW).sum())
+        proc.node[lo:hi] = ABSENT
+        proc.set_present(lo, hi, False)
+        proc.freed = (lo, hi)
+
+    def kswapd(self) -> int:
+        """The kernel's own demotion (memory tiering's reclaim path): below KSWAPD_LOW of the
+        fast node free, demote pages not accessed in the last interval until KSWAPD_HIGH is
+        free.  tierd does not see these moves; it must cope with stale node knowledge.
+        Returns the pages demoted."""
+        cap = self.capacity[FAST]
+        if self.free(FAST) >= KSWAPD_LOW * cap:
+            return 0
+        need = int(KSWAPD_HIGH * cap) - self.free(FAST)
+        done = 0
+        for proc in self.procs.values():
+            if need <= done:
+                break
+            idle = np.flatnonzero(proc.node == FAST)
+            if idle.size == 0:
+                continue
+            acc = ((proc.accessed[idle >> 6] >> (idle & 63).astype(np.uint64)) & np.uint64(1)).astype(bool)
+            idle = idle[~acc][: need - done]
+            if idle.size == 0:
+                continue
+            proc.fast_weight -= float(proc.weight_of_pages(idle).sum())
+            proc.node[idle] = SLOW
+            self.used[FAST] -= idle.size
+            self.used[SLOW] += idle.size
+            done += idle.size
+        return done
+
     def begin_interval(self) -> bool:
         """Advance to the next interval: phase changes, then this interval's accesses.
         Returns True if some process's hot set moved."""
@@ -507,7 +597,10 @@ class SimMachine:
             if every and self.interval > 0 and self.interval % every == 0:
                 proc.phase_change()
                 changed = True
+            if proc.spec.churn and self.interval > 0:
+                self.churn(proc)
             proc.generate()
+        self.kswapd_demoted = self.kswapd() if self.spec.kswapd else 0
         return changed
 
     def hit_fraction(self) -> float:
@@ -546,17 +639,17 @@ class SimMachine:
         inside = (page >= 0) & (page < proc.npages)
         status = np.full(page.shape, -errno.EFAULT, dtype=np.int32)
         pg = page[inside]
+        cur = proc.node[pg].astype(np.int64)
         if nodes is None:
-            status[inside] = proc.node[pg]
+            status[inside] = np.where(cur == ABSENT, -errno.ENOENT, cur)
             return status
         dest = np.asarray(nodes, dtype=np.int64)[inside]
         if np.any((dest != FAST) & (dest != SLOW)):
             from tierd.linux.errors import MovePagesError
 
             raise MovePagesError(errno.ENODEV, "no such node")
-        cur = proc.node[pg].astype(np.int64)
-        st = cur.copy()
-        want = dest != cur
+        st = np.where(cur == ABSENT, -errno.ENOENT, cur)
+        want = (dest != cur) & (cur != ABSENT)
         if proc.spec.busy:
             busy = want & (proc.rng.random(pg.size) < proc.spec.busy)
             st[busy] = -errno.EBUSY
