@@ -197,6 +197,19 @@ def _from_mapping(doc, where: str) -> WorkloadSpec:
     return spec
 
 
+def _below_one(v, what: str) -> float:
+    """A fraction 0 <= f < 1, as a number or a percentage."""
+    from tierd.units import UnitError, parse_fraction
+
+    try:
+        f = parse_fraction(v) if isinstance(v, str) and v.endswith("%") else float(v)
+        if not 0 <= f < 1:
+            raise ValueError
+    except (ValueError, UnitError):
+        raise WorkloadError(f"{what}: a fraction below 1") from None
+    return f
+
+
 def _onoff(v, key, where) -> bool:
     if v in (True, False):
         return bool(v)
@@ -216,7 +229,7 @@ def _int(v, key, where) -> int:
 
 
 def _process(p: dict, key: str, where: str, size) -> ProcessSpec:
-    from tierd.units import UnitError, parse_fraction
+    from tierd.units import UnitError
 
     s = size(p.get("size"), f"{key}.size")
     if s < PAGE * 64:
@@ -246,20 +259,7 @@ def _process(p: dict, key: str, where: str, size) -> ProcessSpec:
     init = str(p.get("init", "first"))
     if init not in ("first", "slow"):
         raise WorkloadError(f"{where}: {key}.init: first or slow")
-    busy = p.get("busy", 0)
-    try:
-        busy = parse_fraction(busy) if isinstance(busy, str) and busy.endswith("%") else float(busy)
-        if not 0 <= busy < 1:
-            raise ValueError
-    except (ValueError, UnitError):
-        raise WorkloadError(f"{where}: {key}.busy: a fraction below 1") from None
-    churn = p.get("churn", 0)
-    try:
-        churn = parse_fraction(churn) if isinstance(churn, str) and churn.endswith("%") else float(churn)
-        if not 0 <= churn < 1:
-            raise ValueError
-    except (ValueError, UnitError):
-        raise WorkloadError(f"{where}: {key}.churn: a fraction below 1") from None
+    busy, churn = (_below_one(p.get(k, 0), f"{where}: {key}.{k}") for k in ("busy", "churn"))
     return ProcessSpec(s, dist, every, accesses, layout, init, busy, p.get("target"), churn)
 
 
