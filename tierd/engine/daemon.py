@@ -390,28 +390,27 @@ class Engine:
                     break
                 (stats.queries if query else stats.moves).add(counts)
                 done += counts.learned if query else counts.moved
-                lo = 0
-                for i, n in enumerate(sizes):
-                    if n:
-                        self._apply(st, sel[i], reqs[i].level, cls[i], status[lo: lo + n],
-                                    None if query else reqs[i].dest)
-                        left[i] -= n
-                        lo += n
+                self._apply(st, pages, np.repeat([r.level for r in reqs], sizes),
+                            np.repeat(cls, sizes), status, dest)
+                left = [n - k for n, k in zip(left, sizes)]
                 if counts.not_tried:
                     break
         return done
 
-    def _apply(self, st: PageState, pages, level: int, cls: int, status, dest) -> None:
-        """Fold move_pages results back into the state (one request: one level and class)."""
+    def _apply(self, st: PageState, pages, level, cls, status, dest) -> None:
+        """Fold move_pages results back into the state (level, class and dest: scalars or
+        one per page)."""
         if dest is not None and (status == dest).all():  # the common case: everything moved
             st.set_node(pages, level, cls, dest)
             st.succeed(pages)
             return
         m = outcome_masks(status, dest)
         ok = m["ok"]
-        st.set_node(pages[ok], level, cls, status[ok])
+        level = np.broadcast_to(np.asarray(level), pages.shape)
+        cls = np.broadcast_to(np.asarray(cls), pages.shape)
+        st.set_node(pages[ok], level[ok], cls[ok], status[ok])
         absent = m["absent"]
-        st.mark_absent(pages[absent], level, cls)
+        st.mark_absent(pages[absent], level[absent], cls[absent])
         failed = m["busy"] | m["nomem"] | m["denied"] | m["other"]
         if dest is not None:
             failed |= absent  # do not retry an absent page every interval

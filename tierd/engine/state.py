@@ -47,8 +47,8 @@ BACKOFF_MAX_DOUBLINGS = 8  # retry_after * 2**8 intervals at most
 # access-rate estimates (``est``) are counted on a rotating slice of each chunk: 1/EST_DIV of
 # the words, but at least EST_MIN_WORDS per process (all of a small one), enough pages per
 # (node, level) cell for a standard error of a few thousandths
-EST_DIV = 32
-EST_MIN_WORDS = 8192
+EST_DIV = 128
+EST_MIN_WORDS = 2048
 
 _ONE = np.uint64(1)
 _MOEBIUS_T = np.ascontiguousarray(MOEBIUS.T)
@@ -565,40 +565,33 @@ class PageState:
 
         ``level`` and ``from_cls`` are the hotness and class the pages were selected with
         (scalars, or arrays per page); they keep the per-chunk histograms current without a
-        recount."""
+        recount.  One pass whatever the mix of levels, classes and nodes (the engine folds a
+        whole batch of move_pages results in at once)."""
         p = np.asarray(pages, dtype=np.int64)
         if p.size == 0:
             return
-        if np.ndim(level) or np.ndim(from_cls):
-            for sel, lv, fc in self._groups(p, level, from_cls):
-                self.set_node(p[sel], lv, fc, node if np.ndim(node) == 0 else np.asarray(node)[sel])
-            return
-        level, from_cls = int(level), int(from_cls)
+        lv = np.broadcast_to(np.asarray(level, dtype=np.int64), p.shape)
+        fc = np.broadcast_to(np.asarray(from_cls, dtype=np.int64), p.shape)
+        nd = np.broadcast_to(np.asarray(node, dtype=np.int64), p.shape)
         if p.size > 1 and not (p[1:] >= p[:-1]).all():
             order = np.argsort(p, kind="stable")
-            p = p[order]
-            if np.ndim(node):
-                node = np.asarray(node)[order]
+            p, lv, fc, nd = p[order], lv[order], fc[order], nd[order]
+        for nid in np.unique(nd[nd >= 0]).tolist():  # new nodes first: classes may shift
+            self._class_or_add(nid)
         words, starts, bits = _group_bits(p)
-        masks = np.bitwise_or.reduceat(bits, starts)
         if len(self.node_ids):
-            self.nodes[:, words] &= ~masks
-        if np.ndim(node) == 0:
-            to = self._class_or_add(int(node))
-            if to < len(self.node_ids):
-                self.nodes[to, words] |= masks
-            self._recount(p, level, from_cls, to)
-            return
-        node = np.asarray(node, dtype=np.int64)
+            self.nodes[:, words] &= ~np.bitwise_or.reduceat(bits, starts)
+        to = np.full(p.shape, self.unknown, dtype=np.int64)
         zero = np.uint64(0)
-        for nid in np.flatnonzero(np.bincount(node[node >= 0])).tolist():
-            sel = node == nid
-            to = self._class_or_add(nid)
-            # the same word grouping for every node: pages of other nodes contribute 0 bits
-            self.nodes[to, words] |= np.bitwise_or.reduceat(np.where(sel, bits, zero), starts)
-            self._recount(p[sel], level, from_cls, to)
-        if (node < 0).any():
-            self._recount(p[node < 0], level, from_cls, self.unknown)
+        for i, nid in enumerate(self.node_ids):
+            sel = nd == nid
+            if sel.all():
+                self.nodes[i, words] |= np.bitwise_or.reduceat(bits, starts)
+            elif sel.any():
+                # the same word grouping for every node: other pages contribute 0 bits
+                self.nodes[i, words] |= np.bitwise_or.reduceat(np.where(sel, bits, zero), starts)
+            to[sel] = i
+        self._recount(p, lv, fc, to)
 
     def mark_absent(self, pages: np.ndarray, level, from_cls) -> None:
         """move_pages said these pages are not there (ENOENT/EFAULT): drop them until a sample
@@ -606,33 +599,24 @@ class PageState:
         p = np.asarray(pages, dtype=np.int64)
         if p.size == 0:
             return
-        if np.ndim(level) or np.ndim(from_cls):
-            for sel, lv, fc in self._groups(p, level, from_cls):
-                self.mark_absent(p[sel], lv, fc)
-            return
         words, masks = page_bits(p)
         keep = ~masks
         self.present_planes[self._cur, words] &= keep
         self.hist[:, words] &= keep
         if len(self.node_ids):
             self.nodes[:, words] &= keep
-        self._recount(p, int(level), int(from_cls), None)
+        self._recount(p, level, from_cls, None)
 
-    def _groups(self, p, level, from_cls):
-        """(mask, level, class) for each distinct (level, class) pair among the pages."""
-        lv = np.broadcast_to(np.asarray(level, dtype=np.int64), p.shape)
-        fc = np.broadcast_to(np.asarray(from_cls, dtype=np.int64), p.shape)
-        key = fc * LEVELS + lv
-        for k in np.flatnonzero(np.bincount(key)).tolist():
-            yield key == k, k % LEVELS, k // LEVELS
-
-    def _recount(self, p, level: int, from_cls: int, to_cls: int | None) -> None:
+    def _recount(self, p, level, from_cls, to_cls) -> None:
         """Move ``p``'s pages from (from_cls, level) to (to_cls, level) in the per-chunk
-        histograms (to_cls None: they are gone)."""
-        per_chunk = np.bincount(p // (self.chunk_words * PAGES_PER_WORD), minlength=self.chunk_hist.shape[0])
-        self.chunk_hist[:, from_cls, level] -= per_chunk
+        histograms (to_cls None: they are gone); level and classes scalars or per page."""
+        size = self.chunk_hist.size
+        cl = self.chunk_hist.shape[1] * LEVELS
+        base = p // (self.chunk_words * PAGES_PER_WORD) * cl + level
+        flat = self.chunk_hist.reshape(-1)
+        flat -= np.bincount(base + np.asarray(from_cls) * LEVELS, minlength=size)
         if to_cls is not None:
-            self.chunk_hist[:, to_cls, level] += per_chunk
+            flat += np.bincount(base + np.asarray(to_cls) * LEVELS, minlength=size)
 
     def _class_or_add(self, node: int) -> int:
         if node < 0:
