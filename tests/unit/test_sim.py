@@ -230,3 +230,23 @@ def test_churn_frees_and_faults_back_pages_and_kswapd_demotes_behind_tierds_back
     rows, _ = simulate(policy(), spec, intervals=10)
     assert summarize(rows).steady_ratio > 0.8
     assert all(r.fast_used <= 1.0 for r in rows)
+
+
+def test_two_fast_and_two_slow_nodes():
+    spec = parse_workload("size=64MiB,fast=32MiB,dist=zipf:1.1,nodes=2+2,seed=8")
+    m = SimMachine(spec)
+    t = SimKernel(m).topology()
+    assert t.classify() == ((0, 1), (2, 3))
+    assert t.node(0).distances == (10, 21, 20, 30) and t.node(3).distances == (30, 20, 30, 10)
+    assert m.capacity == {0: 4096, 1: 4096, 2: 8192, 3: 8192}
+    # first touch: node 0, then node 1, then node 2, each to its reserve; the rest on node 3
+    p = next(iter(m.procs.values()))
+    fill = [c - int(c * sim.MIN_FREE_FRACTION) for c in (4096, 4096, 8192)]
+    assert [int((p.node == n).sum()) for n in range(4)] == fill + [16384 - sum(fill)]
+    rows, m = simulate(policy(), spec, intervals=10)
+    assert summarize(rows).steady_ratio > 0.9
+    for n in (0, 1):  # keep_free (10%) holds on each fast node, after the start
+        assert m.free(n) >= int(0.1 * m.capacity[n]) - 1
+    assert sum(m.used.values()) == p.npages
+    with pytest.raises(WorkloadError):
+        parse_workload("size=64MiB,fast=32MiB,nodes=2")

@@ -2,8 +2,8 @@
 
 ``tierd simulate --config etc/tierd.yaml --workload SPEC`` runs ``tierd.engine.daemon.Engine``
 (targets, state, hotness, placement, executor: all real) with only the kernel boundary
-replaced by ``SimKernel``: a two-node machine (node 0 fast with CPUs, node 1 slow and
-memory-only) whose MemFree follows the pages placed on it, an access reader that reports the
+replaced by ``SimKernel``: a machine of fast nodes with CPUs and slow memory-only nodes (by
+default one each: node 0 fast, node 1 slow) whose MemFree follows the pages placed on it, an access reader that reports the
 workload's accesses, and a move_pages that moves pages (ENOMEM when the destination is full).
 Intervals run back to back; nothing sleeps.
 
@@ -33,6 +33,8 @@ ACCESS_LINES, T_MOVE), and ``unknown`` (pages whose node the engine has not lear
 Compact SPEC: comma-separated key=value, e.g.
 ``size=1TiB,fast=256GiB,dist=zipf:1.1,phase=every:20`` or ``size=64GiB,fast=16GiB,dist=hotset:10%``.
 Keys: size, fast, slow (default: size), other (fast memory used by others, default 0),
+nodes (F+S: the fast and the slow memory split evenly over F and S nodes, default 1+1; fast
+nodes have CPUs, each slow node is near one of them),
 dist (uniform | zipf:S | hotset:F[:Q]), phase (none | every:K), accesses (per page per
 interval, "1x"), layout (scatter | contig), init (first | slow: where pages start; first = first
 touch, the fast node fills up first), busy (fraction of moves failing with EBUSY),
@@ -40,7 +42,7 @@ target (policy target name; default the first), churn (fraction of the pages fre
 interval, as one range, and faulted back in the next: first touch puts them on the fast node
 while it has room), kswapd (on/off: the kernel itself demotes pages not accessed lately when
 the fast node's free memory falls below 1%, behind tierd's back), intervals, seed.
-A YAML file instead gives ``machine: {fast, slow, other, kswapd}``, ``intervals``, ``seed``
+A YAML file instead gives ``machine: {fast, slow, other, kswapd, nodes}``, ``intervals``, ``seed``
 and a ``processes:`` list of maps with the per-process keys (size, dist, phase, accesses,
 layout, init, busy, target, churn).
 """
@@ -109,6 +111,8 @@ class WorkloadSpec:
     intervals: int = 30
     seed: int = 1
     kswapd: bool = False  # the kernel demotes by itself when the fast node runs low
+    fast_nodes: int = 1  # fast and slow are split evenly over this many nodes each
+    slow_nodes: int = 1
 
     @property
     def slow_size(self) -> int:
@@ -116,7 +120,7 @@ class WorkloadSpec:
 
 
 _PROC_KEYS = {"size", "dist", "phase", "accesses", "layout", "init", "busy", "target", "churn"}
-_MACHINE_KEYS = {"fast", "slow", "other", "kswapd"}
+_MACHINE_KEYS = {"fast", "slow", "other", "kswapd", "nodes"}
 
 
 def parse_workload(text: str) -> WorkloadSpec:
@@ -187,6 +191,7 @@ def _from_mapping(doc, where: str) -> WorkloadSpec:
         slow=None if slow is None else size(slow, "slow"),
         other=size(machine.get("other", 0), "other"),
         kswapd=_onoff(machine.get("kswapd", "off"), "kswapd", where),
+        **_node_counts(machine.get("nodes", "1+1"), where),
         intervals=_int(doc.get("intervals", 30), "intervals", where),
         seed=_int(doc.get("seed", 1), "seed", where),
     )
@@ -195,6 +200,13 @@ def _from_mapping(doc, where: str) -> WorkloadSpec:
     if spec.slow_size < 1:
         raise WorkloadError(f"{where}: slow must be > 0")
     return spec
+
+
+def _node_counts(v, where) -> dict:
+    f, plus, sl = str(v).partition("+")
+    if not (plus and f.isdigit() and sl.isdigit() and 1 <= int(f) <= 8 and 1 <= int(sl) <= 8):
+        raise WorkloadError(f"{where}: nodes: FAST+SLOW node counts such as 2+2, got {v!r}")
+    return {"fast_nodes": int(f), "slow_nodes": int(sl)}
 
 
 def _below_one(v, what: str) -> float:
@@ -372,8 +384,10 @@ def _mulmod(x: np.ndarray, a: int, n: int) -> np.ndarray:
 class SimProcess:
     """One simulated process: its mapping, where each page is, and this interval's accesses."""
 
-    def __init__(self, pid: int, spec: ProcessSpec, base_vpn: int, rng: np.random.Generator) -> None:
+    def __init__(self, pid: int, spec: ProcessSpec, base_vpn: int, rng: np.random.Generator,
+                 nfast: int = 1) -> None:
         self.pid = pid
+        self.nfast = nfast  # nodes 0 .. nfast-1 are fast
         self.spec = spec
         self.rng = rng
         self.npages = spec.size // PAGE
@@ -383,7 +397,7 @@ class SimProcess:
         self.words = -(-self.npages // 64)
         self.dist = _make_dist(spec.dist, self.npages)
         self.rate = spec.accesses * self.npages  # accesses per interval
-        self.node = np.full(self.npages, SLOW, dtype=np.int8)
+        self.node = np.full(self.npages, nfast, dtype=np.int8)  # the first slow node
         self.present = np.full(self.words, np.uint64(0xFFFF_FFFF_FFFF_FFFF))
         if self.npages % 64:
             self.present[-1] = np.uint64((1 << (self.npages % 64)) - 1)
@@ -426,7 +440,8 @@ class SimProcess:
         total = 0.0
         for lo in range(0, self.npages, CHUNK):
             hi = min(self.npages, lo + CHUNK)
-            fast = np.flatnonzero(self.node[lo:hi] == FAST) + lo
+            nd = self.node[lo:hi]
+            fast = np.flatnonzero((nd >= 0) & (nd < self.nfast)) + lo
             if fast.size:
                 total += float(self.weight_of_pages(fast).sum())
         self.fast_weight = total
@@ -479,35 +494,41 @@ class SimProcess:
         if on and self.npages % 64 and w1 == self.words:
             self.present[-1] = np.uint64((1 << (self.npages % 64)) - 1)
 
-    def place_initially(self, fast_pages: int) -> None:
-        self.node[:fast_pages] = FAST
+    def place_initially(self, runs) -> None:
+        """First touch: ``runs`` is a list of (node, pages), in address order."""
+        lo = 0
+        for node, n in runs:
+            self.node[lo: lo + n] = node
+            lo += n
         self.recompute_fast_weight()
 
 
 class SimMachine:
-    """Two nodes and the processes on them."""
+    """Fast nodes 0 .. F-1 (with CPUs), slow nodes F .. F+S-1 (memory only), and the
+    processes on them.  FAST and SLOW name the first node of each tier."""
 
     def __init__(self, spec: WorkloadSpec, seed: int | None = None) -> None:
         self.spec = spec
         self.rng = np.random.default_rng(spec.seed if seed is None else seed)
-        self.capacity = {FAST: spec.fast // PAGE, SLOW: spec.slow_size // PAGE}
+        nf, ns = spec.fast_nodes, spec.slow_nodes
+        self.fast_ids = tuple(range(nf))
+        self.slow_ids = tuple(range(nf, nf + ns))
+        self.capacity = {n: spec.fast // PAGE // nf for n in self.fast_ids}
+        self.capacity.update({n: spec.slow_size // PAGE // ns for n in self.slow_ids})
         self.other = spec.other // PAGE
-        self.used = {FAST: self.other, SLOW: 0}
+        self.used = {n: 0 for n in self.capacity}
+        self.used[FAST] = self.other
         self.procs: dict[int, SimProcess] = {}
         vpn = BASE_VPN
         for i, ps in enumerate(spec.processes):
             pid = 1000 + i
-            proc = SimProcess(pid, ps, vpn, np.random.default_rng(self.rng.integers(1 << 62)))
+            proc = SimProcess(pid, ps, vpn, np.random.default_rng(self.rng.integers(1 << 62)), nf)
             self.procs[pid] = proc
             vpn += (proc.words * 64 + (1 << 18))  # a gap between processes' mappings
-        # initial placement: first touch fills the fast node up to the kernel's reserve
-        room = self.capacity[FAST] - self.other - int(self.capacity[FAST] * MIN_FREE_FRACTION)
+        # initial placement: first touch fills the fast nodes up to the kernel's reserve, in
+        # order, then the slow ones
         for proc in self.procs.values():
-            take = 0 if proc.spec.init == "slow" else max(0, min(proc.npages, room))
-            proc.place_initially(take)
-            room -= take
-            self.used[FAST] += take
-            self.used[SLOW] += proc.npages - take
+            proc.place_initially(self.first_touch(proc.npages, proc.spec.init == "slow"))
         self.interval = -1
         self.kswapd_demoted = 0
         self.begin_moves()
@@ -530,6 +551,29 @@ class SimMachine:
     def free(self, node: int) -> int:
         return self.capacity[node] - self.used[node]
 
+    def reserve(self, node: int) -> int:
+        return int(self.capacity[node] * MIN_FREE_FRACTION)
+
+    def first_touch(self, n: int, slow_only: bool = False) -> list[tuple[int, int]]:
+        """Allocate n pages as Linux's local allocation would: fast nodes while they have
+        more than the reserve free, then slow ones (the last takes any excess).  Returns
+        (node, pages) runs and charges them to ``used``."""
+        runs = []
+        nodes = (() if slow_only else self.fast_ids) + self.slow_ids
+        for i, node in enumerate(nodes):
+            k = n if i == len(nodes) - 1 else max(0, min(n, self.free(node) - self.reserve(node)))
+            if k:
+                runs.append((node, k))
+                self.used[node] += k
+                n -= k
+        return runs
+
+    def fast_used(self) -> float:
+        return sum(self.used[n] for n in self.fast_ids) / sum(self.capacity[n] for n in self.fast_ids)
+
+    def is_fast(self, nodes: np.ndarray) -> np.ndarray:
+        return (nodes >= 0) & (nodes < len(self.fast_ids))
+
     def churn(self, proc: SimProcess) -> None:
         """Fault back in the pages freed last interval (first touch: the fast node while it
         has more than the kernel's reserve free, like Linux's local allocation), then free a
@@ -537,13 +581,12 @@ class SimMachine:
         if proc.freed is not None:
             lo, hi = proc.freed
             proc.set_present(lo, hi, True)
-            k = max(0, min(hi - lo, self.free(FAST) - int(self.capacity[FAST] * MIN_FREE_FRACTION)))
-            proc.node[lo: lo + k] = FAST
-            proc.node[lo + k: hi] = SLOW
-            self.used[FAST] += k
-            self.used[SLOW] += hi - lo - k
-            if k:
-                proc.fast_weight += float(proc.weight_of_pages(np.arange(lo, lo + k)).sum())
+            at = lo
+            for node, k in self.first_touch(hi - lo):
+                proc.node[at: at + k] = node
+                if node in self.fast_ids:
+                    proc.fast_weight += float(proc.weight_of_pages(np.arange(at, at + k)).sum())
+                at += k
             proc.freed = None
         n = int(proc.npages * proc.spec.churn) // 64 * 64
         if n <= 0:
@@ -551,11 +594,11 @@ class SimMachine:
         lo = int(proc.rng.integers(0, (proc.npages - n) // 64 + 1)) * 64
         hi = lo + n
         sl = proc.node[lo:hi]
-        on_fast = np.flatnonzero(sl == FAST) + lo
+        on_fast = np.flatnonzero(self.is_fast(sl)) + lo
         if on_fast.size:
             proc.fast_weight -= float(proc.weight_of_pages(on_fast).sum())
-        self.used[FAST] -= on_fast.size
-        self.used[SLOW] -= int((sl == SLOW).sum())
+        for node, k in enumerate(np.bincount(sl[sl >= 0], minlength=len(self.capacity)).tolist()):
+            self.used[node] -= k
         proc.node[lo:hi] = ABSENT
         proc.set_present(lo, hi, False)
         proc.freed = (lo, hi)
@@ -565,26 +608,27 @@ class SimMachine:
         fast node free, demote pages not accessed in the last interval until KSWAPD_HIGH is
         free.  tierd does not see these moves; it must cope with stale node knowledge.
         Returns the pages demoted."""
-        cap = self.capacity[FAST]
-        if self.free(FAST) >= KSWAPD_LOW * cap:
-            return 0
-        need = int(KSWAPD_HIGH * cap) - self.free(FAST)
         done = 0
-        for proc in self.procs.values():
-            if need <= done:
-                break
-            idle = np.flatnonzero(proc.node == FAST)
-            if idle.size == 0:
+        for fast in self.fast_ids:
+            cap = self.capacity[fast]
+            if self.free(fast) >= KSWAPD_LOW * cap:
                 continue
-            acc = ((proc.accessed[idle >> 6] >> (idle & 63).astype(np.uint64)) & np.uint64(1)).astype(bool)
-            idle = idle[~acc][: need - done]
-            if idle.size == 0:
-                continue
-            proc.fast_weight -= float(proc.weight_of_pages(idle).sum())
-            proc.node[idle] = SLOW
-            self.used[FAST] -= idle.size
-            self.used[SLOW] += idle.size
-            done += idle.size
+            need = int(KSWAPD_HIGH * cap) - self.free(fast)
+            slow = max(self.slow_ids, key=self.free)
+            for proc in self.procs.values():
+                if need <= 0:
+                    break
+                idle = np.flatnonzero(proc.node == fast)
+                acc = ((proc.accessed[idle >> 6] >> (idle & 63).astype(np.uint64)) & np.uint64(1)).astype(bool)
+                idle = idle[~acc][:need]
+                if idle.size == 0:
+                    continue
+                proc.fast_weight -= float(proc.weight_of_pages(idle).sum())
+                proc.node[idle] = slow
+                self.used[fast] -= idle.size
+                self.used[slow] += idle.size
+                need -= idle.size
+                done += idle.size
         return done
 
     def begin_interval(self) -> bool:
@@ -644,7 +688,7 @@ class SimMachine:
             status[inside] = np.where(cur == ABSENT, -errno.ENOENT, cur)
             return status
         dest = np.asarray(nodes, dtype=np.int64)[inside]
-        if np.any((dest != FAST) & (dest != SLOW)):
+        if np.any((dest < 0) | (dest >= len(self.capacity))):
             from tierd.linux.errors import MovePagesError
 
             raise MovePagesError(errno.ENODEV, "no such node")
@@ -654,18 +698,20 @@ class SimMachine:
             busy = want & (proc.rng.random(pg.size) < proc.spec.busy)
             st[busy] = -errno.EBUSY
             want &= ~busy
-        for d in (FAST, SLOW):
+        for d in self.capacity:
             idx = np.flatnonzero(want & (dest == d))
-            reserve = int(self.capacity[d] * MIN_FREE_FRACTION)
-            room = max(0, self.free(d) - reserve)
+            room = max(0, self.free(d) - self.reserve(d))
             ok, full = idx[:room], idx[room:]
             st[full] = -errno.ENOMEM
             if ok.size:
                 moved = pg[ok]
-                wp = proc.weight_of_pages(moved)
+                src = cur[ok]
+                cross = self.is_fast(src) != (d in self.fast_ids)  # changes tier
+                moved_t = moved[cross]
+                wp = proc.weight_of_pages(moved_t)
                 w = float(wp.sum())
-                proc.fast_weight += w if d == FAST else -w
-                self._rates[d].append(wp * proc.rate)
+                proc.fast_weight += w if d in self.fast_ids else -w
+                self._rates[FAST if d in self.fast_ids else SLOW].append(wp * proc.rate)
                 now = self.interval % 255 + 1
                 last = proc.moved_at[moved].astype(np.int64)
                 age = (now - last) % 255
@@ -674,17 +720,31 @@ class SimMachine:
                 proc.node[moved] = d
                 st[ok] = d
                 self.used[d] += ok.size
-                self.used[1 - d] -= ok.size
+                for node, k in enumerate(np.bincount(src, minlength=len(self.capacity)).tolist()):
+                    self.used[node] -= k
         status[inside] = st
         return status
 
     def topology(self):
         from tierd.linux.sysfs import Node, Topology
 
-        return Topology((
-            Node(FAST, (0,), self.capacity[FAST] * PAGE, self.free(FAST) * PAGE, (10, 20), None),
-            Node(SLOW, (), self.capacity[SLOW] * PAGE, self.free(SLOW) * PAGE, (20, 10), None),
-        ))
+        nf, ns = len(self.fast_ids), len(self.slow_ids)
+
+        def dist(i, j):
+            if i == j:
+                return 10
+            if i < nf and j < nf:
+                return 21  # the other socket
+            if i >= nf and j >= nf:
+                return 30
+            f, s = (i, j) if i < nf else (j, i)
+            return 20 if (s - nf) % nf == f % ns or ns == 1 else 30  # each socket's near slow node
+
+        ids = self.fast_ids + self.slow_ids
+        return Topology(tuple(
+            Node(n, (n,) if n < nf else (), self.capacity[n] * PAGE, self.free(n) * PAGE,
+                 tuple(dist(n, m) for m in ids), None)
+            for n in ids))
 
 
 class SimReader:
@@ -817,7 +877,8 @@ class Summary:
 def fast_capacity_pages(spec: WorkloadSpec, policy) -> int:
     """Pages of the workload the policy lets onto the fast node: its size minus the
     keep_free floor and other users (the same budget the engine computes)."""
-    floor = policy.keep_free.resolve(spec.fast)
+    per_node = spec.fast // spec.fast_nodes
+    floor = spec.fast_nodes * policy.keep_free.resolve(per_node)  # keep_free is per fast node
     return max(0, (spec.fast - floor - spec.other) // PAGE)
 
 
@@ -856,7 +917,7 @@ def simulate(policy, spec: WorkloadSpec, intervals: int | None = None, on_row=No
             interval=machine.interval, hit=hit, oracle=oracle, promoted=stats.promoted,
             demoted=stats.demoted, failed=stats.moves.failed, queried=stats.queries.queried,
             engine_ms=stats.engine_seconds * 1e3, phase_change=changed,
-            fast_used=machine.used[FAST] / machine.capacity[FAST],
+            fast_used=machine.fast_used(),
             unknown=int(stats.nodes[-1].sum()) if -1 in stats.nodes else 0,
             moved_back=back, unimproving=unimproving,
             eat_ns=ACCESS_LINES * (hit * T_FAST + (1 - hit) * T_SLOW) + moves * T_MOVE / accesses,
