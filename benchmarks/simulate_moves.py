@@ -3,9 +3,9 @@
 For each workload: steady-state hit/oracle and moves per interval (mean of the last --tail
 intervals, as % of the workload's pages), wasted moves (% of steady moves: moved back within
 8 intervals, or swaps whose promoted page was not the more accessed; tierd.sim.simulate),
-effective access time (ns per access, migrations included), the intervals in which tierd
-promoted pages and left the fast node fuller than 100% - keep_free ("crossed": tierd broke
-keep_free; the first-touch start above it is not tierd's doing), the
+effective access time (ns per access, migrations included), the intervals in which the fast
+tier got fuller and ended above 100% - keep_free ("crossed": tierd broke keep_free; the
+first-touch start above it is not tierd's doing, and swaps do not add to it), the
 first interval at >= 0.95 of the oracle, the first interval with every page's node known,
 and the engine's median time per interval.  For many processes also the spread of the fast
 pages between identical processes, and how many processes hold hotness-0 pages on the fast
@@ -43,6 +43,8 @@ WORKLOADS = {
     "larger": ("size=16GiB,fast=4GiB,dist=hotset:40%:90%", 30, None),
     "busy": ("size=16GiB,fast=4GiB,dist=zipf:1.1,busy=0.3", 30, None),
     "phase": ("size=16GiB,fast=4GiB,dist=zipf:1.1,phase=every:20", 40, None),
+    "churn": ("size=16GiB,fast=4GiB,dist=zipf:1.1,churn=1%,kswapd=on", 30, None),
+    "2+2": ("size=16GiB,fast=4GiB,dist=zipf:1.1,nodes=2+2", 30, None),
     "zipf64": ("size=64GiB,fast=16GiB,dist=zipf:1.1", 30, None),
     "many": ("many:200x50MiB,fast=4GiB,dist=zipf:1.1", 12, None),
     "one10g": ("size=10000MiB,fast=4GiB,dist=zipf:1.1", 12, None),
@@ -103,7 +105,8 @@ def main() -> int:
         known = next((r.interval for r in rows if r.unknown == 0), None)
         eng = statistics.median(r.engine_ms for r in rows[1:])
         limit = 1 - pol.keep_free.resolve(spec.fast) / spec.fast
-        crossed = sum(1 for r in rows if r.promoted and r.fast_used > limit + 1e-9)
+        crossed = sum(1 for a, b in zip(rows, rows[1:])
+                      if b.fast_used > limit + 1e-9 and b.fast_used > a.fast_used + 1e-9)
         rec = ",".join("-" if x is None else str(x) for x in s.recoveries) or "-"
         f = seen.get("f")
         fair = "" if f is None or len(machine.procs) < 2 else \
