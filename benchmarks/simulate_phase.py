@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from simulate_zipf import POLICY  # noqa: E402
 
-from tierd.engine.simulate import parse_workload, simulate, summarize  # noqa: E402
+from tierd.sim.simulate import parse_workload, simulate, summarize  # noqa: E402
 from tierd.policy import parse_policy  # noqa: E402
 from tierd.units import parse_size  # noqa: E402
 

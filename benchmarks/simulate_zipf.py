@@ -1,6 +1,6 @@
 """Simulator benchmark, steady state: fast-tier hit ratio against the oracle on a zipf workload.
 
-Runs the real engine (tierd.engine.simulate) on a simulated two-node machine: by default a
+Runs the real engine (tierd.sim.simulate) on a simulated two-node machine: by default a
 1 TiB process (268M pages) with zipf(1.1) page popularity scattered over its address space,
 a 256 GiB fast node, pages first-touch placed (the fast node full of the first 255 GiB).
 Policy: etc/tierd.yaml's values, with the migration rate raised (--rate, default 8GiB/s) so
@@ -24,7 +24,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from tierd.engine.simulate import parse_workload, simulate, summarize  # noqa: E402
+from tierd.sim.simulate import parse_workload, simulate, summarize  # noqa: E402
 from tierd.policy import parse_policy  # noqa: E402
 from tierd.units import parse_size  # noqa: E402
 
@@ -34,7 +34,7 @@ targets:
   - name: app
     comm: "."
 fast_tier: {{keep_free: 10%, demote_below: 5%}}
-hotness: {{window: {window}, min_hot: 1, hysteresis: 2}}
+hotness: {{window: {window}, min_hot: 1}}
 migration: {{rate: {rate}, batch: 4MiB, retry_after: 4}}
 """
 

@@ -44,7 +44,7 @@ EXIT_CODES_HELP = """exit codes:
 ENGINE_COMMANDS = (
     ("run", "tierd.engine.daemon", "add_run_arguments",
      "run the tiering daemon with a policy file"),
-    ("simulate", "tierd.engine.simulate", "add_simulate_arguments",
+    ("simulate", "tierd.sim.simulate", "add_simulate_arguments",
      "run the policy simulator on a simulated machine and workload"),
 )
 

@@ -25,6 +25,7 @@ from tierd.units import (
     format_size,
     parse_amount,
     parse_duration,
+    parse_fraction,
     parse_rate,
     parse_size,
 )
@@ -88,8 +89,9 @@ class Policy:
     demote_below: Amount = field(default=Amount(fraction=0.05))
     window: int = 8
     min_hot: int = 1
-    hysteresis: int = 2
+    min_gain: float = 0.05  # hotness.min_gain (replaced hotness.hysteresis)
     rate: int = 128 << 20
+    query_rate: int = 64 << 30  # migration.query_rate: address space per second to learn nodes of
     batch: int = 4 << 20
     retry_after: int = 4
     metrics_listen: str = "127.0.0.1:9464"
@@ -112,8 +114,9 @@ class Policy:
             "fast_tier.demote_below": str(self.demote_below),
             "hotness.window": str(self.window),
             "hotness.min_hot": str(self.min_hot),
-            "hotness.hysteresis": str(self.hysteresis),
+            "hotness.min_gain": f"{self.min_gain * 100:g}%",
             "migration.rate": format_size(self.rate) + "/s",
+            "migration.query_rate": format_size(self.query_rate) + "/s",
             "migration.batch": format_size(self.batch),
             "migration.retry_after": f"{self.retry_after} intervals",
             "metrics.listen": self.metrics_listen or "(disabled)",
@@ -283,18 +286,26 @@ class _Walker:
                           f"demote_below ({demote}) must not exceed keep_free ({keep}): demotion "
                           "starts below demote_below and stops once keep_free is free again")
         if "hotness" in top:
-            h = self.mapping(top["hotness"][1], "hotness", ("window", "min_hot", "hysteresis"))
+            h = self.mapping(top["hotness"][1], "hotness", ("window", "min_hot", "min_gain", "hysteresis"))
+            if "hysteresis" in h:  # refused rather than aliased: a level count is not a gain
+                self.fail(h["hysteresis"][0], "hotness.hysteresis",
+                          "replaced by hotness.min_gain (a percentage, default 5%): pages are now "
+                          "displaced by measured access rates, not by a level difference; "
+                          "remove hysteresis (see etc/tierd.yaml)")
             if "window" in h:
                 kw["window"] = self.integer(h["window"][1], "hotness.window", 1, WINDOW_MAX)
-            for k in ("min_hot", "hysteresis"):
-                if k in h:
-                    kw[k] = self.integer(h[k][1], f"hotness.{k}", 0, HOTNESS_MAX)
+            if "min_hot" in h:
+                kw["min_hot"] = self.integer(h["min_hot"][1], "hotness.min_hot", 0, HOTNESS_MAX)
+            if "min_gain" in h:
+                kw["min_gain"] = self.unit(h["min_gain"][1], "hotness.min_gain", parse_fraction,
+                                           "percentage")
         if "migration" in top:
-            m = self.mapping(top["migration"][1], "migration", ("rate", "batch", "retry_after"))
-            if "rate" in m:
-                kw["rate"] = self.unit(m["rate"][1], "migration.rate", parse_rate, "rate")
-                if kw["rate"] < PAGE_SIZE:
-                    self.fail(m["rate"][1], "migration.rate", "must be at least 4KiB/s")
+            m = self.mapping(top["migration"][1], "migration", ("rate", "query_rate", "batch", "retry_after"))
+            for k in ("rate", "query_rate"):
+                if k in m:
+                    kw[k] = self.unit(m[k][1], f"migration.{k}", parse_rate, "rate")
+                    if kw[k] < PAGE_SIZE:
+                        self.fail(m[k][1], f"migration.{k}", "must be at least 4KiB/s")
             if "batch" in m:
                 kw["batch"] = self.unit(m["batch"][1], "migration.batch", parse_size, "size")
                 if kw["batch"] < PAGE_SIZE:

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from tierd.engine.hotness import LEVELS
 from tierd.engine.placement import (
+    FALLBACK_HYSTERESIS,
     NO_THRESHOLD,
     PAGE_SIZE,
     UnitCounts,
@@ -35,7 +36,7 @@ def topo(fast_total_pages=1000, fast_free_pages=100, slow_free_pages=10_000):
 
 
 def policy(**kw):
-    base = dict(keep_free=Amount(bytes=0), demote_below=Amount(bytes=0), min_hot=1, hysteresis=2,
+    base = dict(keep_free=Amount(bytes=0), demote_below=Amount(bytes=0), min_hot=1,
                 targets=(TargetSpec("a"), TargetSpec("b")))
     base.update(kw)
     return Policy(**base)
@@ -178,11 +179,12 @@ hists = st.lists(st.integers(0, 50), min_size=LEVELS, max_size=LEVELS)
 
 @settings(max_examples=150, deadline=None)
 @given(fast=hists, slow=hists, free=st.integers(0, 400), budget=st.integers(0, 300),
-       hyst=st.integers(0, 4), minhot=st.integers(0, 6))
-def test_plan_invariants(fast, slow, free, budget, hyst, minhot):
+       minhot=st.integers(0, 6))
+def test_plan_invariants(fast, slow, free, budget, minhot):
     u = unit("u", fast=dict(enumerate(fast)), slow=dict(enumerate(slow)))
     t = topo(fast_total_pages=2000, fast_free_pages=free)
-    pol = policy(hysteresis=hyst, min_hot=minhot)
+    pol = policy(min_hot=minhot)
+    hyst = FALLBACK_HYSTERESIS
     p = plan([u], NODES, t, (0,), (1,), pol, move_budget=budget)
     assert sum(r.count for r in p.requests) <= budget
     taken = {}
@@ -220,3 +222,57 @@ def test_two_targets_share_one_threshold(share):
     else:  # b's share covers all its pages: they go first, a fills what is left
         assert p.hot["b"] == 1 and got == {"b1": 300, "a1": 100}
         assert [r.unit for r in p.requests] == ["b1", "a1"]
+
+
+def test_share_is_proportional_exact_and_bounded():
+    from tierd.engine.placement import share
+
+    assert share(10, np.array([5, 5])).tolist() == [5, 5]
+    assert share(7, np.array([10, 10, 10])).tolist() == [3, 2, 2]  # remainder by index on ties
+    assert share(6, np.array([1, 10, 1])).tolist() == [1, 5, 0]  # 0.5, 5.0, 0.5: first tie wins
+    assert share(100, np.array([3, 4])).tolist() == [3, 4]  # never more than there is
+    assert share(0, np.array([3, 4])).tolist() == [0, 0]
+    got = share(1000, np.array([300, 700, 0, 1000]))
+    assert got.sum() == 1000 and got.tolist() == [150, 350, 0, 500]
+
+
+def test_equal_processes_share_victims_and_room_equally():
+    u1 = unit("u1", fast={0: 100}, slow={9: 60})
+    u2 = unit("u2", fast={0: 100}, slow={9: 60})
+    p = plan([u1, u2], NODES, topo(fast_total_pages=1000, fast_free_pages=40), (0,), (1,),
+             policy(), move_budget=1000)
+    # 40 pages of room split 20/20; the remaining 80 promotions displace 40 + 40 victims
+    promoted = {u: sum(r.count for r in p.requests if r.unit == u and r.reason == "promote")
+                for u in ("u1", "u2")}
+    demoted = {u: sum(r.count for r in p.requests if r.unit == u and r.reason == "demote")
+               for u in ("u1", "u2")}
+    assert promoted == {"u1": 60, "u2": 60} and demoted == {"u1": 40, "u2": 40}
+
+
+def test_cap_promotions_trims_to_the_room_left_in_plan_order():
+    from tierd.engine.placement import Request, cap_promotions
+
+    reqs = [Request("a", 1, 9, 30, 0, "promote"), Request("b", 1, 9, 30, 0, "promote"),
+            Request("c", 2, 5, 10, 3, "promote")]
+    assert cap_promotions(reqs, {0: 45, 3: 0}) == [reqs[0], Request("b", 1, 9, 15, 0, "promote")]
+    assert cap_promotions(reqs, {0: 100, 3: 100}) == reqs
+
+
+def test_gain_blocks_swaps_between_equally_accessed_pages_and_allows_real_ones():
+    from tierd.engine.gain import estimate
+
+    n = np.zeros((2, LEVELS))
+    a = np.zeros((2, LEVELS))
+    n[0, :6] = 10_000  # fast pages at levels 0-5 accessed with probability 0.10
+    a[0, :6] = 1_000
+    n[1, :10] = 100_000  # slow pages up to level 9: 0.10 as well (lucky cold pages)
+    a[1, :10] = 10_000
+    n[1, 12] = 5_000  # slow pages at level 12: really hot
+    a[1, 12] = 4_000
+    g = estimate(n, a, margin=0.05)
+    assert not g.allows(9, 0) and g.victim_levels(9) == 0
+    assert g.allows(12, 0) and g.victim_levels(12) == LEVELS  # empty fast cells: as level 5
+    assert (np.diff(g.q, axis=1) >= -1e-12).all()  # monotone in level
+    # without the slow cell's data the same level is not trusted
+    n[1, 12] = a[1, 12] = 0
+    assert not estimate(n, a, margin=0.05).allows(12, 0)

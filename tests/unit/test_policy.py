@@ -51,9 +51,10 @@ fast_tier:
 hotness:
   window: 16
   min_hot: 0
-  hysteresis: 15
+  min_gain: 5%
 migration:
   rate: 64MiB/s
+  query_rate: 1GiB/s
   batch: 8MiB
   retry_after: 2
 metrics:
@@ -73,8 +74,8 @@ def test_full_policy_values():
     assert web.fast_cap == Amount(bytes=2 << 30) and web.fast_share is None
     assert p.fast_nodes == (0,) and p.slow_nodes == (1, 2)
     assert p.keep_free == Amount(bytes=1 << 30) and p.demote_below == Amount(bytes=512 << 20)
-    assert (p.window, p.min_hot, p.hysteresis) == (16, 0, 15)
-    assert (p.rate, p.batch, p.retry_after) == (64 << 20, 8 << 20, 2)
+    assert (p.window, p.min_hot, p.min_gain) == (16, 0, 0.05)
+    assert (p.rate, p.batch, p.retry_after, p.query_rate) == (64 << 20, 8 << 20, 2, 1 << 30)
     assert p.metrics_listen == "[::1]:9000"
     assert p.target("web") is web
 
@@ -108,8 +109,8 @@ def test_shipped_policy_documents_every_key():
     comments = "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
     for key in ("interval", "tracking", "targets", "name", "pids", "comm", "exe", "cmdline",
                 "cgroup", "min_rss", "fast_share", "fast_cap", "nodes", "fast_tier",
-                "keep_free", "demote_below", "hotness", "window", "min_hot", "hysteresis",
-                "migration", "rate", "batch", "retry_after", "metrics", "listen"):
+                "keep_free", "demote_below", "hotness", "window", "min_hot", "min_gain",
+                "migration", "rate", "query_rate", "batch", "retry_after", "metrics", "listen"):
         assert re.search(rf"^\s*#\s+{key}(:|\s)", comments, re.M), (
             f"{key} is not documented in etc/tierd.yaml")
 
@@ -156,9 +157,12 @@ def test_shipped_policy_documents_every_key():
         ("hotness:\n  window: 17\n", 2, "hotness.window", "out of range"),
         ("hotness:\n  window: 8.5\n", 2, "hotness.window", "whole number"),
         ("hotness:\n  min_hot: 16\n", 2, "hotness.min_hot", "out of range (0..15)"),
-        ("hotness:\n  hysteresis: -1\n", 2, "hotness.hysteresis", "out of range"),
+        ("hotness:\n  hysteresis: 2\n", 2, "hotness.hysteresis", "replaced by hotness.min_gain"),
+        ("hotness:\n  min_gain: 0.02\n", 2, "hotness.min_gain", "percentage"),
+        ("hotness:\n  min_gain: 101%\n", 2, "hotness.min_gain", "more than 100%"),
         ("migration:\n  rate: 128MiB\n", 2, "migration.rate", "not a rate"),
         ("migration:\n  rate: 0MiB/s\n", 2, "migration.rate", "at least"),
+        ("migration:\n  query_rate: 1GiB\n", 2, "migration.query_rate", "not a rate"),
         ("migration:\n  batch: 100\n", 2, "migration.batch", "at least one page"),
         ("migration:\n  batch: 256MB\n", 2, "migration.batch", "ambiguous"),
         ("migration:\n  retry_after: 0\n", 2, "migration.retry_after", "out of range"),
@@ -258,7 +262,7 @@ _scalar = st.one_of(
 _keys = st.sampled_from([
     "interval", "tracking", "targets", "nodes", "fast_tier", "hotness", "migration", "metrics",
     "name", "pids", "comm", "exe", "cmdline", "cgroup", "min_rss", "fast_share", "fast_cap",
-    "fast", "slow", "keep_free", "demote_below", "window", "min_hot", "hysteresis", "rate",
+    "fast", "slow", "keep_free", "demote_below", "window", "min_hot", "min_gain", "hysteresis", "rate", "query_rate",
     "batch", "retry_after", "listen", "bogus",
 ])
 _tree = st.recursive(

@@ -37,16 +37,18 @@ from tierd.engine.placement import (
     Plan,
     Request,
     UnitCounts,
+    cap_promotions,
+    node_rooms,
     plan,
     plan_queries,
 )
-from tierd.engine.state import CHUNK_WORDS, Extents, PageState
+from tierd.engine.gain import GainModel
+from tierd.engine.state import CHUNK_WORDS, Extents, PageState, words_to_pages
 from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
 
 log = logging.getLogger("tierd")
 
-QUERY_FACTOR = 8  # node queries per interval, relative to the migration budget in pages
-QUERY_MIN = 65536  # ... but at least this many (256 MiB of address space)
+QUERY_MIN = 65536  # node queries per interval at least (256 MiB of address space)
 SLICE_PAGES = 1 << 22  # pages selected and moved at a time: ~100 MB of temporaries at most
 DEFAULT_CONFIG = "/etc/tierd.yaml"
 # Intervals in a row that may fail (an unexpected exception in Engine.step) before the daemon
@@ -162,7 +164,6 @@ class Engine:
         should_stop: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.monotonic,
         chunk_words: int = CHUNK_WORDS,
-        query_factor: int = QUERY_FACTOR,
     ) -> None:
         self.kernel = kernel
         self.policy = policy
@@ -170,11 +171,11 @@ class Engine:
         self.should_stop = should_stop
         self.clock = clock
         self.chunk_words = chunk_words
-        self.query_factor = query_factor
         self.reader = kernel.reader(policy.tracking)
         self.executor = Executor(kernel, policy.batch // PAGE_SIZE, should_stop=should_stop, clock=clock)
         self.units: dict[tuple, Unit] = {}
         self.seq = 0
+        self.gain = GainModel()  # access-rate estimates per (tier, level), across intervals
         self._warned_single_tier = False
 
     # -- policy ------------------------------------------------------------------------------
@@ -203,7 +204,9 @@ class Engine:
 
     @property
     def query_budget(self) -> int:
-        return max(QUERY_MIN, self.query_factor * self.move_budget)
+        """Pages whose node may be asked for this interval (migration.query_rate * interval):
+        a budget of its own, so learning where pages are never costs migrations."""
+        return max(QUERY_MIN, int(self.policy.query_rate * self.policy.interval) // PAGE_SIZE)
 
     # -- one interval ------------------------------------------------------------------------
     def step(self) -> IntervalStats:
@@ -239,12 +242,16 @@ class Engine:
             queries = plan_queries(self._counts(live), self.query_budget)
             self._execute(queries, stats, query=True)
             counts = self._counts(live)
-            pl = plan(counts, node_ids, topo, fast, slow, pol, self.move_budget)
+            gain = self._gain(live, node_ids, fast, slow)
+            pl = plan(counts, node_ids, topo, fast, slow, pol, self.move_budget, gain)
             stats.plan = pl
             demotions = [r for r in pl.requests if r.reason != "promote"]
             promotions = [r for r in pl.requests if r.reason == "promote"]
-            # demotions first: they make the room the promotions were planned into
+            # demotions first: they make the room the promotions were planned into; then
+            # promote only into the room there is now (a failed demotion cancels its pair)
             stats.demoted = self._execute(demotions, stats)
+            rooms = node_rooms(self.kernel.topology(), fast, pol.keep_free, pol.demote_below)
+            promotions = cap_promotions(promotions, {r.node: r.room for r in rooms})
             stats.promoted = self._execute(promotions, stats)
         elif live and not self._warned_single_tier:
             log.warning("no slow memory tier (fast nodes %s, slow nodes %s): only observing",
@@ -308,11 +315,51 @@ class Engine:
             accessed[off: off + nw] = a
         t0 = self.clock()
         st.commit()
+        nodes_of = getattr(self.reader, "nodes", None)
+        if nodes_of is not None:
+            self._learn_nodes(unit, nodes_of)
         return ours + self.clock() - t0
 
     @staticmethod
+    def _learn_nodes(unit: Unit, nodes_of) -> None:
+        """A reader that knows each page's node from the sample itself (pagemap PFNs and the
+        sysfs memory blocks: ``nodes(pid, word_start, nwords)`` -> int16 per page, -1
+        unknown) saves the move_pages queries: pages of unknown node learn it here."""
+        st = unit.state
+        unknown = st.class_mask(st.unknown, 0, st.words)
+        if not unknown.any():
+            return
+        ext = st.extents
+        for ws, nw, off in zip(ext.word_start.tolist(), ext.nwords.tolist(), ext.offset.tolist()):
+            w = np.flatnonzero(unknown[off: off + nw])
+            if w.size == 0:
+                continue
+            pages = words_to_pages(w + off, unknown[off + w])
+            node = np.asarray(nodes_of(unit.ref.pid, ws, nw), dtype=np.int64)[pages - off * 64]
+            ok = node >= 0
+            if ok.any():
+                st.set_node(pages[ok], st.hotness(pages[ok]), st.unknown, node[ok])
+
+    @staticmethod
     def _counts(units: Sequence[Unit]) -> list[UnitCounts]:
-        return [UnitCounts(u.ref.key, u.ref.target, u.state.histograms()) for u in units]
+        """Histograms per process; movable: minus pages in retry backoff, and nothing before
+        a second sample (the first one carries no recency: no page has history yet)."""
+        out = []
+        for u in units:
+            h = u.state.histograms()
+            movable = h - u.state.backoff_histograms() if u.state.samples >= 2 else np.zeros_like(h)
+            out.append(UnitCounts(u.ref.key, u.ref.target, h, movable))
+        return out
+
+    def _gain(self, units: Sequence[Unit], node_ids, fast, slow):
+        """This interval's access-rate estimates (tierd.engine.gain), or None: the level
+        rule."""
+        est = sum(u.state.est for u in units if u.state.node_ids == tuple(node_ids))
+        if not isinstance(est, np.ndarray):
+            return None
+        cls = {n: i for i, n in enumerate(node_ids)}
+        return self.gain.update(est, [cls[n] for n in fast if n in cls],
+                                [cls[n] for n in slow if n in cls], self.policy.min_gain)
 
     def _execute(self, requests: Sequence[Request], stats: IntervalStats, query: bool = False) -> int:
         """Select the pages for ``requests`` and run move_pages on them, process by process
@@ -354,28 +401,27 @@ class Engine:
                     break
                 (stats.queries if query else stats.moves).add(counts)
                 done += counts.learned if query else counts.moved
-                lo = 0
-                for i, n in enumerate(sizes):
-                    if n:
-                        self._apply(st, sel[i], reqs[i].level, cls[i], status[lo: lo + n],
-                                    None if query else reqs[i].dest)
-                        left[i] -= n
-                        lo += n
+                self._apply(st, pages, np.repeat([r.level for r in reqs], sizes),
+                            np.repeat(cls, sizes), status, dest)
+                left = [n - k for n, k in zip(left, sizes)]
                 if counts.not_tried:
                     break
         return done
 
-    def _apply(self, st: PageState, pages, level: int, cls: int, status, dest) -> None:
-        """Fold move_pages results back into the state (one request: one level and class)."""
+    def _apply(self, st: PageState, pages, level, cls, status, dest) -> None:
+        """Fold move_pages results back into the state (level, class and dest: scalars or
+        one per page)."""
         if dest is not None and (status == dest).all():  # the common case: everything moved
             st.set_node(pages, level, cls, dest)
             st.succeed(pages)
             return
         m = outcome_masks(status, dest)
         ok = m["ok"]
-        st.set_node(pages[ok], level, cls, status[ok])
+        level = np.broadcast_to(np.asarray(level), pages.shape)
+        cls = np.broadcast_to(np.asarray(cls), pages.shape)
+        st.set_node(pages[ok], level[ok], cls[ok], status[ok])
         absent = m["absent"]
-        st.mark_absent(pages[absent], level, cls)
+        st.mark_absent(pages[absent], level[absent], cls[absent])
         failed = m["busy"] | m["nomem"] | m["denied"] | m["other"]
         if dest is not None:
             failed |= absent  # do not retry an absent page every interval

@@ -277,7 +277,24 @@ class HistogramKernel:
         n = rows[0].shape[0]
         if len(masks) > self.max_classes:
             self._alloc_classes(len(masks))
-        p = self.hot_planes(rows, n)
+        return self._counts(self.hot_planes(rows, n), masks, n)
+
+    def level_counts(self, planes: np.ndarray, masks) -> np.ndarray:
+        """Histograms [len(masks), 16] of saved hotness planes (``planes``: [4, n], h0..h3)
+        within each mask: the pages of each mask at each hotness level.  Used on the small
+        slice of words the access-rate estimates are counted on (state.py)."""
+        n = planes.shape[1]
+        if len(masks) > self.max_classes:
+            self._alloc_classes(len(masks))
+        p = self.prod[:LEVELS, :n]
+        for b in range(4):
+            np.copyto(p[1 << b], planes[b])
+        counts = self._counts(p, masks, n)[1:]
+        counts[:, 0] = [int(np.bitwise_count(m).sum(dtype=np.int64)) for m in masks]
+        return counts @ MOEBIUS.T
+
+    def _counts(self, p: np.ndarray, masks, n: int) -> np.ndarray:
+        """subset_counts from the hotness planes in rows 1, 2, 4, 8 of ``p``."""
         band = np.bitwise_and
         band(p[1], p[2], p[3])
         band(p[1:4], p[4], p[5:8])

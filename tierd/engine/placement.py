@@ -15,30 +15,36 @@ Moves, in priority order, all within one migration budget (rate * interval, in p
    until MemFree is back at keep_free;
 2. cap: a target holding more of the fast tier than its fast_cap gets its coldest demoted;
 3. promotion, hottest level first: pages at or above their target's threshold that sit on a
-   slow node go to the fast node with the most room.  Without room, a fast page is demoted to
-   make it, coldest first, but only one that is below its own target's threshold *and* colder
-   than the promoted page by more than ``hysteresis`` levels.  So the cold threshold is
-   hot - hysteresis (pages below it give way to any hot page), and pages in between give way
-   only to clearly hotter ones: two pages near the boundary cannot swap back and forth.
-   And only a page accessed in at least two samples of the window may displace another
-   (its hotness exceeds the largest weight, the most one access can give): one recent
-   access says little, and without this filter the pages of a big cold working set that
-   happen to be touched once take turns on the fast tier, spending the whole migration
-   budget for nothing (the "two references" rule of 2Q and of TPP's active-list check);
+   slow node go to the fast node with the most room.  Without room, a fast page below its
+   own target's threshold is demoted to make it, coldest first, but only when the move is
+   worth it: with a measured estimate (``tierd.engine.gain``), when the promoted page's
+   estimated access probability beats the victim's by more than hotness.min_gain plus the
+   statistical error of the two estimates; without one (the first intervals, or an interval
+   where the estimate mispredicted, e.g. a phase change), by the plain level rule: the
+   victim is more than ``FALLBACK_HYSTERESIS`` levels colder and the promoted page was
+   accessed in at least two samples of the window (its hotness exceeds the largest weight,
+   the "two references" rule of 2Q and of TPP's active-list check);
 4. fill: free room still left after that goes to the hottest pages below their threshold
-   (at least min_hot), without displacing anything.  A threshold cannot split a level, so
-   without this step a level that only partly fits would leave the room idle.
+   (at least min_hot), without displacing anything and without a gain test.  A threshold
+   cannot split a level, so without this step a level that only partly fits would leave the
+   room idle.
 
+Only ``UnitCounts.movable`` pages are moved: not pages in retry backoff, and nothing of a
+process before its pages have any history (its first sample says nothing about recency).
 Pages already where they belong are never in the plan; pages whose node is unknown are
-queried first (``plan_queries``, hottest first) and placed once known.  Page counts are
-split across processes and nodes in a fixed order (target order, then process), so a plan is
-deterministic.
+queried first (``plan_queries``, hottest first) and placed once known.
+
+Fairness: pages of the same level are shared between processes (and so between targets) in
+proportion to the pages each has at that level, for victims as for promotions, so at equal
+hotness no process goes first; remainders go by largest fraction, then process order, so a
+plan is deterministic.  The arithmetic is vectorized over processes ([processes, classes,
+levels] arrays), so hundreds of processes cost little more than one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -47,6 +53,7 @@ from tierd.engine.hotness import LEVELS, weights
 PAGE_SIZE = 4096
 NO_THRESHOLD = LEVELS  # "nothing is hot": no page has hotness 16
 UNKNOWN = -1  # node id of pages whose node is not known
+FALLBACK_HYSTERESIS = 2  # level rule without an estimate: victims this much colder at least
 
 
 @dataclass(frozen=True)
@@ -54,11 +61,14 @@ class UnitCounts:
     """One process as placement sees it.
 
     ``hist[c, v]``: pages of class c at hotness v; class i is node ``node_ids[i]``, the last
-    class is "node not known"."""
+    class is "node not known".  ``movable``: the part of ``hist`` that may be moved now
+    (default all of it): not pages in retry backoff, nothing before the pages have
+    history."""
 
     key: Hashable
     target: str
     hist: np.ndarray
+    movable: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -99,34 +109,65 @@ class NodeRoom:
 class Plan:
     requests: tuple[Request, ...]
     hot: dict[str, int]  # target -> hot threshold (NO_THRESHOLD: nothing is hot)
-    cold: dict[str, int]  # target -> cold threshold
+    cold: dict[str, int]  # target -> cold threshold: fast pages below it give way to any hot page
     budget: int  # pages of the targets the fast tier can hold
     fast_pages: int  # pages of the targets known to be on fast nodes
     rooms: tuple[NodeRoom, ...] = ()
     move_budget: int = 0
+    gain: object = None  # the tierd.engine.gain.Gain placed by; None: the plain level rule
 
     def count(self, *reasons: str) -> int:
         return sum(r.count for r in self.requests if r.reason in reasons)
 
 
-@dataclass
+def share(total: int, avail: np.ndarray) -> np.ndarray:
+    """Split ``total`` pages (at most sum(avail)) in proportion to ``avail`` (int64 per
+    process): floors first, the remainder one page each by largest fraction, then lowest
+    index.  No process gets more than it has."""
+    avail = np.asarray(avail, dtype=np.int64)
+    s = int(avail.sum())
+    total = min(int(total), s)
+    if total <= 0:
+        return np.zeros_like(avail)
+    if total == s:
+        return avail.copy()
+    exact = avail * total
+    out = exact // s
+    rest = total - int(out.sum())
+    if rest:
+        frac = exact - out * s
+        order = np.lexsort((np.arange(avail.size), -frac))
+        order = order[avail[order] > out[order]]
+        out[order[:rest]] += 1
+    return out
+
+
 class _Ctx:
     """Mutable bookkeeping while one plan is built (local to ``plan``)."""
 
-    units: Sequence[UnitCounts]
-    cls: dict[int, int]  # node id -> class index
-    budget_left: int
-    claimed: dict = field(default_factory=dict)  # (unit idx, class, level) -> pages taken
-    out: list = field(default_factory=list)
+    def __init__(self, units: Sequence[UnitCounts], cls: dict[int, int], budget_left: int) -> None:
+        self.units = units
+        self.cls = cls
+        self.budget_left = budget_left
+        self.left = np.stack([u.hist if u.movable is None else u.movable for u in units]).astype(np.int64)
+        self.out: list[Request] = []
 
-    def avail(self, u: int, node: int, level: int) -> int:
-        c = self.cls[node]
-        return int(self.units[u].hist[c, level]) - self.claimed.get((u, c, level), 0)
+    def avail(self, node: int, level: int) -> np.ndarray:
+        """Movable pages per process on ``node`` at ``level`` (a view)."""
+        return self.left[:, self.cls[node], level]
 
-    def take(self, u: int, node: int, level: int, n: int, dest: int, reason: str) -> None:
+    def take(self, counts: np.ndarray, node: int, level: int, dest, reason: str) -> int:
+        """Plan ``counts[u]`` pages of each process; ``dest`` one node or a function of the
+        page count.  Returns the pages taken."""
         c = self.cls[node]
-        self.claimed[(u, c, level)] = self.claimed.get((u, c, level), 0) + n
-        self.out.append(Request(self.units[u].key, node, level, n, dest, reason))
+        total = 0
+        for u in np.flatnonzero(counts).tolist():
+            k = int(counts[u])
+            self.left[u, c, level] -= k
+            d = dest(k) if callable(dest) else dest
+            self.out.append(Request(self.units[u].key, node, level, k, d, reason))
+            total += k
+        return total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,17 +237,34 @@ def thresholds(
 
 
 def plan_queries(units: Sequence[UnitCounts], budget: int) -> list[Request]:
-    """Learn the node of pages whose node is unknown, hottest first, up to ``budget`` pages.
+    """Learn the node of pages whose node is unknown, hottest first, up to ``budget`` pages,
+    shared between processes in proportion to their unknown pages at each level.
     (Promotion candidates are the hot ones; cold ones only matter when room is needed.)"""
-    out = []
+    out: list[Request] = []
+    if not units:
+        return out
+    unknown = np.stack([u.hist[-1] for u in units]).astype(np.int64)  # [units, levels]
     for level in range(LEVELS - 1, -1, -1):
-        for u in units:
-            if budget <= 0:
-                return out
-            n = min(int(u.hist[-1, level]), budget)
-            if n > 0:
-                out.append(Request(u.key, UNKNOWN, level, n, UNKNOWN, "query"))
-                budget -= n
+        if budget <= 0:
+            break
+        k = share(budget, unknown[:, level])
+        for u in np.flatnonzero(k).tolist():
+            out.append(Request(units[u].key, UNKNOWN, level, int(k[u]), UNKNOWN, "query"))
+        budget -= int(k.sum())
+    return out
+
+
+def cap_promotions(promotions: Sequence[Request], room: dict[int, int]) -> list[Request]:
+    """Promotions trimmed, in plan order, to the room each fast node has *now* (free pages
+    above keep_free after this interval's demotions ran): a promotion whose paired demotion
+    failed does not run, so tierd never takes a fast node below keep_free."""
+    left = dict(room)
+    out = []
+    for r in promotions:
+        k = min(r.count, max(0, left.get(r.dest, 0)))
+        if k > 0:
+            out.append(r if k == r.count else Request(r.unit, r.node, r.level, k, r.dest, r.reason))
+            left[r.dest] -= k
     return out
 
 
@@ -218,9 +276,11 @@ def plan(
     slow: Sequence[int],
     policy,
     move_budget: int,
+    gain=None,
 ) -> Plan:
     """The moves for this interval (see the module docstring).  ``policy`` supplies
-    keep_free, demote_below, min_hot, hysteresis and the targets' fast_share/fast_cap."""
+    keep_free, demote_below, min_hot, window and the targets' fast_share/fast_cap; ``gain``
+    (a tierd.engine.gain.Gain, or None for the plain level rule) decides displacements."""
     node_ids = tuple(node_ids)
     cls = {n: i for i, n in enumerate(node_ids)}
     cls[UNKNOWN] = len(node_ids)
@@ -228,8 +288,9 @@ def plan(
     slow = tuple(n for n in slow if n in cls)
     rooms = node_rooms(topology, fast, policy.keep_free, policy.demote_below)
     fast_total = sum(r.total for r in rooms) * PAGE_SIZE
-    on_fast = [sum(int(u.hist[cls[n]].sum()) for n in fast) for u in units]
-    fast_pages = sum(on_fast)
+    fast_cls = [cls[n] for n in fast]
+    on_fast = np.array([int(u.hist[fast_cls].sum()) for u in units], dtype=np.int64)
+    fast_pages = int(on_fast.sum())
     budget = fast_pages + sum(r.room for r in rooms) - sum(r.deficit for r in rooms)
 
     names = list(dict.fromkeys(u.target for u in units))
@@ -243,114 +304,158 @@ def plan(
             caps[t] = spec.fast_cap.resolve(fast_total) // PAGE_SIZE
     demands = {t: demand(sum(u.hist for u in units if u.target == t)) for t in names}
     hot = thresholds(demands, budget, policy.min_hot, shares, caps)
-    cold = {t: max(0, v - policy.hysteresis) for t, v in hot.items()}
+    window = getattr(policy, "window", 8)
+    single = weights(window)[0] if window > 1 else -1  # most hotness one access can give
+
+    def victim_levels(p: int) -> int:
+        """Fast levels below this that a slow page at level p may displace."""
+        if gain is not None:
+            return gain.victim_levels(p)
+        return 0 if p <= single else max(0, p - FALLBACK_HYSTERESIS)
+
+    cold = {t: min(v, victim_levels(min(v, LEVELS - 1))) for t, v in hot.items()}
+    if not units or not fast or not slow:
+        return Plan((), hot, cold, budget, fast_pages, rooms, move_budget, gain)
     ctx = _Ctx(units, cls, move_budget)
-    if not fast or not slow:
-        return Plan((), hot, cold, budget, fast_pages, rooms, move_budget)
+    target_of = [u.target for u in units]
+    hot_u = np.array([hot[t] for t in target_of], dtype=np.int64)
 
     slow_free = {n: topology.node(n).mem_free // PAGE_SIZE for n in slow}
     order = {n: i for i, n in enumerate(topology.ids)}
 
-    def slow_for(n: int, k: int) -> int:
-        """The slow node nearest to fast node n with room for k pages (else the nearest)."""
+    def slow_for(n: int):
+        """dest(k): the slow node nearest to fast node n with room for k pages (else the
+        nearest)."""
         dist = topology.node(n).distances
 
         def key(s):
             d = dist[order[s]] if order.get(s, len(dist)) < len(dist) else 0
             return (d, -slow_free[s], s)
 
-        ranked = sorted(slow, key=key)
-        for s in ranked:
-            if slow_free[s] >= k:
-                slow_free[s] -= k
-                return s
-        slow_free[ranked[0]] -= k
-        return ranked[0]
+        def dest(k: int) -> int:
+            ranked = sorted(slow, key=key)
+            for s in ranked:
+                if slow_free[s] >= k:
+                    slow_free[s] -= k
+                    return s
+            slow_free[ranked[0]] -= k
+            return ranked[0]
 
-    demoted_fast = [0] * len(units)
+        return dest
 
-    # 1. watermark: coldest first, whatever their hotness
+    demoted_fast = np.zeros(len(units), dtype=np.int64)
+
+    # 1. watermark: coldest first, whatever their hotness, shared between processes
     for r in rooms:
         need = r.deficit
         for level in range(LEVELS):
-            for ui in range(len(units)):
-                k = min(need, ctx.avail(ui, r.node, level), ctx.budget_left)
-                if k > 0:
-                    ctx.take(ui, r.node, level, k, slow_for(r.node, k), "watermark")
-                    need -= k
-                    ctx.budget_left -= k
-                    demoted_fast[ui] += k
+            k = min(need, ctx.budget_left)
+            if k <= 0:
+                break
+            counts = share(k, ctx.avail(r.node, level))
+            ctx.take(counts, r.node, level, slow_for(r.node), "watermark")
+            need -= int(counts.sum())
+            ctx.budget_left -= int(counts.sum())
+            demoted_fast += counts
 
     # 2. caps
     for t, cap in caps.items():
-        members = [i for i, u in enumerate(units) if u.target == t]
-        over = sum(on_fast[i] - demoted_fast[i] for i in members) - cap
+        member = np.array([x == t for x in target_of])
+        over = int((on_fast - demoted_fast)[member].sum()) - cap
         for level in range(LEVELS):
             for n in fast:
-                for ui in members:
-                    k = min(over, ctx.avail(ui, n, level), ctx.budget_left)
-                    if k > 0:
-                        ctx.take(ui, n, level, k, slow_for(n, k), "cap")
-                        over -= k
-                        ctx.budget_left -= k
-                        demoted_fast[ui] += k
+                k = min(over, ctx.budget_left)
+                if k <= 0:
+                    break
+                counts = share(k, ctx.avail(n, level) * member)
+                ctx.take(counts, n, level, slow_for(n), "cap")
+                over -= int(counts.sum())
+                ctx.budget_left -= int(counts.sum())
+                demoted_fast += counts
 
     # 3. promotions, hottest first, displacing colder pages when there is no room; then
     # 4. free room that is left goes to the hottest pages below their threshold (a level
     #    cannot be split by the threshold, so this keeps the fast tier from idling)
     room = {r.node: r.room for r in rooms}
-    headroom = {t: None if t not in caps else caps[t] - sum(
-        on_fast[i] - demoted_fast[i] for i, u in enumerate(units) if u.target == t) for t in names}
-    hyst = policy.hysteresis
-    window = getattr(policy, "window", 8)
-    single = weights(window)[0] if window > 1 else -1  # most hotness one access can give
+    headroom = {t: caps[t] - int((on_fast - demoted_fast)[[x == t for x in target_of]].sum())
+                for t in caps}
+    capped = {t: np.array([x == t for x in target_of]) for t in caps}
     for fill in (False, True):
         for p in range(LEVELS - 1, policy.min_hot - 1, -1):
-            for ui, u in enumerate(units):
-                if (p < hot[u.target]) != fill:
+            elig = (p < hot_u) if fill else (p >= hot_u)
+            if not elig.any():
+                continue
+            for s in slow:
+                cand = ctx.avail(s, p) * elig
+                # free room first, within each capped target's headroom
+                while cand.any() and ctx.budget_left > 0 and room:
+                    n = max(room, key=lambda x: (room[x], -x))
+                    if room[n] <= 0:
+                        break
+                    limited = _within_headroom(cand, headroom, capped)
+                    k = min(int(limited.sum()), room[n], ctx.budget_left)
+                    if k <= 0:
+                        break
+                    counts = share(k, limited)
+                    ctx.take(counts, s, p, n, "promote")
+                    room[n] -= k
+                    ctx.budget_left -= k
+                    _charge(headroom, capped, counts)
+                    cand = cand - counts
+                if fill or not cand.any():
                     continue
-                for s in slow:
-                    c = ctx.avail(ui, s, p)
-                    while c > 0 and ctx.budget_left > 0:
-                        hr = headroom[u.target]
-                        n = max(room, key=lambda x: (room[x], -x)) if room else None
-                        if n is not None and room[n] > 0 and (hr is None or hr > 0):
-                            k = min(c, room[n], ctx.budget_left, hr if hr is not None else c)
-                            ctx.take(ui, s, p, k, n, "promote")
-                            room[n] -= k
-                            ctx.budget_left -= k
-                            if hr is not None:
-                                headroom[u.target] = hr - k
-                            c -= k
-                            continue
-                        if fill or p <= single:
-                            break
-                        victim = _coldest_victim(ctx, units, fast, hot, p - hyst,
-                                                 u.target if hr is not None and hr <= 0 else None)
+                # no room: displace colder fast pages, if the gain is worth it; a target at
+                # its cap only displaces its own pages
+                below = victim_levels(p)
+                everyone = np.ones(len(units), dtype=bool)
+                at_cap = [capped[t] for t in caps if headroom[t] <= 0]
+                free = everyone.copy()
+                for m in at_cap:
+                    free &= ~m
+                # (whose promotions, whose pages they may displace)
+                for scope, victims in [(free, everyone)] + [(m, m) for m in at_cap]:
+                    c = cand * scope
+                    while c.any() and ctx.budget_left >= 2:
+                        victim = _coldest_victim(ctx, fast, hot_u, below, victims)
                         if victim is None:
                             break
-                        vi, vn, vl, vavail = victim
-                        k = min(c, vavail, ctx.budget_left // 2)
-                        if k <= 0:
-                            break
-                        ctx.take(vi, vn, vl, k, slow_for(vn, k), "demote")
-                        ctx.take(ui, s, p, k, vn, "promote")
+                        vn, vl, vavail = victim
+                        k = min(int(c.sum()), int(vavail.sum()), ctx.budget_left // 2)
+                        dem = share(k, vavail)
+                        pro = share(k, c)
+                        ctx.take(dem, vn, vl, slow_for(vn), "demote")
+                        ctx.take(pro, s, p, vn, "promote")
                         ctx.budget_left -= 2 * k
-                        c -= k
-    return Plan(tuple(ctx.out), hot, cold, budget, fast_pages, rooms, move_budget)
+                        c = c - pro
+    return Plan(tuple(ctx.out), hot, cold, budget, fast_pages, rooms, move_budget, gain)
 
 
-def _coldest_victim(ctx: _Ctx, units, fast, hot, below: int, only_target: str | None):
-    """(unit, fast node, level, pages) of the coldest demotable fast pages: below their own
-    target's threshold and below ``below``; None if there are none."""
+def _within_headroom(cand: np.ndarray, headroom: dict, capped: dict) -> np.ndarray:
+    """Candidates per process, each capped target's trimmed to its remaining headroom."""
+    out = cand
+    for t, m in capped.items():
+        have = int(cand[m].sum())
+        if have > max(0, headroom[t]):
+            out = out.copy() if out is cand else out
+            out[m] = share(max(0, headroom[t]), cand * m)[m]
+    return out
+
+
+def _charge(headroom: dict, capped: dict, counts: np.ndarray) -> None:
+    for t, m in capped.items():
+        headroom[t] -= int(counts[m].sum())
+
+
+def _coldest_victim(ctx: _Ctx, fast, hot_u: np.ndarray, below: int, scope: np.ndarray):
+    """(fast node, level, pages per process) of the coldest demotable fast pages: below
+    their own target's threshold and below ``below``, among the processes in ``scope``;
+    None if there are none."""
     for level in range(max(0, min(below, LEVELS))):
+        ok = scope & (level < hot_u)
+        if not ok.any():
+            continue
         for n in fast:
-            for ui, u in enumerate(units):
-                if only_target is not None and u.target != only_target:
-                    continue
-                if level >= hot[u.target]:
-                    continue
-                a = ctx.avail(ui, n, level)
-                if a > 0:
-                    return ui, n, level, a
+            a = ctx.avail(n, level) * ok
+            if a.any():
+                return n, level, a
     return None

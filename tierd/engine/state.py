@@ -44,6 +44,11 @@ PAGE_SHIFT = 12
 PAGES_PER_WORD = 64
 CHUNK_WORDS = 16384  # 1Mi pages = 4 GiB of address space per chunk (fewer numpy calls)
 BACKOFF_MAX_DOUBLINGS = 8  # retry_after * 2**8 intervals at most
+# access-rate estimates (``est``) are counted on a rotating slice of each chunk: 1/EST_DIV of
+# the words, but at least EST_MIN_WORDS per process (all of a small one), enough pages per
+# (node, level) cell for a standard error of a few thousandths
+EST_DIV = 128
+EST_MIN_WORDS = 2048
 
 _ONE = np.uint64(1)
 _MOEBIUS_T = np.ascontiguousarray(MOEBIUS.T)
@@ -177,6 +182,22 @@ def words_to_pages(word_idx: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return np.asarray(word_idx, dtype=np.int64)[f >> 6] * 64 + (f & 63)
 
 
+_KERNELS: dict[tuple[int, int], HistogramKernel] = {}
+
+
+def shared_kernel(window: int, chunk_words: int) -> HistogramKernel:
+    """One histogram kernel (scratch buffers only) per window and chunk size, shared by every
+    process's state: with hundreds of small processes, per-process buffers (megabytes
+    each, strided rows) cost more in cache and TLB misses than the arithmetic.  The engine
+    is single-threaded and a kernel's buffers hold nothing between calls, except the
+    hotness planes ``commit`` reads back right after computing them."""
+    key = (int(window), int(chunk_words))
+    k = _KERNELS.get(key)
+    if k is None:
+        k = _KERNELS[key] = HistogramKernel(key[0], key[1], 4)
+    return k
+
+
 def _lowest_bits(x: int, k: int) -> int:
     """The k lowest set bits of the 64-bit integer x."""
     out = 0
@@ -204,7 +225,7 @@ class PageState:
         self.samples = 0  # samples committed
         self.head = 0  # ring row of the newest sample
         self._cur = 0  # which present plane is the current one
-        self._kernel = HistogramKernel(self.window, self.chunk_words, max(1, len(self.node_ids)))
+        self._kernel = shared_kernel(self.window, self.chunk_words)
         self._alloc(extents.words)
         # sparse retry table, sorted by vpn
         self.retry_vpn = np.zeros(0, np.int64)
@@ -222,6 +243,13 @@ class PageState:
         self.chunk_sub = np.zeros((nchunks, len(self.node_ids) + 1, LEVELS), dtype=np.int64)
         self.chunk_hist = np.zeros_like(self.chunk_sub)
         self._pop_valid = np.zeros(nchunks, dtype=bool)  # chunk_hist's class sums are current
+        self._est_reset()
+
+    def _est_reset(self) -> None:
+        # per chunk: (word offset, [4 hotness planes + one plane per node, slice words]) saved
+        # at the last commit, so the next sample tells which of those pages were accessed
+        self._est_saved: list = [None] * self.chunk_seen.size
+        self.est = np.zeros((2, len(self.node_ids) + 1, LEVELS), dtype=np.int64)
 
     @property
     def words(self) -> int:
@@ -256,7 +284,8 @@ class PageState:
             for a in (
                 self.hist, self.nodes, self.present_planes, self.backoff, self.chunk_seen,
                 self.chunk_sub, self.chunk_hist, self.retry_vpn, self.retry_fails,
-                self.retry_until,
+                self.retry_until, self.est,
+                *(s[1] for s in self._est_saved if s is not None),
             )
         )
 
@@ -281,7 +310,12 @@ class PageState:
         return self.present_planes[1 - self._cur], self.hist[(self.head + 1) % self.window]
 
     def commit(self) -> None:
-        """Take in the sample written into ``sample_buffers`` and recompute the histograms."""
+        """Take in the sample written into ``sample_buffers`` and recompute the histograms.
+
+        Also counts ``est``: est[0, c, v] pages of class c at hotness v as of the previous
+        commit (on a rotating slice of the words, see EST_DIV), est[1, c, v] how many of them
+        this sample found accessed: the measured access probability of each (node, level)
+        cell, which placement uses to tell real gains from sampling noise."""
         nxt = 1 - self._cur
         new_p, old_p = self.present_planes[nxt], self.present_planes[self._cur]
         self.head = (self.head + 1) % self.window
@@ -296,6 +330,8 @@ class PageState:
         # pages per class and chunk as of the last commit, kept current by the move updates:
         # valid while a chunk's present pages do not change
         populations = self.chunk_hist.sum(axis=2)
+        self.est.fill(0)
+        est_words = max(self.words // EST_DIV, min(self.words, EST_MIN_WORDS))
         for ch, lo, hi in self._chunks():
             n = hi - lo
             newc, oldc, acc = new_p[lo:hi], old_p[lo:hi], acc_row[lo:hi]
@@ -310,6 +346,8 @@ class PageState:
                     self._forget(lo, x)
             if acc.any():
                 self.chunk_seen[ch] = self.samples
+            if self._est_saved[ch] is not None:
+                self._est_count(self._est_saved[ch], acc, newc)
             node_rows = self.nodes[:, lo:hi]
             if changed or not self._pop_valid[ch]:
                 cls_pop = np.empty(nn + 1, dtype=np.int64)
@@ -322,24 +360,67 @@ class PageState:
                 cls_pop = populations[ch]
             sub = self.chunk_sub[ch]
             sub.fill(0)
+            nonzero = np.flatnonzero(cls_pop)
+            planes = False
             if self.samples - self.chunk_seen[ch] >= self.window:
                 # no access in the whole window: every present page has hotness 0
                 sub[:, 0] = cls_pop
-                continue
-            nonzero = np.flatnonzero(cls_pop)
-            if nonzero.size == 0:
-                continue
-            # the biggest class is what is left over: one class fewer to count
-            derived = int(nonzero[np.argmax(cls_pop[nonzero])])
-            computed = [int(c) for c in nonzero if c != derived]
-            masks = [node_rows[c] if c < nn else self._unknown_mask(lo, hi) for c in computed]
-            counts = kern.subset_counts([r[lo:hi] for r in rows], masks)
-            counts[0, 0] = cls_pop.sum()
-            for i, c in enumerate(computed):
-                counts[1 + i, 0] = cls_pop[c]
-                sub[c] = counts[1 + i]
-            sub[derived] = counts[0] - counts[1:].sum(axis=0)
+            elif nonzero.size:
+                # the biggest class is what is left over: one class fewer to count
+                derived = int(nonzero[np.argmax(cls_pop[nonzero])])
+                computed = [int(c) for c in nonzero if c != derived]
+                masks = [node_rows[c] if c < nn else self._unknown_mask(lo, hi) for c in computed]
+                counts = kern.subset_counts([r[lo:hi] for r in rows], masks)
+                counts[0, 0] = cls_pop.sum()
+                for i, c in enumerate(computed):
+                    counts[1 + i, 0] = cls_pop[c]
+                    sub[c] = counts[1 + i]
+                sub[derived] = counts[0] - counts[1:].sum(axis=0)
+                planes = True
+            if nn and nonzero.size:
+                self._est_save(ch, lo, n, -(-est_words * n // self.words), planes, node_rows)
+            else:
+                self._est_saved[ch] = None
         np.matmul(self.chunk_sub, _MOEBIUS_T, out=self.chunk_hist)
+
+    def _est_save(self, ch: int, lo: int, n: int, length: int, planes: bool, node_rows) -> None:
+        """Keep this commit's hotness planes and node masks of a slice of chunk ``ch`` for
+        the next commit to count against.  The slice rotates through the chunk."""
+        length = min(n, max(1, length))
+        off = (self.samples * length) % n
+        off = min(off, n - length)
+        nn = node_rows.shape[0]
+        saved = self._est_saved[ch]
+        buf = saved[1] if saved is not None and saved[1].shape == (4 + nn, length) else \
+            np.empty((4 + nn, length), dtype=np.uint64)
+        if planes:  # the chunk's hotness planes are still in the kernel's product rows
+            for b in range(4):
+                np.copyto(buf[b], self._kernel.prod[1 << b, off: off + length])
+        else:
+            buf[:4] = 0
+        buf[4:] = node_rows[:, off: off + length]
+        self._est_saved[ch] = (off, buf)
+
+    def _est_count(self, saved, acc: np.ndarray, present: np.ndarray) -> None:
+        """Add the saved slice's (node, level) cells and their pages accessed in this sample
+        to ``est`` (pages gone since are left out)."""
+        off, buf = saved
+        length = buf.shape[1]
+        a = acc[off: off + length]
+        pres = present[off: off + length]
+        nn = buf.shape[0] - 4
+        masks = []
+        for c in range(nn):
+            m = buf[4 + c] & pres
+            masks += [m, m & a]
+        if not buf[:4].any():  # all at hotness 0 (a cold chunk): popcounts suffice
+            for c in range(nn):
+                self.est[0, c, 0] += int(np.bitwise_count(masks[2 * c]).sum(dtype=np.int64))
+                self.est[1, c, 0] += int(np.bitwise_count(masks[2 * c + 1]).sum(dtype=np.int64))
+            return
+        h = self._kernel.level_counts(buf[:4], masks)
+        self.est[0, :nn] += h[0::2]
+        self.est[1, :nn] += h[1::2]
 
     def _forget(self, lo: int, gone: np.ndarray) -> None:
         """Pages that are no longer present lose their history and node."""
@@ -367,6 +448,25 @@ class PageState:
     def histograms(self) -> np.ndarray:
         """[nclasses, 16] page counts by class (node_ids order, then unknown) and hotness."""
         return self.chunk_hist.sum(axis=0)
+
+    def backoff_histograms(self) -> np.ndarray:
+        """[nclasses, 16] like ``histograms``, of the present pages in retry backoff only
+        (the ones selection skips).  Sparse: from the retry table, not a pass over the
+        planes."""
+        out = np.zeros((self.nclasses, LEVELS), dtype=np.int64)
+        if self.retry_vpn.size == 0:
+            return out
+        flat = self.extents.flat_of(self.retry_vpn)
+        flat = flat[flat >= 0]
+        flat = flat[test_bits(self.backoff, flat) & test_bits(self.present, flat)]
+        if flat.size == 0:
+            return out
+        node = self.node_of(flat).astype(np.int64)
+        cls = np.full(flat.shape, self.unknown, dtype=np.int64)
+        for i, nid in enumerate(self.node_ids):
+            cls[node == nid] = i
+        key = cls * LEVELS + self.hotness(flat).astype(np.int64)
+        return np.bincount(key, minlength=self.nclasses * LEVELS).reshape(self.nclasses, LEVELS)
 
     def hotness(self, pages: np.ndarray) -> np.ndarray:
         """Hotness of individual flat pages (uint8), by the reference formula (sparse use)."""
@@ -465,40 +565,33 @@ class PageState:
 
         ``level`` and ``from_cls`` are the hotness and class the pages were selected with
         (scalars, or arrays per page); they keep the per-chunk histograms current without a
-        recount."""
+        recount.  One pass whatever the mix of levels, classes and nodes (the engine folds a
+        whole batch of move_pages results in at once)."""
         p = np.asarray(pages, dtype=np.int64)
         if p.size == 0:
             return
-        if np.ndim(level) or np.ndim(from_cls):
-            for sel, lv, fc in self._groups(p, level, from_cls):
-                self.set_node(p[sel], lv, fc, node if np.ndim(node) == 0 else np.asarray(node)[sel])
-            return
-        level, from_cls = int(level), int(from_cls)
+        lv = np.broadcast_to(np.asarray(level, dtype=np.int64), p.shape)
+        fc = np.broadcast_to(np.asarray(from_cls, dtype=np.int64), p.shape)
+        nd = np.broadcast_to(np.asarray(node, dtype=np.int64), p.shape)
         if p.size > 1 and not (p[1:] >= p[:-1]).all():
             order = np.argsort(p, kind="stable")
-            p = p[order]
-            if np.ndim(node):
-                node = np.asarray(node)[order]
+            p, lv, fc, nd = p[order], lv[order], fc[order], nd[order]
+        for nid in np.unique(nd[nd >= 0]).tolist():  # new nodes first: classes may shift
+            self._class_or_add(nid)
         words, starts, bits = _group_bits(p)
-        masks = np.bitwise_or.reduceat(bits, starts)
         if len(self.node_ids):
-            self.nodes[:, words] &= ~masks
-        if np.ndim(node) == 0:
-            to = self._class_or_add(int(node))
-            if to < len(self.node_ids):
-                self.nodes[to, words] |= masks
-            self._recount(p, level, from_cls, to)
-            return
-        node = np.asarray(node, dtype=np.int64)
+            self.nodes[:, words] &= ~np.bitwise_or.reduceat(bits, starts)
+        to = np.full(p.shape, self.unknown, dtype=np.int64)
         zero = np.uint64(0)
-        for nid in np.flatnonzero(np.bincount(node[node >= 0])).tolist():
-            sel = node == nid
-            to = self._class_or_add(nid)
-            # the same word grouping for every node: pages of other nodes contribute 0 bits
-            self.nodes[to, words] |= np.bitwise_or.reduceat(np.where(sel, bits, zero), starts)
-            self._recount(p[sel], level, from_cls, to)
-        if (node < 0).any():
-            self._recount(p[node < 0], level, from_cls, self.unknown)
+        for i, nid in enumerate(self.node_ids):
+            sel = nd == nid
+            if sel.all():
+                self.nodes[i, words] |= np.bitwise_or.reduceat(bits, starts)
+            elif sel.any():
+                # the same word grouping for every node: other pages contribute 0 bits
+                self.nodes[i, words] |= np.bitwise_or.reduceat(np.where(sel, bits, zero), starts)
+            to[sel] = i
+        self._recount(p, lv, fc, to)
 
     def mark_absent(self, pages: np.ndarray, level, from_cls) -> None:
         """move_pages said these pages are not there (ENOENT/EFAULT): drop them until a sample
@@ -506,33 +599,24 @@ class PageState:
         p = np.asarray(pages, dtype=np.int64)
         if p.size == 0:
             return
-        if np.ndim(level) or np.ndim(from_cls):
-            for sel, lv, fc in self._groups(p, level, from_cls):
-                self.mark_absent(p[sel], lv, fc)
-            return
         words, masks = page_bits(p)
         keep = ~masks
         self.present_planes[self._cur, words] &= keep
         self.hist[:, words] &= keep
         if len(self.node_ids):
             self.nodes[:, words] &= keep
-        self._recount(p, int(level), int(from_cls), None)
+        self._recount(p, level, from_cls, None)
 
-    def _groups(self, p, level, from_cls):
-        """(mask, level, class) for each distinct (level, class) pair among the pages."""
-        lv = np.broadcast_to(np.asarray(level, dtype=np.int64), p.shape)
-        fc = np.broadcast_to(np.asarray(from_cls, dtype=np.int64), p.shape)
-        key = fc * LEVELS + lv
-        for k in np.flatnonzero(np.bincount(key)).tolist():
-            yield key == k, k % LEVELS, k // LEVELS
-
-    def _recount(self, p, level: int, from_cls: int, to_cls: int | None) -> None:
+    def _recount(self, p, level, from_cls, to_cls) -> None:
         """Move ``p``'s pages from (from_cls, level) to (to_cls, level) in the per-chunk
-        histograms (to_cls None: they are gone)."""
-        per_chunk = np.bincount(p // (self.chunk_words * PAGES_PER_WORD), minlength=self.chunk_hist.shape[0])
-        self.chunk_hist[:, from_cls, level] -= per_chunk
+        histograms (to_cls None: they are gone); level and classes scalars or per page."""
+        size = self.chunk_hist.size
+        cl = self.chunk_hist.shape[1] * LEVELS
+        base = p // (self.chunk_words * PAGES_PER_WORD) * cl + level
+        flat = self.chunk_hist.reshape(-1)
+        flat -= np.bincount(base + np.asarray(from_cls) * LEVELS, minlength=size)
         if to_cls is not None:
-            self.chunk_hist[:, to_cls, level] += per_chunk
+            flat += np.bincount(base + np.asarray(to_cls) * LEVELS, minlength=size)
 
     def _class_or_add(self, node: int) -> int:
         if node < 0:
@@ -677,7 +761,8 @@ class PageState:
         self.hist = hist
         self.head = 0
         self.window = window
-        self._kernel = HistogramKernel(window, self.chunk_words, max(1, len(self.node_ids)))
+        self._kernel = shared_kernel(window, self.chunk_words)
+        self._est_reset()
         self._recompute()
 
     def set_node_ids(self, node_ids: Sequence[int]) -> None:
@@ -694,5 +779,6 @@ class PageState:
         self.node_ids = node_ids
         self.chunk_sub = np.zeros((self.chunk_seen.size, len(node_ids) + 1, LEVELS), dtype=np.int64)
         self.chunk_hist = np.zeros_like(self.chunk_sub)
+        self._est_reset()
         self._recompute()
 

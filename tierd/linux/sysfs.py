@@ -9,13 +9,19 @@ Sources (all text, parsed by the pure functions here):
   abstract distance divided by the chunk size (MEMTIER_CHUNK_BITS), DRAM is tier 4.
 - A kernel without CONFIG_NUMA has no ``devices/system/node``: then the machine is one node 0
   with /proc/meminfo's totals and every online CPU.
+- ``devices/system/memory/block_size_bytes`` (hex) and the ``nodeN/memoryM`` links: which
+  node each memory block (PFNs M * block .. (M + 1) * block - 1) belongs to, so a PFN read
+  from pagemap gives its page's node without a move_pages query (``MemoryMap``).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+import numpy as np
 
 from tierd.linux.errors import ParseError
 from tierd.linux.procfs import parse_meminfo
@@ -26,6 +32,8 @@ _TIER_RE = re.compile(r"memory_tier(\d+)\Z")
 # Larger than any NR_CPUS/MAX_NUMNODES: bounds the work a corrupt list can cause.
 LIST_MAX = 1 << 20
 _NODE_RE = re.compile(r"node(\d+)\Z")
+_BLOCK_RE = re.compile(r"memory(\d+)\Z")
+MEMORY_DIR = "devices/system/memory"
 
 
 def parse_nodelist(text: str) -> tuple[int, ...]:
@@ -155,6 +163,55 @@ class Topology:
         return fast_ids, tuple(i for i in mem_ids if i not in fast_ids)
 
 
+@dataclass(frozen=True)
+class MemoryMap:
+    """PFN ranges [start, end) per node, sorted and merged (from the memory blocks)."""
+
+    start: np.ndarray  # int64 first PFN of each range
+    end: np.ndarray  # int64 PFN after the range
+    node: np.ndarray  # int16 node of each range
+
+    def node_of(self, pfns) -> np.ndarray:
+        """Node of each PFN (int16), -1 where no block covers it (vectorized)."""
+        p = np.asarray(pfns, dtype=np.int64)
+        i = np.searchsorted(self.start, p, side="right") - 1
+        ok = (i >= 0) & (p < self.end[np.maximum(i, 0)]) if self.start.size else np.zeros(p.shape, bool)
+        return np.where(ok, self.node[np.maximum(i, 0)] if self.start.size else -1, -1).astype(np.int16)
+
+
+def parse_block_size(text: str) -> int:
+    """Bytes per memory block from block_size_bytes (hexadecimal without 0x, e.g.
+    "8000000" = 128 MiB)."""
+    try:
+        v = int(text.strip(), 16)
+    except ValueError:
+        raise ParseError("block_size_bytes", 1, f"not a hexadecimal number: {text.strip()!r}") from None
+    if v <= 0 or v % 4096:
+        raise ParseError("block_size_bytes", 1, f"{v} is not a positive multiple of the page size")
+    return v
+
+
+def parse_memory_blocks(block_size_text: str, node_blocks: dict[int, Iterable[str]],
+                        page_size: int = 4096) -> MemoryMap:
+    """MemoryMap from block_size_bytes and, per node, the names of its ``nodeN`` directory
+    entries (``memoryM`` ones are its blocks; other names are ignored)."""
+    pages = parse_block_size(block_size_text) // page_size
+    rows = sorted((int(m.group(1)), nid) for nid, names in node_blocks.items()
+                  for m in map(_BLOCK_RE.match, names) if m)
+    start, end, node = [], [], []
+    for block, nid in rows:
+        lo = block * pages
+        if start and node[-1] == nid and end[-1] == lo:
+            end[-1] = lo + pages
+        elif start and lo < end[-1]:
+            raise ParseError(f"memory{block}", 0, f"listed under nodes {node[-1]} and {nid}")
+        else:
+            start.append(lo)
+            end.append(lo + pages)
+            node.append(nid)
+    return MemoryMap(np.array(start, np.int64), np.array(end, np.int64), np.array(node, np.int16))
+
+
 class SysFS:
     """Reads /sys below ``root``; ``proc`` is only used for /proc/meminfo on a host without
     NUMA sysfs (CONFIG_NUMA=n), where the whole machine is node 0."""
@@ -243,3 +300,17 @@ class SysFS:
             )
         tier_of = {nid: tid for tid, nids in self.memory_tiers().items() for nid in nids}
         return Topology(tuple(self._node(nid, tier_of) for nid in self.online_nodes()))
+
+    def memory_map(self) -> MemoryMap:
+        """PFN -> node from the memory blocks (empty without memory hotplug sysfs)."""
+        try:
+            size = self._read(MEMORY_DIR, "block_size_bytes")
+        except FileNotFoundError:
+            return parse_memory_blocks("1000", {})
+        blocks = {}
+        for nid in self.online_nodes():
+            try:
+                blocks[nid] = os.listdir(self._p(NODE_DIR, f"node{nid}"))
+            except FileNotFoundError:
+                continue
+        return parse_memory_blocks(size, blocks)

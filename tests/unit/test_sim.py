@@ -7,8 +7,8 @@ import errno
 import numpy as np
 import pytest
 
-from tierd.engine import simulate as sim
-from tierd.engine.simulate import (
+from tierd.sim import simulate as sim
+from tierd.sim.simulate import (
     FAST,
     SLOW,
     SimKernel,
@@ -152,3 +152,101 @@ def test_cli_simulate(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "steady state: hit/oracle" in out and out.count("\n") >= 6
     assert main(["simulate", "--config", str(cfg), "--workload", "size=1GiB"]) == 2
+
+
+def test_wasted_moves_and_effective_access_time():
+    """A page moved back within the window is wasted; a swap that demotes the heavier page
+    is wasted twice; moves raise the effective access time."""
+    m = SimMachine(parse_workload("size=8MiB,fast=4MiB,slow=16MiB,init=slow,dist=zipf:1.1"))
+    k = SimKernel(m)
+    p = next(iter(m.procs.values()))
+    heavy = p.page_of(np.arange(4, dtype=np.uint64))  # the 4 heaviest pages
+    light = p.page_of(np.arange(1000, 1004, dtype=np.uint64))
+
+    def addrs(pages):
+        return (np.asarray(pages, np.uint64) + np.uint64(p.base_vpn)) << np.uint64(12)
+
+    m.interval = 0
+    m.begin_moves()
+    k.move_pages(p.pid, addrs(heavy), np.full(4, FAST, np.int32))
+    assert m.move_stats() == (0, 0)  # first moves, into free room
+    m.interval = 3
+    m.begin_moves()
+    k.move_pages(p.pid, addrs(heavy[:2]), np.full(2, SLOW, np.int32))  # back after 3 intervals
+    k.move_pages(p.pid, addrs(light[:2]), np.full(2, FAST, np.int32))  # lighter ones promoted
+    assert m.move_stats() == (2, 4)
+    m.interval = 3 + sim.WASTE_WINDOW
+    m.begin_moves()
+    k.move_pages(p.pid, addrs(heavy[:2]), np.full(2, FAST, np.int32))  # back, but much later
+    assert m.move_stats() == (0, 0)
+
+
+def test_nodes_learned_within_the_documented_intervals():
+    """etc/tierd.yaml: the default migration.query_rate learns a 1 TiB process in 4 intervals.
+    The same schedule, scaled down (2 GiB, a quarter of it per interval), on the simulator:
+    queries come out of their own budget, hottest first, and every page is known after the
+    4th interval while moves go on."""
+    default = Policy()
+    per_interval = int(default.query_rate * default.interval) // 4096
+    intervals = -(-(1 << 40) // 4096 // per_interval)
+    assert intervals <= 4
+    pages = (2 << 30) // 4096
+    pol = policy(interval=4.0, query_rate=(2 << 30) // intervals // 4, rate=64 * MIB)
+    rows, _ = simulate(pol, parse_workload("size=2GiB,fast=1GiB,dist=zipf:1.1,seed=5"), intervals=6)
+    budget = pages // intervals
+    assert [r.unknown for r in rows[:intervals]] == [pages - (i + 1) * budget for i in range(intervals)]
+    assert all(r.unknown == 0 for r in rows[intervals - 1:])
+    assert sum(r.queried for r in rows) == pages
+    moved = [r for r in rows if r.moves]
+    assert moved and all(r.moves <= 64 * MIB * 4 // 4096 for r in rows)
+    assert all(r.eat_ns > sim.ACCESS_LINES * sim.T_FAST for r in moved)
+    assert all(0 <= r.wasted <= r.moves for r in rows)
+
+
+def test_churn_frees_and_faults_back_pages_and_kswapd_demotes_behind_tierds_back():
+    spec = parse_workload("size=64MiB,fast=32MiB,dist=zipf:1.1,churn=10%,kswapd=on,seed=6")
+    assert spec.processes[0].churn == 0.1 and spec.kswapd
+    m = SimMachine(spec)
+    p = next(iter(m.procs.values()))
+    assert m.free(FAST) < sim.KSWAPD_LOW * m.capacity[FAST]  # first touch filled it
+    m.begin_interval()
+    assert m.kswapd_demoted > 0 and m.free(FAST) >= int(sim.KSWAPD_HIGH * m.capacity[FAST])
+    m.begin_interval()
+    lo, hi = p.freed
+    assert hi - lo == int(p.npages * 0.1) // 64 * 64
+    assert (p.node[lo:hi] == sim.ABSENT).all() and not p.present[lo // 64: hi // 64].any()
+    assert not (p.accessed[lo // 64: hi // 64]).any()
+    assert m.used[FAST] + m.used[SLOW] == p.npages - (hi - lo)
+    k = SimKernel(m)
+    addr = np.array([(p.base_vpn + lo) << 12], np.uint64)
+    assert k.move_pages(p.pid, addr, None).tolist() == [-errno.ENOENT]
+    assert k.move_pages(p.pid, addr, np.array([FAST], np.int32)).tolist() == [-errno.ENOENT]
+    m.begin_interval()  # faulted back in (and another range freed)
+    assert (p.node[lo:hi] != sim.ABSENT).all() or p.freed[0] < hi
+    fw = p.fast_weight
+    p.recompute_fast_weight()
+    assert abs(fw - p.fast_weight) < 1e-9
+    # the engine copes: pages vanish and come back with unknown node, kswapd moves pages
+    rows, _ = simulate(policy(), spec, intervals=10)
+    assert summarize(rows).steady_ratio > 0.8
+    assert all(r.fast_used <= 1.0 for r in rows)
+
+
+def test_two_fast_and_two_slow_nodes():
+    spec = parse_workload("size=64MiB,fast=32MiB,dist=zipf:1.1,nodes=2+2,seed=8")
+    m = SimMachine(spec)
+    t = SimKernel(m).topology()
+    assert t.classify() == ((0, 1), (2, 3))
+    assert t.node(0).distances == (10, 21, 20, 30) and t.node(3).distances == (30, 20, 30, 10)
+    assert m.capacity == {0: 4096, 1: 4096, 2: 8192, 3: 8192}
+    # first touch: node 0, then node 1, then node 2, each to its reserve; the rest on node 3
+    p = next(iter(m.procs.values()))
+    fill = [c - int(c * sim.MIN_FREE_FRACTION) for c in (4096, 4096, 8192)]
+    assert [int((p.node == n).sum()) for n in range(4)] == fill + [16384 - sum(fill)]
+    rows, m = simulate(policy(), spec, intervals=10)
+    assert summarize(rows).steady_ratio > 0.9
+    for n in (0, 1):  # keep_free (10%) holds on each fast node, after the start
+        assert m.free(n) >= int(0.1 * m.capacity[n]) - 1
+    assert sum(m.used.values()) == p.npages
+    with pytest.raises(WorkloadError):
+        parse_workload("size=64MiB,fast=32MiB,nodes=2")

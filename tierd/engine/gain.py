@@ -1,0 +1,153 @@
+"""What a page's hotness is worth: measured access probability per (tier, hotness level).
+
+Hotness is a noisy reading of a page's access rate: at the capacity boundary a page expects
+about one access per window, so its hotness has a standard deviation of about two levels.
+The slow tier holds several times more pages than the fast tier, so its upper tail of lucky
+pages keeps producing "hot-looking" pages whose true rate is no higher than that of the fast
+pages they would displace (a winner's curse): the same level means a different rate on each
+tier.  A fixed hysteresis cannot tell the two apart; it only trades recovery speed for churn.
+
+The engine can measure the difference.  Each commit, ``PageState`` counts, on a rotating
+slice of every process, the pages of each (node, level) cell as of the previous commit and
+how many of them the new sample found accessed (``PageState.est``).  ``GainModel`` sums those
+per tier, smooths them over intervals (weight ``DECAY`` per interval), shrinks each cell
+toward the level below it (``PRIOR`` pseudo-pages, so empty cells have a value and sparse
+ones are not trusted), and makes the estimate monotone in level (pool adjacent violators,
+weighted by pages); see ``estimate``.  Placement then lets
+a slow page at level p displace a fast page at level f only when
+
+    q_slow[p] - q_fast[f] > min_gain + Z * sqrt(se_slow[p]**2 + se_fast[f]**2)
+
+(``Gain.allows``): the expected gain, in accesses per sample, beats the margin plus its
+statistical error.
+
+A phase change breaks the relation between level and rate: the hot pages of the old phase sit
+at high levels on the fast tier and are no longer accessed.  When the last estimate
+mispredicts this interval's measurement (some cell with at least ``CHECK_PAGES`` pages is off
+by more than the margin plus ``CHECK_SIGMA`` standard errors), the model restarts from the new
+measurement and placement uses the plain level rule for that interval (``update`` returns
+None), which follows a phase change within about three intervals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tierd.engine.hotness import LEVELS
+
+FAST, SLOW = 0, 1
+Z = 2.0  # standard errors of the estimated gain that must lie above the margin
+DECAY = 0.5  # weight of last interval's counts in the smoothed estimate
+PRIOR = 2.0  # pseudo-pages per cell at the estimate of the level below
+CHECK_PAGES = 64  # cells smaller than this do not count as evidence of a misprediction
+CHECK_SIGMA = 4.0
+
+
+@dataclass(frozen=True)
+class Gain:
+    """Estimated access probability per sample, q[tier, level], and its standard error."""
+
+    q: np.ndarray  # [2, 16]: row FAST, row SLOW
+    se: np.ndarray  # [2, 16]
+    margin: float
+
+    def allows(self, slow_level: int, fast_level: int) -> bool:
+        """May a slow page at ``slow_level`` displace a fast page at ``fast_level``?"""
+        d = self.q[SLOW, slow_level] - self.q[FAST, fast_level]
+        err = Z * float(np.hypot(self.se[SLOW, slow_level], self.se[FAST, fast_level]))
+        return bool(d > self.margin + err)
+
+    def victim_levels(self, slow_level: int) -> int:
+        """Fast levels 0..k-1 that a slow page at ``slow_level`` may displace (q_fast is
+        monotone, so they are a prefix)."""
+        k = 0
+        while k < LEVELS and self.allows(slow_level, k):
+            k += 1
+        return k
+
+
+def monotone(q: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted least-squares non-decreasing fit of ``q`` (pool adjacent violators).
+    Returns (fitted q, the block each level was pooled into, as a block id per level)."""
+    blocks: list[list[float]] = []  # [mean, weight, count]
+    for qi, wi in zip(q.tolist(), w.tolist()):
+        blocks.append([qi, wi, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            m2, w2, c2 = blocks.pop()
+            m1, w1, c1 = blocks.pop()
+            wt = w1 + w2
+            blocks.append([(m1 * w1 + m2 * w2) / wt if wt else (m1 + m2) / 2, wt, c1 + c2])
+    fq = np.concatenate([np.full(c, m) for m, _, c in blocks])
+    ids = np.concatenate([np.full(c, i) for i, (_, _, c) in enumerate(blocks)])
+    return fq, ids
+
+
+def estimate(n: np.ndarray, a: np.ndarray, margin: float) -> Gain:
+    """Gain from page counts ``n`` [2, 16] and accessed counts ``a`` [2, 16].
+
+    Each cell is shrunk toward the level below it (``PRIOR`` pseudo-pages at that level's
+    estimate; level 0 toward 0): a cell with few pages, typically the slow tier's lucky
+    pages at high levels, is not trusted to be hotter than the levels below until its own
+    pages show it.  Then the fit is made monotone, and the standard error of each pooled
+    block comes from its pages alone (Agresti-Coull: two accesses and two misses added), so
+    a cell without data never looks certain."""
+    q = np.empty((2, LEVELS))
+    se = np.empty((2, LEVELS))
+    for t in (FAST, SLOW):
+        raw = np.empty(LEVELS)
+        below = 0.0
+        for v in range(LEVELS):
+            raw[v] = below = (a[t, v] + PRIOR * below) / (n[t, v] + PRIOR)
+        fq, ids = monotone(raw, n[t] + PRIOR)
+        bn = np.bincount(ids, weights=n[t])[ids]
+        ba = np.bincount(ids, weights=a[t])[ids]
+        pt = (ba + 2.0) / (bn + 4.0)
+        q[t] = fq
+        se[t] = np.sqrt(pt * (1 - pt) / (bn + 4.0))
+    return Gain(q, se, margin)
+
+
+class GainModel:
+    """Per-tier estimates carried from interval to interval (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.n: np.ndarray | None = None
+        self.a: np.ndarray | None = None
+        self.last: Gain | None = None
+        self.mispredicted = False
+
+    def reset(self) -> None:
+        self.__init__()
+
+    def update(self, est: np.ndarray, fast_cls, slow_cls, margin: float) -> Gain | None:
+        """Fold in one interval's counts (``est``: [2, classes, 16], summed over processes;
+        ``fast_cls``/``slow_cls``: class indices of the tiers).  Returns the estimate to
+        place by, or None: no measurement yet, or a misprediction (use the level rule)."""
+        fast_cls, slow_cls = list(fast_cls), list(slow_cls)
+        if not fast_cls or not slow_cls:
+            return None
+        n = np.stack([est[0, fast_cls].sum(axis=0), est[0, slow_cls].sum(axis=0)]).astype(np.float64)
+        a = np.stack([est[1, fast_cls].sum(axis=0), est[1, slow_cls].sum(axis=0)]).astype(np.float64)
+        if not n.any():
+            self.mispredicted = False
+            return self.last
+        self.mispredicted = self.last is not None and mispredicts(self.last, n, a)
+        if self.n is None or self.mispredicted:
+            self.n, self.a = n, a
+        else:
+            self.n = DECAY * self.n + n
+            self.a = DECAY * self.a + a
+        self.last = estimate(self.n, self.a, margin)
+        return None if self.mispredicted else self.last
+
+
+def mispredicts(g: Gain, n: np.ndarray, a: np.ndarray) -> bool:
+    """Does the estimate ``g`` miss this interval's measurement (n, a) by more than noise?"""
+    ok = n >= CHECK_PAGES
+    if not ok.any():
+        return False
+    r = np.divide(a, n, out=np.zeros_like(a), where=ok)
+    sd = np.sqrt(g.q * (1 - g.q) / np.maximum(n, 1) + g.se ** 2)
+    return bool((ok & (np.abs(r - g.q) > g.margin + CHECK_SIGMA * sd)).any())
