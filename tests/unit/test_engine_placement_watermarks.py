@@ -39,7 +39,7 @@ def pages(key, target, fast=(), slow=()):
 
 
 def run(units, free, **policy):
-    kw = dict(WATERMARKS, min_hot=1, hysteresis=2,
+    kw = dict(WATERMARKS, min_hot=1,
               targets=tuple(TargetSpec(t) for t in dict.fromkeys(u.target for u in units)))
     kw.update(policy)
     return plan(units, (FAST, SLOW), machine(free), (FAST,), (SLOW,), Policy(**kw), 10_000)
@@ -194,7 +194,7 @@ def test_cap_demotion_of_one_page_and_within_the_move_budget():
     assert moved(p, "cap") == [("a1", FAST, 0, 1, SLOW)]
     u = pages("a1", "a", fast={0: 130})
     b = pages("b1", "b", slow={12: 100})
-    kw = dict(WATERMARKS, min_hot=1, hysteresis=2, targets=cap(80))
+    kw = dict(WATERMARKS, min_hot=1, targets=cap(80))
     p = plan([u, b], (FAST, SLOW), machine(500), (FAST,), (SLOW,), Policy(**kw), 20)
     # 50 over the cap, but only 20 moves this interval, and none left for b
     assert moved(p, "cap") == [("a1", FAST, 0, 20, SLOW)] and p.count("promote") == 0

@@ -31,7 +31,7 @@ fast_tier:
 hotness:
   window: 6
   min_hot: 3
-  hysteresis: 1
+  min_gain: 7%
 migration:
   rate: 64MiB/s
   batch: 2MiB
@@ -51,8 +51,9 @@ def test_summary_of_every_key():
         "fast_tier.demote_below": "5%",
         "hotness.window": "6",
         "hotness.min_hot": "3",
-        "hotness.hysteresis": "1",
+        "hotness.min_gain": "7%",
         "migration.rate": "64MiB/s",
+        "migration.query_rate": "64GiB/s",
         "migration.batch": "2MiB",
         "migration.retry_after": "7 intervals",
         "metrics.listen": "(disabled)",
@@ -147,8 +148,8 @@ EXACT = [
     ("migration:\n  batch:\n", "p.yaml:2: migration.batch: needs a size"),
     ("migration:\n  retry_after: 1048577\n",
      "p.yaml:2: migration.retry_after: 1048577 is out of range (1..1048576)"),
-    ("migration: [1]\n", "p.yaml:1: migration: expected a mapping of keys (rate, batch, retry_after)"),
-    ("migration:\n  speed: 1\n", "p.yaml:2: migration.speed: unknown key (known: rate, batch, retry_after)"),
+    ("migration: [1]\n", "p.yaml:1: migration: expected a mapping of keys (rate, query_rate, batch, retry_after)"),
+    ("migration:\n  speed: 1\n", "p.yaml:2: migration.speed: unknown key (known: rate, query_rate, batch, retry_after)"),
     ("nodes:\n  slow: [1, 1]\n", "p.yaml:2: nodes.slow: a node is listed twice"),
     ("nodes:\n  slow: x\n", "p.yaml:2: nodes.slow: expected auto or a list of node ids, got 'x'"),
     ("metrics:\n  listen: {a: 1}\n", "p.yaml:2: metrics.listen: expected a single value, got a mapping"),
@@ -156,7 +157,7 @@ EXACT = [
     ("interval: 5s\n\ntracking: \x00\n", "p.yaml:3: yaml: special characters are not allowed"),
     ("? [a]\n: b\n", "p.yaml:1: <key>: expected a single value, got a list"),
     ("a: " + "[" * 5000 + "]" * 5000 + "\n", "p.yaml: yaml: nested too deeply"),
-    ("hotness:\n  hysteresis: -1\n", "p.yaml:2: hotness.hysteresis: -1 is out of range (0..15)"),
+    ("hotness:\n  min_gain: 150%\n", "p.yaml:2: hotness.min_gain: '150%' is more than 100%"),
     ("nodes:\n  fast: [-1]\n", "p.yaml:2: nodes.fast[0]: -1 is out of range (0..4095)"),
     ("nodes:\n  fast: 4096\n", "p.yaml:2: nodes.fast: 4096 is out of range (0..4095)"),
     ("targets:\n  - name: a\n    cgroup: x\n",
