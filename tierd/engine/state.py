@@ -576,7 +576,7 @@ class PageState:
         if p.size > 1 and not (p[1:] >= p[:-1]).all():
             order = np.argsort(p, kind="stable")
             p, lv, fc, nd = p[order], lv[order], fc[order], nd[order]
-        for nid in np.unique(nd[nd >= 0]).tolist():  # new nodes first: classes may shift
+        for nid in np.flatnonzero(np.bincount(nd[nd >= 0])).tolist():  # new nodes first
             self._class_or_add(nid)
         words, starts, bits = _group_bits(p)
         if len(self.node_ids):
