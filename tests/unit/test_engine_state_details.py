@@ -126,12 +126,14 @@ def test_extents_skip_every_special_mapping_with_or_without_the_attribute():
         return Vma(page * 4096, (page + 1) * 4096, "r-xp", 0, "00:00", 0, path)
 
     # Vma knows its special mappings ([uprobes] is one only Vma.special lists)
-    ext = Extents.from_vmas([v(0, ""), v(64, "[uprobes]"), v(128, "[vvar]")])
-    assert ext.word_start.tolist() == [0]
+    ext = Extents.from_vmas([v(0, ""), v(128, "[uprobes]"), v(256, "[vvar]")])
+    assert ext.word_start.tolist() == [0] and ext.nwords.tolist() == [1]
     # duck-typed mappings without .special: by path
-    ns = [SimpleNamespace(start=p * 64 * 4096, end=(p * 64 + 1) * 4096, perms="r--p", path=path)
+    # one page each, two words apart (so that kept neighbours do not merge)
+    ns = [SimpleNamespace(start=p * 128 * 4096, end=(p * 128 + 1) * 4096, perms="r--p", path=path)
           for p, path in enumerate(["", "[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]", "x"])]
-    assert Extents.from_vmas(ns).word_start.tolist() == [0, 5]
+    ext = Extents.from_vmas(ns)
+    assert ext.word_start.tolist() == [0, 10] and ext.nwords.tolist() == [1, 1]
 
 
 def test_extents_repr_and_equality():
