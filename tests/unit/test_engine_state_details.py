@@ -147,7 +147,7 @@ def test_extents_must_be_ascending_disjoint_and_non_empty():
     import pytest
 
     assert Extents([0, 2], [2, 1]).words == 3  # touching is fine
-    for ws, nw in (([0, 1], [2, 1]), ([4, 0], [1, 1]), ([0], [0])):
+    for ws, nw in (([0, 1], [2, 1]), ([4, 0], [1, 1]), ([0], [0]), ([0, 5, 6], [1, 3, 1])):
         with pytest.raises(ValueError, match="^extents must be ascending, disjoint and non-empty$"):
             Extents(ws, nw)
 
