@@ -4,8 +4,10 @@ The workload's rank -> page mapping is replaced every --every intervals (the hot
 to other pages, scattered over the address space).  For each change the benchmark reports
 the intervals until the fast-tier hit ratio is back at >= 0.95 of the oracle (target: within
 3), counting the interval of the change itself (it is served by the old placement).  A page
-that turns hot needs 3 samples to overtake one that turned cold by more than the hysteresis
-with the default window (weights 4,3,2,2,1,1,1,1), so 3 is also the floor for this engine;
+that turns hot needs 3 samples to overtake one that turned cold by more than the level rule's
+margin (placement.FALLBACK_HYSTERESIS, used while the measured access rates mispredict, as
+they do right after a change) with the default window (weights 4,3,2,2,1,1,1,1), so 3 is also
+the floor for this engine;
 the migration rate decides whether the hot part of the new set can be moved in that time
 (each promotion into a full fast tier costs a demotion too).
 

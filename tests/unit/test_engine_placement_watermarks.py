@@ -226,3 +226,12 @@ def test_the_two_access_rule_follows_the_window():
     # ... while with the default window 8 (one access: 4) it has
     p = run([u], free=0, keep_free=Amount(bytes=0), demote_below=Amount(bytes=0))
     assert p.count("promote") == 10
+
+
+def test_capped_target_finds_its_own_victims_after_another_targets_process():
+    # b's process comes first in the list; a (at its cap) must still find its own cold pages
+    b = pages("b1", "b", fast={1: 100})
+    a = pages("a1", "a", fast={5: 100}, slow={14: 10})
+    p = run([b, a], free=300, targets=cap(100))
+    assert [(r.unit, r.reason, r.level, r.count) for r in p.requests] == [
+        ("a1", "demote", 5, 10), ("a1", "promote", 14, 10)]

@@ -126,12 +126,14 @@ def test_extents_skip_every_special_mapping_with_or_without_the_attribute():
         return Vma(page * 4096, (page + 1) * 4096, "r-xp", 0, "00:00", 0, path)
 
     # Vma knows its special mappings ([uprobes] is one only Vma.special lists)
-    ext = Extents.from_vmas([v(0, ""), v(64, "[uprobes]"), v(128, "[vvar]")])
-    assert ext.word_start.tolist() == [0]
+    ext = Extents.from_vmas([v(0, ""), v(128, "[uprobes]"), v(256, "[vvar]")])
+    assert ext.word_start.tolist() == [0] and ext.nwords.tolist() == [1]
     # duck-typed mappings without .special: by path
-    ns = [SimpleNamespace(start=p * 64 * 4096, end=(p * 64 + 1) * 4096, perms="r--p", path=path)
+    # one page each, two words apart (so that kept neighbours do not merge)
+    ns = [SimpleNamespace(start=p * 128 * 4096, end=(p * 128 + 1) * 4096, perms="r--p", path=path)
           for p, path in enumerate(["", "[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]", "x"])]
-    assert Extents.from_vmas(ns).word_start.tolist() == [0, 5]
+    ext = Extents.from_vmas(ns)
+    assert ext.word_start.tolist() == [0, 10] and ext.nwords.tolist() == [1, 1]
 
 
 def test_extents_repr_and_equality():
@@ -145,7 +147,7 @@ def test_extents_must_be_ascending_disjoint_and_non_empty():
     import pytest
 
     assert Extents([0, 2], [2, 1]).words == 3  # touching is fine
-    for ws, nw in (([0, 1], [2, 1]), ([4, 0], [1, 1]), ([0], [0])):
+    for ws, nw in (([0, 1], [2, 1]), ([4, 0], [1, 1]), ([0], [0]), ([0, 5, 6], [1, 3, 1])):
         with pytest.raises(ValueError, match="^extents must be ascending, disjoint and non-empty$"):
             Extents(ws, nw)
 
@@ -198,3 +200,44 @@ def test_growing_the_window_keeps_the_order_of_samples():
     assert st_.hotness(np.arange(4)).tolist() == want.tolist()
     feed(st_, np.ones(128, bool), np.zeros(128, bool))  # and the new window keeps working
     assert st_.histograms().sum() == 128
+
+
+def test_select_limit_of_one_page_into_the_next_chunk():
+    st_, hot, unk = hot_state()
+    (got,) = st_.select([(unk, hot, 100)], limit=65)
+    assert got.tolist() == list(range(65))
+
+
+def test_select_skips_a_level_in_backoff_for_the_next_request_in_the_same_chunk():
+    st_ = PageState(Extents([0], [1]), 4, (0, 1), chunk_words=1)
+    acc = np.zeros(64, bool)
+    acc[:32] = True
+    feed(st_, np.ones(64, bool), np.zeros(64, bool))
+    feed(st_, np.ones(64, bool), acc)
+    hot, unk = int(st_.hotness(np.array([0]))[0]), st_.unknown
+    st_.fail(np.arange(32), now=1, retry_after=5)  # every hot page waits
+    got = st_.select([(unk, hot, 1), (unk, 0, 1)])
+    assert [g.tolist() for g in got] == [[], [32]]
+
+
+def test_a_chunk_that_emptied_does_not_stop_the_later_chunks():
+    st_ = PageState(Extents([0], [3]), 4, (0,), chunk_words=1)
+    present = np.ones(192, bool)
+    acc = np.zeros(192, bool)
+    acc[64:128] = True  # chunk 1 accessed
+    feed(st_, present, np.zeros(192, bool))
+    feed(st_, present, acc)
+    present2 = present.copy()
+    present2[64:128] = False  # chunk 1 unmapped in the next sample
+    acc2 = np.zeros(192, bool)
+    acc2[128:130] = True  # two pages of chunk 2 accessed
+    feed(st_, present2, acc2)
+    h = st_.histograms().sum(axis=0)
+    assert h.sum() == 128 and h[0] == 126  # chunk 0 + chunk 2, two of them hot
+
+
+def test_set_node_pages_unsorted_after_the_first():
+    st_ = PageState(Extents([0], [2]), 8, (0, 1), chunk_words=1)
+    feed(st_, np.ones(128, bool), np.zeros(128, bool))
+    st_.set_node(np.array([3, 70, 65, 9]), 0, st_.unknown, np.array([0, 1, 0, 1]))
+    assert st_.node_of(np.array([3, 9, 65, 70])).tolist() == [0, 1, 0, 1]

@@ -167,7 +167,16 @@ EXACT = [
      "p.yaml:5: targets[0].fast_cap: fast_cap (0B) is below fast_share (1B)"),
     ("5\n", "p.yaml:1: policy: expected a mapping of keys (interval, tracking, targets, nodes, "
      "fast_tier, hotness, migration, metrics)"),
+    ("migration:\n  rate:\n", "p.yaml:2: migration.rate: needs a rate"),
+    ("targets:\n  - name: a\n    comm: x\n    min_rss:\n", "p.yaml:4: targets[0].min_rss: needs a size"),
+    ("nodes:\n  fast: [0, 2]\n  slow: [2, 0, 1]\n",
+     "p.yaml:3: nodes.slow: node(s) [0, 2] are also listed as fast"),
 ]
+
+
+def test_a_cgroup_alone_is_a_selector():
+    p = parse_policy("targets:\n  - name: a\n    cgroup: /x.slice\n", "p.yaml")
+    assert p.targets[0].cgroup == "/x.slice"
 
 
 @pytest.mark.parametrize("text, message", EXACT, ids=range(len(EXACT)))

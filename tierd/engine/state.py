@@ -573,24 +573,39 @@ class PageState:
         lv = np.broadcast_to(np.asarray(level, dtype=np.int64), p.shape)
         fc = np.broadcast_to(np.asarray(from_cls, dtype=np.int64), p.shape)
         nd = np.broadcast_to(np.asarray(node, dtype=np.int64), p.shape)
-        if p.size > 1 and not (p[1:] >= p[:-1]).all():
-            order = np.argsort(p, kind="stable")
-            p, lv, fc, nd = p[order], lv[order], fc[order], nd[order]
-        for nid in np.unique(nd[nd >= 0]).tolist():  # new nodes first: classes may shift
-            self._class_or_add(nid)
+        if p.size > 1:
+            breaks = np.flatnonzero(p[1:] < p[:-1]) + 1
+            if 0 < breaks.size <= 16:  # a few sorted runs (one per request): no sort needed
+                for a, b in zip([0, *breaks.tolist()], [*breaks.tolist(), p.size]):
+                    self.set_node(p[a:b], lv[a:b], fc[a:b], nd[a:b])
+                return
+            if breaks.size:
+                order = np.argsort(p, kind="stable")
+                p, lv, fc, nd = p[order], lv[order], fc[order], nd[order]
+        one = int(nd[0]) if (nd == nd[0]).all() else None  # the usual case: one destination
+        for nid in ([one] if one is not None and one >= 0 else
+                    np.flatnonzero(np.bincount(nd[nd >= 0])).tolist() if one is None else []):
+            self._class_or_add(nid)  # new nodes first: classes may shift
         words, starts, bits = _group_bits(p)
+        masks = np.bitwise_or.reduceat(bits, starts)
         if len(self.node_ids):
-            self.nodes[:, words] &= ~np.bitwise_or.reduceat(bits, starts)
+            self.nodes[:, words] &= ~masks
+        lv = int(lv[0]) if (lv == lv[0]).all() else lv
+        fc = int(fc[0]) if (fc == fc[0]).all() else fc
+        if one is not None:
+            to = self.class_of(one)
+            if to < len(self.node_ids):
+                self.nodes[to, words] |= masks
+            self._recount(p, lv, fc, to)
+            return
         to = np.full(p.shape, self.unknown, dtype=np.int64)
         zero = np.uint64(0)
         for i, nid in enumerate(self.node_ids):
             sel = nd == nid
-            if sel.all():
-                self.nodes[i, words] |= np.bitwise_or.reduceat(bits, starts)
-            elif sel.any():
+            if sel.any():
                 # the same word grouping for every node: other pages contribute 0 bits
                 self.nodes[i, words] |= np.bitwise_or.reduceat(np.where(sel, bits, zero), starts)
-            to[sel] = i
+                to[sel] = i
         self._recount(p, lv, fc, to)
 
     def mark_absent(self, pages: np.ndarray, level, from_cls) -> None:
