@@ -25,6 +25,7 @@ from tierd.units import (
     format_size,
     parse_amount,
     parse_duration,
+    parse_fraction,
     parse_rate,
     parse_size,
 )
@@ -79,7 +80,10 @@ class Policy:
     """A complete, validated policy (defaults as documented in etc/tierd.yaml)."""
 
     source: str = "<defaults>"
-    interval: float = 5.0
+    interval: float = 5.0  # fixed interval, or with interval_auto the longest one
+    interval_auto: bool = True  # interval: auto (tierd/engine/interval.py)
+    interval_min: float = 1.0  # auto_interval.min
+    cpu_budget: float = 0.10  # auto_interval.cpu, fraction of one CPU
     tracking: str = "auto"
     targets: tuple[TargetSpec, ...] = ()
     fast_nodes: tuple[int, ...] | None = None  # None = auto (Topology.classify)
@@ -104,7 +108,7 @@ class Policy:
         """Human-readable effective values, key path -> value (for `tierd check-config`)."""
         auto = "auto"
         out = {
-            "interval": format_duration(self.interval),
+            "interval": ("auto" if self.interval_auto else format_duration(self.interval)),
             "tracking": self.tracking,
             "nodes.fast": auto if self.fast_nodes is None else ",".join(map(str, self.fast_nodes)),
             "nodes.slow": auto if self.slow_nodes is None else ",".join(map(str, self.slow_nodes)),
@@ -118,6 +122,10 @@ class Policy:
             "migration.retry_after": f"{self.retry_after} intervals",
             "metrics.listen": self.metrics_listen or "(disabled)",
         }
+        if self.interval_auto:
+            out["auto_interval.min"] = format_duration(self.interval_min)
+            out["auto_interval.max"] = format_duration(self.interval)
+            out["auto_interval.cpu"] = f"{self.cpu_budget * 100:g}%"
         for i, t in enumerate(self.targets):
             sel = [f"pids={list(t.pids)}"] if t.pids else []
             sel += [f"{k}=/{getattr(t, k).pattern}/" for k in ("comm", "exe", "cmdline") if getattr(t, k)]
@@ -242,16 +250,18 @@ class _Walker:
         if root is None:  # empty file: all defaults
             return Policy(**kw)
         top = self.mapping(
-            root, "", ("interval", "tracking", "targets", "nodes", "fast_tier", "hotness",
-                       "migration", "metrics"),
+            root, "", ("interval", "auto_interval", "tracking", "targets", "nodes", "fast_tier",
+                       "hotness", "migration", "metrics"),
         )
         if "interval" in top:
             n = top["interval"][1]
-            kw["interval"] = self.unit(n, "interval", parse_duration, "duration")
-            if kw["interval"] <= 0:
-                self.fail(n, "interval", "must be longer than 0s")
-            if kw["interval"] > 86400:
-                self.fail(n, "interval", "must be at most a day (24h)")
+            if self.value(n, "interval") == "auto":
+                kw["interval_auto"] = True
+            else:
+                kw["interval"] = self.duration(n, "interval")
+                kw["interval_auto"] = False
+        if "auto_interval" in top:
+            self.auto_interval(top, kw)
         if "tracking" in top:
             n = top["tracking"][1]
             v = self.string(n, "tracking")
@@ -315,6 +325,36 @@ class _Walker:
                     self.fail(n, "metrics.listen", err)
                 kw["metrics_listen"] = v
         return Policy(**kw)
+
+    def duration(self, n: yaml.Node, key: str) -> float:
+        v = self.unit(n, key, parse_duration, "duration")
+        if v <= 0:
+            self.fail(n, key, "must be longer than 0s")
+        if v > 86400:
+            self.fail(n, key, "must be at most a day (24h)")
+        return v
+
+    def auto_interval(self, top: dict, kw: dict) -> None:
+        """The auto_interval section (only meaningful with ``interval: auto``)."""
+        knode, node = top["auto_interval"]
+        if not kw.get("interval_auto", Policy.interval_auto):
+            self.fail(knode, "auto_interval", "applies only with `interval: auto` (the interval "
+                      "is fixed here): remove the section or set interval: auto")
+        a = self.mapping(node, "auto_interval", ("min", "max", "cpu"))
+        if "min" in a:
+            kw["interval_min"] = self.duration(a["min"][1], "auto_interval.min")
+        if "max" in a:
+            kw["interval"] = self.duration(a["max"][1], "auto_interval.max")
+        if "cpu" in a:
+            n = a["cpu"][1]
+            kw["cpu_budget"] = self.unit(n, "auto_interval.cpu", parse_fraction, "percentage")
+            if kw["cpu_budget"] <= 0:
+                self.fail(n, "auto_interval.cpu", "must be above 0%")
+        lo, hi = kw.get("interval_min", Policy.interval_min), kw.get("interval", Policy.interval)
+        if lo > hi:
+            k = "max" if "max" in a else "min"
+            self.fail(a[k][1], f"auto_interval.{k}",
+                      f"min ({format_duration(lo)}) must not exceed max ({format_duration(hi)})")
 
     def targets(self, node: yaml.Node) -> tuple[TargetSpec, ...]:
         if isinstance(node, yaml.ScalarNode) and self.value(node, "targets") is None:

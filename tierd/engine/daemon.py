@@ -30,6 +30,7 @@ import numpy as np
 
 from tierd.engine.executor import Executor, MoveCounts, outcome_masks
 from tierd.engine.hotness import LEVELS
+from tierd.engine.interval import Bounds, IntervalController, observe
 from tierd.engine.placement import (
     NO_THRESHOLD,
     PAGE_SIZE,
@@ -84,6 +85,8 @@ class IntervalStats:
     promoted: int = 0
     demoted: int = 0
     dropped: int = 0  # processes that exited (or stopped matching)
+    primed: int = 0  # processes sampled for the first time (that sample only primes the bits)
+    interval: float = 0.0  # the interval this one's move budget covered (seconds)
 
 
 class Observer:
@@ -133,7 +136,7 @@ def summary_line(s: IntervalStats) -> str:
     if s.dropped:
         parts.append(f"exited {s.dropped}")
     parts.append(f"engine {s.engine_seconds * 1e3:.0f}ms sample {s.sample_seconds * 1e3:.0f}ms "
-                 f"move {s.move_seconds * 1e3:.0f}ms")
+                 f"move {s.move_seconds * 1e3:.0f}ms of {s.interval:g}s")
     return ", ".join(parts)
 
 
@@ -170,6 +173,7 @@ class Engine:
         self.executor = Executor(kernel, policy.batch // PAGE_SIZE, should_stop=should_stop, clock=clock)
         self.units: dict[tuple, Unit] = {}
         self.seq = 0
+        self.interval: float | None = None  # set by the Daemon's pacing; None: policy.interval
         self._warned_single_tier = False
 
     # -- policy ------------------------------------------------------------------------------
@@ -194,7 +198,12 @@ class Engine:
     @property
     def move_budget(self) -> int:
         """Pages that may be migrated this interval (migration.rate * interval)."""
-        return int(self.policy.rate * self.policy.interval) // PAGE_SIZE
+        return int(self.policy.rate * self.covered) // PAGE_SIZE
+
+    @property
+    def covered(self) -> float:
+        """Seconds this interval's budget covers: the pacing's interval, else the policy's."""
+        return self.interval if self.interval is not None else self.policy.interval
 
     @property
     def query_budget(self) -> int:
@@ -206,7 +215,7 @@ class Engine:
         placement, moves (demotions first).  Never sleeps; the Daemon paces it."""
         pol = self.policy
         self.seq += 1
-        stats = IntervalStats(seq=self.seq, started=time.time())
+        stats = IntervalStats(seq=self.seq, started=time.time(), interval=self.covered)
         t0 = self.clock()
         topo = self.kernel.topology()
         fast, slow = topo.classify(pol.fast_nodes, pol.slow_nodes)
@@ -228,6 +237,7 @@ class Engine:
         stats.sample_seconds = t1 - t0 - engine_s
 
         live = [u for u in self.units.values() if u.state is not None and u.state.samples]
+        stats.primed = sum(u.state.samples == 1 for u in live)
         for u in live:
             u.state.expire(self.seq, pol.retry_after)
         if fast and slow and live:
@@ -438,6 +448,7 @@ class Daemon:
         self.stop = stop if stop is not None else threading.Event()
         self.reload_requested = reload if reload is not None else threading.Event()
         self.clock = clock
+        self.pacer: IntervalController | None = None  # interval: auto
         engine.should_stop = self.stop.is_set
         engine.executor.should_stop = self.stop.is_set
 
@@ -469,6 +480,26 @@ class Daemon:
         self._notify("on_reloaded", policy, None)
         return True
 
+    def next_interval(self, stats: IntervalStats | None) -> float:
+        """Seconds until the next interval: the policy's, or with ``interval: auto`` the
+        pacing controller's (tierd/engine/interval.py).  The engine's next move budget
+        covers exactly this long."""
+        pol = self.engine.policy
+        if not pol.interval_auto:
+            self.pacer = None
+            self.engine.interval = None
+            return pol.interval
+        bounds = Bounds(pol.interval_min, pol.interval, pol.cpu_budget)
+        if self.pacer is None:
+            self.pacer = IntervalController(bounds)
+        self.pacer.configure(bounds)
+        if stats is None:  # the interval failed: nothing observed, back off
+            interval = pol.interval
+        else:
+            interval = self.pacer.next(observe(stats), self.clock())
+        self.engine.interval = interval
+        return interval
+
     def tick(self) -> IntervalStats | None:
         """One interval; an unexpected error is logged and the daemon carries on."""
         if self.reload_requested.is_set():
@@ -489,11 +520,11 @@ class Daemon:
         due = self.clock()
         try:
             while True:
-                self.tick()
+                stats = self.tick()
                 done += 1
                 if max_intervals is not None and done >= max_intervals:
                     break
-                due += self.engine.policy.interval
+                due += self.next_interval(stats)
                 if self.stop.wait(max(0.0, due - self.clock())):
                     break
                 if due < self.clock() - self.engine.policy.interval:
@@ -561,8 +592,10 @@ def main(args: argparse.Namespace, *, kernel=None, observers: Sequence[Observer]
         return 2
     daemon = Daemon(engine, loader=load_policy, observers=[LogObserver(), *observers])
     daemon.install_signal_handlers()
-    log.info("tierd running: policy %s, %d target(s), interval %gs, tracking %s",
-             policy.source, len(policy.targets), policy.interval, engine.reader.name)
+    every = (f"auto {policy.interval_min:g}-{policy.interval:g}s" if policy.interval_auto
+             else f"{policy.interval:g}s")
+    log.info("tierd running: policy %s, %d target(s), interval %s, tracking %s",
+             policy.source, len(policy.targets), every, engine.reader.name)
     daemon.run(max_intervals=getattr(args, "intervals", None))
     log.info("tierd stopped")
     return 0
