@@ -49,6 +49,7 @@ log = logging.getLogger("tierd")
 QUERY_FACTOR = 8  # node queries per interval, relative to the migration budget in pages
 QUERY_MIN = 65536  # ... but at least this many (256 MiB of address space)
 SLICE_PAGES = 1 << 22  # pages selected and moved at a time: ~100 MB of temporaries at most
+SPEED_MIN_PAGES = 1024  # fewer pages in less than half the interval: call overhead, not speed
 DEFAULT_CONFIG = "/etc/tierd.yaml"
 
 
@@ -174,6 +175,7 @@ class Engine:
         self.units: dict[tuple, Unit] = {}
         self.seq = 0
         self.interval: float | None = None  # set by the Daemon's pacing; None: policy.interval
+        self.move_speed: float | None = None  # measured pages/s inside move_pages
         self._warned_single_tier = False
 
     # -- policy ------------------------------------------------------------------------------
@@ -197,8 +199,12 @@ class Engine:
 
     @property
     def move_budget(self) -> int:
-        """Pages that may be migrated this interval (migration.rate * interval)."""
-        return int(self.policy.rate * self.covered) // PAGE_SIZE
+        """Pages that may be migrated this interval: migration.rate * interval, or less if
+        move_pages has been measured slower than that (the moves must also fit in time)."""
+        pages = int(self.policy.rate * self.covered) // PAGE_SIZE
+        if self.move_speed is not None:
+            pages = min(pages, max(1, int(self.move_speed * self.covered)))
+        return pages
 
     @property
     def covered(self) -> float:
@@ -248,9 +254,15 @@ class Engine:
             stats.plan = pl
             demotions = [r for r in pl.requests if r.reason != "promote"]
             promotions = [r for r in pl.requests if r.reason == "promote"]
-            # demotions first: they make the room the promotions were planned into
-            stats.demoted = self._execute(demotions, stats)
-            stats.promoted = self._execute(promotions, stats)
+            # demotions first: they make the room the promotions were planned into.  Time
+            # budget: the moves may take as long as the interval their byte budget covers.
+            self.executor.deadline = self.clock() + self.covered
+            try:
+                stats.demoted = self._execute(demotions, stats)
+                stats.promoted = self._execute(promotions, stats)
+            finally:
+                self.executor.deadline = None
+            self._measure_speed(stats.moves)
         elif live and not self._warned_single_tier:
             log.warning("no slow memory tier (fast nodes %s, slow nodes %s): only observing",
                         list(fast), list(slow))
@@ -262,6 +274,15 @@ class Engine:
         live = [u for u in live if u.ref.key in self.units]  # minus those that exited meanwhile
         self._fill_stats(stats, live, node_ids, fast)
         return stats
+
+    def _measure_speed(self, m: MoveCounts) -> None:
+        """Running estimate of move_pages' speed (pages/s), from intervals that moved enough
+        to measure it; the next byte budget is cut to what that speed moves in time."""
+        done = m.moved + m.elsewhere
+        if m.seconds <= 0 or (done < SPEED_MIN_PAGES and m.seconds < self.covered / 2):
+            return
+        speed = done / m.seconds
+        self.move_speed = speed if self.move_speed is None else (self.move_speed + speed) / 2
 
     def _sync(self, refs: Sequence[ProcessRef]) -> int:
         """New processes join, vanished ones leave.  Returns how many left."""
