@@ -97,6 +97,8 @@ class Policy:
     batch: int = 4 << 20
     retry_after: int = 4
     metrics_listen: str = "127.0.0.1:9464"
+    huge_split: bool = True  # huge_pages.split: auto (True) | off (tierd/engine/huge.py)
+    huge_dense: float = 0.5  # huge_pages.dense: a probe this hot is kept whole
 
     def target(self, name: str) -> TargetSpec:
         for t in self.targets:
@@ -121,6 +123,8 @@ class Policy:
             "migration.batch": format_size(self.batch),
             "migration.retry_after": f"{self.retry_after} intervals",
             "metrics.listen": self.metrics_listen or "(disabled)",
+            "huge_pages.split": "auto" if self.huge_split else "off",
+            "huge_pages.dense": f"{self.huge_dense * 100:g}%",
         }
         if self.interval_auto:
             out["auto_interval.min"] = format_duration(self.interval_min)
@@ -251,7 +255,7 @@ class _Walker:
             return Policy(**kw)
         top = self.mapping(
             root, "", ("interval", "auto_interval", "tracking", "targets", "nodes", "fast_tier",
-                       "hotness", "migration", "metrics"),
+                       "hotness", "migration", "metrics", "huge_pages"),
         )
         if "interval" in top:
             n = top["interval"][1]
@@ -324,6 +328,19 @@ class _Walker:
                 if err:
                     self.fail(n, "metrics.listen", err)
                 kw["metrics_listen"] = v
+        if "huge_pages" in top:
+            hp = self.mapping(top["huge_pages"][1], "huge_pages", ("split", "dense"))
+            if "split" in hp:
+                n = hp["split"][1]
+                v = self.value(n, "huge_pages.split")
+                if v not in ("auto", "off", False):  # YAML 1.1 reads a bare off as false
+                    self.fail(n, "huge_pages.split", f"{v!r} is not one of auto, off")
+                kw["huge_split"] = v == "auto"
+            if "dense" in hp:
+                n = hp["dense"][1]
+                kw["huge_dense"] = self.unit(n, "huge_pages.dense", parse_fraction, "percentage")
+                if kw["huge_dense"] <= 0:
+                    self.fail(n, "huge_pages.dense", "must be above 0%")
         return Policy(**kw)
 
     def duration(self, n: yaml.Node, key: str) -> float:

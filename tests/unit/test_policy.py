@@ -110,7 +110,7 @@ def test_shipped_policy_documents_every_key():
                 "cgroup", "min_rss", "fast_share", "fast_cap", "nodes", "fast_tier",
                 "keep_free", "demote_below", "hotness", "window", "min_hot", "hysteresis",
                 "migration", "rate", "batch", "retry_after", "metrics", "listen",
-                "auto_interval", "min", "max", "cpu"):
+                "auto_interval", "min", "max", "cpu", "huge_pages", "split", "dense"):
         assert re.search(rf"^\s*#\s+{key}(:|\s)", comments, re.M), (
             f"{key} is not documented in etc/tierd.yaml")
 
@@ -178,6 +178,8 @@ def test_shipped_policy_documents_every_key():
         ("auto_interval:\n  cpu: 0.1\n", 2, "auto_interval.cpu", "percentage"),
         ("auto_interval:\n  mn: 1s\n", 2, "auto_interval.mn", "did you mean 'min'"),
         ("interval: autox\n", 1, "interval", "not a duration"),
+        ("huge_pages:\n  split: yes\n", 2, "huge_pages.split", "not one of auto, off"),
+        ("huge_pages:\n  dense: 0%\n", 2, "huge_pages.dense", "above 0%"),
     ],
 )
 def test_errors_name_file_line_and_key(text, line, key, msg):

@@ -30,6 +30,7 @@ import numpy as np
 
 from tierd.engine.executor import Executor, MoveCounts, outcome_masks
 from tierd.engine.hotness import LEVELS
+from tierd.engine.huge import HugePages
 from tierd.engine.interval import Bounds, IntervalController, observe
 from tierd.engine.placement import (
     NO_THRESHOLD,
@@ -87,6 +88,7 @@ class IntervalStats:
     demoted: int = 0
     dropped: int = 0  # processes that exited (or stopped matching)
     primed: int = 0  # processes sampled for the first time (that sample only primes the bits)
+    split: int = 0  # huge pages split (tierd/engine/huge.py)
     interval: float = 0.0  # the interval this one's move budget covered (seconds)
 
 
@@ -136,6 +138,8 @@ def summary_line(s: IntervalStats) -> str:
         parts.append(f"queried {s.queries.queried}")
     if s.dropped:
         parts.append(f"exited {s.dropped}")
+    if s.split:
+        parts.append(f"split {s.split} huge")
     parts.append(f"engine {s.engine_seconds * 1e3:.0f}ms sample {s.sample_seconds * 1e3:.0f}ms "
                  f"move {s.move_seconds * 1e3:.0f}ms of {s.interval:g}s")
     return ", ".join(parts)
@@ -176,6 +180,8 @@ class Engine:
         self.seq = 0
         self.interval: float | None = None  # set by the Daemon's pacing; None: policy.interval
         self.move_speed: float | None = None  # measured pages/s inside move_pages
+        self.huge: HugePages | None = None
+        self._set_huge(policy)
         self._warned_single_tier = False
 
     # -- policy ------------------------------------------------------------------------------
@@ -190,12 +196,22 @@ class Engine:
         self.policy = policy
         self.reader = reader
         self.executor.set_batch(policy.batch // PAGE_SIZE)
+        self._set_huge(policy)
         for u in self.units.values():
             if u.state is not None:
                 u.state.set_window(policy.window)
         if reader is not old_reader:
             for u in self.units.values():
                 _close(old_reader, u.ref.pid)
+
+    def _set_huge(self, policy) -> None:
+        """Huge page splitting (huge_pages.split), where the kernel facade offers it."""
+        if not policy.huge_split or not hasattr(self.kernel, "thp"):
+            self.huge = None
+        elif self.huge is None:
+            self.huge = HugePages(self.kernel.thp(), policy.huge_dense)
+        else:
+            self.huge.tracker.dense = policy.huge_dense
 
     @property
     def move_budget(self) -> int:
@@ -254,6 +270,8 @@ class Engine:
             stats.plan = pl
             demotions = [r for r in pl.requests if r.reason != "promote"]
             promotions = [r for r in pl.requests if r.reason == "promote"]
+            if self.huge is not None:  # splits sparsely hot THPs, holds back undecided ones
+                stats.split = self.huge.step(live, pl, pol, self.reader)
             # demotions first: they make the room the promotions were planned into.  Time
             # budget: the moves may take as long as the interval their byte budget covers.
             self.executor.deadline = self.clock() + self.covered
@@ -301,6 +319,8 @@ class Engine:
         unit = self.units.pop(key, None)
         if unit is not None:
             _close(self.reader, unit.ref.pid)
+            if self.huge is not None:
+                self.huge.forget(key)
 
     def _sample(self, unit: Unit, node_ids) -> float:
         """Read the maps and access bits of one process into its state.  Returns the time

@@ -1,0 +1,132 @@
+"""Transparent huge pages of a target: which 2 MiB blocks are THP-mapped, and splitting them.
+
+Which blocks are THPs: for the block's first page, /proc/PID/pagemap gives the PFN
+(CAP_SYS_ADMIN since Linux 4.2) and /proc/kpageflags that PFN's flags: KPF_THP (Linux 4.9
+for anonymous THP) on a KPF_COMPOUND_HEAD page means a huge folio starts there.  Chosen over
+/proc/PID/smaps (AnonHugePages is a per-VMA total: it says a VMA has huge pages, not which
+blocks) and over the PAGEMAP_SCAN ioctl (Linux 6.7, PAGE_IS_HUGE: one call per range, but a
+struct-and-pointer ioctl for what two 8-byte reads per candidate block answer).  Only the
+blocks the engine asks about are read: hot blocks whose 512 pages share one access history
+(what a PMD mapping's single Accessed bit looks like), a few hundred at most per interval.
+
+Splitting: Linux 6.12 (since 5.13, commit fa6c02315f74) splits the THPs of a process's
+address range through debugfs: write "PID,0xSTART,0xEND" to
+/sys/kernel/debug/split_huge_pages (CONFIG_DEBUG_FS, debugfs mounted, root).  The kernel
+walks the range 4 KiB at a time under mmap_read_lock and splits every THP it can lock;
+it stops at the first address without a VMA, so ranges are written per run of adjacent
+blocks.  A split copies the PMD's Accessed bit into all 512 new PTEs: the caller primes the
+range (one discarded sample) before trusting its bits.
+
+debugfs is a debugging interface (ABI not stable, root only, often not mounted or compiled
+out on production kernels, global mutex), acceptable for a daemon only as a stopgap: the
+proper interface is a per-process one, e.g. process_madvise(pidfd, MADV_SPLIT_HUGE) (an
+madvise advice that splits the range's THPs and marks the range so khugepaged does not
+collapse it back until MADV_HUGEPAGE/MADV_COLLAPSE), see README "Huge pages".
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import numpy as np
+
+from tierd.linux.errors import FeatureMissing, ProcessGone
+from tierd.linux.features import Feature
+from tierd.linux.procfs import PAGE_SHIFT, ProcFS, decode_pagemap
+
+HPAGE_PAGES = 512  # a PMD-sized THP on x86-64: 2 MiB of 4 KiB pages
+KPF_COMPOUND_HEAD = 15
+KPF_THP = 22
+SPLIT_SINCE = ("Linux 5.13 (debugfs split_huge_pages with a pid and address range, "
+               "CONFIG_DEBUG_FS, debugfs mounted)")
+SPLIT_FIX = ("boot a kernel with CONFIG_DEBUG_FS=y (and CONFIG_TRANSPARENT_HUGEPAGE=y) and "
+             "mount debugfs: mount -t debugfs none /sys/kernel/debug; run tierd as root")
+
+
+class ThpSplitter:
+    """Finds and splits THPs of other processes (roots injected for tests)."""
+
+    def __init__(self, proc: str = "/proc", debugfs: str = "/sys/kernel/debug") -> None:
+        self.procfs = ProcFS(proc)
+        self.kpageflags_path = os.path.join(proc, "kpageflags")
+        self.split_path = os.path.join(debugfs, "split_huge_pages")
+
+    def feature(self) -> Feature:
+        """Whether splitting can work here (the file exists and is writable); nothing is
+        written."""
+        if not os.path.exists(self.split_path):
+            return Feature("thp_split", False, SPLIT_SINCE,
+                           f"no {self.split_path} (CONFIG_DEBUG_FS off, or debugfs not mounted)",
+                           SPLIT_FIX)
+        if not os.access(self.split_path, os.W_OK):
+            return Feature("thp_split", False, SPLIT_SINCE,
+                           f"{self.split_path} is not writable (not root?)", SPLIT_FIX)
+        return Feature("thp_split", True, SPLIT_SINCE, f"{self.split_path} is writable")
+
+    def is_thp(self, pid: int, block_vpns: np.ndarray) -> np.ndarray:
+        """bool per block (first vpn of a 2 MiB-aligned block): a THP starts there."""
+        vpns = np.asarray(block_vpns, dtype=np.int64)
+        out = np.zeros(vpns.size, dtype=bool)
+        if vpns.size == 0:
+            return out
+        fd = self.procfs.open(pid, "pagemap")
+        try:
+            entries = np.array([_pread_u64(fd, int(v)) for v in vpns], dtype=np.uint64)
+        finally:
+            os.close(fd)
+        present, pfn = decode_pagemap(entries)
+        if present.any() and not pfn[present].any():
+            raise FeatureMissing("pagemap_pfn", "run tierd as root (it needs CAP_SYS_ADMIN)",
+                                 what="/proc/PID/pagemap shows no page frame numbers")
+        try:
+            kfd = os.open(self.kpageflags_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise FeatureMissing("kpageflags", "boot a kernel with CONFIG_PROC_PAGE_MONITOR=y",
+                                 what=f"no {self.kpageflags_path}") from None
+        try:
+            for i in np.flatnonzero(present):
+                flags = _pread_u64(kfd, int(pfn[i]))
+                out[i] = bool(flags >> KPF_THP & 1) and bool(flags >> KPF_COMPOUND_HEAD & 1)
+        finally:
+            os.close(kfd)
+        return out
+
+    def split(self, pid: int, block_vpns: np.ndarray) -> int:
+        """Split the THPs of the given 2 MiB blocks (adjacent blocks in one write).  Returns
+        the number of writes.  Raises ProcessGone, FeatureMissing, or OSError."""
+        runs = block_runs(block_vpns)
+        if not runs:
+            return 0
+        try:
+            fd = os.open(self.split_path, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise FeatureMissing("thp_split", SPLIT_FIX,
+                                 what=f"no {self.split_path} (CONFIG_DEBUG_FS, debugfs)") from None
+        try:
+            for lo, hi in runs:
+                cmd = f"{pid},{lo << PAGE_SHIFT:#x},{hi << PAGE_SHIFT:#x}"
+                try:
+                    os.write(fd, cmd.encode())
+                except OSError as e:
+                    if e.errno == errno.ESRCH:
+                        raise ProcessGone(pid, "split_huge_pages: no such process") from None
+                    raise
+        finally:
+            os.close(fd)
+        return len(runs)
+
+
+def block_runs(block_vpns) -> list[tuple[int, int]]:
+    """Sorted 2 MiB block starts -> [(first vpn, end vpn)) runs of adjacent blocks."""
+    v = np.unique(np.asarray(block_vpns, dtype=np.int64))
+    if v.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(v) != HPAGE_PAGES) + 1
+    starts = np.split(v, breaks)
+    return [(int(s[0]), int(s[-1]) + HPAGE_PAGES) for s in starts]
+
+
+def _pread_u64(fd: int, index: int) -> int:
+    data = os.pread(fd, 8, 8 * index)
+    return int.from_bytes(data, "little") if len(data) == 8 else 0
