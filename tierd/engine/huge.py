@@ -56,6 +56,7 @@ WATCH = 2  # samples of a split probe before it is judged
 RECHECK_SAMPLES = 120  # a verdict holds this many samples, then candidates are probed again
 MAX_SPLIT_BLOCKS = 128  # huge pages split per process and interval (256 MiB)
 SCAN_BLOCKS = 1 << 16  # blocks examined per numpy pass (bounded temporaries)
+CHECK_BLOCKS = 4 * MAX_SPLIT_BLOCKS  # hottest candidates asked about per interval (2 preads each)
 ALL = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 
 
@@ -225,7 +226,7 @@ class HugePages:
             try:
                 cand = np.zeros(0, np.int64)
                 if not fits:
-                    vpns, _ = uniform_hot_blocks(st)
+                    vpns = uniform_hot_blocks(st)[0][:CHECK_BLOCKS]
                     if vpns.size:
                         cand = vpns[self.splitter.is_thp(unit.ref.pid, vpns)]
                 todo = self.tracker.decide(key, st.samples, cand, fits,
