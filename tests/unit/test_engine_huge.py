@@ -231,3 +231,21 @@ def test_policy_huge_pages_split(text, value):
     from tierd.policy import parse_policy
 
     assert parse_policy(text).huge_split is value
+
+
+def test_a_probe_the_kernel_left_whole_is_not_judged():
+    """split_huge_pages skips folios it cannot lock: such a probe still has one Accessed bit
+    (it would read as densely hot), so it is dropped and another probe is taken."""
+    k = small_fast()
+    proc = k.add(ThpProc(PID, NHUGE))
+    real_split = k.splitter.split
+    busy = {proc.vpn(0), proc.vpn(512)}  # both first probes are locked the first time
+
+    def split(pid, vpns):
+        real_split(pid, [v for v in vpns if int(v) not in busy])
+        busy.clear()
+
+    k.splitter.split = split
+    eng, splits, hot_fast, cold_fast = run(k, proc, SPARSE, 14)
+    assert eng.huge.tracker.verdict((PID, 0.0)) == "sparse"
+    assert not proc.huge and hot_fast >= 0.9 and cold_fast <= 0.1

@@ -113,6 +113,12 @@ class SplitTracker:
             return cand[: self.max_split]
         return none
 
+    def not_split(self, key, blocks: np.ndarray) -> None:
+        """The kernel left ``blocks`` whole (a busy folio): they are not probes."""
+        p = self.procs.get(key)
+        if p is not None and p.probes.size:
+            p.probes = np.setdiff1d(p.probes, blocks)
+
     def forget(self, key) -> None:
         self.procs.pop(key, None)
 
@@ -231,10 +237,10 @@ class HugePages:
                         cand = vpns[self.splitter.is_thp(unit.ref.pid, vpns)]
                 todo = self.tracker.decide(key, st.samples, cand, fits,
                                            lambda b, st=st: density(st, b, self.tracker.watch))
-                if todo.size:
-                    done += self._split(unit, todo, reader)
+                split = self._split(unit, todo, reader) if todo.size else todo
+                done += split.size
                 if self.tracker.verdict(key) != "dense" and cand.size:
-                    self._hold(unit, np.setdiff1d(cand, todo))
+                    self._hold(unit, np.setdiff1d(cand, split))
             except ProcessLookupError:  # exited (ProcessGone): the next sample drops it
                 continue
             except FeatureMissing as e:
@@ -244,14 +250,20 @@ class HugePages:
                 log.warning("pid %d (%s): huge page split: %s", unit.ref.pid, unit.ref.target, e)
         return done
 
-    def _split(self, unit, blocks: np.ndarray, reader) -> int:
+    def _split(self, unit, blocks: np.ndarray, reader) -> np.ndarray:
+        """Split ``blocks``; returns those the kernel did split (primed, history reset)."""
         pid = unit.ref.pid
         self.splitter.split(pid, blocks)
+        # the kernel skips folios it cannot lock: a probe left whole would read as dense
+        whole = blocks[self.splitter.is_thp(pid, blocks)]
+        if whole.size:
+            self.tracker.not_split(unit.ref.key, whole)
+            blocks = np.setdiff1d(blocks, whole)
         # prime: the 512 new PTEs all carry the huge PMD's Accessed bit
         for lo, hi in block_runs(blocks):
             reader.sample(pid, lo // 64, (hi - lo) // 64)
         forget_history(unit.state, blocks)
-        return int(blocks.size)
+        return blocks
 
     def _hold(self, unit, blocks: np.ndarray) -> None:
         """Keep ``blocks`` out of this interval's moves (their backoff bits; selection skips
