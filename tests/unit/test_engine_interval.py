@@ -41,7 +41,8 @@ def test_a_new_process_is_confirmed_after_min():
 
 
 @pytest.mark.parametrize("obs", [
-    Observation(cost=0.05, planned=BUSY_PAGES),
+    Observation(cost=0.05, moved=BUSY_PAGES),
+    Observation(cost=0.05, split=1),
     Observation(cost=0.05, deficit=True),
 ])
 def test_moves_or_a_watermark_deficit_keep_it_short(obs):
@@ -51,9 +52,9 @@ def test_moves_or_a_watermark_deficit_keep_it_short(obs):
     assert run(ctl, [QUIET] * 3, 30.0) == [2.0, 4.0, 5.0]  # the change is over: back off
 
 
-def test_a_few_planned_pages_are_noise():
+def test_a_few_moved_pages_are_noise():
     ctl = IntervalController(B)
-    assert run(ctl, [Observation(cost=0.05, planned=BUSY_PAGES - 1)] * 3) == [2.0, 4.0, 5.0]
+    assert run(ctl, [Observation(cost=0.05, moved=BUSY_PAGES - 1)] * 3) == [2.0, 4.0, 5.0]
 
 
 def test_a_hot_set_appearing_on_the_slow_tier_is_a_change_a_steady_tail_is_not():
@@ -72,7 +73,7 @@ def test_cpu_budget_lengthens_the_interval_once_the_burst_is_spent():
     """A sample costing 0.5 s at a 10% budget: min (1 s) while the bucket lasts, then the
     sustainable 5 s; averaged over the run the CPU stays at the budget plus the burst."""
     ctl = IntervalController(B)
-    busy = Observation(cost=0.5, planned=10 * BUSY_PAGES)
+    busy = Observation(cost=0.5, moved=10 * BUSY_PAGES)
     ivs = run(ctl, [busy] * 40)
     assert ivs[0] == 1.0
     assert ivs[-1] == pytest.approx(5.0)
@@ -84,7 +85,7 @@ def test_cpu_budget_lengthens_the_interval_once_the_burst_is_spent():
 def test_budget_between_bounds():
     """At a 20% budget, a 0.4 s sample is sustainable every 2 s: not min, not max."""
     ctl = IntervalController(Bounds(1.0, 5.0, 0.20))
-    ivs = run(ctl, [Observation(cost=0.4, planned=10 * BUSY_PAGES)] * 60)
+    ivs = run(ctl, [Observation(cost=0.4, moved=10 * BUSY_PAGES)] * 60)
     assert ivs[-1] == pytest.approx(2.0, rel=0.05)
 
 

@@ -13,8 +13,11 @@ to ``max`` (the shipped 5 s: steady-state CPU as before).
 Signals that a change is under way (``Observation``, built from an interval's stats):
 
 - a process was sampled for the first time (its first sample only primes the bits);
-- the plan moved or wanted to move at least ``busy_pages`` pages (work left for the next
-  interval: the move budget ran out, or the moves it made need the next sample to confirm);
+- at least ``busy_pages`` pages were moved (placement is following a change; what it moved
+  is checked by the next sample).  Moves planned but not made do not count: pages that
+  cannot move (pinned, shared, in backoff) stay in the plan and would keep the interval
+  short for ever;
+- huge pages were split (their 4 KiB pages are being watched: tierd/engine/huge.py);
 - a fast node is below its demote_below watermark (a deficit);
 - the pages on slow nodes that were accessed within the window grew by at least
   ``busy_pages`` and 10% since the previous sample: a hot set appearing on the slow tier,
@@ -50,7 +53,8 @@ class Observation:
 
     cost: float  # seconds of sampling + engine work (not move_pages)
     primed: int = 0  # processes sampled for the first time
-    planned: int = 0  # pages the plan asked to move (moved or not)
+    moved: int = 0  # pages moved (promoted + demoted)
+    split: int = 0  # huge pages split
     deficit: bool = False  # a fast node below demote_below
     slow_active: int = 0  # pages on slow nodes accessed within the window (hotness >= 1)
 
@@ -90,7 +94,8 @@ class IntervalController:
             d = obs.slow_active - self.slow_active
             grew = d >= self.busy_pages and d >= GROWTH * self.slow_active
         self.slow_active = obs.slow_active
-        return bool(obs.primed or obs.deficit or obs.planned >= self.busy_pages or grew)
+        return bool(obs.primed or obs.deficit or obs.split or obs.moved >= self.busy_pages
+                    or grew)
 
     def next(self, obs: Observation, now: float) -> float:
         """The interval to wait before the next sample, in seconds."""
@@ -114,13 +119,13 @@ def observe(stats) -> Observation:
     """An Observation from a daemon ``IntervalStats`` (duck-typed: this module imports no
     engine code)."""
     plan = stats.plan
-    planned = 0 if plan is None else plan.count("watermark", "cap", "promote", "demote")
     deficit = plan is not None and any(r.deficit > 0 for r in plan.rooms)
     slow_active = sum(int(stats.nodes[n][1:].sum()) for n in stats.slow if n in stats.nodes)
     return Observation(
         cost=stats.sample_seconds + stats.engine_seconds,
         primed=getattr(stats, "primed", 0),
-        planned=planned,
+        moved=stats.promoted + stats.demoted,
+        split=getattr(stats, "split", 0),
         deficit=deficit,
         slow_active=slow_active,
     )
