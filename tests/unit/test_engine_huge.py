@@ -249,3 +249,16 @@ def test_a_probe_the_kernel_left_whole_is_not_judged():
     eng, splits, hot_fast, cold_fast = run(k, proc, SPARSE, 14)
     assert eng.huge.tracker.verdict((PID, 0.0)) == "sparse"
     assert not proc.huge and hot_fast >= 0.9 and cold_fast <= 0.1
+
+
+def test_undecided_huge_pages_are_held_then_released():
+    k = small_fast()
+    proc = k.add(ThpProc(PID, NHUGE))
+    eng, _, _, _ = run(k, proc, range(NHUGE * HPAGE_PAGES), 2)  # dense; the probe is out
+    st = eng.units[(PID, 0.0)].state
+    assert st.backoff_pages == (NHUGE - 2) * HPAGE_PAGES  # all but the probes, not moved
+    assert all(proc.node[proc.vpn(i)] == 1 for i in range(2 * HPAGE_PAGES, NHUGE * HPAGE_PAGES))
+    for _ in range(4):  # the verdict (dense) releases them
+        proc.next_access |= {proc.vpn(i) for i in range(NHUGE * HPAGE_PAGES)}
+        eng.step()
+    assert eng.huge.tracker.verdict((PID, 0.0)) == "dense" and st.backoff_pages == 0

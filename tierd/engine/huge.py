@@ -271,15 +271,17 @@ class HugePages:
         fw = _flat_words(unit.state, blocks)
         fw = fw[fw >= 0]
         if fw.size:
-            self.held[unit.ref.key] = fw
+            self.held[unit.ref.key] = blocks  # by vpn: the extents may change before release
             unit.state.backoff[(fw[:, None] + np.arange(HPAGE_WORDS)).ravel()] = ALL
 
     def _release(self, unit) -> None:
         """Lift last interval's hold, keeping the backoff of pages whose moves failed."""
-        fw = self.held.pop(unit.ref.key, None)
+        blocks = self.held.pop(unit.ref.key, None)
         st = unit.state
-        if fw is None or st is None:
+        if blocks is None or st is None:
             return
+        fw = _flat_words(st, blocks)
+        fw = fw[fw >= 0]
         words = (fw[:, None] + np.arange(HPAGE_WORDS)).ravel()
         words = words[words < st.words]  # the address space may have shrunk
         st.backoff[words] = 0
