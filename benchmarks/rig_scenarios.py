@@ -8,6 +8,8 @@ pages on the fast node 0 (move_pages queries), THP left, and tierd's CPU seconds
 
   s2   4 KiB pages; node 0 first filled by a second target holding cold data (down to about
        20 MiB free).  Target: 90% of the hot set on node 0 within 10 s.
+  s3   4 KiB pages, node 0 with room; at --switch seconds the hot set moves to other pages
+       (SIGUSR1 to the workload).  Target: the new set 90% on node 0 within 10 s.
   s4   THP (MADV_HUGEPAGE), node 0 with room.  Targets: >= 90% of the hot set on node 0,
        <= 10% of the cold pages dragged along.  Baseline in the same boot:
        `s4-nosplit` (huge_pages.split: off, i.e. tierd before issue 12).
@@ -33,7 +35,7 @@ MIB = 1 << 20
 PAGE = 4096
 
 CHILD = r"""
-import ctypes, mmap, sys, time
+import ctypes, mmap, signal, sys, time
 import numpy as np
 size, hot, huge, node, seed = (int(x) for x in sys.argv[1:6])
 mask = ctypes.c_ulong(1 << node)
@@ -52,6 +54,11 @@ print(r.ctypes.data, flush=True)
 sys.stdout.write(" ".join(map(str, idx.tolist())) + "\n"); sys.stdout.flush()
 sys.stdin.readline()
 off = idx * 4096
+def switch(*_):
+    global off
+    off = np.sort(np.random.default_rng(seed + 1).choice(size // 4096, hot // 4096,
+                                                         replace=False)) * 4096
+signal.signal(signal.SIGUSR1, switch)
 while True:
     if hot:
         r[off] += 1
@@ -80,7 +87,7 @@ def cpu_seconds(pid):
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def scenario(name, seconds, step):
+def scenario(name, seconds, step, switch_at):
     import numpy as np
 
     from tierd.linux import Kernel
@@ -123,13 +130,21 @@ def scenario(name, seconds, step):
     print(f"{'t(s)':>5} {'hot@fast':>9} {'cold@fast':>10} {'THP MiB':>8} {'node0 free':>10} "
           f"{'tierd cpu':>9}")
     first90 = None
+    switched = False
     try:
         while True:
             t = time.monotonic() - t0
+            if name == "s3" and not switched and t >= switch_at:
+                child.send_signal(signal.SIGUSR1)
+                idx = np.sort(np.random.default_rng(2).choice(pages, hot // PAGE, replace=False))
+                hotmask = np.zeros(pages, bool)
+                hotmask[idx] = True
+                switched, first90, t_switch = True, None, t
+                print(f"{t:5.0f} hot set moved (now measured: the new set)")
             where = kernel.move_pages(child.pid, addrs)
             hf, cf = (where[hotmask] == 0).mean(), (where[~hotmask] == 0).mean()
             if first90 is None and hf >= 0.9:
-                first90 = t
+                first90 = t - (t_switch if switched else 0.0)
             free = kernel.topology().node(0).mem_free // MIB
             print(f"{t:5.0f} {hf:9.1%} {cf:10.1%} {thp_kib(child.pid) >> 10:8d} {free:10d} "
                   f"{cpu_seconds(d.pid):9.1f}", flush=True)
@@ -148,7 +163,8 @@ def scenario(name, seconds, step):
     for m in re.finditer(r"move (\d+)ms of ([\d.]+)s", Path(f"/tmp/tierd-{name}.log").read_text()):
         over.append((int(m[1]) / 1e3, float(m[2])))
     worst = max(over, key=lambda x: x[0] - x[1], default=(0, 0))
-    print(f"{name}: 90% of the hot set on node 0 at "
+    print(f"{name}: 90% of the {'new ' if switched else ''}hot set on node 0 "
+          f"{'after the switch ' if switched else ''}at "
           f"{'never' if first90 is None else f'{first90:.0f} s'}; tierd CPU {cpu:.1f} s; "
           f"longest interval move {worst[0]:.2f} s against a {worst[1]:g} s budget; "
           f"{len(over)} intervals")
@@ -157,7 +173,7 @@ def scenario(name, seconds, step):
 
 def guest(args):
     for name in args.scenarios.split(","):
-        scenario(name, args.seconds, args.step)
+        scenario(name, args.seconds, args.step, args.switch)
     return 0
 
 
@@ -165,7 +181,8 @@ def host(args) -> int:
     from tierd import vmrig
 
     cmd = [sys.executable, str(Path(__file__).resolve()), "--guest",
-           "--scenarios", args.scenarios, "--seconds", str(args.seconds), "--step", str(args.step)]
+           "--scenarios", args.scenarios, "--seconds", str(args.seconds), "--step", str(args.step),
+           "--switch", str(args.switch)]
     result = vmrig.run(cmd, timeout=3600)
     sys.stdout.write(result.output)
     print(f"(VM run {result.seconds:.0f} s, QEMU TCG; host load {os.getloadavg()[0]:.2f})")
@@ -177,6 +194,7 @@ def main() -> int:
     parser.add_argument("--scenarios", default="s4,s4-nosplit,s2")
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--step", type=float, default=5)
+    parser.add_argument("--switch", type=float, default=40, help="s3: when the hot set moves")
     parser.add_argument("--guest", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     return guest(args) if args.guest else host(args)
