@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -12,13 +14,13 @@ PID = 4242
 PRESENT = 1 << 63
 
 
-def tree(tmp_path, entries: dict[int, int], flags: dict[int, int], debugfs=True):
+def tree(tmp_path, entries: dict[int, int], flags: dict[int, int], debugfs=True, pid=PID):
     """/proc/PID/pagemap with ``entries`` {vpn: pfn}, /proc/kpageflags with ``flags``
     {pfn: flags}, and (optionally) a debugfs split_huge_pages file."""
     proc, dbg = tmp_path / "proc", tmp_path / "debug"
-    (proc / str(PID)).mkdir(parents=True)
+    (proc / str(pid)).mkdir(parents=True)
     dbg.mkdir()
-    with open(proc / str(PID) / "pagemap", "wb") as f:
+    with open(proc / str(pid) / "pagemap", "wb") as f:
         for vpn, pfn in entries.items():
             f.seek(8 * vpn)
             f.write((PRESENT | pfn).to_bytes(8, "little"))
@@ -71,3 +73,46 @@ def test_gone_process(tmp_path):
     with pytest.raises(ProcessGone):
         sp.is_thp(PID + 1, np.array([512]))
 
+
+
+class FakeMadvise:
+    """process_madvise that 'splits' by clearing KPF_THP of the blocks' PFNs (or does not)."""
+
+    def __init__(self, kpageflags, pfn_of, splits=True):
+        self.kpageflags, self.pfn_of, self.splits = kpageflags, pfn_of, splits
+        self.calls = []
+
+    def process_madvise(self, pidfd, ranges, advice):
+        self.calls.append((ranges.tolist(), advice))
+        if self.splits:
+            with open(self.kpageflags, "r+b") as f:
+                for start, _ in ranges.tolist():
+                    f.seek(8 * self.pfn_of[start >> 12])
+                    f.write((1 << 5).to_bytes(8, "little"))
+        return int(ranges[:, 1].sum())
+
+
+def madvise_tree(tmp_path, splits):
+    me = os.getpid()  # pidfd_open needs a live process
+    entries = {512: 100, 1024: 200}
+    sp, f = tree(tmp_path, entries, {100: THP_HEAD, 200: THP_HEAD}, pid=me)
+    fake = FakeMadvise(tmp_path / "proc" / "kpageflags", entries, splits)
+    return ThpSplitter(str(tmp_path / "proc"), str(tmp_path / "debug"), fake), fake, f, me
+
+
+def test_split_by_process_madvise_cold_on_one_page_of_each_block(tmp_path):
+    sp, fake, f, me = madvise_tree(tmp_path, splits=True)
+    assert sp.feature().available and "5.10" in sp.feature().since
+    sp.split(me, np.array([512, 1024]))
+    assert fake.calls == [([[512 << 12, 4096], [1024 << 12, 4096]], 20)]  # MADV_COLD
+    assert sp.last_method == "madvise" and f.read_text() == ""
+    assert not sp.is_thp(me, np.array([512, 1024])).any()
+
+
+def test_a_kernel_that_does_not_split_on_madvise_falls_back_to_debugfs(tmp_path):
+    sp, fake, f, me = madvise_tree(tmp_path, splits=False)
+    sp.split(me, np.array([512, 1024]))
+    assert sp.last_method == "debugfs" and f.read_text() == f"{me},0x200000,0x600000"
+    sp.split(me, np.array([512]))
+    assert len(fake.calls) == 1  # not tried again
+    assert "5.13" in sp.feature().since

@@ -97,7 +97,7 @@ class Kernel:
 
         from tierd.linux.thp import ThpSplitter
 
-        return ThpSplitter(self.proc, os.path.join(self.sys, "kernel/debug"))
+        return ThpSplitter(self.proc, os.path.join(self.sys, "kernel/debug"), self.syscalls)
 
     def move_pages(
         self,

@@ -9,8 +9,19 @@ struct-and-pointer ioctl for what two 8-byte reads per candidate block answer). 
 blocks the engine asks about are read: hot blocks whose 512 pages share one access history
 (what a PMD mapping's single Accessed bit looks like), a few hundred at most per interval.
 
-Splitting: Linux 6.12 (since 5.13, commit fa6c02315f74) splits the THPs of a process's
-address range through debugfs: write "PID,0xSTART,0xEND" to
+Splitting, two ways, the first that works:
+
+- ``madvise``: process_madvise(pidfd, [one 4 KiB page of the block], MADV_COLD) (Linux 5.10,
+  CAP_SYS_NICE).  MADV_COLD on a range that covers only part of a PMD-mapped THP splits the
+  folio (mm/madvise.c, madvise_cold_or_pageout_pte_range: split_folio when
+  ``next - addr != HPAGE_PMD_SIZE``, since MADV_COLD's introduction in 5.4) and then
+  deactivates that one 4 KiB page: a documented, production interface, with the side effect
+  of one page per split huge page moved to the inactive LRU list (and its Accessed bit
+  cleared, which the priming sample does anyway).  It relies on the kernel splitting rather
+  than skipping a partly covered THP; the result is checked (kpageflags) after every call,
+  and if a call split nothing, debugfs is used from then on.
+- ``debugfs``: Linux 6.12 (since 5.13, commit fa6c02315f74) splits the THPs of a process's
+  address range through debugfs: write "PID,0xSTART,0xEND" to
 /sys/kernel/debug/split_huge_pages (CONFIG_DEBUG_FS, debugfs mounted, root).  The kernel
 walks the range 4 KiB at a time under mmap_read_lock and splits every THP it can lock;
 it stops at the first address without a VMA, so ranges are written per run of adjacent
@@ -18,10 +29,11 @@ blocks.  A split copies the PMD's Accessed bit into all 512 new PTEs: the caller
 range (one discarded sample) before trusting its bits.
 
 debugfs is a debugging interface (ABI not stable, root only, often not mounted or compiled
-out on production kernels, global mutex), acceptable for a daemon only as a stopgap: the
-proper interface is a per-process one, e.g. process_madvise(pidfd, MADV_SPLIT_HUGE) (an
-madvise advice that splits the range's THPs and marks the range so khugepaged does not
-collapse it back until MADV_HUGEPAGE/MADV_COLLAPSE), see README "Huge pages".
+out on production kernels, global mutex), acceptable for a daemon only as a stopgap.  The
+MADV_COLD route is a stable interface used for a side effect.  The proper interface is an
+explicit one, e.g. process_madvise(pidfd, MADV_SPLIT_HUGE) (an advice that splits the
+range's THPs and marks the range so khugepaged does not collapse it back until
+MADV_HUGEPAGE/MADV_COLLAPSE), see README "Huge pages".
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ KPF_COMPOUND_HEAD = 15
 KPF_THP = 22
 SPLIT_SINCE = ("Linux 5.13 (debugfs split_huge_pages with a pid and address range, "
                "CONFIG_DEBUG_FS, debugfs mounted)")
+MADVISE_SINCE = "Linux 5.10 (process_madvise; MADV_COLD splits a partly covered THP since 5.4)"
 SPLIT_FIX = ("boot a kernel with CONFIG_DEBUG_FS=y (and CONFIG_TRANSPARENT_HUGEPAGE=y) and "
              "mount debugfs: mount -t debugfs none /sys/kernel/debug; run tierd as root")
 
@@ -47,14 +60,24 @@ SPLIT_FIX = ("boot a kernel with CONFIG_DEBUG_FS=y (and CONFIG_TRANSPARENT_HUGEP
 class ThpSplitter:
     """Finds and splits THPs of other processes (roots injected for tests)."""
 
-    def __init__(self, proc: str = "/proc", debugfs: str = "/sys/kernel/debug") -> None:
+    def __init__(self, proc: str = "/proc", debugfs: str = "/sys/kernel/debug",
+                 syscalls=None) -> None:
         self.procfs = ProcFS(proc)
         self.kpageflags_path = os.path.join(proc, "kpageflags")
         self.split_path = os.path.join(debugfs, "split_huge_pages")
+        self.syscalls = syscalls  # tierd.linux.syscalls.Syscalls, or None: debugfs only
+        self.madvise_works: bool | None = None if syscalls is not None else False
+        self.last_method = ""  # how the last split was done (for logs and tests)
 
     def feature(self) -> Feature:
-        """Whether splitting can work here (the file exists and is writable); nothing is
-        written."""
+        """Whether splitting can work here; nothing is split.  process_madvise is taken as
+        working until a call shows otherwise (then debugfs must be there)."""
+        if self.madvise_works is not False:
+            return Feature("thp_split", True, MADVISE_SINCE,
+                           "process_madvise(MADV_COLD) on part of each huge page")
+        return self.debugfs_feature()
+
+    def debugfs_feature(self) -> Feature:
         if not os.path.exists(self.split_path):
             return Feature("thp_split", False, SPLIT_SINCE,
                            f"no {self.split_path} (CONFIG_DEBUG_FS off, or debugfs not mounted)",
@@ -93,8 +116,43 @@ class ThpSplitter:
         return out
 
     def split(self, pid: int, block_vpns: np.ndarray) -> int:
-        """Split the THPs of the given 2 MiB blocks (adjacent blocks in one write).  Returns
-        the number of writes.  Raises ProcessGone, FeatureMissing, or OSError."""
+        """Split the THPs of the given 2 MiB blocks: process_madvise while it works, else
+        debugfs.  Returns the number of kernel calls.  Raises ProcessGone, FeatureMissing
+        (no way works), or OSError.  Blocks the kernel leaves whole (a locked folio) are the
+        caller's to notice (``is_thp``)."""
+        blocks = np.unique(np.asarray(block_vpns, dtype=np.int64))
+        if self.madvise_works is not False and blocks.size:
+            calls = self._split_madvise(pid, blocks)
+            whole = self.is_thp(pid, blocks)
+            if self.madvise_works is None:
+                self.madvise_works = not whole.all()
+            if self.madvise_works:
+                self.last_method = "madvise"
+                return calls
+            blocks = blocks[whole]  # this kernel does not split that way: debugfs
+        self.last_method = "debugfs"
+        return self._split_debugfs(pid, blocks)
+
+    def _split_madvise(self, pid: int, blocks: np.ndarray) -> int:
+        from tierd.linux.syscalls import MADV_COLD, UIO_MAXIOV
+
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            raise ProcessGone(pid, "pidfd_open: no such process") from None
+        try:
+            ranges = np.empty((blocks.size, 2), dtype=np.uint64)
+            ranges[:, 0] = blocks.astype(np.uint64) << np.uint64(PAGE_SHIFT)
+            ranges[:, 1] = 1 << PAGE_SHIFT  # one 4 KiB page: a partial range splits the THP
+            try:
+                self.syscalls.process_madvise(pidfd, ranges, MADV_COLD)
+            except ProcessGone:
+                raise ProcessGone(pid, "process_madvise: no such process") from None
+        finally:
+            os.close(pidfd)
+        return -(-blocks.size // UIO_MAXIOV)
+
+    def _split_debugfs(self, pid: int, block_vpns: np.ndarray) -> int:
         runs = block_runs(block_vpns)
         if not runs:
             return 0
@@ -102,7 +160,9 @@ class ThpSplitter:
             fd = os.open(self.split_path, os.O_WRONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise FeatureMissing("thp_split", SPLIT_FIX,
-                                 what=f"no {self.split_path} (CONFIG_DEBUG_FS, debugfs)") from None
+                                 what=f"process_madvise(MADV_COLD) did not split huge pages and "
+                                 f"there is no {self.split_path} (CONFIG_DEBUG_FS, "
+                                 "debugfs)") from None
         try:
             for lo, hi in runs:
                 cmd = f"{pid},{lo << PAGE_SHIFT:#x},{hi << PAGE_SHIFT:#x}"
