@@ -254,6 +254,8 @@ class HugePages:
         """Split ``blocks``; returns those the kernel did split (primed, history reset)."""
         pid = unit.ref.pid
         self.splitter.split(pid, blocks)
+        log.info("pid %d (%s): splitting %d huge page(s) (%s)", pid, unit.ref.target, blocks.size,
+                 getattr(self.splitter, "last_method", "") or "split")
         # the kernel skips folios it cannot lock: a probe left whole would read as dense
         whole = blocks[self.splitter.is_thp(pid, blocks)]
         if whole.size:

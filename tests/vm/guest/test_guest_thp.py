@@ -6,6 +6,7 @@ target capped on the fast tier below its hot huge pages, so the daemon must deci
   huge pages): the huge pages are split and only the hot 4 KiB pages come to node 0;
 - dense: 16 MiB of THP with every page hot: one probe is split, the rest stay whole.
 khugepaged is paused for the run (it would collapse split ranges back; README "Huge pages").
+And each split method (process_madvise, debugfs) on real THPs.
 """
 
 import re
@@ -43,10 +44,37 @@ def anon_huge_kib(pid, base, size):
     return total
 
 
-def test_sparse_huge_pages_split_dense_kept_whole(tmp_path):
+def mount_debugfs():
     if not (DEBUGFS / "split_huge_pages").exists():
         subprocess.run(["mount", "-t", "debugfs", "debugfs", str(DEBUGFS)], check=True)
     assert (DEBUGFS / "split_huge_pages").exists(), "kernel without CONFIG_DEBUG_FS"
+
+
+def test_both_split_methods_split_exactly_the_given_huge_pages():
+    """process_madvise(MADV_COLD) on one 4 KiB page, and debugfs, each on one of 4 THPs."""
+    from tierd.linux.thp import ThpSplitter
+
+    mount_debugfs()
+    kernel = Kernel()
+    child, base = spawn(8, 1)
+    try:
+        blocks = base // PAGE + np.arange(4) * 512
+        assert kernel.thp().is_thp(child.pid, blocks).all(), "no THP to test with"
+        via_madvise = kernel.thp()
+        via_madvise.split(child.pid, blocks[1:2])
+        assert via_madvise.last_method == "madvise"
+        assert kernel.thp().is_thp(child.pid, blocks).tolist() == [True, False, True, True]
+        via_debugfs = ThpSplitter()  # no syscalls: debugfs only
+        via_debugfs.split(child.pid, blocks[2:3])
+        assert via_debugfs.last_method == "debugfs"
+        assert kernel.thp().is_thp(child.pid, blocks).tolist() == [True, False, False, True]
+        assert anon_huge_kib(child.pid, base, 8 << 20) == 4 << 10
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_sparse_huge_pages_split_dense_kept_whole(tmp_path):
     kernel = Kernel()
     sleep = KHUGEPAGED.read_text()
     KHUGEPAGED.write_text("3600000")
