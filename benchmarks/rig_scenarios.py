@@ -42,7 +42,7 @@ mask = ctypes.c_ulong(1 << node)
 libc = ctypes.CDLL(None, use_errno=True)
 # set_mempolicy: MPOL_BIND to node 1; MPOL_PREFERRED for node 0 (it may not hold it all)
 assert libc.syscall(238, 2 if node else 1, ctypes.byref(mask), 64) == 0
-m = mmap.mmap(-1, size + (2 << 20))
+m = mmap.mmap(-1, size + (2 << 20), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 a = np.frombuffer(m, dtype=np.uint8)
 start = (-a.ctypes.data) % (2 << 20)
 m.madvise(14 if huge else 15, start, size)                 # MADV_(NO)HUGEPAGE

@@ -26,7 +26,7 @@ mask = ctypes.c_ulong(1 << 1)  # node 1
 libc = ctypes.CDLL(None, use_errno=True)
 if libc.syscall(SYS_SET_MEMPOLICY, MPOL_BIND, ctypes.byref(mask), 64) != 0:
     sys.exit(f"set_mempolicy: errno {ctypes.get_errno()}")
-m = mmap.mmap(-1, size + HPAGE)
+m = mmap.mmap(-1, size + HPAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # shmem: no THP
 a = np.frombuffer(m, dtype=np.uint8)
 start = (-a.ctypes.data) % HPAGE
 m.madvise(MADV_HUGEPAGE, start, size)
