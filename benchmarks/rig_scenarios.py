@@ -25,6 +25,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -87,14 +88,14 @@ def cpu_seconds(pid):
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def scenario(name, seconds, step, switch_at):
+def scenario(name, seconds, step, switch_at, size_mib=768, hot_mib=96):
     import numpy as np
 
     from tierd.linux import Kernel
 
     kernel = Kernel()
     huge = name.startswith("s4")
-    size, hot = 768 * MIB, 96 * MIB
+    size, hot = size_mib * MIB, hot_mib * MIB
     kids = []
     targets = []
     if name == "s2":
@@ -109,7 +110,7 @@ def scenario(name, seconds, step, switch_at):
     addrs = base + np.arange(pages, dtype=np.uint64) * PAGE
     hotmask = np.zeros(pages, bool)
     hotmask[idx] = True
-    pol = Path(f"/tmp/tierd-{name}.yaml")
+    pol = Path(tempfile.gettempdir()) / f"tierd-{name}.yaml"
     text = (REPO / "etc/tierd.yaml").read_text()
     text = re.sub(r"(?ms)^targets:.*?(?=^nodes:)", "targets:\n" + "".join(
         f"  - name: {n}\n    pids: [{p}]\n" for n, p in targets), text)
@@ -120,11 +121,12 @@ def scenario(name, seconds, step, switch_at):
     for c in kids:
         c.stdin.write("go\n")
         c.stdin.flush()
-    log = open(f"/tmp/tierd-{name}.log", "w")
+    logpath = Path(tempfile.gettempdir()) / f"tierd-{name}.log"
+    log = open(logpath, "w")
     t0 = time.monotonic()
     d = subprocess.Popen([sys.executable, "-m", "tierd", "run", "--config", str(pol)],
                          stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    print(f"\n== {name}: 768 MiB {'THP' if huge else '4 KiB'}, 96 MiB hot on node 1"
+    print(f"\n== {name}: {size_mib} MiB {'THP' if huge else '4 KiB'}, {hot_mib} MiB hot on node 1"
           f"{', node 0 filled by a cold target' if name == 's2' else ''}; load "
           f"{os.getloadavg()[0]:.2f}")
     print(f"{'t(s)':>5} {'hot@fast':>9} {'cold@fast':>10} {'THP MiB':>8} {'node0 free':>10} "
@@ -160,7 +162,7 @@ def scenario(name, seconds, step, switch_at):
             c.kill()
             c.wait()
     over = []
-    for m in re.finditer(r"move (\d+)ms of ([\d.]+)s", Path(f"/tmp/tierd-{name}.log").read_text()):
+    for m in re.finditer(r"move (\d+)ms of ([\d.]+)s", logpath.read_text()):
         over.append((int(m[1]) / 1e3, float(m[2])))
     worst = max(over, key=lambda x: x[0] - x[1], default=(0, 0))
     print(f"{name}: 90% of the {'new ' if switched else ''}hot set on node 0 "
@@ -168,12 +170,12 @@ def scenario(name, seconds, step, switch_at):
           f"{'never' if first90 is None else f'{first90:.0f} s'}; tierd CPU {cpu:.1f} s; "
           f"longest interval move {worst[0]:.2f} s against a {worst[1]:g} s budget; "
           f"{len(over)} intervals")
-    print("".join(Path(f"/tmp/tierd-{name}.log").read_text().splitlines(True)[-6:]))
+    print("".join(logpath.read_text().splitlines(True)[-6:]))
 
 
 def guest(args):
     for name in args.scenarios.split(","):
-        scenario(name, args.seconds, args.step, args.switch)
+        scenario(name, args.seconds, args.step, args.switch, args.size, args.hot)
     return 0
 
 
@@ -182,8 +184,9 @@ def host(args) -> int:
 
     cmd = [sys.executable, str(Path(__file__).resolve()), "--guest",
            "--scenarios", args.scenarios, "--seconds", str(args.seconds), "--step", str(args.step),
-           "--switch", str(args.switch)]
-    result = vmrig.run(cmd, timeout=3600)
+           "--switch", str(args.switch), "--size", str(args.size), "--hot", str(args.hot)]
+    kernel = Path(args.kernel) if args.kernel else None
+    result = vmrig.run(cmd, kernel=kernel, timeout=3600, echo=args.echo)
     sys.stdout.write(result.output)
     print(f"(VM run {result.seconds:.0f} s, QEMU TCG; host load {os.getloadavg()[0]:.2f})")
     return result.returncode
@@ -195,6 +198,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--step", type=float, default=5)
     parser.add_argument("--switch", type=float, default=40, help="s3: when the hot set moves")
+    parser.add_argument("--size", type=int, default=768, help="MiB of the workload")
+    parser.add_argument("--hot", type=int, default=96, help="MiB of it hot")
+    parser.add_argument("--echo", action="store_true", help="copy the guest console to stderr")
+    parser.add_argument("--kernel", help="directory with bzImage (default: kernel/build.sh's)")
     parser.add_argument("--guest", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     return guest(args) if args.guest else host(args)
