@@ -42,6 +42,8 @@ def test_sparse_probes_then_the_rest_is_split():
     assert t.decide("p", 2, rest, False, None).size == 0  # watching
     out = t.decide("p", 3, rest, False, lambda b: np.full(b.size, 0.06))
     assert t.verdict("p") == "sparse" and out.tolist() == rest[:10].tolist()
+    # the splits made room: the rest would fit whole now, and is split all the same
+    assert t.decide("p", 4, rest[10:], True, None).tolist() == rest[10:20].tolist()
 
 
 def test_dense_probes_keep_the_rest_whole_until_recheck():
@@ -262,3 +264,23 @@ def test_undecided_huge_pages_are_held_then_released():
         proc.next_access |= {proc.vpn(i) for i in range(NHUGE * HPAGE_PAGES)}
         eng.step()
     assert eng.huge.tracker.verdict((PID, 0.0)) == "dense" and st.backoff_pages == 0
+
+
+def test_once_sparse_the_rest_is_split_even_when_it_would_now_fit():
+    """Room for 11 of the 16 huge pages, 4 splits per interval: after a few splits the rest
+    would fit whole; moved whole they would drag their cold pages (rig S4 at 512 MiB)."""
+    k = ThpKernel(fast_total=100 * MIB, fast_free=32 * MIB)
+    proc = k.add(ThpProc(PID, NHUGE))
+    policy = Policy(source="<t>", interval=1.0, interval_auto=False,
+                    targets=(TargetSpec(name="app", pids=(PID,)),), metrics_listen="")
+    eng = Engine(k, policy, resolver=StaticResolver([ProcessRef(PID, 0.0, "app")]),
+                 clock=lambda: 0.0)
+    eng.huge.tracker.max_split = 4
+    for _ in range(16):
+        proc.next_access |= {proc.vpn(i) for i in SPARSE}
+        eng.step()
+    where = np.array([proc.node[proc.vpn(i)] for i in range(NHUGE * HPAGE_PAGES)])
+    hot = np.zeros(where.size, bool)
+    hot[SPARSE] = True
+    assert not proc.huge
+    assert (where[hot] == 0).mean() >= 0.9 and (where[~hot] == 0).mean() <= 0.1

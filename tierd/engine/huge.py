@@ -9,7 +9,9 @@ so it finds out by splitting a few:
 
 1. Gate: nothing happens while the fast tier can hold everything that is hot: the target's
    hot threshold (placement.py) is still at hotness.min_hot.  Huge pages are then kept
-   whole, however sparse, because their TLB reach is free.
+   whole, however sparse, because their TLB reach is free.  (Once a process is found
+   sparse, its remaining hot huge pages are split even after the first splits made room
+   for them: moved whole, they would fill that room with their cold pages.)
 2. Candidates: 2 MiB-aligned blocks, fully present, accessed within the window, whose 512
    pages share one history in every sample (what one Accessed bit looks like), confirmed as
    THPs by the kernel (kpageflags, tierd/linux/thp.py).  Hottest first.
@@ -102,6 +104,10 @@ class SplitTracker:
         if p.verdict is not None and now - p.verdict_at >= self.recheck:
             p.verdict = None
         cand = np.asarray(candidates, dtype=np.int64)
+        if p.verdict == "sparse" and cand.size and not p.probes.size:
+            # decided under pressure: the rest goes too, even once it would fit whole (the
+            # first splits made the room; moving the rest whole would drag their cold pages)
+            return cand[: self.max_split]
         if fits or cand.size == 0 or p.probes.size:
             return none
         if p.verdict is None:
@@ -109,8 +115,6 @@ class SplitTracker:
             p.probes = cand[:n].copy()
             p.probed_at = now
             return p.probes
-        if p.verdict == "sparse":
-            return cand[: self.max_split]
         return none
 
     def not_split(self, key, blocks: np.ndarray) -> None:
@@ -231,7 +235,7 @@ class HugePages:
             fits = plan.hot.get(unit.ref.target, policy.min_hot) <= policy.min_hot
             try:
                 cand = np.zeros(0, np.int64)
-                if not fits:
+                if not fits or self.tracker.verdict(key) == "sparse":
                     vpns = uniform_hot_blocks(st)[0][:CHECK_BLOCKS]
                     if vpns.size:
                         cand = vpns[self.splitter.is_thp(unit.ref.pid, vpns)]
