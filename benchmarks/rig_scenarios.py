@@ -170,7 +170,8 @@ def scenario(name, seconds, step, switch_at, size_mib=768, hot_mib=96):
           f"{'never' if first90 is None else f'{first90:.0f} s'}; tierd CPU {cpu:.1f} s; "
           f"longest interval move {worst[0]:.2f} s against a {worst[1]:g} s budget; "
           f"{len(over)} intervals")
-    print("".join(logpath.read_text().splitlines(True)[-6:]))
+    lines = logpath.read_text().splitlines(True)
+    print("".join([x for x in lines if "huge page" in x][:12] + lines[-4:]))
 
 
 def guest(args):
