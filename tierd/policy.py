@@ -80,7 +80,10 @@ class Policy:
     """A complete, validated policy (defaults as documented in etc/tierd.yaml)."""
 
     source: str = "<defaults>"
-    interval: float = 5.0
+    interval: float = 5.0  # fixed interval, or with interval_auto the longest one
+    interval_auto: bool = True  # interval: auto (tierd/engine/interval.py)
+    interval_min: float = 1.0  # auto_interval.min
+    cpu_budget: float = 0.10  # auto_interval.cpu, fraction of one CPU
     tracking: str = "auto"
     targets: tuple[TargetSpec, ...] = ()
     fast_nodes: tuple[int, ...] | None = None  # None = auto (Topology.classify)
@@ -95,6 +98,8 @@ class Policy:
     batch: int = 4 << 20
     retry_after: int = 4
     metrics_listen: str = "127.0.0.1:9464"
+    huge_split: bool = True  # huge_pages.split: auto (True) | off (tierd/engine/huge.py)
+    huge_dense: float = 0.5  # huge_pages.dense: a probe this hot is kept whole
 
     def target(self, name: str) -> TargetSpec:
         for t in self.targets:
@@ -106,7 +111,7 @@ class Policy:
         """Human-readable effective values, key path -> value (for `tierd check-config`)."""
         auto = "auto"
         out = {
-            "interval": format_duration(self.interval),
+            "interval": ("auto" if self.interval_auto else format_duration(self.interval)),
             "tracking": self.tracking,
             "nodes.fast": auto if self.fast_nodes is None else ",".join(map(str, self.fast_nodes)),
             "nodes.slow": auto if self.slow_nodes is None else ",".join(map(str, self.slow_nodes)),
@@ -120,7 +125,13 @@ class Policy:
             "migration.batch": format_size(self.batch),
             "migration.retry_after": f"{self.retry_after} intervals",
             "metrics.listen": self.metrics_listen or "(disabled)",
+            "huge_pages.split": "auto" if self.huge_split else "off",
+            "huge_pages.dense": f"{self.huge_dense * 100:g}%",
         }
+        if self.interval_auto:
+            out["auto_interval.min"] = format_duration(self.interval_min)
+            out["auto_interval.max"] = format_duration(self.interval)
+            out["auto_interval.cpu"] = f"{self.cpu_budget * 100:g}%"
         for i, t in enumerate(self.targets):
             sel = [f"pids={list(t.pids)}"] if t.pids else []
             sel += [f"{k}=/{getattr(t, k).pattern}/" for k in ("comm", "exe", "cmdline") if getattr(t, k)]
@@ -245,16 +256,18 @@ class _Walker:
         if root is None:  # empty file: all defaults
             return Policy(**kw)
         top = self.mapping(
-            root, "", ("interval", "tracking", "targets", "nodes", "fast_tier", "hotness",
-                       "migration", "metrics"),
+            root, "", ("interval", "auto_interval", "tracking", "targets", "nodes", "fast_tier",
+                       "hotness", "migration", "metrics", "huge_pages"),
         )
         if "interval" in top:
             n = top["interval"][1]
-            kw["interval"] = self.unit(n, "interval", parse_duration, "duration")
-            if kw["interval"] <= 0:
-                self.fail(n, "interval", "must be longer than 0s")
-            if kw["interval"] > 86400:
-                self.fail(n, "interval", "must be at most a day (24h)")
+            if self.value(n, "interval") == "auto":
+                kw["interval_auto"] = True
+            else:
+                kw["interval"] = self.duration(n, "interval")
+                kw["interval_auto"] = False
+        if "auto_interval" in top:
+            self.auto_interval(top, kw)
         if "tracking" in top:
             n = top["tracking"][1]
             v = self.string(n, "tracking")
@@ -325,7 +338,50 @@ class _Walker:
                 if err:
                     self.fail(n, "metrics.listen", err)
                 kw["metrics_listen"] = v
+        if "huge_pages" in top:
+            hp = self.mapping(top["huge_pages"][1], "huge_pages", ("split", "dense"))
+            if "split" in hp:
+                n = hp["split"][1]
+                v = self.value(n, "huge_pages.split")
+                if v not in ("auto", "off", False):  # YAML 1.1 reads a bare off as false
+                    self.fail(n, "huge_pages.split", f"{v!r} is not one of auto, off")
+                kw["huge_split"] = v == "auto"
+            if "dense" in hp:
+                n = hp["dense"][1]
+                kw["huge_dense"] = self.unit(n, "huge_pages.dense", parse_fraction, "percentage")
+                if kw["huge_dense"] <= 0:
+                    self.fail(n, "huge_pages.dense", "must be above 0%")
         return Policy(**kw)
+
+    def duration(self, n: yaml.Node, key: str) -> float:
+        v = self.unit(n, key, parse_duration, "duration")
+        if v <= 0:
+            self.fail(n, key, "must be longer than 0s")
+        if v > 86400:
+            self.fail(n, key, "must be at most a day (24h)")
+        return v
+
+    def auto_interval(self, top: dict, kw: dict) -> None:
+        """The auto_interval section (only meaningful with ``interval: auto``)."""
+        knode, node = top["auto_interval"]
+        if not kw.get("interval_auto", Policy.interval_auto):
+            self.fail(knode, "auto_interval", "applies only with `interval: auto` (the interval "
+                      "is fixed here): remove the section or set interval: auto")
+        a = self.mapping(node, "auto_interval", ("min", "max", "cpu"))
+        if "min" in a:
+            kw["interval_min"] = self.duration(a["min"][1], "auto_interval.min")
+        if "max" in a:
+            kw["interval"] = self.duration(a["max"][1], "auto_interval.max")
+        if "cpu" in a:
+            n = a["cpu"][1]
+            kw["cpu_budget"] = self.unit(n, "auto_interval.cpu", parse_fraction, "percentage")
+            if kw["cpu_budget"] <= 0:
+                self.fail(n, "auto_interval.cpu", "must be above 0%")
+        lo, hi = kw.get("interval_min", Policy.interval_min), kw.get("interval", Policy.interval)
+        if lo > hi:
+            k = "max" if "max" in a else "min"
+            self.fail(a[k][1], f"auto_interval.{k}",
+                      f"min ({format_duration(lo)}) must not exceed max ({format_duration(hi)})")
 
     def targets(self, node: yaml.Node) -> tuple[TargetSpec, ...]:
         if isinstance(node, yaml.ScalarNode) and self.value(node, "targets") is None:

@@ -149,3 +149,41 @@ def test_bad_shapes_rejected():
         s.move_pages(1, addrs(3), np.zeros(2, np.int32))
     with pytest.raises(ValueError):
         s.move_pages(1, addrs(3), batch=0)
+
+
+class MadviseLibc:
+    """process_madvise(pidfd, iov, vlen, advice, flags): records the iovecs it is given."""
+
+    def __init__(self, fail: int = 0):
+        self.fail = fail
+        self.calls: list[tuple] = []
+
+        def syscall(nr, pidfd, iov_p, vlen, advice, flags, _):
+            iov = np.ctypeslib.as_array((ctypes.c_uint64 * (2 * vlen)).from_address(iov_p))
+            self.calls.append((nr, pidfd, iov.reshape(-1, 2).tolist(), advice, flags or 0))
+            if self.fail:
+                ctypes.set_errno(self.fail)
+                return -1
+            return int(iov.reshape(-1, 2)[:, 1].sum())
+
+        self.syscall = syscall
+
+
+def test_process_madvise_passes_iovecs_in_batches_of_uio_maxiov():
+    from tierd.linux.syscalls import MADV_COLD, UIO_MAXIOV
+
+    libc = MadviseLibc()
+    ranges = np.stack([addrs(UIO_MAXIOV + 3, base=0x40000000) * 512 // 4096 * 4096,
+                       np.full(UIO_MAXIOV + 3, 4096, np.uint64)], axis=1)
+    done = Syscalls(libc, "x86_64").process_madvise(7, ranges, MADV_COLD)
+    assert done == 4096 * (UIO_MAXIOV + 3)
+    assert [(c[0], c[1], len(c[2]), c[3]) for c in libc.calls] == [
+        (440, 7, UIO_MAXIOV, 20), (440, 7, 3, 20)]
+    assert libc.calls[1][2] == ranges[UIO_MAXIOV:].tolist()
+
+
+@pytest.mark.parametrize("err, exc", [(errno.ESRCH, ProcessGone), (errno.EPERM, PermissionError),
+                                      (errno.EINVAL, FeatureMissing), (errno.ENOMEM, OSError)])
+def test_process_madvise_errors(err, exc):
+    with pytest.raises(exc):
+        Syscalls(MadviseLibc(fail=err), "x86_64").process_madvise(7, np.zeros((1, 2)), 20)

@@ -110,7 +110,8 @@ def test_shipped_policy_documents_every_key():
     for key in ("interval", "tracking", "targets", "name", "pids", "comm", "exe", "cmdline",
                 "cgroup", "min_rss", "fast_share", "fast_cap", "nodes", "fast_tier",
                 "keep_free", "demote_below", "hotness", "window", "min_hot", "min_gain",
-                "migration", "rate", "query_rate", "batch", "retry_after", "metrics", "listen"):
+                "migration", "rate", "query_rate", "batch", "retry_after", "metrics", "listen",
+                "auto_interval", "min", "max", "cpu", "huge_pages", "split", "dense"):
         assert re.search(rf"^\s*#\s+{key}(:|\s)", comments, re.M), (
             f"{key} is not documented in etc/tierd.yaml")
 
@@ -176,6 +177,14 @@ def test_shipped_policy_documents_every_key():
         ("interval: !!python/object:os.system x\n", 1, "interval", "unreadable"),
         ("interval: !!int abc\n", 1, "interval", "unreadable"),
         ("1: x\n", 1, "1", "keys must be names"),
+        ("interval: 2s\nauto_interval:\n  min: 1s\n", 2, "auto_interval", "applies only with"),
+        ("auto_interval:\n  min: 6s\n", 2, "auto_interval.min", "must not exceed max"),
+        ("auto_interval:\n  cpu: 0%\n", 2, "auto_interval.cpu", "above 0%"),
+        ("auto_interval:\n  cpu: 0.1\n", 2, "auto_interval.cpu", "percentage"),
+        ("auto_interval:\n  mn: 1s\n", 2, "auto_interval.mn", "did you mean 'min'"),
+        ("interval: autox\n", 1, "interval", "not a duration"),
+        ("huge_pages:\n  split: yes\n", 2, "huge_pages.split", "not one of auto, off"),
+        ("huge_pages:\n  dense: 0%\n", 2, "huge_pages.dense", "above 0%"),
     ],
 )
 def test_errors_name_file_line_and_key(text, line, key, msg):

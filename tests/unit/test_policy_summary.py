@@ -57,6 +57,8 @@ def test_summary_of_every_key():
         "migration.batch": "2MiB",
         "migration.retry_after": "7 intervals",
         "metrics.listen": "(disabled)",
+        "huge_pages.split": "auto",
+        "huge_pages.dense": "50%",
         "targets[0]": "db: pids=[10, 11] comm=/^postgres$/ exe=/bin/postgres/ cmdline=/-D /var/lib/ "
                       "cgroup=/system.slice/db.service min_rss=64MiB fast_share=25% fast_cap=2GiB",
         "targets[1]": "batch: comm=/^job/",
@@ -66,7 +68,7 @@ def test_summary_of_every_key():
 def test_summary_of_defaults():
     s = parse_policy("", "empty.yaml").summary()
     assert (s["nodes.fast"], s["nodes.slow"], s["tracking"]) == ("auto", "auto", "auto")
-    assert s["metrics.listen"] == "127.0.0.1:9464" and s["interval"] == "5s"
+    assert s["metrics.listen"] == "127.0.0.1:9464" and s["interval"] == "auto"
     assert not [k for k in s if k.startswith("targets")]
 
 
@@ -165,8 +167,8 @@ EXACT = [
     ("targets:\n  - {comm: x}\n", "p.yaml:2: targets[0].name: every target needs a name"),
     ("targets:\n  - name: a\n    pids: [1]\n    fast_share: 1\n    fast_cap: 0\n",
      "p.yaml:5: targets[0].fast_cap: fast_cap (0B) is below fast_share (1B)"),
-    ("5\n", "p.yaml:1: policy: expected a mapping of keys (interval, tracking, targets, nodes, "
-     "fast_tier, hotness, migration, metrics)"),
+    ("5\n", "p.yaml:1: policy: expected a mapping of keys (interval, auto_interval, tracking, "
+     "targets, nodes, fast_tier, hotness, migration, metrics, huge_pages)"),
     ("migration:\n  rate:\n", "p.yaml:2: migration.rate: needs a rate"),
     ("targets:\n  - name: a\n    comm: x\n    min_rss:\n", "p.yaml:4: targets[0].min_rss: needs a size"),
     ("nodes:\n  fast: [0, 2]\n  slow: [2, 0, 1]\n",

@@ -30,6 +30,8 @@ import numpy as np
 
 from tierd.engine.executor import Executor, MoveCounts, outcome_masks
 from tierd.engine.hotness import LEVELS
+from tierd.engine.huge import HugePages
+from tierd.engine.interval import Bounds, IntervalController, observe
 from tierd.engine.placement import (
     NO_THRESHOLD,
     PAGE_SIZE,
@@ -50,6 +52,7 @@ log = logging.getLogger("tierd")
 
 QUERY_MIN = 65536  # node queries per interval at least (256 MiB of address space)
 SLICE_PAGES = 1 << 22  # pages selected and moved at a time: ~100 MB of temporaries at most
+SPEED_MIN_PAGES = 1024  # fewer pages in less than half the interval: call overhead, not speed
 DEFAULT_CONFIG = "/etc/tierd.yaml"
 # Intervals in a row that may fail (an unexpected exception in Engine.step) before the daemon
 # gives up and `tierd run` exits 1: one failure is logged and skipped, but a daemon that fails
@@ -90,6 +93,9 @@ class IntervalStats:
     promoted: int = 0
     demoted: int = 0
     dropped: int = 0  # processes that exited (or stopped matching)
+    primed: int = 0  # processes sampled for the first time (that sample only primes the bits)
+    split: int = 0  # huge pages split (tierd/engine/huge.py)
+    interval: float = 0.0  # the interval this one's move budget covered (seconds)
 
 
 class Observer:
@@ -138,8 +144,10 @@ def summary_line(s: IntervalStats) -> str:
         parts.append(f"queried {s.queries.queried}")
     if s.dropped:
         parts.append(f"exited {s.dropped}")
+    if s.split:
+        parts.append(f"split {s.split} huge")
     parts.append(f"engine {s.engine_seconds * 1e3:.0f}ms sample {s.sample_seconds * 1e3:.0f}ms "
-                 f"move {s.move_seconds * 1e3:.0f}ms")
+                 f"move {s.move_seconds * 1e3:.0f}ms of {s.interval:g}s")
     return ", ".join(parts)
 
 
@@ -176,6 +184,10 @@ class Engine:
         self.units: dict[tuple, Unit] = {}
         self.seq = 0
         self.gain = GainModel()  # access-rate estimates per (tier, level), across intervals
+        self.interval: float | None = None  # set by the Daemon's pacing; None: policy.interval
+        self.move_speed: float | None = None  # measured pages/s inside move_pages
+        self.huge: HugePages | None = None
+        self._set_huge(policy)
         self._warned_single_tier = False
 
     # -- policy ------------------------------------------------------------------------------
@@ -190,6 +202,7 @@ class Engine:
         self.policy = policy
         self.reader = reader
         self.executor.set_batch(policy.batch // PAGE_SIZE)
+        self._set_huge(policy)
         for u in self.units.values():
             if u.state is not None:
                 u.state.set_window(policy.window)
@@ -197,10 +210,28 @@ class Engine:
             for u in self.units.values():
                 _close(old_reader, u.ref.pid)
 
+    def _set_huge(self, policy) -> None:
+        """Huge page splitting (huge_pages.split), where the kernel facade offers it."""
+        if not policy.huge_split or not hasattr(self.kernel, "thp"):
+            self.huge = None
+        elif self.huge is None:
+            self.huge = HugePages(self.kernel.thp(), policy.huge_dense)
+        else:
+            self.huge.tracker.dense = policy.huge_dense
+
     @property
     def move_budget(self) -> int:
-        """Pages that may be migrated this interval (migration.rate * interval)."""
-        return int(self.policy.rate * self.policy.interval) // PAGE_SIZE
+        """Pages that may be migrated this interval: migration.rate * interval, or less if
+        move_pages has been measured slower than that (the moves must also fit in time)."""
+        pages = int(self.policy.rate * self.covered) // PAGE_SIZE
+        if self.move_speed is not None:
+            pages = min(pages, max(1, int(self.move_speed * self.covered)))
+        return pages
+
+    @property
+    def covered(self) -> float:
+        """Seconds this interval's budget covers: the pacing's interval, else the policy's."""
+        return self.interval if self.interval is not None else self.policy.interval
 
     @property
     def query_budget(self) -> int:
@@ -214,7 +245,7 @@ class Engine:
         placement, moves (demotions first).  Never sleeps; the Daemon paces it."""
         pol = self.policy
         self.seq += 1
-        stats = IntervalStats(seq=self.seq, started=time.time())
+        stats = IntervalStats(seq=self.seq, started=time.time(), interval=self.covered)
         t0 = self.clock()
         topo = self.kernel.topology()
         fast, slow = topo.classify(pol.fast_nodes, pol.slow_nodes)
@@ -236,6 +267,7 @@ class Engine:
         stats.sample_seconds = t1 - t0 - engine_s
 
         live = [u for u in self.units.values() if u.state is not None and u.state.samples]
+        stats.primed = sum(u.state.samples == 1 for u in live)
         for u in live:
             u.state.expire(self.seq, pol.retry_after)
         if fast and slow and live:
@@ -247,12 +279,20 @@ class Engine:
             stats.plan = pl
             demotions = [r for r in pl.requests if r.reason != "promote"]
             promotions = [r for r in pl.requests if r.reason == "promote"]
+            if self.huge is not None:  # splits sparsely hot THPs, holds back undecided ones
+                stats.split = self.huge.step(live, pl, pol, self.reader)
             # demotions first: they make the room the promotions were planned into; then
-            # promote only into the room there is now (a failed demotion cancels its pair)
-            stats.demoted = self._execute(demotions, stats)
-            rooms = node_rooms(self.kernel.topology(), fast, pol.keep_free, pol.demote_below)
-            promotions = cap_promotions(promotions, {r.node: r.room for r in rooms})
-            stats.promoted = self._execute(promotions, stats)
+            # promote only into the room there is now (a failed demotion cancels its pair).
+            # Time budget: the moves may take as long as the interval their byte budget covers.
+            self.executor.deadline = self.clock() + self.covered
+            try:
+                stats.demoted = self._execute(demotions, stats)
+                rooms = node_rooms(self.kernel.topology(), fast, pol.keep_free, pol.demote_below)
+                promotions = cap_promotions(promotions, {r.node: r.room for r in rooms})
+                stats.promoted = self._execute(promotions, stats)
+            finally:
+                self.executor.deadline = None
+            self._measure_speed(stats.moves)
         elif live and not self._warned_single_tier:
             log.warning("no slow memory tier (fast nodes %s, slow nodes %s): only observing",
                         list(fast), list(slow))
@@ -264,6 +304,15 @@ class Engine:
         live = [u for u in live if u.ref.key in self.units]  # minus those that exited meanwhile
         self._fill_stats(stats, live, node_ids, fast)
         return stats
+
+    def _measure_speed(self, m: MoveCounts) -> None:
+        """Running estimate of move_pages' speed (pages/s), from intervals that moved enough
+        to measure it; the next byte budget is cut to what that speed moves in time."""
+        done = m.moved + m.elsewhere
+        if m.seconds <= 0 or (done < SPEED_MIN_PAGES and m.seconds < self.covered / 2):
+            return
+        speed = done / m.seconds
+        self.move_speed = speed if self.move_speed is None else (self.move_speed + speed) / 2
 
     def _sync(self, refs: Sequence[ProcessRef]) -> int:
         """New processes join, vanished ones leave.  Returns how many left."""
@@ -282,6 +331,8 @@ class Engine:
         unit = self.units.pop(key, None)
         if unit is not None:
             _close(self.reader, unit.ref.pid)
+            if self.huge is not None:
+                self.huge.forget(key)
 
     def _sample(self, unit: Unit, node_ids) -> float:
         """Read the maps and access bits of one process into its state.  Returns the time
@@ -498,6 +549,7 @@ class Daemon:
         self.clock = clock
         self.max_failed = max_failed
         self.failed = False  # set when run() gave up after max_failed failed intervals
+        self.pacer: IntervalController | None = None  # interval: auto
         engine.should_stop = self.stop.is_set
         engine.executor.should_stop = self.stop.is_set
 
@@ -529,6 +581,26 @@ class Daemon:
         self._notify("on_reloaded", policy, None)
         return True
 
+    def next_interval(self, stats: IntervalStats | None) -> float:
+        """Seconds until the next interval: the policy's, or with ``interval: auto`` the
+        pacing controller's (tierd/engine/interval.py).  The engine's next move budget
+        covers exactly this long."""
+        pol = self.engine.policy
+        if not pol.interval_auto:
+            self.pacer = None
+            self.engine.interval = None
+            return pol.interval
+        bounds = Bounds(pol.interval_min, pol.interval, pol.cpu_budget)
+        if self.pacer is None:
+            self.pacer = IntervalController(bounds)
+        self.pacer.configure(bounds)
+        if stats is None:  # the interval failed: nothing observed, back off
+            interval = pol.interval
+        else:
+            interval = self.pacer.next(observe(stats), self.clock())
+        self.engine.interval = interval
+        return interval
+
     def tick(self) -> IntervalStats | None:
         """One interval; an unexpected error is logged and the daemon carries on."""
         if self.reload_requested.is_set():
@@ -551,7 +623,8 @@ class Daemon:
         due = self.clock()
         try:
             while True:
-                failed_in_a_row = failed_in_a_row + 1 if self.tick() is None else 0
+                stats = self.tick()
+                failed_in_a_row = failed_in_a_row + 1 if stats is None else 0
                 if failed_in_a_row >= self.max_failed:
                     log.error("%d intervals in a row failed: stopping", failed_in_a_row)
                     self.failed = True
@@ -559,7 +632,7 @@ class Daemon:
                 done += 1
                 if max_intervals is not None and done >= max_intervals:
                     break
-                due += self.engine.policy.interval
+                due += self.next_interval(stats)
                 if self.stop.wait(max(0.0, due - self.clock())):
                     break
                 if due < self.clock() - self.engine.policy.interval:
@@ -627,8 +700,10 @@ def main(args: argparse.Namespace, *, kernel=None, observers: Sequence[Observer]
         return 2
     daemon = Daemon(engine, loader=load_policy, observers=[LogObserver(), *observers])
     daemon.install_signal_handlers()
-    log.info("tierd running: policy %s, %d target(s), interval %gs, tracking %s",
-             policy.source, len(policy.targets), policy.interval, engine.reader.name)
+    every = (f"auto {policy.interval_min:g}-{policy.interval:g}s" if policy.interval_auto
+             else f"{policy.interval:g}s")
+    log.info("tierd running: policy %s, %d target(s), interval %s, tracking %s",
+             policy.source, len(policy.targets), every, engine.reader.name)
     daemon.run(max_intervals=getattr(args, "intervals", None))
     log.info("tierd stopped")
     return 1 if daemon.failed else 0

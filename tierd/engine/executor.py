@@ -5,6 +5,12 @@ calls are kept to about ``call_seconds`` (20 ms): the batch starts at the policy
 migration.batch and halves after a slower call, growing back after fast ones.  Between
 batches the stop event is checked, so SIGTERM ends the interval after the current batch.
 
+Time budget: the engine sets ``deadline`` (a ``clock()`` time) for an interval's moves.  No
+move batch starts after it, and the last one is cut to the pages the measured time per page
+says still fit, so an interval's moves overrun their time budget by at most one batch
+(huge pages moved at 10 MiB/s would otherwise turn a byte budget into tens of seconds).
+Pages not reached are NOT_TRIED, as after a stop.  Queries copy nothing and are not limited.
+
 Per-page status (docs/design.md, "move_pages contract"): >= 0 is the node the page is on
 after the call; negative is -errno.  ``tally`` sorts them into the counters operators see:
 
@@ -127,6 +133,8 @@ class Executor:
         self.should_stop = should_stop
         self.clock = clock
         self.call_seconds = call_seconds
+        self.deadline: float | None = None  # no move batch starts at or after this clock()
+        self.page_seconds = 0.0  # measured time per moved page (last move batch)
         self.set_batch(batch_pages)
 
     def set_batch(self, batch_pages: int) -> None:
@@ -154,6 +162,12 @@ class Executor:
                 break
             size = min(self.batch[kind], n - lo)
             t0 = self.clock()
+            if kind == "move" and self.deadline is not None:
+                left = self.deadline - t0
+                if left <= 0:
+                    break
+                if self.page_seconds > 0:  # the last batch: only what still fits
+                    size = min(size, max(MIN_BATCH, int(left / self.page_seconds)))
             st = self.kernel.move_pages(
                 pid, addrs[lo: lo + size], None if nodes is None else nodes[lo: lo + size],
                 batch=size,
@@ -162,6 +176,8 @@ class Executor:
             status[lo: lo + size] = st
             counts.calls += 1
             counts.seconds += dt
+            if kind == "move":
+                self.page_seconds = dt / size
             lo += size
             # keep each call near call_seconds: halve after a slow one, grow after fast ones
             if dt > self.call_seconds and self.batch[kind] > MIN_BATCH:

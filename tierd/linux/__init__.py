@@ -91,6 +91,14 @@ class Kernel:
             return IdleBitmapReader(self.proc)
         return PageIdleReader(self.proc, self.sys)
 
+    def thp(self):
+        """Finds and splits other processes' transparent huge pages (tierd/linux/thp.py)."""
+        import os
+
+        from tierd.linux.thp import ThpSplitter
+
+        return ThpSplitter(self.proc, os.path.join(self.sys, "kernel/debug"), self.syscalls)
+
     def move_pages(
         self,
         pid: int,

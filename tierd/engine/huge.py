@@ -1,0 +1,303 @@
+"""Huge pages whose hot data is scattered: split them to see which 4 KiB parts are hot.
+
+A PMD-mapped THP has one Accessed bit for its 512 pages, so all of them look equally hot,
+and move_pages moves the whole 2 MiB folio.  When a process's hot data is scattered thinly
+over its huge pages, promoting "the hot pages" fills the fast tier with cold data (the S4
+measurement in issue 12: 52% of the cold pages dragged along).  MEMTIS (SOSP 2023) splits
+huge pages whose access counts are skewed; tierd has no per-subpage counts before a split,
+so it finds out by splitting a few:
+
+1. Gate: nothing happens while the fast tier can hold everything that is hot: the target's
+   hot threshold (placement.py) is still at hotness.min_hot.  Huge pages are then kept
+   whole, however sparse, because their TLB reach is free.  (Once a process is found
+   sparse, its remaining hot huge pages are split even after the first splits made room
+   for them: moved whole, they would fill that room with their cold pages.)
+2. Candidates: 2 MiB-aligned blocks, fully present, accessed within the window, whose 512
+   pages share one history in every sample (what one Accessed bit looks like), confirmed as
+   THPs by the kernel (kpageflags, tierd/linux/thp.py).  Hottest first.
+3. Probe: split a few candidates (1/8 of them, 1..PROBE_MAX), prime their new PTEs' Accessed
+   bits (a split copies the PMD's bit into all 512) and forget their history.  After
+   WATCH samples, a probe is dense if at least ``huge_pages.dense`` of its pages were
+   accessed.  Most probes dense: the process's huge pages are densely hot; keep the others
+   whole (splitting would cost TLB reach and save no fast memory).  Otherwise: sparse.
+4. Sparse: split the remaining candidates, MAX_SPLIT_BLOCKS per interval.  From then on the
+   ordinary 4 KiB placement promotes exactly the hot subpages and leaves (or demotes) the
+   cold ones.
+5. A verdict is re-examined after RECHECK_SAMPLES samples (the workload may change).
+
+Splitting costs: TLB reach (512 TLB entries, or one 2 MiB entry, per 2 MiB: a page walk
+per 4 KiB touched where one served 2 MiB), 4 KiB of page table per split huge page, and the
+split itself (a few microseconds per huge page under the process's mmap lock).  khugepaged
+may collapse a split range back (its default pages_to_scan collapses up to ~8 huge pages per
+10 s when the VMA is THP-eligible); a re-collapsed block is a candidate again and is split
+again while the verdict is sparse, so the churn is bounded by khugepaged's own rate.  A
+process cannot be told MADV_NOHUGEPAGE from outside (process_madvise takes only COLD,
+PAGEOUT, WILLNEED and COLLAPSE): see README "Huge pages" for the kernel interface that
+would make a split stick.
+
+The decision (``SplitTracker``) is pure; ``HugePages`` applies it to the engine's units.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tierd.engine.state import PageState
+from tierd.linux.errors import FeatureMissing
+from tierd.linux.thp import block_runs
+
+log = logging.getLogger("tierd")
+
+HPAGE_PAGES = 512
+HPAGE_WORDS = HPAGE_PAGES // 64
+PROBE_MAX = 8  # huge pages split to find out whether a process's hot huge pages are sparse
+WATCH = 2  # samples of a split probe before it is judged
+RECHECK_SAMPLES = 120  # a verdict holds this many samples, then candidates are probed again
+MAX_SPLIT_BLOCKS = 128  # huge pages split per process and interval (256 MiB)
+SCAN_BLOCKS = 1 << 16  # blocks examined per numpy pass (bounded temporaries)
+CHECK_BLOCKS = 4 * MAX_SPLIT_BLOCKS  # hottest candidates asked about per interval (2 preads each)
+ALL = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
+
+
+@dataclass
+class _Proc:
+    verdict: str | None = None  # None (not known) | "sparse" | "dense"
+    verdict_at: int = 0
+    probes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    probed_at: int = 0
+
+
+class SplitTracker:
+    """Which huge pages to split, per process (see the module docstring, steps 3-5)."""
+
+    def __init__(self, dense: float, probe_max: int = PROBE_MAX, watch: int = WATCH,
+                 recheck: int = RECHECK_SAMPLES, max_split: int = MAX_SPLIT_BLOCKS) -> None:
+        self.dense = dense
+        self.probe_max = probe_max
+        self.watch = watch
+        self.recheck = recheck
+        self.max_split = max_split
+        self.procs: dict = {}
+
+    def verdict(self, key) -> str | None:
+        p = self.procs.get(key)
+        return None if p is None else p.verdict
+
+    def decide(self, key, now: int, candidates: np.ndarray, fits: bool, density) -> np.ndarray:
+        """Blocks (first vpns) to split now.  ``now``: the process's sample count;
+        ``candidates``: THP blocks that look hot, hottest first; ``fits``: the fast tier holds
+        everything hot; ``density(blocks)``: fraction of each block's pages accessed in the
+        last ``watch`` samples."""
+        p = self.procs.setdefault(key, _Proc())
+        none = np.zeros(0, np.int64)
+        if p.probes.size and now - p.probed_at >= self.watch:
+            d = np.asarray(density(p.probes), dtype=float)
+            sparse = float((d < self.dense).mean())
+            p.verdict = "sparse" if sparse >= 0.5 else "dense"
+            p.verdict_at = now
+            log.info("huge pages of %s: %s (probes %s dense)", key, p.verdict,
+                     "/".join(f"{x:.0%}" for x in d))
+            p.probes = none
+        if p.verdict is not None and now - p.verdict_at >= self.recheck:
+            p.verdict = None
+        cand = np.asarray(candidates, dtype=np.int64)
+        if p.verdict == "sparse" and cand.size and not p.probes.size:
+            # decided under pressure: the rest goes too, even once it would fit whole (the
+            # first splits made the room; moving the rest whole would drag their cold pages)
+            return cand[: self.max_split]
+        if fits or cand.size == 0 or p.probes.size:
+            return none
+        if p.verdict is None:
+            n = min(self.probe_max, max(1, cand.size // 8))
+            p.probes = cand[:n].copy()
+            p.probed_at = now
+            return p.probes
+        return none
+
+    def not_split(self, key, blocks: np.ndarray) -> None:
+        """The kernel left ``blocks`` whole (a busy folio): they are not probes."""
+        p = self.procs.get(key)
+        if p is not None and p.probes.size:
+            p.probes = np.setdiff1d(p.probes, blocks)
+
+    def forget(self, key) -> None:
+        self.procs.pop(key, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading blocks out of a PageState
+
+
+def _blocks(st: PageState):
+    """(flat word start of each aligned block's slice, first vpn) per extent piece: the
+    2 MiB-aligned blocks lying wholly inside one extent, in passes of SCAN_BLOCKS."""
+    ext = st.extents
+    for ws, nw, off in zip(ext.word_start.tolist(), ext.nwords.tolist(), ext.offset[:-1].tolist()):
+        first = -(-ws // HPAGE_WORDS) * HPAGE_WORDS
+        nb = (ws + nw - first) // HPAGE_WORDS
+        for b0 in range(0, max(0, nb), SCAN_BLOCKS):
+            k = min(SCAN_BLOCKS, nb - b0)
+            w0 = first + b0 * HPAGE_WORDS
+            yield off + (w0 - ws), w0 * 64, k
+
+
+def uniform_hot_blocks(st: PageState) -> tuple[np.ndarray, np.ndarray]:
+    """(first vpn, hotness) of the fully present 2 MiB blocks whose pages were accessed in
+    the window and share one access history in every sample, hottest first."""
+    vpns, flats = [], []
+    rows = st.history_rows()
+    for fw, vpn0, k in _blocks(st):
+        sl = slice(fw, fw + k * HPAGE_WORDS)
+        full = (st.present[sl].reshape(k, HPAGE_WORDS) == ALL).all(axis=1)
+        uniform = full.copy()
+        hot = np.zeros(k, dtype=bool)
+        for r in rows:
+            h = r[sl].reshape(k, HPAGE_WORDS)
+            uniform &= ((h == 0) | (h == ALL)).all(axis=1) & (h == h[:, :1]).all(axis=1)
+            hot |= h[:, 0] != 0
+        idx = np.flatnonzero(uniform & hot)
+        vpns.append(vpn0 + idx * HPAGE_PAGES)
+        flats.append((fw + idx * HPAGE_WORDS) * 64)
+    if not vpns:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint8)
+    v = np.concatenate(vpns).astype(np.int64)
+    hot = st.hotness(np.concatenate(flats)) if v.size else np.zeros(0, np.uint8)
+    order = np.argsort(-hot.astype(np.int64), kind="stable")
+    return v[order], hot[order]
+
+
+def _flat_words(st: PageState, vpns: np.ndarray) -> np.ndarray:
+    """Flat word index of each block's first word (-1 if untracked)."""
+    flat = st.extents.flat_of(np.asarray(vpns, dtype=np.int64))
+    return np.where(flat >= 0, flat // 64, -1)
+
+
+def density(st: PageState, vpns: np.ndarray, watch: int) -> np.ndarray:
+    """Fraction of each block's 512 pages accessed in the newest ``watch`` samples."""
+    fw = _flat_words(st, vpns)
+    out = np.zeros(fw.size)
+    rows = st.history_rows()[:watch]
+    for i, w in enumerate(fw.tolist()):
+        if w < 0:
+            continue
+        acc = np.zeros(HPAGE_WORDS, np.uint64)
+        for r in rows:
+            acc |= r[w: w + HPAGE_WORDS]
+        out[i] = int(np.bitwise_count(acc).sum()) / HPAGE_PAGES
+    return out
+
+
+def forget_history(st: PageState, vpns: np.ndarray) -> None:
+    """Split blocks start over: their one shared history says nothing about the subpages."""
+    for w in _flat_words(st, vpns).tolist():
+        if w >= 0:
+            st.hist[:, w: w + HPAGE_WORDS] = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine's side
+
+
+class HugePages:
+    """Runs the split decision over the engine's units once per interval (after the moves,
+    so a split's priming sample is followed by a whole interval of real accesses)."""
+
+    def __init__(self, splitter, dense: float) -> None:
+        self.splitter = splitter  # tierd.linux.thp.ThpSplitter or a fake
+        self.tracker = SplitTracker(dense)
+        self.disabled: str | None = None  # why splitting is off (logged once)
+        self.held: dict = {}  # unit key -> blocks kept from moving this interval
+        feat = splitter.feature()
+        if not feat.available:
+            self._disable(f"{feat.detail} ({feat.since}); to enable: {feat.how_to_fix}")
+
+    def _disable(self, why: str) -> None:
+        self.disabled = why
+        log.warning("huge pages with scattered hot data will not be split: %s", why)
+
+    def step(self, units, plan, policy, reader) -> int:
+        """Split what the tracker decides for each unit; returns huge pages split.  Runs
+        between planning and moving: whole huge pages that are candidates for a split are
+        held back from this interval's moves while the verdict is open or sparse (moving
+        one would drag its cold 4 KiB pages along)."""
+        if self.disabled is not None or plan is None:
+            return 0
+        done = 0
+        for unit in units:
+            st = unit.state
+            if st is None or not st.samples:
+                continue
+            key = unit.ref.key
+            self._release(unit)
+            fits = plan.hot.get(unit.ref.target, policy.min_hot) <= policy.min_hot
+            try:
+                cand = np.zeros(0, np.int64)
+                if not fits or self.tracker.verdict(key) == "sparse":
+                    vpns = uniform_hot_blocks(st)[0][:CHECK_BLOCKS]
+                    if vpns.size:
+                        cand = vpns[self.splitter.is_thp(unit.ref.pid, vpns)]
+                todo = self.tracker.decide(key, st.samples, cand, fits,
+                                           lambda b, st=st: density(st, b, self.tracker.watch))
+                split = self._split(unit, todo, reader) if todo.size else todo
+                done += split.size
+                if self.tracker.verdict(key) != "dense" and cand.size:
+                    self._hold(unit, np.setdiff1d(cand, split))
+            except ProcessLookupError:  # exited (ProcessGone): the next sample drops it
+                continue
+            except FeatureMissing as e:
+                self._disable(str(e))
+                break
+            except OSError as e:  # this process, this time (e.g. EBUSY on the debugfs mutex)
+                log.warning("pid %d (%s): huge page split: %s", unit.ref.pid, unit.ref.target, e)
+        return done
+
+    def _split(self, unit, blocks: np.ndarray, reader) -> np.ndarray:
+        """Split ``blocks``; returns those the kernel did split (primed, history reset)."""
+        pid = unit.ref.pid
+        self.splitter.split(pid, blocks)
+        log.info("pid %d (%s): splitting %d huge page(s) (%s)", pid, unit.ref.target, blocks.size,
+                 getattr(self.splitter, "last_method", "") or "split")
+        # the kernel skips folios it cannot lock: a probe left whole would read as dense
+        whole = blocks[self.splitter.is_thp(pid, blocks)]
+        if whole.size:
+            self.tracker.not_split(unit.ref.key, whole)
+            blocks = np.setdiff1d(blocks, whole)
+        # prime: the 512 new PTEs all carry the huge PMD's Accessed bit
+        for lo, hi in block_runs(blocks):
+            reader.sample(pid, lo // 64, (hi - lo) // 64)
+        forget_history(unit.state, blocks)
+        return blocks
+
+    def _hold(self, unit, blocks: np.ndarray) -> None:
+        """Keep ``blocks`` out of this interval's moves (their backoff bits; selection skips
+        pages in backoff)."""
+        fw = _flat_words(unit.state, blocks)
+        fw = fw[fw >= 0]
+        if fw.size:
+            self.held[unit.ref.key] = blocks  # by vpn: the extents may change before release
+            unit.state.backoff[(fw[:, None] + np.arange(HPAGE_WORDS)).ravel()] = ALL
+
+    def _release(self, unit) -> None:
+        """Lift last interval's hold, keeping the backoff of pages whose moves failed."""
+        blocks = self.held.pop(unit.ref.key, None)
+        st = unit.state
+        if blocks is None or st is None:
+            return
+        fw = _flat_words(st, blocks)
+        fw = fw[fw >= 0]
+        words = (fw[:, None] + np.arange(HPAGE_WORDS)).ravel()
+        words = words[words < st.words]  # the address space may have shrunk
+        st.backoff[words] = 0
+        if st.retry_vpn.size:
+            flat = st.extents.flat_of(st.retry_vpn)
+            flat = flat[flat >= 0]
+            inside = np.isin(flat // 64, words)
+            np.bitwise_or.at(st.backoff, flat[inside] // 64,
+                             np.left_shift(np.uint64(1), (flat[inside] % 64).astype(np.uint64)))
+
+    def forget(self, key) -> None:
+        self.tracker.forget(key)
+        self.held.pop(key, None)
