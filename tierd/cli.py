@@ -41,7 +41,7 @@ EXIT_CODES_HELP = """exit codes:
 
 # Engine subcommands, registered only when their module imports (owned by tierd.engine).
 ENGINE_COMMANDS = (
-    ("run", "tierd.engine.daemon", "add_run_arguments",
+    ("run", "tierd.service", "add_run_arguments",
      "run the tiering daemon with a policy file"),
     ("simulate", "tierd.engine.simulate", "add_simulate_arguments",
      "run the policy simulator on a simulated machine and workload"),
