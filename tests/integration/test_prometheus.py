@@ -9,11 +9,23 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
 import pytest
 from metrics_scenario import HOT, start
+from test_grafana import dashboard, queries
+
+
+def dashboard_queries() -> list[str]:
+    return queries(dashboard())
+
+
+def grafana_vars(expr: str) -> str:
+    """What Grafana would send with every variable at "All" (the variables' allValue)."""
+    return (expr.replace("$__rate_interval", "30s").replace('=~"$job"', '=~".+"')
+            .replace('=~"$instance"', '=~".+"').replace('=~"$target"', '=~".+"'))
 
 
 def need(tool: str) -> str:
@@ -58,8 +70,11 @@ def _free_port() -> int:
 
 def _query(base: str, q: str) -> list:
     url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": q})
-    with urllib.request.urlopen(url, timeout=10) as r:
-        body = json.load(r)
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            body = json.load(r)
+    except urllib.error.HTTPError as e:  # 400: Prometheus says what is wrong with the query
+        raise AssertionError(f"{q}: {e.read().decode(errors='replace')}") from None
     assert body["status"] == "success", body
     return body["data"]["result"]
 
@@ -100,6 +115,23 @@ def test_prometheus_server_scrapes_tierd(scenario, tmp_path):
         assert by_node == {"0": HOT, "1": 128 - HOT, "unknown": 0.0}
         info = _query(base, "tierd_build_info")
         assert info and info[0]["metric"]["kernel"] == "6.12.0-test"
+        # every query of the Grafana dashboard is valid PromQL and finds data
+        empty = []
+        deadline = time.monotonic() + 60  # rates need a few scrapes
+        for q in dashboard_queries():
+            while True:
+                expr = grafana_vars(q)
+                if expr.startswith("label_values("):
+                    metric = expr[len("label_values("):].rpartition(",")[0]
+                    result = _query(base, metric)
+                else:
+                    result = _query(base, expr)
+                if result or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+            if not result:
+                empty.append(q)
+        assert not empty, empty
     finally:
         proc.terminate()
         try:

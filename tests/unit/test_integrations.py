@@ -5,6 +5,7 @@ endpoint, metrics.listen errors at start and at reload."""
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import re
@@ -430,3 +431,55 @@ def test_policy_error_from_prepare_is_a_PolicyError(tmp_path):
             server.prepare(policy(metrics_listen=f"127.0.0.1:{port}", source=str(tmp_path / "x")))
     assert e.value.key == "metrics.listen"
     server.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# tierd status (a client of the endpoint)
+
+
+def test_status_shows_targets_nodes_migrations_and_policy():
+    from tierd.cli import main as cli_main
+
+    s = start(intervals=3)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        rc = cli_main(["status", "--url", s.url], out=out, err=err)
+    finally:
+        s.close()
+    text = out.getvalue()
+    assert rc == 0, err.getvalue()
+    assert text.startswith("tierd 0.1.0 on Linux 6.12.0-test, tracking fake, metrics at http://")
+    assert "policy <test> (targets: app):" in text and "interval=1s" in text
+    assert "interval #3 started" in text
+    row = next(line.split() for line in text.splitlines() if line.strip().startswith("app "))
+    # target procs hot>= node hot warm cold: the HOT pages are hot on node 0
+    assert row == ["app", "1", "1", "0", f"{HOT * 4}KiB", "0B", "0B"]
+    row1 = next(line.split() for line in text.splitlines() if line.strip().startswith("1 "))
+    assert row1 == ["1", "0B", "0B", f"{(128 - HOT) * 4}KiB"]  # never accessed: cold
+    assert f"since start promoted {HOT} ({HOT * 4}KiB), demoted 0 (0B)" in text
+    assert "errors: move_pages failures none" in text
+
+
+def test_status_without_a_daemon_says_so():
+    from tierd.cli import main as cli_main
+
+    out, err = io.StringIO(), io.StringIO()
+    rc = cli_main(["status", "--url", f"http://127.0.0.1:{free_port()}/metrics"], out=out, err=err)
+    assert rc == 1 and out.getvalue() == ""
+    assert "no tierd answers at http://127.0.0.1:" in err.getvalue()
+    assert "is the daemon running? (systemctl status tierd)" in err.getvalue()
+
+
+def test_status_uses_the_policy_listen_address(tmp_path):
+    from tierd.cli import main as cli_main
+
+    cfg = tmp_path / "p.yaml"
+    port = free_port()
+    cfg.write_text(GOOD.format(pid=1, listen=f"127.0.0.1:{port}"))
+    err = io.StringIO()
+    assert cli_main(["status", "--config", str(cfg)], out=io.StringIO(), err=err) == 1
+    assert f"http://127.0.0.1:{port}/metrics" in err.getvalue()
+    cfg.write_text(GOOD.format(pid=1, listen=""))
+    err = io.StringIO()
+    assert cli_main(["status", "--config", str(cfg)], out=io.StringIO(), err=err) == 2
+    assert "metrics.listen is \"\"" in err.getvalue()
