@@ -95,7 +95,7 @@ def test_notify_life_cycle_ready_status_reload_stopping(tmp_path):
     d = make_daemon(k, load_policy(str(cfg)), [sd.SystemdNotifier(sent.append)])
     d.stop.set()
     d.run(max_intervals=1)
-    assert sent[0].startswith("READY=1\nSTATUS=running, tracking fake; policy ")
+    assert sent[0].startswith("READY=1\nWATCHDOG=1\nSTATUS=running, tracking fake; policy ")
     assert sent[1].startswith("STATUS=#1: 1 proc") and "targets app" in sent[1]
     assert sent[-1] == "STOPPING=1\nSTATUS=stopping"
 

@@ -71,7 +71,10 @@ class SystemdNotifier(Observer):
 
     def on_ready(self, engine) -> None:
         self.policy = engine.policy
-        self.notify("READY=1\nSTATUS=" + self._status(f"running, tracking {engine.reader.name}"))
+        # WATCHDOG=1 too: the watchdog may be counting since the start, and the first
+        # interval (the first sample of every target) is the longest
+        self.notify("READY=1\nWATCHDOG=1\nSTATUS="
+                    + self._status(f"running, tracking {engine.reader.name}"))
 
     def on_interval(self, stats) -> None:
         self.notify("STATUS=" + self._status(summary_line(stats)))
