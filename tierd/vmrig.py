@@ -137,6 +137,17 @@ class Result:
     seconds: float
 
 
+def missing_prerequisite() -> str | None:
+    """Why the rig cannot boot on this host (for a test's skip message), or None."""
+    if os.environ.get("TIERD_IN_VM"):
+        return "already inside the VM"
+    if shutil.which("qemu-system-x86_64") is None:
+        return "qemu-system-x86_64 missing: run scripts/install-deps.sh --kernel"
+    if not Path("/usr/src/linux-source-6.12.tar.xz").exists():
+        return "linux-source-6.12 missing: run scripts/install-deps.sh --kernel"
+    return None
+
+
 def kernel_dir(build: bool = True) -> Path:
     """The cached rig kernel for the current series, built first if needed (kernel/build.sh)."""
     args = [str(BUILD_SCRIPT)] if build else [str(BUILD_SCRIPT), "--hash"]

@@ -27,6 +27,10 @@ import pytest
 
 from tierd.linux import Kernel
 
+# the workload of the init-mode daemon test: 64 MiB of 4 KiB pages, the first 8 MiB hot
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "guest"))
+from test_guest_daemon import CHILD, HOT, PAGES  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[3]
 VENV = Path(sys.executable).parent.parent
 OUT = Path(os.environ.get("TIERD_VM_OUT", "/tmp"))
@@ -34,26 +38,11 @@ POLICY = Path("/etc/tierd.yaml")
 HANG = Path("/run/tierd-hang")
 METRICS = "http://127.0.0.1:9464/metrics"
 WATCHDOG = 15  # WatchdogSec of the test drop-in
-PAGES = 16384  # 64 MiB workload
-HOT = 2048  # its first 8 MiB, touched all the time
 NOBODY = 65534
 
 pytestmark = pytest.mark.skipif(not Path("/run/systemd/system").is_dir(),
                                 reason="needs systemd as PID 1 (tests/vm/test_vm_systemd.py)")
 
-CHILD = """
-import mmap, sys, time
-import numpy as np
-m = mmap.mmap(-1, 64 << 20)
-m.madvise(15)                          # MADV_NOHUGEPAGE: 4 KiB pages, page-exact results
-a = np.frombuffer(m, dtype=np.uint8)
-a[::4096] = 1
-print(a.ctypes.data, flush=True)
-sys.stdin.readline()                   # the test has moved everything to node 1
-while True:
-    a[:8 << 20:4096] += 1
-    time.sleep(0.02)
-"""
 
 GOOD = """# test policy (tests/vm/systemd_guest)
 interval: {interval}
