@@ -99,6 +99,7 @@ class Snapshot:
     tracked_pages: int = 0
     state_bytes: int = 0
     interval: float = 0.0
+    configured_targets: int = 0
 
 
 def policy_labels(policy) -> dict:
@@ -140,6 +141,7 @@ class MetricsObserver(Observer):
                            "kernel": self.kernel_release}
         values["policy"] = policy_labels(self.engine.policy)
         values["interval"] = float(self.engine.policy.interval)
+        values["configured_targets"] = len(self.engine.policy.targets)
         values["reloads"] = dict(self._reloads)
         values["totals"] = dict(self._totals)
         values["failures"] = dict(self._failures)
@@ -239,7 +241,7 @@ class TierdCollector:
         if s.last_reload is not None:
             yield gauge("tierd_policy_last_reload_timestamp_seconds", value=s.last_reload)
             yield gauge("tierd_policy_last_reload_success", value=float(s.last_reload_ok))
-        yield gauge("tierd_targets", value=len(s.policy["targets"].split(",")) if s.policy["targets"] else 0)
+        yield gauge("tierd_targets", value=s.configured_targets)
         yield gauge("tierd_processes", value=s.processes)
         yield gauge("tierd_target_processes", ("target",),
                     [((n, ), t.processes) for n, t in sorted(s.targets.items())])
