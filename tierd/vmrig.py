@@ -107,7 +107,8 @@ UNIT
 mkdir -p $r/root
 umount /proc
 cd $r
-pivot_root . oldroot
+# pivot_root so that systemd sees a normal root; a chroot alone would also do
+pivot_root . oldroot || echo "tierd-vm: pivot_root failed, chroot only"
 exec chroot . /lib/systemd/systemd --unit=tierd-rig.target
 """
 
