@@ -81,6 +81,11 @@ mkdir -p $r/mnt/out $r/oldroot
 mount -t 9p -o {share_opts} out $r/mnt/out
 rm -rf $r/etc/systemd/system/*.wants $r/etc/systemd/system/default.target
 : > $r/etc/fstab
+# systemd-tmpfiles --boot would empty /tmp, where the project may live (CI clones there),
+# and walks the host's trees over 9p for a minute: nothing here needs it
+for u in systemd-tmpfiles-setup.service systemd-tmpfiles-clean.timer; do
+    ln -sf /dev/null $r/etc/systemd/system/$u
+done
 cat > $r/etc/systemd/system/tierd-rig.target <<'UNIT'
 [Unit]
 Description=tierd QEMU rig: basic system plus the test command
@@ -100,7 +105,7 @@ Environment=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 WorkingDirectory=/root
 StandardOutput=journal+console
 StandardError=inherit
-ExecStart=/bin/sh -c 'echo tierd-vm: running; sh /mnt/out/cmd 2>&1 | tee /mnt/out/output; echo $$? > /mnt/out/rc'
+ExecStart=/bin/sh -c 'echo tierd-vm: running; (sh /mnt/out/cmd; echo $$? > /mnt/out/rc) 2>&1 | tee /mnt/out/output'
 ExecStartPost=/bin/sh -c 'journalctl -b --no-pager > /mnt/out/journal.txt 2>&1; sync; echo o > /proc/sysrq-trigger'
 TimeoutStartSec=infinity
 UNIT
