@@ -137,7 +137,7 @@ def render(grid: AccessGrid, path: str, title: str, labels: list[tuple[int, str]
                    norm=PowerNorm(0.5, vmin=0, vmax=1),
                    origin="upper", extent=(0.5, grid.samples + 0.5, grid.rows, 0))
     unit = f" ({interval:g} s apart)" if interval else ""
-    ax.set_xlabel(f"sample{unit}")
+    ax.set_xlabel(f"sample{unit}; grey: nothing resident")
     ax.set_ylabel(f"address (resident ranges end to end; one row = {_size(grid.pages_per_row * 4096)})")
     ax.set_title(title, fontsize=10, loc="left")
     ax.set_xticks(range(1, grid.samples + 1) if grid.samples <= 20

@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 GUEST_SCRIPT = """
 set -u
 cd {repo}
-{python} -m pytest -p no:cacheprovider -q -s --junitxml=/mnt/out/systemd.xml \\
+{python} -m pytest -p no:cacheprovider -p no:hypothesispytest -q -s \\
+    --junitxml=/mnt/out/systemd.xml \\
     tests/vm/systemd_guest
 """
 
@@ -52,7 +53,7 @@ def test_service_tests_pass_under_systemd(systemd_guest):
     counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
     assert counts["failures"] == counts["errors"] == 0, result.output[-6000:]
     assert counts["skipped"] == 0, result.output[-6000:]
-    assert counts["tests"] >= 9, counts
+    assert counts["tests"] >= 10, counts
 
 
 def test_heatmap_and_reports_came_back(systemd_guest):

@@ -37,7 +37,7 @@ OUT = Path(os.environ.get("TIERD_VM_OUT", "/tmp"))
 POLICY = Path("/etc/tierd.yaml")
 HANG = Path("/run/tierd-hang")
 METRICS = "http://127.0.0.1:9464/metrics"
-WATCHDOG = 15  # WatchdogSec of the test drop-in
+WATCHDOG = 10  # WatchdogSec of the test drop-in
 NOBODY = 65534
 
 pytestmark = pytest.mark.skipif(not Path("/run/systemd/system").is_dir(),
@@ -162,6 +162,22 @@ def test_start_reaches_active_only_through_ready(installed, workload):
     # STATUS= came from tierd's notifier with READY=1, after the endpoint was bound
     assert p["StatusText"].startswith(("running, tracking idle_bitmap", "#")), p
     assert metric(scrape(), "tierd_build_info", tracking="idle_bitmap") == 1
+
+
+def test_the_sandbox_is_really_in_force(installed):
+    """Every hardening directive took effect (none ignored for lack of kernel support), and
+    the daemon runs with a seccomp filter, no new privileges and just its capabilities."""
+    ignored = [e["MESSAGE"] for e in journal() if "ignoring" in e.get("MESSAGE", "")
+               or "not supported" in e.get("MESSAGE", "")]
+    assert not ignored, ignored
+    pid = show("MainPID")["MainPID"]
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    caps = (1 << 21) | (1 << 19) | (1 << 1)  # CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_DAC_OVERRIDE
+    assert int(status["CapBnd"], 16) == caps and int(status["CapEff"], 16) == caps, status
+    assert status["NoNewPrivs"].strip() == "1"
+    assert status["Seccomp"].strip() == "2", status["Seccomp"]  # filter mode
+    mounts = Path(f"/proc/{pid}/mountinfo").read_text()
+    assert re.search(r" / / ro[, ]", mounts) or " / ro," in mounts, mounts[:2000]  # strict
 
 
 def test_hot_pages_move_under_the_hardened_unit(installed, workload):
