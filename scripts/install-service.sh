@@ -11,7 +11,7 @@
 #
 #   --venv DIR   use the Python environment DIR (which has tierd installed, e.g. this
 #                checkout's .venv) instead of creating /opt/tierd
-#   --root DIR   install under DIR instead of / (packaging, tests); no systemctl calls
+#   --root DIR   install under DIR instead of / (tests); no systemctl calls
 #
 # /etc/tierd.yaml is never overwritten: the shipped default also goes to
 # /usr/local/share/tierd/tierd.yaml, to compare with after an upgrade.
