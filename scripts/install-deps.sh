@@ -13,6 +13,8 @@ pkgs=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev)
 if [ $kernel = 1 ]; then
 	pkgs+=(build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils rsync ccache
 	       qemu-system-x86 linux-source-6.12 git perl)
+	# tests/integration: promtool and a Prometheus server check the /metrics endpoint
+	pkgs+=(prometheus)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -42,7 +42,7 @@ EXIT_CODES_HELP = """exit codes:
 
 # Engine subcommands, registered only when their module imports (owned by tierd.engine).
 ENGINE_COMMANDS = (
-    ("run", "tierd.engine.daemon", "add_run_arguments",
+    ("run", "tierd.service", "add_run_arguments",
      "run the tiering daemon with a policy file"),
     ("simulate", "tierd.sim.simulate", "add_simulate_arguments",
      "run the policy simulator on a simulated machine and workload"),
@@ -120,7 +120,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="access-tracking interface (default: the best available)")
     p.add_argument("--top", type=_positive_int, default=20, metavar="N",
                    help="mappings to list before aggregating the rest (default 20)")
+    p.add_argument("--heatmap", metavar="FILE.png",
+                   help="also draw the access heatmap (address x sample, with the node of "
+                   "each address range beside it) into this PNG file")
     p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser(
+        "status", help="what the running daemon is doing (from its metrics endpoint)",
+        description="Reads the running daemon's metrics endpoint (the policy's metrics.listen) "
+        "and prints its targets, pages per node by hot/warm/cold, migrations, errors and the "
+        "policy in force.  Exits 1 when no daemon answers.",
+        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="/etc/tierd.yaml", metavar="FILE",
+                   help="policy whose metrics.listen to ask (default /etc/tierd.yaml; "
+                   "127.0.0.1:9464 if it does not exist)")
+    p.add_argument("--url", help="the metrics URL instead, e.g. http://127.0.0.1:9464/metrics")
+    p.set_defaults(func=cmd_status)
 
     unavailable = []
     for name, modname, adder, help_text in ENGINE_COMMANDS:
@@ -231,6 +246,36 @@ def cmd_check_config(args, kernel, out, err) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# status
+
+
+def cmd_status(args, kernel, out, err) -> int:
+    import os
+
+    from tierd.policy import Policy, load_policy
+    from tierd.status import NoDaemon, fetch, format_status, parse
+
+    url = args.url
+    if url is None:
+        listen = Policy().metrics_listen
+        if os.path.exists(args.config):
+            listen = load_policy(args.config).metrics_listen  # PolicyError: exit 2
+            if not listen:
+                raise UsageError(f"{args.config}: metrics.listen is \"\": the daemon serves no "
+                                 "metrics, so there is nothing to ask (give --url, or set it)")
+        host, _, port = listen.rpartition(":")
+        url = f"http://{'localhost' if host in ('0.0.0.0', '[::]') else host}:{port}/metrics"
+    try:
+        st = parse(fetch(url), url)
+    except NoDaemon as e:
+        print(f"tierd: {e}", file=err)
+        return EXIT_FAILURE
+    for line in format_status(st):
+        print(line, file=out)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
 # topology
 
 
@@ -311,6 +356,7 @@ class ScanRow:
     rss: int  # bytes resident (smaps Rss), -1 if unknown
     present: int  # resident pages seen by the scan
     hist: np.ndarray | None  # int64[K+1]: present pages accessed in exactly c samples
+    start: int | None = None  # lowest address of the mapping (group), for the heatmap
 
 
 @dataclass
@@ -327,6 +373,7 @@ class ScanResult:
     nodes: list[ScanRow] = field(default_factory=list)
     node_error: str | None = None
     present_source: str = ""
+    grid: object | None = None  # tierd.heatmap.AccessGrid when asked for
 
 
 def _vma_label(v) -> str:
@@ -336,8 +383,9 @@ def _vma_label(v) -> str:
 
 
 def scan(kernel, pid: int, samples: int, interval: float, reader_name: str = "auto",
-         top: int = 20, sleep=time.sleep) -> ScanResult:
-    """Sample ``pid`` and aggregate; raises ProcessGone etc.  Pure apart from the kernel."""
+         top: int = 20, sleep=time.sleep, heat_rows: int | None = None) -> ScanResult:
+    """Sample ``pid`` and aggregate; raises ProcessGone etc.  Pure apart from the kernel.
+    ``heat_rows``: also aggregate the samples into a heatmap grid of that many rows."""
     from tierd.linux import FeatureMissing, PAGE_SHIFT, extents, unpack_words
 
     procfs = kernel.procfs
@@ -368,6 +416,11 @@ def scan(kernel, pid: int, samples: int, interval: float, reader_name: str = "au
     ws, nw = extents(starts, ends)
 
     counts_parts, vpn_parts = [], []
+    grid = None
+    if heat_rows and reader is not None:
+        from tierd.heatmap import AccessGrid
+
+        grid = res.grid = AccessGrid(ws, nw, samples, heat_rows)
     if reader is not None:
         res.present_source = reader.name
         try:
@@ -377,15 +430,19 @@ def scan(kernel, pid: int, samples: int, interval: float, reader_name: str = "au
             cnt = [np.zeros(64 * n, dtype=np.uint8) for n in nw.tolist()]
             pres = [np.zeros(64 * n, dtype=bool) for n in nw.tolist()]
             deadline = time.monotonic()
-            for _ in range(samples):
+            for k in range(samples):
                 deadline += interval
                 sleep(max(0.0, deadline - time.monotonic()))
                 for j, (w, n) in enumerate(zip(ws.tolist(), nw.tolist())):
                     p, a = reader.sample(pid, w, n)
+                    if grid is not None:
+                        grid.add(k, j, p, a)
                     pres[j] |= unpack_words(p)
                     cnt[j] += unpack_words(a)
         finally:
             reader.close(pid)
+        if grid is not None:
+            grid.finish()
         for j, w in enumerate(ws.tolist()):
             sel = np.flatnonzero(pres[j])
             vpn_parts.append(np.uint64(64 * w) + sel.astype(np.uint64))
@@ -431,10 +488,14 @@ def scan(kernel, pid: int, samples: int, interval: float, reader_name: str = "au
     # List the biggest mappings; fold the rest, and any holding < 0.5% of the pages, into one.
     small = max(1, int(gpresent.sum()) // 200) if G else 1
     shown = [g for g in order if gpresent[g] >= small or (vpn.size == 0 and grss[g] > 0)][:top]
+    gstart = {}
+    for i, v in enumerate(vmas):
+        gstart.setdefault(int(group[i]), v.start)
     for g in shown:
         res.rows.append(ScanRow(names[g], int(gvmas[g]), int(gsize[g]),
                                 int(grss[g]) if (rss >= 0).all() else -1, int(gpresent[g]),
-                                ghist[g].astype(np.int64) if has_hist else None))
+                                ghist[g].astype(np.int64) if has_hist else None,
+                                gstart.get(g)))
     shown_set = set(shown)
     rest = [g for g in order if g not in shown_set and (gpresent[g] > 0 or grss[g] > 0)]
     if rest:
@@ -451,6 +512,8 @@ def scan(kernel, pid: int, samples: int, interval: float, reader_name: str = "au
         except (FeatureMissing, PermissionError, OSError) as e:
             res.node_error = str(e)
         else:
+            if grid is not None:
+                grid.place(vpn, status_)
             node_ids = sorted(set(np.unique(status_[status_ >= 0]).tolist()))
             for nid in node_ids:
                 m = status_ == nid
@@ -470,7 +533,9 @@ def cmd_scan(args, kernel, out, err) -> int:
     from tierd.units import format_duration, format_size
 
     k = _kernel(kernel)
-    res = scan(k, args.pid, args.samples, args.interval, args.reader, args.top)
+    heat = getattr(args, "heatmap", None)
+    res = scan(k, args.pid, args.samples, args.interval, args.reader, args.top,
+               heat_rows=512 if heat else None)
     print(f"pid {res.pid} ({res.comm}): VmRSS {format_size(res.vm_rss)}, {res.nvmas} mappings",
           file=out)
     if res.reader:
@@ -518,4 +583,25 @@ def cmd_scan(args, kernel, out, err) -> int:
     if res.node_error:
         print(f"tierd: scan incomplete: the pages' nodes are unknown: {res.node_error}", file=err)
         rc = EXIT_FAILURE
+    if res.grid is not None:
+        _write_heatmap(k, res, heat, out)
     return rc
+
+
+def _write_heatmap(kernel, res: ScanResult, path: str, out) -> None:
+    from tierd.heatmap import render
+    from tierd.units import format_duration, format_size
+
+    try:
+        fast, _ = kernel.topology().classify(None, None)
+    except (OSError, ValueError):  # the picture still shows the node numbers
+        fast = ()
+    labels = [(r.start, r.label) for r in res.rows if r.start is not None]
+    title = (f"pid {res.pid} ({res.comm}), VmRSS {format_size(res.vm_rss)}: "
+             f"{res.samples} samples {format_duration(res.interval)} apart ({res.reader})")
+    try:
+        render(res.grid, path, title, labels, tuple(fast), res.interval)
+    except ModuleNotFoundError as e:
+        raise UsageError(str(e)) from None
+    print(f"heatmap: {path} ({res.grid.rows} rows of "
+          f"{format_size(int(res.grid.pages_per_row * 4096))}, {res.samples} samples)", file=out)

@@ -64,6 +64,60 @@ sleep 10
 """
 
 
+# The guest init for a systemd boot (``run(..., systemd=True)``): systemd needs a writable
+# root, so the read-only host root becomes the lower layer of an overlay whose upper layer
+# is a tmpfs; init pivots into it and execs systemd as PID 1, which boots tierd-rig.target:
+# basic.target (journald, udev, tmpfiles) plus tierd-rig.service, which runs the command
+# and powers off.  The host's own enabled services, timers and fstab are left out of the
+# overlay so the guest boots only what the tests need.
+INIT_SYSTEMD = """#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t tmpfs tmpfs /mnt
+mkdir -p /mnt/upper /mnt/work /mnt/root
+mount -t overlay overlay -o lowerdir=/,upperdir=/mnt/upper,workdir=/mnt/work /mnt/root
+r=/mnt/root
+mkdir -p $r/mnt/out $r/oldroot
+mount -t 9p -o {share_opts} out $r/mnt/out
+rm -rf $r/etc/systemd/system/*.wants $r/etc/systemd/system/default.target
+: > $r/etc/fstab
+# systemd-tmpfiles --boot would empty /tmp, where the project may live (CI clones there),
+# and walks the host's trees over 9p for a minute: nothing here needs it
+for u in systemd-tmpfiles-setup.service systemd-tmpfiles-clean.timer; do
+    ln -sf /dev/null $r/etc/systemd/system/$u
+done
+cat > $r/etc/systemd/system/tierd-rig.target <<'UNIT'
+[Unit]
+Description=tierd QEMU rig: basic system plus the test command
+Requires=basic.target tierd-rig.service
+After=basic.target tierd-rig.service
+AllowIsolate=yes
+UNIT
+cat > $r/etc/systemd/system/tierd-rig.service <<'UNIT'
+[Unit]
+Description=tierd QEMU rig: the test command
+After=basic.target
+[Service]
+Type=oneshot
+Environment=HOME=/root PYTHONDONTWRITEBYTECODE=1 TIERD_IN_VM=1 TIERD_VM_OUT=/mnt/out
+Environment=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+{env_unit}
+WorkingDirectory=/root
+StandardOutput=journal+console
+StandardError=inherit
+ExecStart=/bin/sh -c 'echo tierd-vm: running; (sh /mnt/out/cmd; echo $$? > /mnt/out/rc) 2>&1 | tee /mnt/out/output'
+ExecStartPost=/bin/sh -c 'journalctl -b --no-pager > /mnt/out/journal.txt 2>&1; sync; echo o > /proc/sysrq-trigger'
+TimeoutStartSec=infinity
+UNIT
+mkdir -p $r/root
+umount /proc
+cd $r
+# pivot_root so that systemd sees a normal root; a chroot alone would also do
+pivot_root . oldroot || echo "tierd-vm: pivot_root failed, chroot only"
+exec chroot . /lib/systemd/systemd --unit=tierd-rig.target
+"""
+
+
 class VMError(RuntimeError):
     """The VM could not be built, booted, or did not finish in time."""
 
@@ -87,6 +141,17 @@ class Result:
     output: str
     console: str
     seconds: float
+
+
+def missing_prerequisite() -> str | None:
+    """Why the rig cannot boot on this host (for a test's skip message), or None."""
+    if os.environ.get("TIERD_IN_VM"):
+        return "already inside the VM"
+    if shutil.which("qemu-system-x86_64") is None:
+        return "qemu-system-x86_64 missing: run scripts/install-deps.sh --kernel"
+    if not Path("/usr/src/linux-source-6.12.tar.xz").exists():
+        return "linux-source-6.12 missing: run scripts/install-deps.sh --kernel"
+    return None
 
 
 def kernel_dir(build: bool = True) -> Path:
@@ -142,12 +207,15 @@ def qemu_command(kernel: Path, machine: Machine, init: str, out: Path,
 
 def run(command: list[str] | str, *, kernel: Path | None = None,
         machine: Machine = Machine(), timeout: float = 900, env: dict | None = None,
-        out: Path | None = None, append: str = "", echo: bool = False) -> Result:
+        out: Path | None = None, append: str = "", echo: bool = False,
+        systemd: bool = False) -> Result:
     """Boot the rig, run ``command`` (argv list or shell string) as root, return its result.
 
     ``out`` is the host directory shared writable as /mnt/out (a temporary one by default);
     the guest also finds it in $TIERD_VM_OUT.  ``env`` adds environment variables.
-    ``echo`` copies the console to stderr as it runs.
+    ``echo`` copies the console to stderr as it runs.  ``systemd``: boot systemd as PID 1
+    on a writable overlay of the host root and run the command as a service
+    (INIT_SYSTEMD); the guest's journal is saved to OUT/journal.txt.
     """
     if shutil.which("qemu-system-x86_64") is None:
         raise VMError("qemu-system-x86_64 not found: run scripts/install-deps.sh --kernel")
@@ -165,10 +233,17 @@ def run(command: list[str] | str, *, kernel: Path | None = None,
             (out / name).unlink(missing_ok=True)
         script = command if isinstance(command, str) else shlex.join(command)
         (out / "cmd").write_text(script + "\n")
-        env_lines = "\n".join(f"export {k}={shlex.quote(str(v))}"
-                              for k, v in (env or {}).items())
         init = out / "init"
-        init.write_text(INIT.format(share_opts=SHARE_OPTS, env=env_lines))
+        if systemd:
+            # numa_balancing off from the start (there is no init script to do it later)
+            append = f"numa_balancing=disable {append}".strip()
+            env_unit = "\n".join(f"Environment={shlex.quote(f'{k}={v}')}"
+                                  for k, v in (env or {}).items())
+            init.write_text(INIT_SYSTEMD.format(share_opts=SHARE_OPTS, env_unit=env_unit))
+        else:
+            env_lines = "\n".join(f"export {k}={shlex.quote(str(v))}"
+                                  for k, v in (env or {}).items())
+            init.write_text(INIT.format(share_opts=SHARE_OPTS, env=env_lines))
         init.chmod(0o755)
         argv = qemu_command(kernel, machine, str(init), out, append)
         start = time.monotonic()
@@ -238,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="host directory shared as /mnt/out")
     parser.add_argument("--append", default="", help="extra kernel arguments")
     parser.add_argument("--console", action="store_true", help="echo the console to stderr")
+    parser.add_argument("--systemd", action="store_true",
+                        help="boot systemd as PID 1 and run the command as a service")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -247,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run(command, kernel=args.kernel,
                      machine=Machine(fast=args.fast, slow=args.slow, cpus=args.cpus),
                      timeout=args.timeout, out=args.out, append=args.append,
-                     echo=args.console)
+                     echo=args.console, systemd=args.systemd)
     except VMError as exc:
         print(f"vmrig: {exc}", file=sys.stderr)
         return 125

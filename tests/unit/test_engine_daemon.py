@@ -12,6 +12,7 @@ import threading
 import numpy as np
 from engine_fakes import GIB, PAGE, FakeKernel, FakeProc
 
+from tierd import service
 from tierd.engine import daemon as daemon_mod
 from tierd.engine.daemon import Daemon, Engine, Observer, summary_line
 from tierd.engine.executor import NOT_TRIED
@@ -343,19 +344,18 @@ def test_an_interval_that_fails_does_not_stop_the_daemon(caplog):
     assert "interval 0 failed" in caplog.text
 
 
-def test_main_runs_and_rejects_bad_config(tmp_path, caplog):
+def test_main_runs_and_rejects_bad_config(tmp_path, capsys):
     cfg = tmp_path / "tierd.yaml"
-    write(cfg, GOOD)
+    write(cfg, GOOD + 'metrics:\n  listen: ""\n')  # no endpoint: port 9464 may be taken
     k = FakeKernel()
     k.add(FakeProc(PID, 64, node=1))
     args = argparse.Namespace(config=str(cfg), intervals=1, log_level="INFO")
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
-        assert daemon_mod.main(args, kernel=k) == 0
+        assert service.main(args, kernel=k, env={}) == 0
         write(cfg, "interval: -1s\n")
-        with caplog.at_level(logging.ERROR, logger="tierd"):
-            assert daemon_mod.main(args, kernel=k) == 2
-        assert f"{cfg}:1: interval" in caplog.text
+        assert service.main(args, kernel=k, env={}) == 2
+        assert f"{cfg}:1: interval" in capsys.readouterr().err
     finally:
         for s, h in saved.items():
             signal.signal(s, h)

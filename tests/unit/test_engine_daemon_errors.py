@@ -17,6 +17,7 @@ from tierd.engine.daemon import MAX_FAILED_INTERVALS, Daemon, Engine
 from tierd.engine.executor import NOT_TRIED, Executor, tally
 from tierd.engine.targets import ProcessRef, StaticResolver
 from tierd.policy import Policy, TargetSpec
+from tierd import service
 
 PID = 4242
 BASE2 = 0x7E00_0000_0000  # a second process's mapping
@@ -222,9 +223,9 @@ def test_run_exits_1_when_intervals_keep_failing(tmp_path, monkeypatch):
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         args = argparse.Namespace(config=str(cfg), intervals=None, log_level="INFO")
-        assert daemon_mod.main(args, kernel=k) == 1
+        assert service.main(args, kernel=k, env={}) == 1
         args.intervals = MAX_FAILED_INTERVALS - 1  # fewer failures than the limit: still 0
-        assert daemon_mod.main(args, kernel=k) == 0
+        assert service.main(args, kernel=k, env={}) == 0
     finally:
         for s, h in saved.items():
             signal.signal(s, h)

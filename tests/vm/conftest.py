@@ -6,4 +6,4 @@ they are collected only in the guest, where TIERD_IN_VM=1, and run by test_vm.py
 
 import os
 
-collect_ignore = [] if os.environ.get("TIERD_IN_VM") else ["guest"]
+collect_ignore = [] if os.environ.get("TIERD_IN_VM") else ["guest", "systemd_guest"]

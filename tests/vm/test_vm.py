@@ -38,12 +38,9 @@ cd {repo}
 
 @pytest.fixture(scope="session")
 def guest(tmp_path_factory):
-    if os.environ.get("TIERD_IN_VM"):
-        pytest.skip("already inside the VM")
-    if shutil.which("qemu-system-x86_64") is None:
-        pytest.skip("qemu-system-x86_64 missing: run scripts/install-deps.sh --kernel")
-    if not Path("/usr/src/linux-source-6.12.tar.xz").exists():
-        pytest.skip("linux-source-6.12 missing: run scripts/install-deps.sh --kernel")
+    why = vmrig.missing_prerequisite()
+    if why:
+        pytest.skip(why)
     kernel = vmrig.kernel_dir()
     out = tmp_path_factory.mktemp("vm")
     script = GUEST_SCRIPT.format(selftests=kernel / "selftests", repo=REPO,

@@ -8,8 +8,9 @@ SIGHUP sets ``reload``, handled at the next tick: the policy file is re-read and
 (and checked against the machine: nodes exist, the tracking interface works) and swapped in
 whole; on any error the old policy stays and the error is logged with file:line.
 
-``main`` (``tierd run``) is the composition root: it alone builds the Kernel, loads the
-policy, wires the engine and installs signal handlers.
+``tierd.service.main`` (``tierd run``) is the composition root: it alone builds the Kernel,
+loads the policy, wires the engine and the integrations and installs signal handlers; the
+arguments of ``tierd run`` are declared here (``add_run_arguments``).
 
 Seams for later work: ``Observer`` gets ready/interval/reloading/reloaded/stopping calls with
 the per-interval ``IntervalStats`` (histograms per target and node, move counters) -
@@ -68,6 +69,8 @@ class TargetStats:
     hist: np.ndarray = field(default_factory=lambda: np.zeros(LEVELS, np.int64))
     hot: int = NO_THRESHOLD
     cold: int = NO_THRESHOLD
+    # node id (-1 unknown) -> pages by hotness level: the per target and node histograms
+    by_node: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,6 +88,7 @@ class IntervalStats:
     state_bytes: int = 0
     fast: tuple[int, ...] = ()
     slow: tuple[int, ...] = ()
+    memory: dict[int, tuple[int, int]] = field(default_factory=dict)  # node -> (total, free) bytes
     targets: dict[str, TargetStats] = field(default_factory=dict)
     nodes: dict[int, np.ndarray] = field(default_factory=dict)  # node id (-1 unknown) -> hist
     plan: Plan | None = None
@@ -110,6 +114,10 @@ class Observer:
     def on_reloaded(self, policy, error: Exception | None) -> None: ...
 
     def on_stopping(self) -> None: ...
+
+    def on_heartbeat(self) -> None:
+        """The loop is alive: called after every interval and, while it waits for the next
+        one, at least every ``Daemon.heartbeat`` seconds (the systemd watchdog ping)."""
 
 
 class LogObserver(Observer):
@@ -250,6 +258,7 @@ class Engine:
         topo = self.kernel.topology()
         fast, slow = topo.classify(pol.fast_nodes, pol.slow_nodes)
         stats.fast, stats.slow = tuple(fast), tuple(slow)
+        stats.memory = {n.id: (n.mem_total, n.mem_free) for n in topo.nodes if n.has_memory}
         node_ids = tuple(n.id for n in topo.nodes if n.has_memory)
 
         stats.dropped = self._sync(self.resolver.resolve(pol.targets))
@@ -496,9 +505,11 @@ class Engine:
             for i, nid in enumerate(st.node_ids):
                 stats.nodes.setdefault(nid, np.zeros(LEVELS, np.int64))
                 stats.nodes[nid] = stats.nodes[nid] + h[i]
+                ts.by_node[nid] = ts.by_node.get(nid, 0) + h[i]
                 if i in fast_cls and nid in fast:
                     ts.fast_pages += int(h[i].sum())
             stats.nodes[UNKNOWN] = stats.nodes[UNKNOWN] + h[-1]
+            ts.by_node[UNKNOWN] = ts.by_node.get(UNKNOWN, 0) + h[-1]
             stats.tracked_pages += st.pages
             stats.state_bytes += st.nbytes
         if stats.plan is not None:
@@ -536,6 +547,7 @@ class Daemon:
         reload: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_failed: int = MAX_FAILED_INTERVALS,
+        heartbeat: float | None = None,
     ) -> None:
         if loader is None:
             from tierd.policy import load_policy
@@ -550,6 +562,7 @@ class Daemon:
         self.max_failed = max_failed
         self.failed = False  # set when run() gave up after max_failed failed intervals
         self.pacer: IntervalController | None = None  # interval: auto
+        self.heartbeat = heartbeat  # seconds between on_heartbeat calls while idle (None: never)
         engine.should_stop = self.stop.is_set
         engine.executor.should_stop = self.stop.is_set
 
@@ -614,6 +627,18 @@ class Daemon:
         self._notify("on_interval", stats)
         return stats
 
+    def _wait(self, until: float) -> bool:
+        """Sleep until ``until`` (clock time) or a stop; True if stopped.  With a heartbeat,
+        wake up at least that often to tell the observers the loop is alive."""
+        self._notify("on_heartbeat")
+        if self.heartbeat is None:
+            return self.stop.wait(max(0.0, until - self.clock()))
+        while not self.stop.wait(max(0.0, min(self.heartbeat, until - self.clock()))):
+            if self.clock() >= until:
+                return False
+            self._notify("on_heartbeat")
+        return True
+
     def run(self, max_intervals: int | None = None) -> None:
         """Sample now, then every policy interval until ``stop`` is set, or until
         ``max_failed`` intervals in a row failed (then ``failed`` is set)."""
@@ -633,7 +658,7 @@ class Daemon:
                 if max_intervals is not None and done >= max_intervals:
                     break
                 due += self.next_interval(stats)
-                if self.stop.wait(max(0.0, due - self.clock())):
+                if self._wait(due):
                     break
                 if due < self.clock() - self.engine.policy.interval:
                     due = self.clock()  # fell behind (a slow interval): do not burst
@@ -660,50 +685,3 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="logging threshold (default INFO: one line per interval)")
-
-
-def setup_logging(level: str) -> None:
-    """Plain lines on stderr (journald adds the timestamps) unless logging is set up already."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=getattr(logging, level), format="%(levelname)s %(message)s")
-    else:
-        root.setLevel(getattr(logging, level))
-
-
-def main(args: argparse.Namespace, *, kernel=None, observers: Sequence[Observer] = ()) -> int:
-    """``tierd run``: the composition root.  Returns the exit code (tierd.cli's codes)."""
-    from tierd.linux import FeatureMissing
-    from tierd.policy import PolicyError, load_policy
-
-    setup_logging(getattr(args, "log_level", "INFO"))
-    try:
-        policy = load_policy(args.config)
-    except PolicyError as e:
-        log.error("%s", e)
-        return 2
-    except OSError as e:
-        log.error("cannot read %s: %s", args.config, e.strerror or e)
-        return 2
-    if kernel is None:
-        from tierd.linux import Kernel
-
-        kernel = Kernel()
-    try:
-        engine = Engine(kernel, policy)
-        engine.kernel.topology().classify(policy.fast_nodes, policy.slow_nodes)
-    except FeatureMissing as e:
-        log.error("%s", e)
-        return 1
-    except ValueError as e:  # the policy's node lists do not fit this machine
-        log.error("%s: %s", policy.source, e)
-        return 2
-    daemon = Daemon(engine, loader=load_policy, observers=[LogObserver(), *observers])
-    daemon.install_signal_handlers()
-    every = (f"auto {policy.interval_min:g}-{policy.interval:g}s" if policy.interval_auto
-             else f"{policy.interval:g}s")
-    log.info("tierd running: policy %s, %d target(s), interval %s, tracking %s",
-             policy.source, len(policy.targets), every, engine.reader.name)
-    daemon.run(max_intervals=getattr(args, "intervals", None))
-    log.info("tierd stopped")
-    return 1 if daemon.failed else 0

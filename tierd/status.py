@@ -1,0 +1,183 @@
+"""``tierd status``: what the running daemon is doing, read from its metrics endpoint.
+
+The daemon exports everything worth showing as Prometheus metrics (tierd.integrations.metrics),
+so the status command is a client of that endpoint: no second protocol, no socket of its own,
+and it works for any user who can reach the (by default loopback) address.  ``parse`` turns
+the exposition text into a ``Status``; ``format_status`` into the lines printed.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from tierd.units import format_size
+
+PAGE = 4096
+LEVELS = 16
+
+
+class NoDaemon(Exception):
+    """Nothing (or not tierd) answers at the metrics address."""
+
+
+@dataclass
+class Status:
+    url: str
+    build: dict = field(default_factory=dict)
+    policy: dict = field(default_factory=dict)
+    values: dict = field(default_factory=dict)  # unlabelled sample name -> value
+    labelled: dict = field(default_factory=lambda: defaultdict(dict))  # name -> {labels: v}
+
+    def get(self, name: str, default=None):
+        return self.values.get(name, default)
+
+    def by(self, name: str, *keys: str) -> dict:
+        """name's samples keyed by the given label values."""
+        return {tuple(dict(lv)[k] for k in keys): v for lv, v in self.labelled[name].items()}
+
+
+def fetch(url: str, timeout: float = 5.0) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.read().decode()
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise NoDaemon(f"no tierd answers at {url} ({getattr(reason, 'strerror', None) or reason}): "
+                       "is the daemon running? (systemctl status tierd)") from None
+
+
+def parse(text: str, url: str) -> Status:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    st = Status(url)
+    try:
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.labels:
+                    st.labelled[s.name][tuple(sorted(s.labels.items()))] = s.value
+                else:
+                    st.values[s.name] = s.value
+    except ValueError as e:
+        raise NoDaemon(f"{url} does not serve Prometheus metrics: {e}") from None
+    builds = list(st.labelled.get("tierd_build_info", {}))
+    if not builds:
+        raise NoDaemon(f"{url} answers, but it is not tierd (no tierd_build_info)")
+    st.build = dict(builds[0])
+    pol = list(st.labelled.get("tierd_policy_info", {}))
+    st.policy = dict(pol[0]) if pol else {}
+    return st
+
+
+def _pages(n: float) -> str:
+    return f"{int(n)} ({format_size(int(n) * PAGE)})"
+
+
+def _ago(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "never"
+    return time.strftime("%H:%M:%S", time.localtime(ts)) + f" ({max(0, now - ts):.0f}s ago)"
+
+
+def classes(hist: list[float], hot: int, cold: int) -> tuple[float, float, float]:
+    """(hot, warm, cold) pages of a 16-level histogram: hot at or above the hot threshold,
+    cold below the cold one (the demotion candidates) or not accessed in the whole window
+    (hotness 0), warm between."""
+    cold = max(1, min(cold, hot))
+    return sum(hist[hot:]), sum(hist[cold:hot]), sum(hist[:cold])
+
+
+def format_status(st: Status, now: float | None = None) -> list[str]:
+    now = time.time() if now is None else now
+    b, p = st.build, st.policy
+    out = [f"tierd {b.get('version', '?')} on Linux {b.get('kernel', '?')}, tracking "
+           f"{b.get('tracking', '?')}, metrics at {st.url}"]
+    if p:
+        keys = [k for k in p if k not in ("file", "targets")]
+        out.append(f"policy {p.get('file', '?')} (targets: {p.get('targets') or 'none'}):")
+        line = "  "
+        for k in keys:
+            item = f"{k}={p[k]}  "
+            if len(line) + len(item) > 100:
+                out.append(line.rstrip())
+                line = "  "
+            line += item
+        out.append(line.rstrip())
+    reloads = st.by("tierd_policy_reloads_total", "result")
+    ok, bad = reloads.get(("success",), 0), reloads.get(("failure",), 0)
+    if ok or bad:
+        last = st.get("tierd_policy_last_reload_timestamp_seconds")
+        verdict = "applied" if st.get("tierd_policy_last_reload_success") else \
+            "REFUSED, the previous policy stays (the reason is in the log: journalctl -u tierd)"
+        out.append(f"  reloads: {int(ok)} applied, {int(bad)} refused; the last, at "
+                   f"{_ago(last, now)}, was {verdict}")
+
+    n = int(st.get("tierd_intervals_total", 0))
+    if n == 0:
+        out.append("no interval completed yet")
+    else:
+        out.append(f"interval #{n} started {_ago(st.get('tierd_last_interval_timestamp_seconds'), now)}, "
+                   f"took {st.get('tierd_interval_duration_seconds', 0):.2f}s "
+                   f"(every {st.get('tierd_interval_target_seconds', 0):g}s)")
+    out.append(f"processes: {int(st.get('tierd_processes', 0))} in "
+               f"{int(st.get('tierd_targets', 0))} target(s); "
+               f"{format_size(int(st.get('tierd_state_bytes', 0)))} of page state")
+
+    mem = st.by("tierd_node_memory_free_bytes", "node", "tier")
+    total = st.by("tierd_node_memory_total_bytes", "node", "tier")
+    if mem:
+        out.append("memory: " + "; ".join(
+            f"node {node} ({tier}) {format_size(int(free))} free of "
+            f"{format_size(int(total.get((node, tier), 0)))}"
+            for (node, tier), free in sorted(mem.items())))
+
+    pages = st.by("tierd_pages", "target", "node", "hotness")
+    procs = st.by("tierd_target_processes", "target")
+    hot_t = st.by("tierd_target_hot_threshold", "target")
+    cold_t = st.by("tierd_target_cold_threshold", "target")
+    hists: dict = defaultdict(lambda: [0.0] * LEVELS)
+    for (target, node, level), v in pages.items():
+        hists[(target, node)][int(level)] += v
+    targets = sorted({t for t, _ in hists} | {t for (t,) in procs})
+    if targets:
+        rows = [("target", "procs", "hot>=", "node", "hot", "warm", "cold")]
+        for t in targets:
+            ht = int(hot_t.get((t,), LEVELS))
+            ct = int(cold_t.get((t,), LEVELS))
+            nodes = sorted((nd for tt, nd in hists if tt == t), key=lambda x: (x == "unknown", x))
+            first = True
+            for nd in nodes:
+                h, w, c = classes(hists[(t, nd)], ht, ct)
+                if not (h or w or c):
+                    continue
+                rows.append((t if first else "", str(int(procs.get((t,), 0))) if first else "",
+                             ("-" if ht >= LEVELS else str(ht)) if first else "", nd,
+                             format_size(int(h) * PAGE), format_size(int(w) * PAGE),
+                             format_size(int(c) * PAGE)))
+                first = False
+            if first:
+                rows.append((t, str(int(procs.get((t,), 0))), "-", "-", "-", "-", "-"))
+        out.append("pages by target and node (hot: at or above the target's hotness threshold; "
+                   "cold: demotable or idle):")
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            out.append("  " + "  ".join(c.rjust(w) if i >= 4 else c.ljust(w)
+                                        for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    else:
+        out.append("no target process found yet")
+
+    moved = st.by("tierd_interval_pages_moved", "direction")
+    out.append(f"migrations: last interval promoted {_pages(moved.get(('promote',), 0))}, demoted "
+               f"{_pages(moved.get(('demote',), 0))}; since start promoted "
+               f"{_pages(st.get('tierd_pages_promoted_total', 0))}, demoted "
+               f"{_pages(st.get('tierd_pages_demoted_total', 0))}, "
+               f"{format_size(int(st.get('tierd_migrated_bytes_total', 0)))} copied")
+    fails = {k[0]: v for k, v in st.by("tierd_move_pages_failures_total", "status").items() if v}
+    exited = int(st.get("tierd_exited_processes_total", 0))
+    errs = ", ".join(f"{k} {int(v)}" for k, v in sorted(fails.items()))
+    out.append(f"errors: move_pages failures {errs or 'none'}; processes exited while "
+               f"managed: {exited}")
+    return out
