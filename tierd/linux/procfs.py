@@ -340,12 +340,13 @@ def read_pagemap(fd: int, pid: int | str, vpn: int, npages: int) -> np.ndarray:
         return out
     try:
         data = pread_full(fd, npages * PM_ENTRY_BYTES, vpn * PM_ENTRY_BYTES)
-        if not data and not os.pread(fd, PM_ENTRY_BYTES, 0):
-            raise ProcessGone(int(pid), "its address space is gone")
+        gone = not data and not os.pread(fd, PM_ENTRY_BYTES, 0)
     except OSError as e:
         if e.errno == errno.ESRCH:
             raise ProcessGone(int(pid), e.strerror or "") from None
         raise
+    if gone:  # raised here, not in the try: ProcessGone is an ESRCH OSError itself
+        raise ProcessGone(int(pid), "its address space is gone")
     n = len(data) // PM_ENTRY_BYTES
     out[:n] = np.frombuffer(data, dtype=np.uint64, count=n)  # native byte order
     return out
