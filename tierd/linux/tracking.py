@@ -179,6 +179,12 @@ class IdleBitmapReader:
     (2**20, a multiple of HUGE_ALIGN_WORDS) no huge mapping is split between two reads.
     After the target calls execve() the descriptor refers to the old address space and reads
     fail with ESRCH: if /proc/PID still exists the file is opened again, once per sample.
+
+    Not solved here: ranges are whole words (extents()), and a clearing read clears all 64
+    pages of a record, so the pages of an edge word that belong to a mapping tierd skips
+    (special mappings, PROT_NONE) lose their Accessed bits too.  The kernel leaves PG_young
+    for reclaim on every bit it clears; not clearing them at all needs page-granular clearing
+    (an ioctl, kernel/README.md "The ABI decision") and the VMA bounds from the caller.
     """
 
     name = "idle_bitmap"
