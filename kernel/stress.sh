@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Stress run of the idle_bitmap series on a debug kernel: lockdep, DEBUG_VM, KASAN.
 #
-#   kernel/stress.sh [MINUTES]        (default 10; needs scripts/install-deps.sh --kernel)
+#   kernel/stress.sh [--build-only] [MINUTES]   (default 10; needs install-deps.sh --kernel)
+#
+# TIERD_STRESS_TREE=DIR builds from a tree of your own with the series applied instead of
+# the build cache's (then the build does not hold kernel/build.sh's lock).
 #
 # Builds the rig kernel (tinyconfig + config.fragment) plus the debug options below in its own
 # object directory ($cache/obj-stress, cached in $cache/kernels-stress/<hash>), boots it in the
@@ -19,6 +22,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo_root=$(cd "$here/.." && pwd)
 cache=${TIERD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tierd}
+build_only=0
+if [ "${1:-}" = --build-only ]; then build_only=1; shift; fi
 minutes=${1:-10}
 export CCACHE_DIR=$cache/ccache
 debug='CONFIG_DEBUG_KERNEL=y CONFIG_PROVE_LOCKING=y CONFIG_DEBUG_ATOMIC_SLEEP=y
@@ -28,9 +33,12 @@ CONFIG_KASAN_INLINE=y CONFIG_STACKTRACE=y CONFIG_PANIC_ON_OOPS=n'
 hash=$({ "$here/build.sh" --hash; echo "$debug"; cat "$0"; } | sha256sum | cut -c1-16)
 out=$cache/kernels-stress/$hash
 if [ ! -f "$out/bzImage" ]; then
-	tree=$("$here/build.sh" --tree)
-	exec 9>"$cache/lock"
-	flock 9    # no other build resets the tree meanwhile
+	tree=${TIERD_STRESS_TREE:-}
+	if [ -z "$tree" ]; then
+		tree=$("$here/build.sh" --tree)
+		exec 9>"$cache/lock"
+		flock 9    # no other build resets the tree meanwhile
+	fi
 	obj=$cache/obj-stress
 	mkdir -p "$obj" "$out.tmp/selftests"
 	mk() { make -C "$tree" O="$obj" ARCH=x86_64 CC="ccache gcc" HOSTCC="ccache gcc" -j"$(nproc)" "$@"; }
@@ -52,8 +60,9 @@ if [ ! -f "$out/bzImage" ]; then
 	cp "$obj/arch/x86/boot/bzImage" "$obj/.config" "$out.tmp/"
 	rm -rf "$out"
 	mv "$out.tmp" "$out"
-	flock -u 9
+	[ -n "${TIERD_STRESS_TREE:-}" ] || flock -u 9
 fi
+[ $build_only = 0 ] || { echo "$out"; exit 0; }
 
 res=$cache/stress/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$res"
