@@ -368,3 +368,117 @@ def test_unique_inverse_matches_numpy():
     u, inv = _unique_inverse(a)
     assert (np.diff(u) > 0).all() and (u[inv] == a).all()
     assert u.tolist() == np.unique(a).tolist()
+
+
+# -- IdleBitmapReader: split alignment, execve, the gone check (issue 9) -----------------------
+
+
+def _spy_preads(monkeypatch, fail=None):
+    """Record (first word, words) of every idle_bitmap pread; ``fail(call_no)`` may return an
+    errno to raise instead."""
+    from tierd.linux import tracking
+
+    calls = []
+    real = tracking.pread_full
+
+    def spy(fd, length, offset, *a):
+        calls.append((offset // 16, length // 16))
+        err = fail(len(calls)) if fail else None
+        if err:
+            raise OSError(err, os.strerror(err))
+        return real(fd, length, offset, *a)
+
+    monkeypatch.setattr(tracking, "pread_full", spy)
+    return calls
+
+
+def test_idle_bitmap_splits_at_multiples_of_chunk_words_of_the_address_space(tmp_path, monkeypatch):
+    from tierd.linux.tracking import HUGE_ALIGN_WORDS
+
+    write_idle_bitmap(tmp_path / "10/idle_bitmap", {i: (i + 1, 0) for i in range(14100)})
+    calls = _spy_preads(monkeypatch)
+    with IdleBitmapReader(str(tmp_path), chunk_words=4096) as r:
+        present, _ = r.sample(10, 4000, 10000)
+    assert calls == [(4000, 96), (4096, 4096), (8192, 4096), (12288, 1712)]
+    assert present.tolist() == list(range(4001, 14001))
+    # The default never splits a 1 GiB page (4096 words) between two reads.
+    assert IdleBitmapReader().chunk_words % HUGE_ALIGN_WORDS == 0
+    with pytest.raises(ValueError):
+        IdleBitmapReader(str(tmp_path), chunk_words=0)
+
+
+def test_idle_bitmap_range_inside_one_chunk_is_one_read(tmp_path, monkeypatch):
+    write_idle_bitmap(tmp_path / "10/idle_bitmap", {i: (1, 0) for i in range(100)})
+    calls = _spy_preads(monkeypatch)
+    with IdleBitmapReader(str(tmp_path), chunk_words=64) as r:
+        r.sample(10, 64, 64)
+        r.sample(10, 65, 10)
+    assert calls == [(64, 64), (65, 10)]
+
+
+def test_idle_bitmap_reopens_once_after_exec(tmp_path, monkeypatch):
+    import errno
+
+    write_idle_bitmap(tmp_path / "10/idle_bitmap", {0: (0b111, 0b001)})
+    calls = _spy_preads(monkeypatch, fail=lambda n: errno.ESRCH if n == 1 else None)
+    before = open_fds()
+    r = IdleBitmapReader(str(tmp_path))
+    present, accessed = r.sample(10, 0, 1)  # ESRCH, /proc/10 still there: open again
+    assert (present.tolist(), accessed.tolist()) == ([0b111], [0b110])
+    assert len(calls) == 2
+    assert open_fds() == before + 1  # the old descriptor was closed, the new one kept
+    r.close_all()
+    assert open_fds() == before
+
+
+def test_idle_bitmap_esrch_again_after_reopening_is_gone(tmp_path, monkeypatch):
+    import errno
+
+    write_idle_bitmap(tmp_path / "10/idle_bitmap", {0: (1, 0)})
+    calls = _spy_preads(monkeypatch, fail=lambda n: errno.ESRCH)
+    before = open_fds()
+    r = IdleBitmapReader(str(tmp_path))
+    with pytest.raises(ProcessGone):
+        r.sample(10, 0, 1)
+    assert len(calls) == 2  # opened again once, not more
+    assert open_fds() == before
+
+
+def test_idle_bitmap_esrch_without_proc_pid_is_gone_at_once(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    write_idle_bitmap(tmp_path / "10/idle_bitmap", {0: (1, 0)})
+    r = IdleBitmapReader(str(tmp_path))
+    r.sample(10, 0, 1)
+
+    def gone(n):
+        shutil.rmtree(tmp_path / "10", ignore_errors=True)
+        return errno.ESRCH
+
+    calls = _spy_preads(monkeypatch, fail=gone)
+    with pytest.raises(ProcessGone):
+        r.sample(10, 0, 1)
+    assert len(calls) == 1
+
+
+def test_idle_bitmap_gone_check_reads_record_0_without_clearing(tmp_path, monkeypatch):
+    """A 0-byte read (past the end of the address space) is checked with an O_RDONLY probe of
+    record 0: a probe through the O_RDWR descriptor would clear Accessed bits."""
+    from tierd.linux import procfs
+
+    write_idle_bitmap(tmp_path / "10/idle_bitmap", {0: (1, 0)})
+    flags = []
+    real_open = procfs.ProcFS.open
+
+    def spy_open(self, pid, name, fl=os.O_RDONLY):
+        flags.append(fl & os.O_ACCMODE)
+        return real_open(self, pid, name, fl)
+
+    monkeypatch.setattr(procfs.ProcFS, "open", spy_open)
+    before = open_fds()
+    with IdleBitmapReader(str(tmp_path)) as r:
+        present, accessed = r.sample(10, 100, 2)  # past the end: zeros, the process lives
+        assert present.tolist() == [0, 0] and accessed.tolist() == [0, 0]
+    assert flags == [os.O_RDWR, os.O_RDONLY]
+    assert open_fds() == before  # the probe's descriptor is closed

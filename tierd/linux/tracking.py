@@ -141,22 +141,57 @@ def _open_feature(path: str, flags: int, feature: str, how_to_fix: str, why: str
         raise FeatureMissing(feature, how_to_fix, what=f"{path} does not exist ({why})") from None
 
 
-def _is_gone(fd: int, entry: int) -> bool:
-    """A 0-byte read where data was due: gone if entry 0 (vpn 0, inside every task) is empty
-    too.  Both pagemap_read() and the idle_bitmap patch return 0 bytes once the mm is gone.
-    ``entry`` is the file's record size (idle_bitmap refuses reads of other sizes)."""
+def _is_gone(procfs: ProcFS, pid: int, name: str, entry: int) -> bool:
+    """After a 0-byte read where data was due: is the process (its address space) gone?
+
+    The idle_bitmap patch fails reads with ESRCH once the mm is gone and returns 0 bytes only
+    past the end of the address space (TASK_SIZE), so a 0-byte read normally means "nothing
+    there".  To be sure, read entry 0 (vpn 0, below TASK_SIZE in every process) through a fresh
+    O_RDONLY descriptor, which only reports and never clears Accessed bits: empty or ESRCH means
+    gone.  ``entry`` is the file's record size (idle_bitmap refuses reads of other sizes)."""
+    try:
+        fd = procfs.open(pid, name, os.O_RDONLY)
+    except ProcessGone:
+        return True
     try:
         return not os.pread(fd, entry, 0)
     except OSError as e:
         return e.errno == errno.ESRCH
+    finally:
+        os.close(fd)
+
+
+# Reads of a range are split at multiples of this many words of the address space: 4096
+# words = 1 GiB with 4 KiB pages, the largest huge page size on x86, so no huge mapping spans
+# two reads (the first read would clear its Accessed bit and the second report it idle).
+HUGE_ALIGN_WORDS = 4096
+
+
+class _Reopen(Exception):
+    """idle_bitmap read ESRCH but /proc/PID is still there: the target exec'd, open again."""
 
 
 class IdleBitmapReader:
-    """/proc/PID/idle_bitmap (tierd's kernel patch).  Keeps one O_RDWR descriptor per pid."""
+    """/proc/PID/idle_bitmap (tierd's kernel patch).  Keeps one O_RDWR descriptor per pid.
+
+    A range is read in preads of at most ``chunk_words`` words, split at multiples of
+    ``chunk_words`` in the address space (not relative to the range), so with the default
+    (2**20, a multiple of HUGE_ALIGN_WORDS) no huge mapping is split between two reads.
+    After the target calls execve() the descriptor refers to the old address space and reads
+    fail with ESRCH: if /proc/PID still exists the file is opened again, once per sample.
+
+    Not solved here: ranges are whole words (extents()), and a clearing read clears all 64
+    pages of a record, so the pages of an edge word that belong to a mapping tierd skips
+    (special mappings, PROT_NONE) lose their Accessed bits too.  The kernel leaves PG_young
+    for reclaim on every bit it clears; not clearing them at all needs page-granular clearing
+    (an ioctl, kernel/README.md "The ABI decision") and the VMA bounds from the caller.
+    """
 
     name = "idle_bitmap"
 
     def __init__(self, proc: str = "/proc", chunk_words: int = 1 << 20) -> None:
+        if chunk_words <= 0:
+            raise ValueError(f"chunk_words must be positive, not {chunk_words}")
         self.procfs = ProcFS(proc)
         self.chunk_words = chunk_words  # 16 MiB of records per pread at most
         self._fds: dict[int, int] = {}
@@ -176,22 +211,43 @@ class IdleBitmapReader:
             self._fds[pid] = fd
         return fd
 
+    def _splits(self, word_start: int, nwords: int) -> list[tuple[int, int]]:
+        """(offset in the range, words) of each pread: boundaries at multiples of chunk_words
+        of the address space."""
+        c = self.chunk_words
+        cuts = range((word_start // c + 1) * c, word_start + nwords, c)
+        edges = [word_start, *cuts, word_start + nwords]
+        return [(a - word_start, b - a) for a, b in zip(edges[:-1], edges[1:])]
+
     def sample(self, pid: int, word_start: int, nwords: int) -> tuple[np.ndarray, np.ndarray]:
+        if nwords <= 0:
+            return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
+        try:
+            return self._sample(pid, word_start, nwords)
+        except _Reopen:
+            pass
+        # execve(): a new address space behind the same pid.  Its first read reports the
+        # accesses since it was mapped, as for any new range.  Once only.
+        try:
+            return self._sample(pid, word_start, nwords)
+        except _Reopen:
+            raise ProcessGone(pid, "idle_bitmap: ESRCH after opening again") from None
+
+    def _sample(self, pid: int, word_start: int, nwords: int) -> tuple[np.ndarray, np.ndarray]:
         present = np.zeros(nwords, dtype=np.uint64)
         idle = np.zeros(nwords, dtype=np.uint64)
-        if nwords <= 0:
-            return present, present.copy()
         fd = self._fd(pid)
-        for lo in range(0, nwords, self.chunk_words):
-            n = min(self.chunk_words, nwords - lo)
+        for lo, n in self._splits(word_start, nwords):
             try:
                 data = pread_full(fd, IDLE_RECORD_BYTES * n, IDLE_RECORD_BYTES * (word_start + lo))
             except OSError as e:
-                if e.errno == errno.ESRCH:
-                    self.close(pid)
-                    raise ProcessGone(pid, "idle_bitmap: ESRCH") from None
-                raise
-            if not data and lo == 0 and _is_gone(fd, IDLE_RECORD_BYTES):
+                if e.errno != errno.ESRCH:
+                    raise
+                self.close(pid)
+                if self.procfs.exists(pid):
+                    raise _Reopen() from None
+                raise ProcessGone(pid, "idle_bitmap: ESRCH") from None
+            if not data and lo == 0 and _is_gone(self.procfs, pid, "idle_bitmap", IDLE_RECORD_BYTES):
                 self.close(pid)
                 raise ProcessGone(pid, "idle_bitmap: end of file")
             k = len(data) // IDLE_RECORD_BYTES

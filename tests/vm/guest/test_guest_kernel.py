@@ -10,12 +10,13 @@ import mmap
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tierd.linux import Kernel
+from tierd.linux import IdleBitmapReader, Kernel
 
 PAGE = 4096
 HUGE = 2 << 20
@@ -174,3 +175,67 @@ def test_cli_topology_and_scan(tmp_path):
     mine = [r for r in rows if int(r[1].split("-")[0], 16) <= addr < int(r[1].split("-")[1], 16)]
     assert len(mine) == 1, out.stdout
     assert mine[0][5:] == ["1024", "0", "0", "1024"], out.stdout  # present, c=0, c=1, c=2
+
+
+# -- issue 9: the reader side against the v2 kernel ---------------------------------------------
+
+
+def test_idle_bitmap_reader_splits_never_cut_a_huge_page(kernel):
+    """Reads split at multiples of chunk_words of the address space: with 8-word chunks (one
+    2 MiB THP each) a range that starts 3 words before a THP still reads it whole; split
+    relative to the range start, the second read would find the THP's bit already cleared."""
+    region = Region(8 << 20, huge=True)
+    start, nwords = region.words
+    reader = IdleBitmapReader(chunk_words=8)
+    try:
+        reader.sample(os.getpid(), start - 3, nwords + 3)
+        region.touch(np.array([512 + 7]))                 # one subpage of huge page 1
+        present, accessed = reader.sample(os.getpid(), start - 3, nwords + 3)
+    finally:
+        reader.close_all()
+    got = unpack(accessed[3:]).reshape(-1, 512)
+    assert unpack(present[3:]).all()
+    assert got[1].all(), f"{int((~got[1]).sum())} subpages of the touched THP read idle"
+    assert not got[0].any() and not got[2].any()
+
+
+def test_idle_bitmap_zero_page_is_not_present(kernel):
+    """Read-faulted anonymous memory maps the shared zero page: not memory of the process."""
+    mm = mmap.mmap(-1, 64 * PAGE + HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf = np.frombuffer(mm, dtype=np.uint8)
+    skip = (-buf.ctypes.data) % HUGE
+    mm.madvise(MADV_NOHUGEPAGE, skip, 64 * PAGE)
+    view = buf[skip:skip + 64 * PAGE]
+    assert int(view[::PAGE].sum()) == 0                   # read faults: the zero page
+    view[5 * PAGE] = 1                                    # one real page
+    word = (buf.ctypes.data + skip) // PAGE // 64
+    present, _ = kernel.reader("idle_bitmap").sample(os.getpid(), word, 1)
+    assert present.tolist() == [1 << 5]
+
+
+def test_idle_bitmap_reader_follows_the_target_through_exec(kernel, tmp_path):
+    """After execve() the open descriptor reads ESRCH; /proc/PID is still there, so the reader
+    opens the file again instead of reporting the process gone."""
+    ready = tmp_path / "ready"
+    after = "import sys, time; open(sys.argv[1], 'w').close(); time.sleep(60)"
+    code = ("import os, sys\n"
+            "sys.stdin.read(1)\n"
+            f"os.execv(sys.executable, [sys.executable, '-c', {after!r}, {str(ready)!r}])\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
+    reader = IdleBitmapReader()
+    try:
+        word = 0x400000 // PAGE // 64                      # any range: the file must read
+        reader.sample(child.pid, word, 1)
+        child.stdin.write(b"x")
+        child.stdin.close()
+        for _ in range(600):
+            if ready.exists():
+                break
+            time.sleep(0.1)
+        assert ready.exists(), "the child did not exec"
+        present, accessed = reader.sample(child.pid, word, 1)   # no ProcessGone
+        assert present.shape == (1,) and not (accessed & ~present).any()
+    finally:
+        reader.close_all()
+        child.kill()
+        child.wait()

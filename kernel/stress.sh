@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Stress run of the idle_bitmap series on a debug kernel: lockdep, DEBUG_VM, KASAN.
+#
+#   kernel/stress.sh [--build-only] [MINUTES]   (default 10; needs install-deps.sh --kernel)
+#
+# TIERD_STRESS_TREE=DIR builds from a tree of your own with the series applied instead of
+# the build cache's (then the build does not hold kernel/build.sh's lock).
+#
+# Builds the rig kernel (tinyconfig + config.fragment) plus the debug options below in its own
+# object directory ($cache/obj-stress, cached in $cache/kernels-stress/<hash>), boots it in the
+# rig and, for MINUTES, runs at the same time:
+#   - the idle_bitmap selftest in a loop (its cases fail when the other clearing readers below
+#     clear its bits: counted, not fatal);
+#   - clearing reads (dd on an O_RDWR descriptor) of the top TiB of the address space of every
+#     running selftest process, which races them against munmap, mprotect, THP splits,
+#     hugetlb faults, fork, exec and exit;
+#   - memory compaction every second (THP migration under the reads).
+# Passes when the kernel log has no BUG, WARNING, lockdep or KASAN report and the guest is
+# still alive at the end.  Prints a summary; the log is in $cache/stress/.
+# Heavy: ~20 min to build from scratch on 2 cores, then MINUTES in QEMU.  Run it with nice.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo_root=$(cd "$here/.." && pwd)
+cache=${TIERD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tierd}
+build_only=0
+if [ "${1:-}" = --build-only ]; then build_only=1; shift; fi
+minutes=${1:-10}
+export CCACHE_DIR=$cache/ccache
+debug='CONFIG_DEBUG_KERNEL=y CONFIG_PROVE_LOCKING=y CONFIG_DEBUG_ATOMIC_SLEEP=y
+CONFIG_DEBUG_VM=y CONFIG_DEBUG_VM_PGFLAGS=y CONFIG_KASAN=y CONFIG_KASAN_GENERIC=y
+CONFIG_KASAN_INLINE=y CONFIG_STACKTRACE=y CONFIG_PANIC_ON_OOPS=n CONFIG_SLUB_TINY=n'
+
+hash=$({ "$here/build.sh" --hash; echo "$debug"; cat "$0"; } | sha256sum | cut -c1-16)
+out=$cache/kernels-stress/$hash
+if [ ! -f "$out/bzImage" ]; then
+	tree=${TIERD_STRESS_TREE:-}
+	if [ -z "$tree" ]; then
+		tree=$("$here/build.sh" --tree)
+		exec 9>"$cache/lock"
+		flock 9    # no other build resets the tree meanwhile
+	fi
+	obj=$cache/obj-stress
+	mkdir -p "$obj" "$out.tmp/selftests"
+	mk() { make -C "$tree" O="$obj" ARCH=x86_64 CC="ccache gcc" HOSTCC="ccache gcc" -j"$(nproc)" "$@"; }
+	log=$obj/build.log
+	{
+		mk tinyconfig
+		for _ in 1 2; do
+			grep '^CONFIG_' "$here/config.fragment" >> "$obj/.config"
+			grep -o 'CONFIG_[A-Z0-9_]*=[^ ]*' <<<"$debug" >> "$obj/.config"
+			mk olddefconfig
+		done
+		for opt in CONFIG_PROVE_LOCKING=y CONFIG_DEBUG_VM=y CONFIG_KASAN=y CONFIG_PROC_IDLE_BITMAP=y; do
+			grep -qx "$opt" "$obj/.config" || { echo "stress: $opt did not stick"; exit 1; }
+		done
+		mk bzImage headers_install
+		gcc -O2 -Wall -I "$obj/usr/include" -I "$tree/tools/testing/selftests" \
+			-o "$out.tmp/selftests/idle_bitmap" "$tree/tools/testing/selftests/mm/idle_bitmap.c"
+	} > "$log" 2>&1 || { tail -30 "$log" >&2; exit 1; }
+	cp "$obj/arch/x86/boot/bzImage" "$obj/.config" "$out.tmp/"
+	rm -rf "$out"
+	mv "$out.tmp" "$out"
+	[ -n "${TIERD_STRESS_TREE:-}" ] || flock -u 9
+fi
+[ $build_only = 0 ] || { echo "$out"; exit 0; }
+
+res=$cache/stress/$(date +%Y%m%d-%H%M%S)
+mkdir -p "$res"
+cat > "$res/guest.sh" <<GUEST
+set -u
+st=$out/selftests/idle_bitmap
+end=\$(( \$(date +%s) + $minutes * 60 ))
+echo 32 > /proc/sys/vm/nr_hugepages
+( while [ \$(date +%s) -lt \$end ]; do echo 1 > /proc/sys/vm/compact_memory; sleep 1; done ) &
+( while [ \$(date +%s) -lt \$end ]; do
+	for d in /proc/[0-9]*; do
+		grep -qs idle_bitmap \$d/comm || continue
+		# 1 TiB below 0x7f0000000000 + 1 TiB: where mmap puts things (64 MiB of records).
+		dd bs=1M skip=8128 count=64 of=/dev/null <>\$d/idle_bitmap 2>/dev/null
+	done
+done ) &
+runs=0; failed=0
+while [ \$(date +%s) -lt \$end ]; do
+	"\$st" > /mnt/out/last.tap 2>&1 || failed=\$((failed + 1))
+	runs=\$((runs + 1))
+done
+wait
+echo "selftest runs: \$runs, with failed cases: \$failed"
+dmesg > /mnt/out/dmesg.txt
+GUEST
+start=$(date +%s)
+set +e
+nice "$repo_root/.venv/bin/python" -m tierd.vmrig --kernel "$out" --out "$res" \
+	--timeout $(( minutes * 60 + 900 )) -- sh "$res/guest.sh" > "$res/output.txt" 2>&1
+rc=$?
+set -e
+splats=$(grep -cE 'BUG:|WARNING:|possible .*lock|KASAN|Call Trace' "$res/dmesg.txt" 2>/dev/null || true)
+echo "stress: $minutes min, kernel $out, rc $rc, $(( $(date +%s) - start )) s wall"
+grep 'selftest runs' "$res/output.txt" || true
+echo "stress: kernel log reports (BUG/WARNING/lockdep/KASAN/Call Trace lines): ${splats:-no log}"
+[ "$rc" = 0 ] && [ -f "$res/dmesg.txt" ] && [ "${splats:-1}" = 0 ]
