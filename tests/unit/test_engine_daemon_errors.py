@@ -210,7 +210,7 @@ def test_daemon_gives_up_after_failing_intervals_in_a_row(caplog):
 
 def test_run_exits_1_when_intervals_keep_failing(tmp_path, monkeypatch):
     cfg = tmp_path / "tierd.yaml"
-    cfg.write_text(f"interval: 1s\ntargets:\n  - name: app\n    pids: [{PID}]\n")
+    cfg.write_text(f"interval: 1s\nmetrics:\n  listen: ''\ntargets:\n  - name: app\n    pids: [{PID}]\n")
     k = FailingKernel()
     k.add(FakeProc(PID, 64, node=1))
     k.fail["maps"][PID] = OSError(errno.EIO, "x")
