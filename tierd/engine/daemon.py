@@ -46,6 +46,7 @@ from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
 log = logging.getLogger("tierd")
 
 QUERY_FACTOR = 8  # node queries per interval, relative to the migration budget in pages
+UNSAMPLED_WARN_EVERY = 60.0  # seconds between two "could not sample" warnings
 QUERY_MIN = 65536  # ... but at least this many (256 MiB of address space)
 SLICE_PAGES = 1 << 22  # pages selected and moved at a time: ~100 MB of temporaries at most
 DEFAULT_CONFIG = "/etc/tierd.yaml"
@@ -59,6 +60,11 @@ class TargetStats:
     hist: np.ndarray = field(default_factory=lambda: np.zeros(LEVELS, np.int64))
     hot: int = NO_THRESHOLD
     cold: int = NO_THRESHOLD
+    # Address ranges (merged VMAs) whose access bits could not be read this interval, and their
+    # size in pages (the engine repeats their last sample).  Non-zero means tierd is partly
+    # blind for this target: the interval line says NOT SAMPLED and a warning is logged.
+    unsampled_ranges: int = 0
+    unsampled_pages: int = 0
 
 
 @dataclass
@@ -84,6 +90,8 @@ class IntervalStats:
     promoted: int = 0
     demoted: int = 0
     dropped: int = 0  # processes that exited (or stopped matching)
+    unsampled_ranges: int = 0  # all targets: see TargetStats.unsampled_ranges
+    unsampled_pages: int = 0
 
 
 class Observer:
@@ -132,6 +140,8 @@ def summary_line(s: IntervalStats) -> str:
         parts.append(f"queried {s.queries.queried}")
     if s.dropped:
         parts.append(f"exited {s.dropped}")
+    if s.unsampled_ranges:
+        parts.append(f"NOT SAMPLED {s.unsampled_ranges} range(s) {_size(s.unsampled_pages)}")
     parts.append(f"engine {s.engine_seconds * 1e3:.0f}ms sample {s.sample_seconds * 1e3:.0f}ms "
                  f"move {s.move_seconds * 1e3:.0f}ms")
     return ", ".join(parts)
@@ -171,6 +181,8 @@ class Engine:
         self.units: dict[tuple, Unit] = {}
         self.seq = 0
         self._warned_single_tier = False
+        self._unsampled_warned_at: float | None = None
+        self._unsampled_suppressed = 0
 
     # -- policy ------------------------------------------------------------------------------
     def set_policy(self, policy) -> None:
@@ -218,7 +230,7 @@ class Engine:
         for key in list(self.units):
             unit = self.units[key]
             try:
-                engine_s += self._sample(unit, node_ids)
+                engine_s += self._sample(unit, node_ids, stats)
             except GONE:
                 self._drop(key)
                 stats.dropped += 1
@@ -271,7 +283,7 @@ class Engine:
         if unit is not None:
             _close(self.reader, unit.ref.pid)
 
-    def _sample(self, unit: Unit, node_ids) -> float:
+    def _sample(self, unit: Unit, node_ids, stats: IntervalStats | None = None) -> float:
         """Read the maps and access bits of one process into its state.  Returns the time
         spent in our own arithmetic (the rest is the kernel's)."""
         pid = unit.ref.pid
@@ -291,13 +303,35 @@ class Engine:
             except GONE:
                 raise
             except OSError as e:  # this range only (e.g. unmapped between maps and read)
-                log.debug("pid %d: range %#x+%d words: %s", pid, ws * 64 << 12, nw, e)
-                p = a = 0
+                self._unsampled(unit, ws, nw, e, stats)
+                # A missed sample repeats the last one for this range: a blind spot must
+                # neither make pages look cold (demote) nor new (forget their history).
+                p = st.present[off: off + nw].copy()
+                a = st.hist[st.head][off: off + nw].copy()
             present[off: off + nw] = p
             accessed[off: off + nw] = a
         t0 = self.clock()
         st.commit()
         return ours + self.clock() - t0
+
+    def _unsampled(self, unit: Unit, ws: int, nw: int, err: OSError, stats):
+        """A range whose access bits could not be read: count it where operators look (the
+        interval line, IntervalStats/TargetStats.unsampled_*) and warn at most once a minute."""
+        if stats is not None:
+            ts = stats.targets.setdefault(unit.ref.target, TargetStats())
+            for s in (stats, ts):
+                s.unsampled_ranges += 1
+                s.unsampled_pages += 64 * nw
+        now = self.clock()
+        if self._unsampled_warned_at is None or now - self._unsampled_warned_at >= UNSAMPLED_WARN_EVERY:
+            more = (f" (and {self._unsampled_suppressed} more since the last warning)"
+                    if self._unsampled_suppressed else "")
+            log.warning("pid %d (%s): range %#x (%s) not sampled: %s%s", unit.ref.pid,
+                        unit.ref.target, ws * 64 << 12, _size(64 * nw), err, more)
+            self._unsampled_warned_at = now
+            self._unsampled_suppressed = 0
+        else:
+            self._unsampled_suppressed += 1
 
     @staticmethod
     def _counts(units: Sequence[Unit]) -> list[UnitCounts]:
@@ -374,7 +408,7 @@ class Engine:
     def _fill_stats(self, stats: IntervalStats, live, node_ids, fast) -> None:
         stats.processes = len(self.units)
         for spec in self.policy.targets:
-            stats.targets[spec.name] = TargetStats()
+            stats.targets.setdefault(spec.name, TargetStats())  # may hold unsampled_* already
         for nid in list(node_ids) + [UNKNOWN]:
             stats.nodes[nid] = np.zeros(LEVELS, np.int64)
         fast_cls = [i for i, n in enumerate(node_ids) if n in fast]
