@@ -44,6 +44,10 @@ def guest(tmp_path_factory):
     if not Path("/usr/src/linux-source-6.12.tar.xz").exists():
         pytest.skip("linux-source-6.12 missing: run scripts/install-deps.sh --kernel")
     kernel = vmrig.kernel_dir()
+    sys.path.insert(0, str(REPO))
+    import workloads  # the C workloads of tests/vm/guest: built here, the guest's root is read-only
+
+    workloads.build()
     out = tmp_path_factory.mktemp("vm")
     script = GUEST_SCRIPT.format(selftests=kernel / "selftests", repo=REPO,
                                  python=sys.executable)
