@@ -142,12 +142,14 @@ def qemu_command(kernel: Path, machine: Machine, init: str, out: Path,
 
 def run(command: list[str] | str, *, kernel: Path | None = None,
         machine: Machine = Machine(), timeout: float = 900, env: dict | None = None,
-        out: Path | None = None, append: str = "", echo: bool = False) -> Result:
+        out: Path | None = None, append: str = "", echo: bool = False,
+        on_line=None) -> Result:
     """Boot the rig, run ``command`` (argv list or shell string) as root, return its result.
 
     ``out`` is the host directory shared writable as /mnt/out (a temporary one by default);
     the guest also finds it in $TIERD_VM_OUT.  ``env`` adds environment variables.
-    ``echo`` copies the console to stderr as it runs.
+    ``echo`` copies the console to stderr as it runs; ``on_line`` (a callable) gets every
+    console line as it arrives (the live demo shows the guest's output that way).
     """
     if shutil.which("qemu-system-x86_64") is None:
         raise VMError("qemu-system-x86_64 not found: run scripts/install-deps.sh --kernel")
@@ -172,7 +174,7 @@ def run(command: list[str] | str, *, kernel: Path | None = None,
         init.chmod(0o755)
         argv = qemu_command(kernel, machine, str(init), out, append)
         start = time.monotonic()
-        console = _boot(argv, timeout, echo)
+        console = _boot(argv, timeout, echo, on_line)
         seconds = time.monotonic() - start
         (out / "console.log").write_text(console)
         rc_file = out / "rc"
@@ -186,7 +188,7 @@ def run(command: list[str] | str, *, kernel: Path | None = None,
             tmp.cleanup()
 
 
-def _boot(argv: list[str], timeout: float, echo: bool) -> str:
+def _boot(argv: list[str], timeout: float, echo: bool, on_line=None) -> str:
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
@@ -203,6 +205,8 @@ def _boot(argv: list[str], timeout: float, echo: bool) -> str:
             lines.append(text)
             if echo:
                 print(text, file=sys.stderr, flush=True)
+            if on_line is not None:
+                on_line(text)
             if time.monotonic() > deadline:
                 raise subprocess.TimeoutExpired(argv, timeout)
         proc.wait(timeout=max(1.0, deadline - time.monotonic()))

@@ -341,10 +341,11 @@ def start_scenario(sc: Scenario, bindir: Path, outdir: Path, pause_us: int = 200
 
 
 def policy_yaml(base: str, sc: Scenario, interval: str | None = None,
-                tracking: str | None = None) -> str:
+                tracking: str | None = None, metrics: bool = False) -> str:
     """The shipped policy ``base`` (text) with its targets replaced by the scenario's
     processes (one target per process, selected by name) and, optionally, another interval
-    and tracking.  Everything else stays as shipped."""
+    and tracking.  Everything else stays as shipped, except that the metrics listener is off
+    unless ``metrics`` (several tierd runs in one guest must not fight over its port)."""
     import yaml
 
     doc = yaml.safe_load(base)
@@ -360,5 +361,6 @@ def policy_yaml(base: str, sc: Scenario, interval: str | None = None,
         doc["interval"] = interval
     if tracking:
         doc["tracking"] = tracking
-    doc.setdefault("metrics", {})["listen"] = ""
+    if not metrics:
+        doc.setdefault("metrics", {})["listen"] = ""
     return yaml.safe_dump(doc, sort_keys=False)
