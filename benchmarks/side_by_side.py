@@ -31,6 +31,7 @@ table, not with real hardware.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -71,6 +72,7 @@ class Mechanism:
         self.outdir = outdir
         self.tierd = None
         self.log = ""
+        self.intervals: list[dict] = []  # tierd's interval lines (moves, engine/sample cost)
 
     def start(self) -> None:
         import workloads
@@ -98,6 +100,7 @@ class Mechanism:
         if self.tierd is not None:
             rc = self.tierd.stop()
             self.log = self.tierd.text()
+            self.intervals = [dataclasses.asdict(i) for i in self.tierd.intervals()]
             if rc:
                 self.log += f"\n(tierd exited {rc})"
         elif self.name == "kernel":
@@ -188,6 +191,7 @@ def guest_main(args) -> int:
         result["vmstat"] = {k: v1[k] - v0.get(k, 0) for k in v1
                             if k.startswith(("pgpromote", "pgdemote", "numa_", "pgmigrate"))}
         result["log_tail"] = mech.log[-3000:]
+        result["intervals"] = mech.intervals
         for p in procs:
             p.stop()
         Path(args.json).write_text(json.dumps(result))

@@ -24,6 +24,7 @@ from workloads import Hotset, Placement, node_meminfo
 REPO = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LINE = re.compile(r"#(\d+): .*?promoted (\d+) demoted (\d+)")
+COST = re.compile(r"engine (\d+)ms sample (\d+)ms move (\d+)ms")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -55,6 +56,9 @@ class Interval:
     promoted: int
     demoted: int
     unsampled: bool
+    engine_ms: int = 0  # tierd's own numpy work (hotness, histograms, placement, selection)
+    sample_ms: int = 0  # reading maps and access bits: the kernel's work
+    move_ms: int = 0  # inside move_pages
 
 
 class Tierd:
@@ -91,7 +95,10 @@ class Tierd:
         for line in self.text().splitlines():
             m = LINE.search(line)
             if m:
-                out.append(Interval(int(m[1]), int(m[2]), int(m[3]), "NOT SAMPLED" in line))
+                c = COST.search(line)
+                cost = (int(c[1]), int(c[2]), int(c[3])) if c else (0, 0, 0)
+                out.append(Interval(int(m[1]), int(m[2]), int(m[3]), "NOT SAMPLED" in line,
+                                    *cost))
         return out
 
     def wait_intervals(self, n: int, timeout: float) -> list[Interval]:

@@ -163,6 +163,7 @@ def test_cold_pages_are_demoted_under_pressure_and_keep_free_is_held(bindir, tmp
                     start_node=0, name="filler", seed=2, pause_us=1_000_000).start()
     try:
         assert node_meminfo(0) < demote_below, "the filler did not fill the fast node"
+        spilled = int((filler.nodes() == 1).sum())  # preferred node 0, spilled over when full
         with Hotset(bindir, tmp_path, size_mib=48, hot_mib=8, start_node=1, name="hs-press",
                     seed=9) as w, \
                 Tierd(policy([filler_spec, hot_spec]), tmp_path) as tierd, \
@@ -172,10 +173,10 @@ def test_cold_pages_are_demoted_under_pressure_and_keep_free_is_held(bindir, tmp
             restored = time.monotonic() - watch.t0
             took, p = converge(tierd, [w], intervals=2 * INTERVALS_TO_95)
             tierd.wait_intervals(len(tierd.intervals()) + 2, 120)
-        filler_nodes = filler.nodes()
-        assert (filler_nodes == 1).sum() * 4096 >= keep_free - demote_below, "nothing demoted"
+        demoted = (int((filler.nodes() == 1).sum()) - spilled) * 4096
+        assert demoted >= keep_free - demote_below, f"{demoted // MIB} MiB demoted"
         # only about the room needed was demoted: the keep_free gap, the hot set, and slack
-        assert (filler_nodes == 1).sum() * 4096 <= keep_free + 8 * MIB + 48 * MIB
+        assert demoted <= keep_free + 8 * MIB + 48 * MIB, f"{demoted // MIB} MiB demoted"
         after = [free for t, free in watch.free_trace if t > restored + 2]
         # tierd's promotions stop at keep_free; other processes (python) may take a little
         assert min(after) >= keep_free - 12 * MIB, (min(after) // MIB, keep_free // MIB)
@@ -272,9 +273,11 @@ def _share_and_cap(bindir, tmp_path, tierd):
 # -- processes that fork, mmap, munmap and exit while tracked ------------------------------------
 
 
-def test_exits_and_munmaps_mid_scan_cause_no_error(bindir, tmp_path):
+@pytest.mark.parametrize("tracking", ["idle_bitmap", "page_idle"])
+def test_exits_and_munmaps_mid_scan_cause_no_error(bindir, tmp_path, tracking):
     spec = Spec("churn", 0, 0)
-    with Tierd(policy([spec]).replace("interval: 1s", "interval: 200ms"), tmp_path) as tierd:
+    text = policy([spec], tracking=tracking).replace("interval: 1s", "interval: 200ms")
+    with Tierd(text, tmp_path) as tierd:
         tierd.wait_intervals(1, 240)
         proc = workloads.churn(bindir, duration=12, name="churn", pause_us=20000)
         out, _ = proc.communicate(timeout=300)
