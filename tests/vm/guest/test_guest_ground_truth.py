@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[3]
@@ -114,38 +115,45 @@ def test_page_idle_bitmap_clamps_at_max_pfn_as_the_unit_fake_does():
 # -- hot set to the fast node, both trackers, pages at the top of the highest node -------------
 
 
-@pytest.fixture(scope="module")
-def top_of_node1(bindir, tmp_path_factory):
-    """Most of node 1 taken by a process that is not a target, so a target started next gets
-    node 1's last free pages: the top of the highest node, near max_pfn."""
-    out = tmp_path_factory.mktemp("top")
-    free = node_meminfo(1) // MIB
-    with Hotset(bindir, out, size_mib=max(2, free - 72), hot_mib=0, start_node=1,
-                name="bottom", pause_us=1_000_000) as filler:
-        yield filler
+def pfns(pid: int, lay) -> np.ndarray:
+    """PFNs of a workload's present pages, from /proc/PID/pagemap (root)."""
+    with open(f"/proc/{pid}/pagemap", "rb") as f:
+        f.seek(lay.base // 4096 * 8)
+        ent = np.frombuffer(f.read(lay.pages * 8), dtype="<u8")
+    return (ent[(ent >> np.uint64(63)) == 1] & np.uint64((1 << 55) - 1)).astype(np.int64)
 
 
 @pytest.mark.parametrize("tracking", ["idle_bitmap", "page_idle"])
-def test_hot_set_reaches_the_fast_node_with_either_tracker(bindir, tmp_path, top_of_node1,
-                                                            tracking):
-    spec = Spec("hs-top", 48, 6)
+def test_hot_set_reaches_the_fast_node_with_either_tracker(bindir, tmp_path, tracking):
+    """96 MiB on the slow node 1, the highest node: in the rig its pages span the node up to
+    max_pfn, so some sit in the page_idle bitmap's partial last word (checked below), where
+    the stock path's bitmap write comes back short (tests/unit/test_page_idle_clamp.py)."""
+    spec = Spec("hs-top", 96, 8)
     with Hotset(bindir, tmp_path, size_mib=spec.size_mib, hot_mib=spec.hot_mib, start_node=1,
                 name=spec.name, seed=7) as w:
         start = w.placement()
         assert start.hot_fast == 0 and start.cold_fast <= start.cold // 20, start
+        fd = os.open("/sys/kernel/mm/page_idle/bitmap", os.O_RDWR)
+        try:
+            last = last_bitmap_word(fd)
+        finally:
+            os.close(fd)
+        top = int((pfns(w.pid, w.layout()) >= 64 * last).sum())
+        assert top, "no page of the workload in the bitmap's last word: the test lost its point"
         with Tierd(policy([spec], tracking=tracking), tmp_path) as tierd:
             took, p = converge(tierd, [w])
             # cold pages stay where they are: nothing dragged along
             assert p.cold_fast <= start.cold_fast + p.cold // 50, p
             # steady state: moves fall to ~0
             n = len(tierd.wait_intervals(len(tierd.intervals()) + STEADY + 1, 240))
-            last = tierd.intervals()[n - STEADY:n]
-            moved = sum(i.promoted + i.demoted for i in last)
+            last_moves = tierd.intervals()[n - STEADY:n]
+            moved = sum(i.promoted + i.demoted for i in last_moves)
             assert moved <= p.hot // 20, (moved, tierd.text()[-3000:])
         assert tierd.returncode == 0, tierd.text()[-3000:]
         clean_log(tierd)
         assert w.verify(), "page contents changed"
-    print(f"{tracking}: 95% of the hot set on the fast node after {took} interval(s)")
+    print(f"{tracking}: 95% of the hot set on the fast node after {took} interval(s); "
+          f"{top} of its pages in the bitmap's last word")
 
 
 # -- pressure: the fast node below demote_below -------------------------------------------------
@@ -173,6 +181,7 @@ def test_cold_pages_are_demoted_under_pressure_and_keep_free_is_held(bindir, tmp
             restored = time.monotonic() - watch.t0
             took, p = converge(tierd, [w], intervals=2 * INTERVALS_TO_95)
             tierd.wait_intervals(len(tierd.intervals()) + 2, 120)
+            assert w.verify(), "page contents changed"
         demoted = (int((filler.nodes() == 1).sum()) - spilled) * 4096
         assert demoted >= keep_free - demote_below, f"{demoted // MIB} MiB demoted"
         # only about the room needed was demoted: the keep_free gap, the hot set, and slack
@@ -180,7 +189,7 @@ def test_cold_pages_are_demoted_under_pressure_and_keep_free_is_held(bindir, tmp
         after = [free for t, free in watch.free_trace if t > restored + 2]
         # tierd's promotions stop at keep_free; other processes (python) may take a little
         assert min(after) >= keep_free - 12 * MIB, (min(after) // MIB, keep_free // MIB)
-        assert w.verify() and filler.verify()
+        assert filler.verify(), "page contents changed"
         assert tierd.returncode == 0
         clean_log(tierd)
     finally:
@@ -191,19 +200,19 @@ def test_cold_pages_are_demoted_under_pressure_and_keep_free_is_held(bindir, tmp
 
 
 def test_phase_change_promotes_the_new_set_and_demotes_the_old(bindir, tmp_path):
-    """Room on node 0 for about one and a half hot sets above keep_free; the hot set moves:
-    the new set must reach the fast node, which needs the old one demoted."""
+    """Once the first hot set is on node 0, a process that is no target takes node 0 down to
+    keep_free + half a hot set free; then the hot set moves: the new set can reach the fast
+    node only if the old one is demoted."""
     hot_mib = 16
     spec = Spec("hs-phase", 64, hot_mib)
     filler = None
     try:
-        with Tierd(policy([spec]), tmp_path) as tierd:
-            tierd.wait_intervals(1, 240)  # tierd's own memory is allocated: now size the room
-            filler = fill_fast_node(bindir, tmp_path, hot_mib * MIB * 3 // 2, "other", 3)
-            with Hotset(bindir, tmp_path, size_mib=64, hot_mib=hot_mib, start_node=1,
-                        name="hs-phase", seed=11) as w:
-                converge(tierd, [w])
-                s = _phase_change(tierd, w)
+        with Tierd(policy([spec]), tmp_path) as tierd, \
+                Hotset(bindir, tmp_path, size_mib=64, hot_mib=hot_mib, start_node=1,
+                       name="hs-phase", seed=11) as w:
+            converge(tierd, [w], intervals=INTERVALS_TO_95 + 4)  # + tierd's start-up
+            filler = fill_fast_node(bindir, tmp_path, hot_mib * MIB // 2, "other", 3)
+            s = _phase_change(tierd, w)
         assert tierd.returncode == 0
         clean_log(tierd)
         print("phase change: new set to 95%% in %d intervals, %.0f%% of the old left" % s)
@@ -279,12 +288,12 @@ def test_exits_and_munmaps_mid_scan_cause_no_error(bindir, tmp_path, tracking):
     text = policy([spec], tracking=tracking).replace("interval: 1s", "interval: 200ms")
     with Tierd(text, tmp_path) as tierd:
         tierd.wait_intervals(1, 240)
-        proc = workloads.churn(bindir, duration=12, name="churn", pause_us=20000)
+        proc = workloads.churn(bindir, duration=6, name="churn", pause_us=20000)
         out, _ = proc.communicate(timeout=300)
         n = len(tierd.intervals())
     assert proc.returncode == 0, out  # 3: a word of its data changed
     assert tierd.returncode == 0, tierd.text()[-3000:]
-    assert n >= 5, tierd.text()[-3000:]
+    assert n >= 4, tierd.text()[-3000:]
     tracked = [line for line in tierd.text().splitlines() if " proc " in line
                and not line.split("#", 1)[1].split(": ", 1)[1].startswith("0 proc")]
     assert tracked, "churn was never tracked:\n" + tierd.text()[-3000:]
