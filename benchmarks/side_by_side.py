@@ -155,6 +155,8 @@ def guest_main(args) -> int:
     from workloads.harness import Watcher
 
     sc = workloads.scenarios(args.scale)[args.scenario]
+    if sc.phase_at and args.phase_at:
+        sc = dataclasses.replace(sc, phase_at=args.phase_at)
     bindir = workloads.build()
     outdir = Path(os.environ.get("TMPDIR", "/tmp")) / "bench"
     outdir.mkdir(parents=True, exist_ok=True)
@@ -260,7 +262,8 @@ def host_main(args) -> int:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--guest", "--scenario", scn,
                    "--contender", c, "--duration", str(args.duration), "--period",
                    str(args.period), "--scale", str(args.scale), "--pause-us",
-                   str(args.pause_us), "--json", "/mnt/out/result.json"]
+                   str(args.pause_us), "--phase-at", str(args.phase_at),
+                   "--json", "/mnt/out/result.json"]
             started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             print(f"[{started}] {scn} {c}: booting (host load {load[0]:.1f})", flush=True)
             try:
@@ -320,6 +323,8 @@ def main(argv=None) -> int:
     ap.add_argument("--period", type=float, default=5)
     ap.add_argument("--scale", type=float, default=1.0, help="workload size (1.0: 768 MiB)")
     ap.add_argument("--pause-us", type=int, default=20000, help="workload pause per pass")
+    ap.add_argument("--phase-at", type=float, default=0,
+                    help="S3: seconds after the start when the hot set moves (default 90)")
     ap.add_argument("--json", default="side_by_side.json")
     ap.add_argument("--workdir", default="/tmp/tierd-side-by-side")
     ap.add_argument("--print", action="store_true", help="print the tables of --json only")

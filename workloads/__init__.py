@@ -310,7 +310,7 @@ def scenarios(scale: float = 1.0) -> dict[str, Scenario]:
                              fill_free_mib=20),
                         Spec("hs-s2", big, hot))),
         "S3": Scenario("S3", "hot set moves to other pages", (Spec("hs-s3", big, hot),),
-                       phase_at=90.0 * min(1.0, scale * 2)),
+                       phase_at=90.0),
         "S4": Scenario("S4", "THP, scattered hot set", (Spec("hs-s4", big, hot, thp=True),)),
         "S4d": Scenario("S4d", "THP, dense hot huge pages",
                         (Spec("hs-s4d", big, hot, thp=True, dense=True),)),
