@@ -140,10 +140,10 @@ class Mechanism:
             hot += ["--damos_filter", "reject", "none", "young", "--damos_apply_interval", "1s"]
             cold += ["--damos_filter", "reject", "young", "--damos_apply_interval", "1s"]
         argv = self._damo() + ["start",
-                               "--kdamond", "--damon_ctx", "--ops", "paddr", "--numa_node", "1",
-                               "--damos_scheme", *hot,
-                               "--kdamond", "--damon_ctx", "--ops", "paddr", "--numa_node", "0",
-                               "--damos_scheme", *cold]
+                               "--kdamond", "--damon_ctx", "--ops", "paddr",
+                               "--damon_target", "--numa_node", "1", "--damos_scheme", *hot,
+                               "--kdamond", "--damon_ctx", "--ops", "paddr",
+                               "--damon_target", "--numa_node", "0", "--damos_scheme", *cold]
         proc = subprocess.run(argv, capture_output=True, text=True)
         self.log += " ".join(argv) + "\n" + proc.stdout + proc.stderr
         if proc.returncode:
@@ -254,8 +254,10 @@ def host_main(args) -> int:
         results = json.loads(jpath.read_text())
     for scn in args.scenarios.split(","):
         for c in contenders:
-            if any(r["scenario"] == scn and r["contender"] == c for r in results):
+            if any(r["scenario"] == scn and r["contender"] == c and not r.get("error")
+                   for r in results):
                 continue  # already measured (--json accumulates; delete it to re-run)
+            results = [r for r in results if (r["scenario"], r["contender"]) != (scn, c)]
             load = os.getloadavg()
             out = Path(args.workdir) / f"{scn}-{c}"
             out.mkdir(parents=True, exist_ok=True)
@@ -298,6 +300,9 @@ def print_tables(results) -> None:
               "fast free min | workload reads/s | mechanism CPU | data intact | host load |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rs:
+            if r.get("error"):
+                print(f"| {r['contender']} | failed: {r['error'][:200]} |")
+                continue
             s = r.get("summary") or summarize(r)
             f = (lambda v: "never" if v is None else f"{v:.0f} s")
             cpu = f"{s['cpu']:.0f} s"
