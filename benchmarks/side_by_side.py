@@ -309,7 +309,8 @@ def print_tables(results) -> None:
             if r["contender"] == "kernel":
                 cpu += f" kswapd, {r['vmstat'].get('numa_hint_faults', 0)} hint faults"
             print(f"| {r['contender']} | {f(s['t50'])} | {f(s['t90'])} | "
-                  f"{s['hot_end']:.0f}% | {s['cold_max']:.0f}% / {s['cold_end']:.0f}% | "
+                  f"{'-' if s['hot_end'] is None else format(s['hot_end'], '.0f')}% | "
+                  f"{s['cold_max']:.0f}% / {s['cold_end']:.0f}% | "
                   f"{s['free_min']} MiB | {s['rate']:.2f} M | {cpu} | {s['intact']} | "
                   f"{r['host_load'][0]:.1f} |")
         print("\n% hot on fast over time (s: %):")
