@@ -133,7 +133,8 @@ class Mechanism:
 
     def _damo_start(self, young: bool) -> None:
         self._seed_damo_sysinfo()
-        hot = ["--damos_action", "migrate_hot", "0", "--damos_access_rate", "5%", "max"]
+        # "5% max" would overflow in damo's percent -> nr_accesses conversion: say 100%
+        hot = ["--damos_action", "migrate_hot", "0", "--damos_access_rate", "5%", "100%"]
         cold = ["--damos_action", "migrate_cold", "1", "--damos_access_rate", "0%", "0%",
                 "--damos_age", "10s", "max"]
         if young:
