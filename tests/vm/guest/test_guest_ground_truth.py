@@ -47,16 +47,6 @@ def fast_total() -> int:
     return node_meminfo(0, "MemTotal")
 
 
-def wait_until(pred, timeout, what, tierd=None):
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError(f"{what}: not within {timeout} s; node 0 free "
-                                 f"{node_meminfo(0) // MIB} MiB\n"
-                                 + (tierd.text()[-4000:] if tierd else ""))
-        time.sleep(0.5)
-
-
 def clean_log(tierd: Tierd) -> None:
     text = tierd.text()
     for bad in ("Traceback", "ERROR", "NOT SAMPLED", "not sampled"):
