@@ -121,17 +121,28 @@ def test_hot_set_reaches_the_fast_node_with_either_tracker(bindir, tmp_path, tra
     max_pfn, so some sit in the page_idle bitmap's partial last word (checked below), where
     the stock path's bitmap write comes back short (tests/unit/test_page_idle_clamp.py)."""
     spec = Spec("hs-top", 96, 8)
-    with Hotset(bindir, tmp_path, size_mib=spec.size_mib, hot_mib=spec.hot_mib, start_node=1,
-                name=spec.name, seed=7) as w:
+    fd = os.open("/sys/kernel/mm/page_idle/bitmap", os.O_RDWR)
+    try:
+        last = last_bitmap_word(fd)
+    finally:
+        os.close(fd)
+    # Where the allocator puts 96 MiB depends on what ran before: start candidates (each
+    # keeps its memory) until one has pages in the last word, then keep only that one.
+    tried = []
+    for seed in range(7, 13):
+        w = Hotset(bindir, tmp_path, size_mib=spec.size_mib, hot_mib=spec.hot_mib,
+                   start_node=1, name=spec.name, seed=seed).start()
+        top = int((pfns(w.pid, w.layout()) >= 64 * last).sum())
+        if top:
+            break
+        tried.append(w)
+    for other in tried:
+        if other is not w:
+            other.stop()
+    assert top, "no page of the workload in the bitmap's last word: the test lost its point"
+    with w:
         start = w.placement()
         assert start.hot_fast == 0 and start.cold_fast <= start.cold // 20, start
-        fd = os.open("/sys/kernel/mm/page_idle/bitmap", os.O_RDWR)
-        try:
-            last = last_bitmap_word(fd)
-        finally:
-            os.close(fd)
-        top = int((pfns(w.pid, w.layout()) >= 64 * last).sum())
-        assert top, "no page of the workload in the bitmap's last word: the test lost its point"
         with Tierd(policy([spec], tracking=tracking), tmp_path) as tierd:
             took, p = converge(tierd, [w])
             # cold pages stay where they are: nothing dragged along
