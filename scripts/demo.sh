@@ -1,33 +1,15 @@
 #!/usr/bin/env bash
-# tierd's main job, from a fresh Debian 12 machine (as root): installs tierd in .venv, shows
-# what this machine offers (`tierd topology`), samples a live process (`tierd scan`), then
-# runs the policy simulator on a zipf workload with phase changes.
-set -uo pipefail
+# tierd's main job, live, from a fresh Debian 12 machine (as root): installs what it needs
+# (scripts/install-deps.sh --kernel), builds the rig kernel the first time (about 5 minutes,
+# with a progress line; cached in ~/.cache/tierd) or reuses it, boots the QEMU two-tier rig,
+# starts two programs whose memory (1 GiB) is twice the fast node's and starts on the slow
+# node, runs `tierd run` with the shipped etc/tierd.yaml plus a target selector, and prints,
+# per tierd interval, where the programs' hot pages really are (their own list of hot pages,
+# placed with move_pages queries), what tierd moved, the fast node's free memory and tierd's
+# CPU; then a plain-language summary.  Takes ~3-5 minutes after the kernel exists.
+# Options go to `python -m workloads.demo` (--intervals N, --tracking page_idle).
+# Without a VM: scripts/demo-sim.sh (tierd topology, scan of a local process, simulate).
+set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh || exit 1
-tierd=.venv/bin/tierd
-
-echo "== tierd topology"
-$tierd topology
-
-echo; echo "== tierd scan of a process touching 16 of its 64 MiB"
-.venv/bin/python - <<'PY' &
-import mmap, time
-m = mmap.mmap(-1, 64 << 20)
-for i in range(0, 64 << 20, 4096):
-    m[i] = 1
-end = time.time() + 60
-while time.time() < end:
-    for i in range(0, 16 << 20, 4096):
-        m[i] = 2
-    time.sleep(0.05)
-PY
-workload=$!
-sleep 1
-$tierd scan --pid "$workload" --samples 4 --interval 1
-echo "(tierd scan exited $?)"
-kill "$workload" 2>/dev/null
-
-echo; echo "== tierd simulate: 16 GiB process, 4 GiB fast tier, zipf, hot set moves every 20"
-$tierd simulate --config etc/tierd.yaml \
-	--workload "size=16GiB,fast=4GiB,dist=zipf:1.1,phase=every:20" --intervals 40
+scripts/install-deps.sh --kernel
+exec .venv/bin/python -m workloads.demo "$@"

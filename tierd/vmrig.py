@@ -208,7 +208,8 @@ def qemu_command(kernel: Path, machine: Machine, init: str, out: Path,
 def run(command: list[str] | str, *, kernel: Path | None = None,
         machine: Machine = Machine(), timeout: float = 900, env: dict | None = None,
         out: Path | None = None, append: str = "", echo: bool = False,
-        systemd: bool = False) -> Result:
+        systemd: bool = False,
+        on_line=None) -> Result:
     """Boot the rig, run ``command`` (argv list or shell string) as root, return its result.
 
     ``out`` is the host directory shared writable as /mnt/out (a temporary one by default);
@@ -216,6 +217,8 @@ def run(command: list[str] | str, *, kernel: Path | None = None,
     ``echo`` copies the console to stderr as it runs.  ``systemd``: boot systemd as PID 1
     on a writable overlay of the host root and run the command as a service
     (INIT_SYSTEMD); the guest's journal is saved to OUT/journal.txt.
+    ``on_line`` (a callable) gets every console line as it arrives (the live demo shows the
+    guest's output that way).
     """
     if shutil.which("qemu-system-x86_64") is None:
         raise VMError("qemu-system-x86_64 not found: run scripts/install-deps.sh --kernel")
@@ -247,7 +250,7 @@ def run(command: list[str] | str, *, kernel: Path | None = None,
         init.chmod(0o755)
         argv = qemu_command(kernel, machine, str(init), out, append)
         start = time.monotonic()
-        console = _boot(argv, timeout, echo)
+        console = _boot(argv, timeout, echo, on_line)
         seconds = time.monotonic() - start
         (out / "console.log").write_text(console)
         rc_file = out / "rc"
@@ -261,7 +264,7 @@ def run(command: list[str] | str, *, kernel: Path | None = None,
             tmp.cleanup()
 
 
-def _boot(argv: list[str], timeout: float, echo: bool) -> str:
+def _boot(argv: list[str], timeout: float, echo: bool, on_line=None) -> str:
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
@@ -278,6 +281,8 @@ def _boot(argv: list[str], timeout: float, echo: bool) -> str:
             lines.append(text)
             if echo:
                 print(text, file=sys.stderr, flush=True)
+            if on_line is not None:
+                on_line(text)
             if time.monotonic() > deadline:
                 raise subprocess.TimeoutExpired(argv, timeout)
         proc.wait(timeout=max(1.0, deadline - time.monotonic()))

@@ -101,14 +101,16 @@ def test_reader_error_warns_once_per_process_and_errno(caplog):
             access(a, [1])
             stats = eng.step()
     warned = warnings_(caplog)
-    assert len(warned) == 1 and warned[0].startswith(f"pid {PID + 1} (app): access bits of ")
-    assert warned[0].endswith("not read: [Errno 5] Input/output error")
+    assert len(warned) == 1 and warned[0].startswith(f"pid {PID + 1} (app): range ")
+    assert warned[0].endswith("not sampled: [Errno 5] Input/output error")
     # the repeats are still there for whoever debugs
-    assert sum("access bits of" in r.getMessage() for r in caplog.records
+    assert sum("not sampled" in r.getMessage() for r in caplog.records
                if r.levelno == logging.DEBUG) == 2
-    # the unreadable process reads as no pages (not dropped); the other is placed
+    # the unreadable process keeps its last sample (not dropped, not made cold) and is
+    # counted as not sampled; the other is placed
     assert k.moves() == [(PID, [1], [0])] and set(eng.units) == {(PID, 0.0), (PID + 1, 0.0)}
-    assert stats.targets["app"].pages == 64
+    assert stats.targets["app"].pages == 128
+    assert (stats.unsampled_ranges, stats.targets["app"].unsampled_ranges) == (1, 1)
     # another errno is news again
     k.fail["sample"][PID + 1] = PermissionError(errno.EACCES, "Permission denied")
     caplog.clear()

@@ -42,6 +42,10 @@ def guest(tmp_path_factory):
     if why:
         pytest.skip(why)
     kernel = vmrig.kernel_dir()
+    sys.path.insert(0, str(REPO))
+    import workloads  # the C workloads of tests/vm/guest: built here, the guest's root is read-only
+
+    workloads.build()
     out = tmp_path_factory.mktemp("vm")
     script = GUEST_SCRIPT.format(selftests=kernel / "selftests", repo=REPO,
                                  python=sys.executable)

@@ -52,6 +52,7 @@ from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
 log = logging.getLogger("tierd")
 
 QUERY_MIN = 65536  # node queries per interval at least (256 MiB of address space)
+UNSAMPLED_WARN_EVERY = 60.0  # seconds between two "could not sample" warnings
 SLICE_PAGES = 1 << 22  # pages selected and moved at a time: ~100 MB of temporaries at most
 SPEED_MIN_PAGES = 1024  # fewer pages in less than half the interval: call overhead, not speed
 DEFAULT_CONFIG = "/etc/tierd.yaml"
@@ -71,6 +72,11 @@ class TargetStats:
     cold: int = NO_THRESHOLD
     # node id (-1 unknown) -> pages by hotness level: the per target and node histograms
     by_node: dict[int, np.ndarray] = field(default_factory=dict)
+    # Address ranges (merged VMAs) whose access bits could not be read this interval, and their
+    # size in pages (the engine repeats their last sample).  Non-zero means tierd is partly
+    # blind for this target: the interval line says NOT SAMPLED and a warning is logged.
+    unsampled_ranges: int = 0
+    unsampled_pages: int = 0
 
 
 @dataclass
@@ -100,6 +106,8 @@ class IntervalStats:
     primed: int = 0  # processes sampled for the first time (that sample only primes the bits)
     split: int = 0  # huge pages split (tierd/engine/huge.py)
     interval: float = 0.0  # the interval this one's move budget covered (seconds)
+    unsampled_ranges: int = 0  # all targets: see TargetStats.unsampled_ranges
+    unsampled_pages: int = 0
 
 
 class Observer:
@@ -154,6 +162,8 @@ def summary_line(s: IntervalStats) -> str:
         parts.append(f"exited {s.dropped}")
     if s.split:
         parts.append(f"split {s.split} huge")
+    if s.unsampled_ranges:
+        parts.append(f"NOT SAMPLED {s.unsampled_ranges} range(s) {_size(s.unsampled_pages)}")
     parts.append(f"engine {s.engine_seconds * 1e3:.0f}ms sample {s.sample_seconds * 1e3:.0f}ms "
                  f"move {s.move_seconds * 1e3:.0f}ms of {s.interval:g}s")
     return ", ".join(parts)
@@ -197,6 +207,8 @@ class Engine:
         self.huge: HugePages | None = None
         self._set_huge(policy)
         self._warned_single_tier = False
+        self._unsampled_warned_at: float | None = None
+        self._unsampled_suppressed = 0
 
     # -- policy ------------------------------------------------------------------------------
     def set_policy(self, policy) -> None:
@@ -266,7 +278,7 @@ class Engine:
         for key in list(self.units):
             unit = self.units[key]
             try:
-                engine_s += self._sample(unit, node_ids)
+                engine_s += self._sample(unit, node_ids, stats)
             except GONE:
                 self._drop(key)
                 stats.dropped += 1
@@ -343,7 +355,7 @@ class Engine:
             if self.huge is not None:
                 self.huge.forget(key)
 
-    def _sample(self, unit: Unit, node_ids) -> float:
+    def _sample(self, unit: Unit, node_ids, stats: IntervalStats | None = None) -> float:
         """Read the maps and access bits of one process into its state.  Returns the time
         spent in our own arithmetic (the rest is the kernel's)."""
         pid = unit.ref.pid
@@ -363,14 +375,11 @@ class Engine:
             except GONE:
                 raise
             except OSError as e:  # this range only (e.g. unmapped between maps and read)
-                # once per process and errno at WARNING: a reader that fails on every range
-                # (permissions, a broken interface) must not look like an idle process
-                first = e.errno not in unit.reader_errors
-                unit.reader_errors.add(e.errno)
-                log.log(logging.WARNING if first else logging.DEBUG,
-                        "pid %d (%s): access bits of %#x+%d words not read: %s", pid,
-                        unit.ref.target, ws * 64 << 12, nw, e)
-                p = a = 0
+                self._unsampled(unit, ws, nw, e, stats)
+                # A missed sample repeats the last one for this range: a blind spot must
+                # neither make pages look cold (demote) nor new (forget their history).
+                p = st.present[off: off + nw].copy()
+                a = st.hist[st.head][off: off + nw].copy()
             present[off: off + nw] = p
             accessed[off: off + nw] = a
         t0 = self.clock()
@@ -379,6 +388,33 @@ class Engine:
         if nodes_of is not None:
             self._learn_nodes(unit, nodes_of)
         return ours + self.clock() - t0
+
+    def _unsampled(self, unit: Unit, ws: int, nw: int, err: OSError, stats):
+        """A range whose access bits could not be read: count it where operators look (the
+        interval line, IntervalStats/TargetStats.unsampled_*) and warn at most once a minute."""
+        if stats is not None:
+            ts = stats.targets.setdefault(unit.ref.target, TargetStats())
+            for s in (stats, ts):
+                s.unsampled_ranges += 1
+                s.unsampled_pages += 64 * nw
+        # at WARNING the first time per process and errno (a reader that fails on every range,
+        # permissions or a broken interface, must not look like an idle process), then at
+        # most once a minute
+        first = err.errno not in unit.reader_errors
+        unit.reader_errors.add(err.errno)
+        now = self.clock()
+        if (first or self._unsampled_warned_at is None
+                or now - self._unsampled_warned_at >= UNSAMPLED_WARN_EVERY):
+            more = (f" (and {self._unsampled_suppressed} more since the last warning)"
+                    if self._unsampled_suppressed else "")
+            log.warning("pid %d (%s): range %#x (%s) not sampled: %s%s", unit.ref.pid,
+                        unit.ref.target, ws * 64 << 12, _size(64 * nw), err, more)
+            self._unsampled_warned_at = now
+            self._unsampled_suppressed = 0
+        else:
+            self._unsampled_suppressed += 1
+            log.debug("pid %d (%s): range %#x (%s) not sampled: %s", unit.ref.pid,
+                      unit.ref.target, ws * 64 << 12, _size(64 * nw), err)
 
     @staticmethod
     def _learn_nodes(unit: Unit, nodes_of) -> None:
@@ -491,7 +527,7 @@ class Engine:
     def _fill_stats(self, stats: IntervalStats, live, node_ids, fast) -> None:
         stats.processes = len(self.units)
         for spec in self.policy.targets:
-            stats.targets[spec.name] = TargetStats()
+            stats.targets.setdefault(spec.name, TargetStats())  # may hold unsampled_* already
         for nid in list(node_ids) + [UNKNOWN]:
             stats.nodes[nid] = np.zeros(LEVELS, np.int64)
         fast_cls = [i for i, n in enumerate(node_ids) if n in fast]

@@ -26,6 +26,7 @@ step is a numpy operation over the whole range.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from typing import Protocol, runtime_checkable
 
@@ -33,6 +34,8 @@ import numpy as np
 
 from tierd.linux.errors import FeatureMissing, ProcessGone
 from tierd.linux.procfs import ProcFS, decode_pagemap, pread_full, read_pagemap
+
+log = logging.getLogger("tierd")
 
 PAGES_PER_WORD = 64
 IDLE_RECORD_BYTES = 16  # idle_bitmap: (present u64 LE, idle u64 LE) per 64 pages
@@ -304,6 +307,10 @@ class PageIdleReader:
         self._seen: dict[int, set[tuple[int, int]]] = {}
         self._bitmap_fd: int | None = None
         self._kpf_fd: int | None = None
+        # Pages whose idle bit could not be read (the bitmap's partial last word), summed over
+        # all samples: reported accessed, counted here for `tierd scan` and the engine.
+        self.unreadable_pages = 0
+        self._warned_unreadable = False
 
     # -- file descriptors ------------------------------------------------------------------
     def _pagemap_fd(self, pid: int) -> int:
@@ -328,8 +335,11 @@ class PageIdleReader:
         return self._kpf_fd
 
     # -- sparse reads of per-PFN files -------------------------------------------------------
-    def _read_u64(self, fd: int, idx: np.ndarray, gap: int, chunk: int = 0) -> np.ndarray:
-        """u64 entries at sorted unique indices ``idx`` of a file of u64s, read in spans."""
+    def _read_u64(self, fd: int, idx: np.ndarray, gap: int, chunk: int = 0,
+                  got: np.ndarray | None = None) -> np.ndarray:
+        """u64 entries at sorted unique indices ``idx`` of a file of u64s, read in spans.
+        Entries the file did not return (a short read: past its end) read 0; ``got``, if
+        given (bool[idx.size]), is set True exactly for the entries that were read."""
         out = np.zeros(idx.size, dtype=np.uint64)
         if idx.size == 0:
             return out
@@ -342,6 +352,8 @@ class PageIdleReader:
             k = len(data) // 8
             span[:k] = np.frombuffer(data, dtype=np.uint64, count=k)  # native byte order
             out[p:q] = span[idx[p:q] - a]
+            if got is not None:
+                got[p:q] = idx[p:q] - a < k
         return out
 
     def _flags(self, pfns: np.ndarray) -> np.ndarray:
@@ -428,8 +440,16 @@ class PageIdleReader:
         uw, wfirst = np.unique(words, return_index=True)
         mask = np.add.reduceat(bits, wfirst) if uh.size else np.zeros(0, np.uint64)  # distinct bits
         bitmap = self._bitmap()
-        idle_words = self._read_u64(bitmap, uw, self.merge_gap_words, SYSFS_IO_MAX)
-        idle_h = (idle_words[np.searchsorted(uw, words)] & bits) != 0
+        got = np.zeros(uw.size, dtype=bool)
+        idle_words = self._read_u64(bitmap, uw, self.merge_gap_words, SYSFS_IO_MAX, got)
+        wi = np.searchsorted(uw, words)
+        idle_h = (idle_words[wi] & bits) != 0
+        if not got.all():
+            # mm/page_idle.c returns whole words only and stops at max_pfn, so the last,
+            # partial word of the bitmap (PFNs just below max_pfn, the top of the highest
+            # node) can never be read.  Its pages read "not idle", i.e. accessed: a page we
+            # know nothing about must not look cold (and once promoted it has a new PFN).
+            self._note_unreadable(int((~got[wi]).sum()), uw[~got])
         # Back to pages: page -> unique pfn -> (real) head -> idle.
         idle_u = np.zeros(upfn.size, dtype=bool)
         idle_u[real] = idle_h[hinv]
@@ -441,7 +461,14 @@ class PageIdleReader:
 
     def _write_words(self, fd: int, words: np.ndarray, values: np.ndarray) -> None:
         """Write ``values`` at bitmap word indices ``words`` (sorted unique), in spans; the
-        gaps inside a span are written as 0, which the kernel ignores (only set bits act)."""
+        gaps inside a span are written as 0, which the kernel ignores (only set bits act).
+
+        A short write continues where the kernel stopped.  A write of 0 bytes is the end of
+        memory: mm/page_idle.c clamps to max_pfn and returns only whole words, so the last,
+        partial word is applied (its PFNs below max_pfn marked idle) but not counted.  That
+        is checked, not assumed: a 0-byte write is accepted only at the last word of the
+        bitmap (the next word's write fails with ENXIO: past max_pfn) and only if no word
+        after it carries bits; anything else is an OSError naming the file and offset."""
         if words.size == 0:
             return
         lo, hi = _spans(words, self.merge_gap_words)
@@ -454,9 +481,35 @@ class PageIdleReader:
             done = 0
             while done < len(buf):
                 n = os.pwrite(fd, buf[done : done + SYSFS_IO_MAX], 8 * a + done)
-                if n <= 0:
-                    raise OSError(errno.EIO, f"short write to {self.bitmap_path}")
-                done += n
+                if n > 0:
+                    done += n
+                    continue
+                word = a + done // 8
+                if span[done // 8 + 1 :].any() or not self._is_last_word(fd, word):
+                    raise OSError(errno.EIO, f"short write to {self.bitmap_path} at word {word} "
+                                  f"(byte {8 * word}): {len(buf) - done} bytes not written")
+                break  # the partial last word: applied by the kernel, nothing after it
+
+    def _is_last_word(self, fd: int, word: int) -> bool:
+        """Whether ``word`` is the bitmap's partial last word: writing a zero word (a no-op:
+        only set bits act) there returns 0, and one word further fails with ENXIO."""
+        zero = bytes(8)
+        try:
+            if os.pwrite(fd, zero, 8 * word) != 0:
+                return False
+            os.pwrite(fd, zero, 8 * (word + 1))
+        except OSError as e:
+            return e.errno == errno.ENXIO
+        return False
+
+    def _note_unreadable(self, pages: int, words: np.ndarray) -> None:
+        """Count (and log once) pages whose idle bit the bitmap cannot return."""
+        self.unreadable_pages += pages
+        if not self._warned_unreadable:
+            self._warned_unreadable = True
+            log.warning("%s: bitmap word(s) %s (PFNs from %d) cannot be read (the partial "
+                        "word at max_pfn, mm/page_idle.c): their pages are reported accessed",
+                        self.bitmap_path, words.tolist()[:4], int(words[0]) * 64)
 
     def close(self, pid: int) -> None:
         self._seen.pop(pid, None)

@@ -1,0 +1,73 @@
+"""workloads/: the C programs that know their hot pages, and their driver, on this machine.
+
+These run unprivileged (move_pages queries on one's own child need no capability); the rig's
+tests (tests/vm/guest/test_guest_ground_truth.py) use them on two NUMA nodes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import workloads  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bindir():
+    return workloads.build()
+
+
+def test_hotset_reports_its_hot_pages_phases_and_checksums(bindir, tmp_path):
+    with workloads.Hotset(bindir, tmp_path, size_mib=8, hot_mib=1, seed=5, pause_us=1000) as w:
+        lay = w.layout()
+        assert lay.pid == w.pid and lay.pages == 2048 and not lay.thp and lay.phase == 0
+        assert lay.hot.size == 256 and np.unique(lay.hot).size == 256
+        assert lay.base % (2 << 20) == 0
+        where = w.nodes()
+        assert (where >= 0).all()  # every page present (filled with its pattern)
+        p = w.placement(fast=(int(where[0]),))
+        assert (p.hot, p.cold, p.absent) == (256, 1792, 0)
+        assert p.hot_fraction == 1.0
+        new = w.next_phase()
+        assert new.phase == 1 and not np.intersect1d(new.hot, lay.hot).size
+        assert w.verify()
+        t0, _ = w.touches()
+        workloads._wait(lambda: w.touches()[0] > t0, 30, "touches")
+
+
+def test_dense_hot_set_is_whole_2mib_blocks(bindir, tmp_path):
+    with workloads.Hotset(bindir, tmp_path, size_mib=16, hot_mib=4, dense=True, thp=True) as w:
+        hot = np.sort(w.layout().hot)
+        assert hot.size == 1024
+        blocks = np.unique(hot // 512)
+        assert blocks.size == 2 and (np.bincount(hot // 512)[blocks] == 512).all()
+        assert w.layout().thp
+
+
+def test_churn_runs_and_checks_its_data(bindir):
+    proc = workloads.churn(bindir, duration=1, pause_us=10000)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "0 bad words" in out and "forks" in out
+
+
+def test_policy_yaml_is_the_shipped_policy_plus_selectors():
+    import yaml
+
+    base = (Path(workloads.SRC).parent / "etc" / "tierd.yaml").read_text()
+    sc = workloads.scenarios(scale=0.25)["S5"]
+    doc = yaml.safe_load(workloads.policy_yaml(base, sc, interval="1s"))
+    shipped = yaml.safe_load(base)
+    assert [t["comm"] for t in doc["targets"]] == ["^hs-a$", "^hs-b$"]
+    assert doc["targets"][0]["fast_share"] == "30%" and doc["targets"][1]["fast_cap"] == "15%"
+    assert doc["interval"] == "1s" and doc["fast_tier"] == shipped["fast_tier"]
+    assert doc["migration"] == shipped["migration"] and doc["hotness"] == shipped["hotness"]
+
+
+def test_parse_report_rejects_a_truncated_list():
+    with pytest.raises(workloads.WorkloadError):
+        workloads.parse_report("pid 1\nbase 0x1000\npages 4\nthp 0\nphase 0\nhot 2\n3\n")
