@@ -42,7 +42,7 @@ def test_systemd_was_pid_1(systemd_guest):
     out, result = systemd_guest
     journal = (out / "journal.txt").read_text(errors="replace")
     assert "systemd 252" in journal or "systemd[1]" in journal, journal[:3000]
-    assert "tierd-vm: running" in result.output
+    assert "tierd-vm: running" in result.console
 
 
 def test_service_tests_pass_under_systemd(systemd_guest):
