@@ -12,7 +12,7 @@ import numpy as np
 from tierd.linux import Feature, Features
 
 TOPO = os.path.join(os.path.dirname(__file__), "fixtures", "topology")
-ADMIN_NICE = (1 << 21) | (1 << 23)  # CAP_SYS_ADMIN | CAP_SYS_NICE
+ADMIN_PTRACE = (1 << 21) | (1 << 19)  # CAP_SYS_ADMIN | CAP_SYS_PTRACE
 
 
 class FakeSyscalls:
@@ -27,7 +27,7 @@ class FakeSyscalls:
         return np.full(len(addrs), self.result, dtype=np.int32)
 
 
-def make_tree(tmp_path, topo="two_tiers", caps=ADMIN_NICE, page_idle=True, kpageflags=True):
+def make_tree(tmp_path, topo="two_tiers", caps=ADMIN_PTRACE, page_idle=True, kpageflags=True):
     root = tmp_path / "root"
     shutil.copytree(os.path.join(TOPO, topo), root)
     me = root / "proc" / str(os.getpid())

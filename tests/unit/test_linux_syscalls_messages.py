@@ -28,8 +28,8 @@ def test_eperm_says_what_permission_is_missing():
     e = failing(errno.EPERM)
     assert type(e) is PermissionError and e.errno == errno.EPERM
     assert e.strerror == (
-        "move_pages of pid 77 refused: moving another user's pages (or MPOL_MF_MOVE_ALL) needs "
-        "CAP_SYS_NICE, and the caller must be allowed to ptrace the process")
+        "move_pages of pid 77 refused: moving another process's pages needs ptrace access to it "
+        "(same user, or CAP_SYS_PTRACE); MPOL_MF_MOVE_ALL also needs CAP_SYS_NICE")
 
 
 def test_eacces_names_the_cpuset():

@@ -11,10 +11,10 @@ Each ``Feature`` says whether it is usable here, since which kernel it exists, w
 | pagemap_pfn  | Linux 2.6.25 pagemap; PFNs need         | CAP_SYS_ADMIN                     |
 |              | CAP_SYS_ADMIN since 4.2                 |                                   |
 | kpageflags   | Linux 2.6.25, CONFIG_PROC_PAGE_MONITOR  | root (mode 0400)                  |
-| move_pages   | Linux 2.6.18, CONFIG_NUMA+MIGRATION     | CAP_SYS_NICE for others' pages    |
+| move_pages   | Linux 2.6.18, CONFIG_NUMA+MIGRATION     | ptrace access for others' pages   |
 | numa         | /sys/devices/system/node, CONFIG_NUMA   |                                   |
 | memory_tiers | Linux 6.1, memory_tiering in sysfs      |                                   |
-| privileges   | root or CAP_SYS_ADMIN + CAP_SYS_NICE    |                                   |
+| privileges   | root or CAP_SYS_ADMIN + CAP_SYS_PTRACE  |                                   |
 """
 
 from __future__ import annotations
@@ -126,16 +126,21 @@ def probe(proc: str = "/proc", sys: str = "/sys", syscalls=None) -> Features:
     is_root = os.geteuid() == 0
     admin = bool(caps >> CAP_SYS_ADMIN & 1)
     nice = bool(caps >> CAP_SYS_NICE & 1)
+    # move_pages(2) on another process is a ptrace access check (PTRACE_MODE_READ_REALCREDS,
+    # mm/migrate.c since Linux 4.13, commit 197e7e521384); CAP_SYS_NICE only matters for
+    # MPOL_MF_MOVE_ALL, which tierd does not use.
+    ptrace = bool(caps >> CAP_SYS_PTRACE & 1)
 
-    if admin and nice:
-        privileges = Feature("privileges", True, "root or CAP_SYS_ADMIN + CAP_SYS_NICE",
-                             f"{'root' if is_root else 'not root'}, CAP_SYS_ADMIN and CAP_SYS_NICE")
+    if admin and ptrace:
+        privileges = Feature("privileges", True, "root or CAP_SYS_ADMIN + CAP_SYS_PTRACE",
+                             f"{'root' if is_root else 'not root'}, CAP_SYS_ADMIN and CAP_SYS_PTRACE")
     else:
-        lacking = [n for n, ok in (("CAP_SYS_ADMIN", admin), ("CAP_SYS_NICE", nice)) if not ok]
+        lacking = [n for n, ok in (("CAP_SYS_ADMIN", admin), ("CAP_SYS_PTRACE", ptrace)) if not ok]
         privileges = Feature(
-            "privileges", False, "root or CAP_SYS_ADMIN + CAP_SYS_NICE",
+            "privileges", False, "root or CAP_SYS_ADMIN + CAP_SYS_PTRACE",
             f"running without {' and '.join(lacking)} (uid {os.geteuid()}): page frame numbers, "
-            "idle_bitmap and page_idle need CAP_SYS_ADMIN, moving other users' pages CAP_SYS_NICE",
+            "idle_bitmap and page_idle need CAP_SYS_ADMIN, reading and moving other users' "
+            "pages CAP_SYS_PTRACE",
             "run tierd as root (the systemd unit does)",
         )
 

@@ -134,7 +134,7 @@ class Syscalls:
     def process_madvise(self, pidfd: int, ranges: np.ndarray, advice: int) -> int:
         """process_madvise(2) of ``advice`` on ``ranges`` (uint64 [n, 2]: start, length) of
         the process behind ``pidfd``, UIO_MAXIOV ranges per call.  Returns the bytes advised.
-        ESRCH -> ProcessGone, EPERM -> PermissionError (needs CAP_SYS_NICE), EINVAL/ENOSYS ->
+        ESRCH -> ProcessGone, EPERM -> PermissionError (needs ptrace access), EINVAL/ENOSYS ->
         FeatureMissing (Linux < 5.10, or an advice this kernel does not take remotely)."""
         iov = np.ascontiguousarray(ranges, dtype=np.uint64).reshape(-1, 2)
         nr = PROCESS_MADVISE_NR.get(self.machine)
@@ -168,8 +168,8 @@ class Syscalls:
             raise ProcessGone(pid, "move_pages: ESRCH")
         if err in (errno.EPERM, errno.EACCES):
             why = (
-                "moving another user's pages (or MPOL_MF_MOVE_ALL) needs CAP_SYS_NICE, and "
-                "the caller must be allowed to ptrace the process"
+                "moving another process's pages needs ptrace access to it (same user, or "
+                "CAP_SYS_PTRACE); MPOL_MF_MOVE_ALL also needs CAP_SYS_NICE"
                 if err == errno.EPERM
                 else "a target node is not allowed by the caller's cpuset"
             )
