@@ -116,7 +116,7 @@ class Mechanism:
     def _damo(self) -> list[str]:
         exe = Path(sys.executable).parent / "damo"
         if not exe.exists():
-            raise SystemExit("damo is not installed: .venv/bin/pip install damo")
+            raise SystemExit("damo is not installed: .venv/bin/pip install -e '.[bench]'")
         return [str(exe)]
 
     def _seed_damo_sysinfo(self) -> None:
