@@ -284,3 +284,18 @@ def test_once_sparse_the_rest_is_split_even_when_it_would_now_fit():
     hot[SPARSE] = True
     assert not proc.huge
     assert (where[hot] == 0).mean() >= 0.9 and (where[~hot] == 0).mean() <= 0.1
+
+
+def test_a_recollapsed_block_is_a_candidate_at_its_first_uniform_sample():
+    """khugepaged collapsed a split range back: its history is still per-subpage, but the
+    newest sample is one Accessed bit again."""
+    n = 4 * HPAGE_PAGES
+    split_era = np.zeros(n, bool)
+    split_era[0:512:16] = True  # block 0 split: a few hot subpages
+    now = split_era.copy()
+    now[0:512] = True  # collapsed: the PMD's bit covers all 512
+    st = state_with([split_era, split_era, now])
+    vpns, _ = uniform_hot_blocks(st)
+    assert vpns.tolist() == [0x7F0000000]
+    st2 = state_with([split_era, split_era, split_era])
+    assert uniform_hot_blocks(st2)[0].size == 0
