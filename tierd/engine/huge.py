@@ -193,10 +193,12 @@ def density(st: PageState, vpns: np.ndarray, watch: int) -> np.ndarray:
 
 
 def forget_history(st: PageState, vpns: np.ndarray) -> None:
-    """Split blocks start over: their one shared history says nothing about the subpages."""
-    for w in _flat_words(st, vpns).tolist():
-        if w >= 0:
-            st.hist[:, w: w + HPAGE_WORDS] = 0
+    """Split blocks start over: their one shared history says nothing about the subpages,
+    and their node is asked again (khugepaged moves a range it collapses back to the node
+    holding most of it, without telling tierd)."""
+    fw = _flat_words(st, vpns)
+    fw = fw[fw >= 0]
+    st.forget_words((fw[:, None] + np.arange(HPAGE_WORDS)).ravel())
 
 
 # ---------------------------------------------------------------------------------------------
