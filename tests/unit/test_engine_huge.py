@@ -284,3 +284,49 @@ def test_once_sparse_the_rest_is_split_even_when_it_would_now_fit():
     hot[SPARSE] = True
     assert not proc.huge
     assert (where[hot] == 0).mean() >= 0.9 and (where[~hot] == 0).mean() <= 0.1
+
+
+def test_a_recollapsed_block_is_a_candidate_at_its_first_uniform_sample():
+    """khugepaged collapsed a split range back: its history is still per-subpage, but the
+    newest sample is one Accessed bit again."""
+    n = 4 * HPAGE_PAGES
+    split_era = np.zeros(n, bool)
+    split_era[0:512:16] = True  # block 0 split: a few hot subpages
+    now = split_era.copy()
+    now[0:512] = True  # collapsed: the PMD's bit covers all 512
+    st = state_with([split_era, split_era, now])
+    vpns, _ = uniform_hot_blocks(st)
+    assert vpns.tolist() == [0x7F0000000]
+    st2 = state_with([split_era, split_era, split_era])
+    assert uniform_hot_blocks(st2)[0].size == 0
+
+
+def test_a_range_khugepaged_collapses_back_is_split_and_its_hot_pages_return():
+    """khugepaged collapses a split range back onto the slow node (where most of it is),
+    without telling tierd: tierd splits it again and asks where its pages are."""
+    k = small_fast()
+    proc = k.add(ThpProc(PID, NHUGE))
+    policy = Policy(source="<t>", interval=1.0, interval_auto=False,
+                    targets=(TargetSpec(name="app", pids=(PID,)),), metrics_listen="")
+    eng = Engine(k, policy, resolver=StaticResolver([ProcessRef(PID, 0.0, "app")]),
+                 clock=lambda: 0.0)
+
+    def steps(n):
+        for _ in range(n):
+            proc.next_access |= {proc.vpn(i) for i in SPARSE}
+            eng.step()
+
+    steps(10)
+    b = proc.vpn(0)
+    assert not proc.huge and proc.node[b] == 0  # split, its hot page 0 promoted
+    proc.huge.add(b)  # khugepaged: one huge page again, on node 1
+    for v in range(b, b + HPAGE_PAGES):
+        if proc.node[v] != 1:
+            k.mem[0][1] += 4096
+            k.mem[1][1] -= 4096
+        proc.node[v] = 1
+    steps(6)
+    assert b not in proc.huge
+    hot0 = [i for i in SPARSE if i < HPAGE_PAGES]
+    assert all(proc.node[proc.vpn(i)] == 0 for i in hot0)
+    assert sum(proc.node[proc.vpn(i)] == 0 for i in range(HPAGE_PAGES)) == len(hot0)

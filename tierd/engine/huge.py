@@ -145,19 +145,21 @@ def _blocks(st: PageState):
 
 
 def uniform_hot_blocks(st: PageState) -> tuple[np.ndarray, np.ndarray]:
-    """(first vpn, hotness) of the fully present 2 MiB blocks whose pages were accessed in
-    the window and share one access history in every sample, hottest first."""
+    """(first vpn, hotness) of the fully present 2 MiB blocks that look like one Accessed
+    bit now (the newest sample is all set or all clear) and had every page accessed in some
+    sample of the window, hottest first.  Only the newest sample must be uniform: a range
+    khugepaged collapsed again still has its split-time history for a window, and must be
+    seen (and held back) at once."""
     vpns, flats = [], []
     rows = st.history_rows()
     for fw, vpn0, k in _blocks(st):
         sl = slice(fw, fw + k * HPAGE_WORDS)
         full = (st.present[sl].reshape(k, HPAGE_WORDS) == ALL).all(axis=1)
-        uniform = full.copy()
+        h = rows[0][sl].reshape(k, HPAGE_WORDS)
+        uniform = full & (((h == 0).all(axis=1)) | (h == ALL).all(axis=1))
         hot = np.zeros(k, dtype=bool)
         for r in rows:
-            h = r[sl].reshape(k, HPAGE_WORDS)
-            uniform &= ((h == 0) | (h == ALL)).all(axis=1) & (h == h[:, :1]).all(axis=1)
-            hot |= h[:, 0] != 0
+            hot |= (r[sl].reshape(k, HPAGE_WORDS) == ALL).all(axis=1)
         idx = np.flatnonzero(uniform & hot)
         vpns.append(vpn0 + idx * HPAGE_PAGES)
         flats.append((fw + idx * HPAGE_WORDS) * 64)
@@ -191,10 +193,12 @@ def density(st: PageState, vpns: np.ndarray, watch: int) -> np.ndarray:
 
 
 def forget_history(st: PageState, vpns: np.ndarray) -> None:
-    """Split blocks start over: their one shared history says nothing about the subpages."""
-    for w in _flat_words(st, vpns).tolist():
-        if w >= 0:
-            st.hist[:, w: w + HPAGE_WORDS] = 0
+    """Split blocks start over: their one shared history says nothing about the subpages,
+    and their node is asked again (khugepaged moves a range it collapses back to the node
+    holding most of it, without telling tierd)."""
+    fw = _flat_words(st, vpns)
+    fw = fw[fw >= 0]
+    st.forget_words((fw[:, None] + np.arange(HPAGE_WORDS)).ravel())
 
 
 # ---------------------------------------------------------------------------------------------

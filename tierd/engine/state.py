@@ -422,6 +422,16 @@ class PageState:
         self.est[0, :nn] += h[0::2]
         self.est[1, :nn] += h[1::2]
 
+    def forget_words(self, words: np.ndarray) -> None:
+        """The pages of these flat words start over: no history, node not known (queried
+        again).  For huge pages tierd split: their shared history says nothing about the
+        4 KiB pages, and khugepaged may have moved them behind tierd's back."""
+        w = np.asarray(words, dtype=np.int64)
+        self.hist[:, w] = 0
+        if len(self.node_ids):
+            self.nodes[:, w] = 0
+        self._pop_valid[np.unique(w // self.chunk_words)] = False
+
     def _forget(self, lo: int, gone: np.ndarray) -> None:
         """Pages that are no longer present lose their history and node."""
         idx = np.flatnonzero(gone)
