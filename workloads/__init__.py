@@ -359,6 +359,8 @@ def policy_yaml(base: str, sc: Scenario, interval: str | None = None,
         doc["targets"].append(t)
     if interval:
         doc["interval"] = interval
+        if interval != "auto":  # the auto_interval section applies only to interval: auto
+            doc.pop("auto_interval", None)
     if tracking:
         doc["tracking"] = tracking
     if not metrics:

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -107,9 +108,21 @@ def log(msg: str) -> None:
     print(f"[systemd-guest {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def let_others_reach(path: Path) -> None:
+    """o+x on ``path`` and its parents, so that another user can run this checkout's Python.
+    The checkout may sit under a 0700 directory (CI's mktemp, /root); the guest's root is a
+    writable overlay of the host's, so this changes nothing on the host."""
+    for p in (path, *path.parents):
+        mode = p.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            os.chmod(p, stat.S_IMODE(mode) | stat.S_IXOTH)
+
+
 @pytest.fixture(scope="module")
 def workload():
     """Another user's process: 64 MiB on the slow node, its first 8 MiB hot."""
+    let_others_reach(VENV)
+    let_others_reach(REPO)
     child = subprocess.Popen([sys.executable, "-c", CHILD, "tierd-hot-workload"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                              user=NOBODY, group=NOBODY, extra_groups=[], cwd="/")
@@ -132,8 +145,13 @@ def installed():
     POLICY.write_text(GOOD.format(interval="1s"))
     dropin = Path("/etc/systemd/system/tierd.service.d")
     dropin.mkdir(parents=True, exist_ok=True)
-    (dropin / "test.conf").write_text(
-        f"[Service]\nEnvironment=TIERD_DEBUG_HANG_FILE={HANG}\nWatchdogSec={WATCHDOG}s\n")
+    conf = f"[Service]\nEnvironment=TIERD_DEBUG_HANG_FILE={HANG}\nWatchdogSec={WATCHDOG}s\n"
+    # A checkout under /tmp (CI clones there) is hidden by the unit's PrivateTmp: bind it into
+    # the service's namespace, read-only, as an installation in /opt would be visible.
+    for path in (REPO,) if REPO in VENV.parents else (REPO, VENV):
+        if Path("/tmp") in path.parents:
+            conf += f"BindReadOnlyPaths={path}\n"
+    (dropin / "test.conf").write_text(conf)
     sh("systemctl", "daemon-reload")
     yield
     sh("systemctl", "stop", "tierd.service", check=False)
