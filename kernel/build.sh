@@ -15,7 +15,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 cache=${TIERD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tierd}
 src_tar=/usr/src/linux-source-6.12.tar.xz
 repo=$cache/linux            # git repo of the pristine Debian tree, tag "base"
-obj=$cache/obj               # out-of-tree objects, kept between builds (incremental)
+# Out-of-tree objects, kept between builds so a changed series recompiles only what it
+# touches.  One tree per config (fragment + this script): switching configs, e.g. between
+# checkouts or with kernel/stress.sh, then costs no full rebuild on return.
+objkey=$(cat "$here/build.sh" "$here/config.fragment" | sha256sum | cut -c1-8)
+obj=$cache/obj-$objkey
 export CCACHE_DIR=$cache/ccache
 jobs=$(nproc)
 shopt -s nullglob
