@@ -3,16 +3,13 @@ tests/vm/guest plus tests/host (the host tier again, now on a two-node machine w
 kernel).  The assertions here read what the guest recorded in the out share.
 """
 
-import os
 import re
-import shutil
-import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+from guest_results import check_guest_run
 from tierd import vmrig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,23 +29,21 @@ fi
 cat /mnt/out/kselftest.tap
 cd {repo}
 {python} -m pytest -p no:cacheprovider -q \\
-    --junitxml=/mnt/out/guest.xml tests/vm/guest tests/host
+    --junitxml=/mnt/out/guest.xml {tests}
 """
+GUEST_TESTS = ["tests/vm/guest", "tests/host"]
 
 
 @pytest.fixture(scope="session")
-def guest(tmp_path_factory):
-    why = vmrig.missing_prerequisite()
-    if why:
-        pytest.skip(why)
-    kernel = vmrig.kernel_dir()
+def guest(tmp_path_factory, rig_kernel):
+    kernel = rig_kernel
     sys.path.insert(0, str(REPO))
     import workloads  # the C workloads of tests/vm/guest: built here, the guest's root is read-only
 
     workloads.build()
     out = tmp_path_factory.mktemp("vm")
     script = GUEST_SCRIPT.format(selftests=kernel / "selftests", repo=REPO,
-                                 python=sys.executable)
+                                 python=sys.executable, tests=" ".join(GUEST_TESTS))
     result = vmrig.run(script, kernel=kernel, out=out, timeout=1500)
     return out, result
 
@@ -75,28 +70,4 @@ def test_kunit_suite_passes_at_boot(guest):
 def test_guest_tests_pass(guest):
     out, result = guest
     assert result.returncode == 0, result.output[-6000:]
-    suite = ET.parse(out / "guest.xml").getroot()
-    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
-    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-    assert counts["failures"] == counts["errors"] == 0, result.output[-6000:]
-    # Everything in the guest must really run: it is the machine the tests were written for.
-    assert counts["skipped"] == 0, result.output[-6000:]
-    # and every test the guest was given ran: a test file the guest lost (not shared, failing
-    # to import into an empty collection ...) must not pass unnoticed
-    ran = {(c.get("classname"), c.get("name")) for c in suite.iter("testcase")}
-    assert ran == expected_guest_tests(), counts
-
-
-def expected_guest_tests() -> set[tuple[str, str]]:
-    """(classname, name) of every test the guest command collects, as junit names them,
-    from the same collection run here with the guest's TIERD_IN_VM=1."""
-    p = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only",
-                        "-q", "tests/vm/guest", "tests/host"], cwd=REPO, capture_output=True,
-                       text=True, timeout=300, env={**os.environ, "TIERD_IN_VM": "1"})
-    assert p.returncode == 0, p.stdout + p.stderr
-    out = set()
-    for nodeid in (line for line in p.stdout.splitlines() if "::" in line):
-        path, *classes, name = nodeid.split("::")
-        out.add((".".join([path.removesuffix(".py").replace("/", "."), *classes]), name))
-    assert len(out) >= 5, p.stdout
-    return out
+    check_guest_run(out / "guest.xml", GUEST_TESTS, result.output)

@@ -5,11 +5,11 @@ what the guest recorded in the out share (JUnit XML, journal, heatmap, security 
 import os
 import shutil
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+from guest_results import check_guest_run
 from tierd import vmrig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,19 +18,16 @@ GUEST_SCRIPT = """
 set -u
 cd {repo}
 {python} -m pytest -p no:cacheprovider -p no:hypothesispytest -q -s \\
-    --junitxml=/mnt/out/systemd.xml \\
-    tests/vm/systemd_guest
+    --junitxml=/mnt/out/systemd.xml {tests}
 """
+GUEST_TESTS = ["tests/vm/systemd_guest"]
 
 
 @pytest.fixture(scope="module")
-def systemd_guest(tmp_path_factory):
-    why = vmrig.missing_prerequisite()
-    if why:
-        pytest.skip(why)
-    kernel = vmrig.kernel_dir()
+def systemd_guest(tmp_path_factory, rig_kernel):
+    kernel = rig_kernel
     out = tmp_path_factory.mktemp("vm-systemd")
-    script = GUEST_SCRIPT.format(repo=REPO, python=sys.executable)
+    script = GUEST_SCRIPT.format(repo=REPO, python=sys.executable, tests=" ".join(GUEST_TESTS))
     result = vmrig.run(script, kernel=kernel, out=out, timeout=1200, systemd=True)
     keep = os.environ.get("TIERD_VM_KEEP")  # a directory to copy the artefacts to
     if keep:
@@ -48,12 +45,7 @@ def test_systemd_was_pid_1(systemd_guest):
 def test_service_tests_pass_under_systemd(systemd_guest):
     out, result = systemd_guest
     assert result.returncode == 0, result.output[-6000:]
-    suite = ET.parse(out / "systemd.xml").getroot()
-    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
-    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-    assert counts["failures"] == counts["errors"] == 0, result.output[-6000:]
-    assert counts["skipped"] == 0, result.output[-6000:]
-    assert counts["tests"] >= 10, counts
+    check_guest_run(out / "systemd.xml", GUEST_TESTS, result.output)
 
 
 def test_heatmap_and_reports_came_back(systemd_guest):

@@ -23,14 +23,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tierd.linux import Kernel
 
-# the workload of the init-mode daemon test: 64 MiB of 4 KiB pages, the first 8 MiB hot
+# the hot-set child of the init-mode daemon test: 64 MiB of 4 KiB pages, the first 8 MiB hot
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "guest"))
-from test_guest_daemon import CHILD, HOT, PAGES  # noqa: E402
+import hot_child  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
 VENV = Path(sys.executable).parent.parent
@@ -123,16 +122,9 @@ def workload():
     """Another user's process: 64 MiB on the slow node, its first 8 MiB hot."""
     let_others_reach(VENV)
     let_others_reach(REPO)
-    child = subprocess.Popen([sys.executable, "-c", CHILD, "tierd-hot-workload"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                             user=NOBODY, group=NOBODY, extra_groups=[], cwd="/")
     kernel = Kernel()
-    base = int(child.stdout.readline())
-    addrs = base + np.arange(PAGES, dtype=np.uint64) * 4096
-    status = kernel.move_pages(child.pid, addrs, np.ones(PAGES, dtype=np.int32))
-    assert (status == 1).mean() > 0.99, np.unique(status, return_counts=True)
-    child.stdin.write("go\n")
-    child.stdin.flush()
+    child, addrs = hot_child.start(kernel, "tierd-hot-workload", user=NOBODY, group=NOBODY,
+                                   extra_groups=[], cwd="/")
     yield child, kernel, addrs
     child.kill()
     child.wait()
@@ -202,15 +194,14 @@ def test_hot_pages_move_under_the_hardened_unit(installed, workload):
     child, kernel, addrs = workload
 
     def placed():
-        where = kernel.move_pages(child.pid, addrs)
-        hot, cold = (where[:HOT] == 0).mean(), (where[HOT:] == 1).mean()
+        hot, cold = hot_child.placement(kernel, child, addrs)
         return (hot, cold) if hot >= 0.95 else None
 
     hot, cold = wait_for(placed, 240, "the workload's hot pages on node 0", step=2)
     log(f"hot on fast {hot:.3f}, cold on slow {cold:.3f}")
     assert cold >= 0.95
     m = scrape()
-    assert metric(m, "tierd_pages_promoted_total") >= 0.95 * HOT
+    assert metric(m, "tierd_pages_promoted_total") >= 0.95 * hot_child.HOT
     assert metric(m, "tierd_target_processes", target="workload") == 1
     fails = metric(m, "tierd_move_pages_failures_total", status="denied")
     assert fails == 0  # the sandbox does not refuse move_pages
