@@ -8,7 +8,13 @@ two readers sampling the whole region, touching every page again between samples
 paths have every Accessed bit to clear.  Each figure is the median of --reps samples after
 one warm-up sample; the ratio is stock / idle_bitmap within the same boot.
 
-    .venv/bin/python benchmarks/scan_cost.py [--size 1GiB] [--reps 5]
+    .venv/bin/python benchmarks/scan_cost.py [--size 1GiB] [--reps 5] [--untouched]
+                                             [--kernel DIR]
+
+--untouched also times samples with no page accessed since the previous one (every present
+page found idle: the case where idle_bitmap v2's PG_idle look per page is not hidden behind
+clearing Accessed bits).  --kernel boots another build (e.g. the v1 series) for comparisons
+across series; ratios within one boot stay the figure of merit.
 
 Emulation (TCG) inflates absolute times several-fold; the ratio is the figure of merit.
 """
@@ -84,8 +90,9 @@ class SyscallClock:
             setattr(os, name, fn)
 
 
-def time_reader(reader, pid, start, size, view, reps):
-    """Median (total seconds, seconds in syscalls) per sample, and pages reported accessed."""
+def time_reader(reader, pid, start, size, view, reps, touch=True):
+    """Median (total seconds, seconds in syscalls) per sample, and pages reported accessed.
+    ``touch``: access every page before each sample (else none)."""
     import numpy as np
 
     word_start = (start // PAGE) // 64
@@ -94,7 +101,8 @@ def time_reader(reader, pid, start, size, view, reps):
     totals, kernel = [], []
     accessed_pages = 0
     for _ in range(reps):
-        view[::PAGE] += 1                            # every page accessed again
+        if touch:
+            view[::PAGE] += 1                        # every page accessed again
         with SyscallClock() as clock:
             t0 = time.perf_counter()
             present, accessed = reader.sample(pid, word_start, nwords)
@@ -121,15 +129,17 @@ def guest(args) -> int:
         kind = "THP" if huge else "4KiB"
         if huge and anon_huge_kib() < (size >> 10) // 2:
             print(f"warning: only {anon_huge_kib()} KiB of THP backs the region")
-        for name in ("idle_bitmap", "page_idle"):
-            total, sys_s, accessed = time_reader(kernel.reader(name), pid, start, size,
-                                                 view, args.reps)
-            rows[kind, name] = total, sys_s
-            print(f"{kind:>6} {name:>12} {total:9.4f} {total / pages * 1e9:9.1f} "
-                  f"{sys_s:9.4f} {sys_s / pages * 1e9:9.1f} {accessed:9d}")
+        for touch in (True, False) if args.untouched else (True,):
+            for name in ("idle_bitmap", "page_idle"):
+                total, sys_s, accessed = time_reader(kernel.reader(name), pid, start, size,
+                                                     view, args.reps, touch)
+                label = kind if touch else kind + ",idle"
+                rows[label, name] = total, sys_s
+                print(f"{label:>6} {name:>12} {total:9.4f} {total / pages * 1e9:9.1f} "
+                      f"{sys_s:9.4f} {sys_s / pages * 1e9:9.1f} {accessed:9d}")
         del view
         mm.close()
-    for kind in ("4KiB", "THP"):
+    for kind in sorted({k for k, _ in rows}, key=lambda k: (k.startswith("THP"), k)):
         (st, ss), (it, is_) = rows[kind, "page_idle"], rows[kind, "idle_bitmap"]
         print(f"ratio {kind}: page_idle / idle_bitmap = {st / it:.1f}x end to end, "
               f"{ss / is_:.1f}x in syscalls")
@@ -140,9 +150,9 @@ def host(args) -> int:
     from tierd import vmrig
 
     cmd = [sys.executable, str(Path(__file__).resolve()), "--guest",
-           "--size", args.size, "--reps", str(args.reps)]
-    result = vmrig.run(cmd, machine=vmrig.Machine(fast=args.fast, slow=args.slow),
-                       timeout=3600)
+           "--size", args.size, "--reps", str(args.reps)] + (["--untouched"] * args.untouched)
+    result = vmrig.run(cmd, kernel=Path(args.kernel) if args.kernel else None,
+                       machine=vmrig.Machine(fast=args.fast, slow=args.slow), timeout=3600)
     sys.stdout.write(result.output)
     print(f"(VM run {result.seconds:.0f} s, QEMU TCG, guest node 0 {args.fast} + "
           f"node 1 {args.slow})")
@@ -155,6 +165,9 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--fast", default="1G")
     parser.add_argument("--slow", default="3G")
+    parser.add_argument("--untouched", action="store_true",
+                        help="also time samples with no page accessed in between")
+    parser.add_argument("--kernel", help="kernel directory (default: kernel/build.sh's)")
     parser.add_argument("--guest", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     return guest(args) if args.guest else host(args)

@@ -374,6 +374,7 @@ class ScanResult:
     node_error: str | None = None
     present_source: str = ""
     grid: object | None = None  # tierd.heatmap.AccessGrid when asked for
+    edge_pages: int = 0  # pages not read: their word is shared with a special mapping
 
 
 def _vma_label(v) -> str:
@@ -386,7 +387,7 @@ def scan(kernel, pid: int, samples: int, interval: float, reader_name: str = "au
          top: int = 20, sleep=time.sleep, heat_rows: int | None = None) -> ScanResult:
     """Sample ``pid`` and aggregate; raises ProcessGone etc.  Pure apart from the kernel.
     ``heat_rows``: also aggregate the samples into a heatmap grid of that many rows."""
-    from tierd.linux import FeatureMissing, PAGE_SHIFT, extents, unpack_words
+    from tierd.linux import FeatureMissing, PAGE_SHIFT, tracked_extents, unpack_words
 
     procfs = kernel.procfs
     comm = procfs.comm(pid)
@@ -408,12 +409,15 @@ def scan(kernel, pid: int, samples: int, interval: float, reader_name: str = "au
         reader = None
         res.reader_error = e
 
-    # VMAs worth reading: not kernel-special, and resident memory (or unknown).
-    keep = np.array([not v.special for v in vmas], dtype=bool) & (rss != 0)
+    # VMAs worth reading: not kernel-special, and resident memory (or unknown).  Words shared
+    # with a special mapping are not read: a clearing read would clear its pages' bits too.
+    special = np.array([v.special for v in vmas], dtype=bool)
+    keep = ~special & (rss != 0)
     idx = np.flatnonzero(keep)
     starts = np.array([vmas[i].start for i in idx], dtype=np.uint64)
     ends = np.array([vmas[i].end for i in idx], dtype=np.uint64)
-    ws, nw = extents(starts, ends)
+    ws, nw, res.edge_pages = tracked_extents(
+        starts, ends, [v.start for v in vmas if v.special], [v.end for v in vmas if v.special])
 
     counts_parts, vpn_parts = [], []
     grid = None
@@ -569,6 +573,9 @@ def cmd_scan(args, kernel, out, err) -> int:
         rows_table("mapping", res.rows, True)
     else:
         print("  (no resident pages found)", file=out)
+    if res.edge_pages:
+        print(f"  ({res.edge_pages} pages not read: their 64-page word is shared with a special "
+              "mapping, whose Accessed bits a read would clear)", file=out)
     print("per NUMA node:", file=out)
     if res.node_error:
         print(f"  unknown: {res.node_error}", file=out)

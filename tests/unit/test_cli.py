@@ -297,3 +297,19 @@ def test_runtime_failures_exit_codes(monkeypatch, exc, code):
     monkeypatch.setitem(sys.modules, "fake_engine_daemon3", mod)
     monkeypatch.setattr(cli, "ENGINE_COMMANDS", (("run", "fake_engine_daemon3", "x", "run"),))
     assert run(["run"])[0] == code
+
+
+def test_scan_does_not_read_a_word_shared_with_a_special_mapping(tmp_path):
+    """[vdso] right after the 16-page anonymous mapping shares its word: a clearing read of
+    that word would clear the vdso's Accessed bits, so the word is not read, and counted."""
+    proc = scan_proc(tmp_path)
+    d = tmp_path / "proc" / "500"
+    vdso = f"{ANON + 16 * 4096:x}-{ANON + 18 * 4096:x} r-xp 00000000 00:00 0    [vdso]"
+    (d / "maps").write_text((d / "maps").read_text() + vdso + "\n")
+    (d / "smaps").write_text((d / "smaps").read_text() + vdso + "\nRss:  8 kB\n")
+    reader = FakeReader()
+    rc, out, err = run(["scan", "--pid", "500", "--samples", "2", "--interval", "1ms"],
+                       FakeKernel(proc, reader))
+    assert rc == 0, err
+    assert set(reader.calls) == {HEAP // 4096 // 64}  # the heap's word only
+    assert "(16 pages not read: their 64-page word is shared with a special mapping" in out

@@ -21,11 +21,16 @@ st={selftests}
 dmesg > /mnt/out/dmesg.txt 2>&1
 # The selftest's hugetlb case needs reserved huge pages (as run_vmtests.sh would set up).
 echo 16 > /proc/sys/vm/nr_hugepages
+# Its swapped-out cases need swap: 64 MiB on zram (CONFIG_ZRAM), only while it runs, so that
+# the guest tests below place pages without swap.  A failure shows as that case's skip reason.
+echo 64M > /sys/block/zram0/disksize && mkswap /dev/zram0 > /dev/null && swapon /dev/zram0 ||
+    echo "zram swap setup failed" >&2
 if [ -x "$st/idle_bitmap" ]; then
     "$st/idle_bitmap" > /mnt/out/kselftest.tap 2>&1; echo $? > /mnt/out/kselftest.rc
 else
     echo "no selftest binary in $st" > /mnt/out/kselftest.tap; echo 127 > /mnt/out/kselftest.rc
 fi
+swapoff /dev/zram0 2> /dev/null; echo 1 > /sys/block/zram0/reset 2> /dev/null
 cat /mnt/out/kselftest.tap
 cd {repo}
 {python} -m pytest -p no:cacheprovider -q \\

@@ -61,9 +61,12 @@ class Extents:
     ``64 * word_start[i] + (p - 64 * offset[i])`` for the extent i containing it.
     """
 
-    __slots__ = ("word_start", "nwords", "offset")
+    __slots__ = ("word_start", "nwords", "offset", "edge_pages")
 
-    def __init__(self, word_start, nwords) -> None:
+    def __init__(self, word_start, nwords, edge_pages: int = 0) -> None:
+        # pages of tracked VMAs left out because their word also holds pages of an untracked
+        # mapping (from_vmas); not part of equality: it describes what is *not* tracked
+        self.edge_pages = int(edge_pages)
         self.word_start = np.asarray(word_start, dtype=np.int64).ravel()
         self.nwords = np.asarray(nwords, dtype=np.int64).ravel()
         if self.word_start.shape != self.nwords.shape:
@@ -80,12 +83,18 @@ class Extents:
     def from_vmas(cls, vmas: Iterable) -> Extents:
         """Extents of the mappings tierd can track: not the kernel's special mappings
         ([vdso], [vsyscall]...) and not PROT_NONE reservations (guard pages, reserved heaps:
-        never present, but possibly huge)."""
-        from tierd.linux.tracking import extents
+        never present, but possibly huge).  A word shared with such a mapping is left out
+        (tracked_extents(): a clearing read of it would clear the neighbour's Accessed bits
+        too); ``edge_pages`` counts the tracked pages lost that way."""
+        from tierd.linux.tracking import tracked_extents
 
-        keep = [v for v in vmas if not _special(v) and v.perms[:3] != "---" and v.end > v.start]
-        ws, nw = extents([v.start for v in keep], [v.end for v in keep])
-        return cls(ws, nw)
+        vmas = [v for v in vmas if v.end > v.start]
+        tracked = [not _special(v) and v.perms[:3] != "---" for v in vmas]
+        keep = [v for v, t in zip(vmas, tracked) if t]
+        skip = [v for v, t in zip(vmas, tracked) if not t]
+        ws, nw, edge = tracked_extents([v.start for v in keep], [v.end for v in keep],
+                                       [v.start for v in skip], [v.end for v in skip])
+        return cls(ws, nw, edge)
 
     @property
     def words(self) -> int:

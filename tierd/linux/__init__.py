@@ -42,6 +42,7 @@ from tierd.linux.tracking import (
     extents,
     pack_bits,
     popcount,
+    tracked_extents,
     unpack_words,
 )
 
@@ -51,7 +52,8 @@ __all__ = [
     "PageIdleReader", "ParseError", "ProcFS", "ProcessGone", "SysFS", "Syscalls", "Topology",
     "Vma", "decode_pagemap", "extents", "format_nodelist", "pack_bits", "parse_cgroup",
     "parse_cmdline", "parse_distance", "parse_maps", "parse_meminfo", "parse_node_meminfo",
-    "parse_nodelist", "parse_smaps", "parse_status", "popcount", "probe", "unpack_words",
+    "parse_nodelist", "parse_smaps", "parse_status", "popcount", "probe", "tracked_extents",
+    "unpack_words",
 ]
 
 

@@ -76,28 +76,86 @@ class AccessReader(Protocol):
         ...
 
 
+def _merge(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Union of intervals [lo, hi) (int64): (start, end) of the disjoint runs, ascending;
+    intervals that touch or overlap merge."""
+    order = np.argsort(lo, kind="stable")
+    lo, hi = lo[order], np.maximum(hi[order], lo[order])
+    run_end = np.maximum.accumulate(hi)
+    new = np.ones(lo.size, dtype=bool)
+    new[1:] = lo[1:] > run_end[:-1]
+    first = np.flatnonzero(new)
+    last = np.append(first[1:] - 1, lo.size - 1)
+    return lo[first], run_end[last]
+
+
+def _words(starts, ends) -> tuple[np.ndarray, np.ndarray]:
+    """Byte ranges [start, end) -> the 64-page words they touch, [first, last + 1) (int64)."""
+    s = np.asarray(starts, dtype=np.uint64).ravel()
+    e = np.asarray(ends, dtype=np.uint64).ravel()
+    ws = (s >> np.uint64(18)).astype(np.int64)  # 12 (page) + 6 (64 pages per word)
+    # (e + 2**18-1) would overflow for a VMA ending at 2**64; never the case for user space,
+    # but [vsyscall] ends at 0xffffffffff601000: still fine, the sum stays below 2**64.
+    we = ((e + np.uint64((1 << 18) - 1)) >> np.uint64(18)).astype(np.int64)
+    return ws, we
+
+
 def extents(starts, ends) -> tuple[np.ndarray, np.ndarray]:
     """Tracked extents of a set of VMAs: (word_start int64[m], nwords int64[m]), ascending.
 
     Each VMA [start, end) (byte addresses) is rounded out to 64-page words; ranges that touch
     or overlap merge, so every extent is a whole number of words (design.md, Page addressing).
     """
-    s = np.asarray(starts, dtype=np.uint64).ravel()
-    e = np.asarray(ends, dtype=np.uint64).ravel()
-    if s.size == 0:
+    if np.size(starts) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    ws = (s >> np.uint64(18)).astype(np.int64)  # 12 (page) + 6 (64 pages per word)
-    we = ((e + np.uint64((1 << 18) - 1)) >> np.uint64(18)).astype(np.int64)
-    # (e + 2**18-1) would overflow for a VMA ending at 2**64; never the case for user space,
-    # but [vsyscall] ends at 0xffffffffff601000: still fine, the sum stays below 2**64.
-    order = np.argsort(ws, kind="stable")
-    ws, we = ws[order], np.maximum(we[order], ws[order])
-    run_end = np.maximum.accumulate(we)
-    new = np.ones(ws.size, dtype=bool)
-    new[1:] = ws[1:] > run_end[:-1]
-    first = np.flatnonzero(new)
-    last = np.append(first[1:] - 1, ws.size - 1)
-    return ws[first], run_end[last] - ws[first]
+    lo, hi = _merge(*_words(starts, ends))
+    return lo, hi - lo
+
+
+def _inside(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """bool per x: inside one of the disjoint ascending intervals [lo, hi)."""
+    return np.searchsorted(lo, x, side="right") > np.searchsorted(hi, x, side="right")
+
+
+def tracked_extents(starts, ends, skip_starts=(), skip_ends=()) -> tuple[np.ndarray, np.ndarray, int]:
+    """Extents that a clearing read may cover: those of the tracked VMAs [starts, ends), less
+    every word that also holds a page of a VMA tierd does not track [skip_starts, skip_ends).
+
+    A clearing read of idle_bitmap (and page_idle's marking) acts on whole 64-page words, so
+    reading such an edge word would clear the Accessed bits of the untracked neighbour's pages
+    too.  Its tracked pages (at most 63 per shared edge) are left untracked instead, and
+    counted: returns (word_start int64[m], nwords int64[m], edge_pages).  (Reading such words
+    through a non-clearing O_RDONLY descriptor instead would never clear them: their tracked
+    pages would read accessed for ever after one access, and look hot.)  Words that are only
+    rounded out into unmapped space stay: nothing there has Accessed bits.
+    """
+    ws, nw = extents(starts, ends)
+    if ws.size == 0 or np.size(skip_starts) == 0:
+        return ws, nw, 0
+    we = ws + nw
+    ss, sn = extents(skip_starts, skip_ends)
+    se = ss + sn
+    # Elementary segments between all interval ends; keep those in T and not in S.
+    cuts = np.unique(np.concatenate((ws, we, ss, se)))
+    lo, hi = cuts[:-1], cuts[1:]
+    in_t = _inside(lo, ws, we)
+    keep = in_t & ~_inside(lo, ss, se)
+    if keep.any():
+        kws, kwe = _merge(lo[keep], hi[keep])
+    else:
+        kws = kwe = np.zeros(0, np.int64)
+    # Tracked pages in the dropped words: F(end) - F(start), F(x) = tracked pages below page x.
+    gone = in_t & ~keep
+    pl, ph = _merge((np.asarray(starts, np.uint64).ravel() >> np.uint64(12)).astype(np.int64),
+                    (np.asarray(ends, np.uint64).ravel() >> np.uint64(12)).astype(np.int64))
+    below = np.concatenate(([0], np.cumsum(ph - pl)))
+
+    def pages_below(x: np.ndarray) -> np.ndarray:
+        i = np.maximum(np.searchsorted(pl, x, side="right") - 1, 0)
+        return below[i] + np.clip(x - pl[i], 0, ph[i] - pl[i])
+
+    edge = pages_below(64 * hi[gone]) - pages_below(64 * lo[gone])
+    return kws, kwe - kws, int(edge.sum())
 
 
 def unpack_words(words: np.ndarray) -> np.ndarray:
@@ -183,11 +241,9 @@ class IdleBitmapReader:
     After the target calls execve() the descriptor refers to the old address space and reads
     fail with ESRCH: if /proc/PID still exists the file is opened again, once per sample.
 
-    Not solved here: ranges are whole words (extents()), and a clearing read clears all 64
-    pages of a record, so the pages of an edge word that belong to a mapping tierd skips
-    (special mappings, PROT_NONE) lose their Accessed bits too.  The kernel leaves PG_young
-    for reclaim on every bit it clears; not clearing them at all needs page-granular clearing
-    (an ioctl, kernel/README.md "The ABI decision") and the VMA bounds from the caller.
+    A clearing read clears all 64 pages of a record: callers pass ranges from
+    tracked_extents(), which leaves out the words shared with mappings tierd does not track
+    (special mappings, PROT_NONE), so their pages keep their Accessed bits.
     """
 
     name = "idle_bitmap"
