@@ -83,10 +83,14 @@ def main() -> int:
     ap.add_argument("--config", default=os.path.join(ROOT, "etc/tierd.yaml"))
     ap.add_argument("--only", default=",".join(WORKLOADS))
     ap.add_argument("--tail", type=int, default=5)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="engine time as wall-clock (default) or the process's CPU time "
+                         "(steadier when other jobs load the host)")
     args = ap.parse_args()
     base = load_policy(args.config)
     print(f"# simulate_moves: tree {os.path.abspath(ROOT)}, policy {args.config}, "
-          f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, load {os.getloadavg()[0]:.1f}")
+          f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, load {os.getloadavg()[0]:.1f}, "
+          f"engine clock {args.clock}")
     print(f"{'workload':>8} {'hit/orc':>7} {'moves%':>7} {'wasted%':>7} {'eat_ns':>7} "
           f"{'crossed':>7} {'>=0.95':>6} {'known':>5} {'eng_ms':>7} {'recover':>7} fairness")
     for name in args.only.split(","):
@@ -95,7 +99,8 @@ def main() -> int:
         pol = base if rate is None else replace(base, rate=parse_rate(rate))
         seen = {}
         rows, machine = sim.simulate(pol, spec, intervals,
-                                     on_end=lambda e, m: seen.update(f=fairness(e, m)))
+                                     on_end=lambda e, m: seen.update(f=fairness(e, m)),
+                                     clock=time.process_time if args.clock == "cpu" else None)
         pages = sum(p.npages for p in machine.procs.values())
         s = sim.summarize(rows, tail=args.tail)
         steady = rows[-args.tail:]

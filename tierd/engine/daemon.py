@@ -46,6 +46,7 @@ from tierd.engine.placement import (
     plan_queries,
 )
 from tierd.engine.gain import GainModel
+from tierd.engine.pack import Pack, Packs
 from tierd.engine.state import CHUNK_WORDS, Extents, PageState, words_to_pages
 from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
 
@@ -200,6 +201,7 @@ class Engine:
         self.reader = kernel.reader(policy.tracking)
         self.executor = Executor(kernel, policy.batch // PAGE_SIZE, should_stop=should_stop, clock=clock)
         self.units: dict[tuple, Unit] = {}
+        self.packs = Packs()  # small processes in shared state (tierd/engine/pack.py)
         self.seq = 0
         self.gain = GainModel()  # access-rate estimates per (tier, level), across intervals
         self.interval: float | None = None  # set by the Daemon's pacing; None: policy.interval
@@ -226,6 +228,8 @@ class Engine:
         for u in self.units.values():
             if u.state is not None:
                 u.state.set_window(policy.window)
+        for pk in self.packs:
+            pk.state.set_window(policy.window)
         if reader is not old_reader:
             for u in self.units.values():
                 _close(old_reader, u.ref.pid)
@@ -284,6 +288,7 @@ class Engine:
                 stats.dropped += 1
             except OSError as e:  # one process we cannot read (permissions, odd mapping)
                 log.warning("pid %d (%s): not sampled: %s", unit.ref.pid, unit.ref.target, e)
+        engine_s += self._sample_packs(node_ids, stats)
         t1 = self.clock()
         stats.sample_seconds = t1 - t0 - engine_s
 
@@ -291,6 +296,9 @@ class Engine:
         stats.primed = sum(u.state.samples == 1 for u in live)
         for u in live:
             u.state.expire(self.seq, pol.retry_after)
+        for pk in self.packs:
+            pk.state.expire(self.seq, pol.retry_after)
+            pk.version += 1
         if fast and slow and live:
             queries = plan_queries(self._counts(live), self.query_budget)
             self._execute(queries, stats, query=True)
@@ -301,7 +309,8 @@ class Engine:
             demotions = [r for r in pl.requests if r.reason != "promote"]
             promotions = [r for r in pl.requests if r.reason == "promote"]
             if self.huge is not None:  # splits sparsely hot THPs, holds back undecided ones
-                stats.split = self.huge.step(live, pl, pol, self.reader)
+                stats.split = self.huge.step([u for u in live if not getattr(u.state, "packed", False)],
+                                             pl, pol, self.reader)
             # demotions first: they make the room the promotions were planned into; then
             # promote only into the room there is now (a failed demotion cancels its pair).
             # Time budget: the moves may take as long as the interval their byte budget covers.
@@ -350,6 +359,7 @@ class Engine:
 
     def _drop(self, key) -> None:
         unit = self.units.pop(key, None)
+        self.packs.remove(key)
         if unit is not None:
             _close(self.reader, unit.ref.pid)
             if self.huge is not None:
@@ -361,6 +371,11 @@ class Engine:
         pid = unit.ref.pid
         ext = Extents.from_vmas(self.kernel.procfs.maps(pid))
         t0 = self.clock()
+        if self.packs.wants(unit, ext, len(self.units)):  # sampled with its pack
+            self.packs.stage(unit, ext, self.policy.window, node_ids, self.chunk_words)
+            return self.clock() - t0
+        if self.packs.member(unit.ref.key) is not None:  # grew out of its pack
+            self.packs.leave(unit)
         if unit.state is None:
             unit.state = PageState(ext, self.policy.window, node_ids, self.chunk_words)
         else:
@@ -388,6 +403,52 @@ class Engine:
         if nodes_of is not None:
             self._learn_nodes(unit, nodes_of)
         return ours + self.clock() - t0
+
+    def _sample_packs(self, node_ids, stats: IntervalStats) -> float:
+        """Sample every pack's members into its shared state and commit it once
+        (tierd/engine/pack.py).  Returns the time spent in our own arithmetic."""
+        ours = 0.0
+        nodes_of = getattr(self.reader, "nodes", None)
+        for pk in list(self.packs):
+            t0 = self.clock()
+            pk.layout(node_ids)
+            ours += self.clock() - t0
+            st = pk.state
+            present, accessed = st.sample_buffers()
+            for m in list(pk.members.values()):
+                if m.seg is None:
+                    continue
+                unit = self.units.get(m.key)
+                ext = m.ext
+                try:
+                    for ws, nw, off in zip(ext.word_start.tolist(), ext.nwords.tolist(),
+                                           ext.offset.tolist()):
+                        lo = m.off + off
+                        try:
+                            p, a = self.reader.sample(m.pid, ws, nw)
+                        except GONE:
+                            raise
+                        except OSError as e:  # as in _sample: repeat the last sample
+                            self._unsampled(unit, ws, nw, e, stats)
+                            p = st.present[lo: lo + nw].copy()
+                            a = st.hist[st.head][lo: lo + nw].copy()
+                        present[lo: lo + nw] = p
+                        accessed[lo: lo + nw] = a
+                except GONE:  # its pages vanish from the pack with this commit
+                    present[m.off: m.off + ext.words] = 0
+                    accessed[m.off: m.off + ext.words] = 0
+                    self._drop(m.key)
+                    stats.dropped += 1
+            t0 = self.clock()
+            st.commit()
+            for m in pk.members.values():
+                m.samples += 1
+                m.staged = False
+            pk.version += 1
+            if nodes_of is not None:
+                pk.learn_nodes(nodes_of)
+            ours += self.clock() - t0
+        return ours
 
     def _unsampled(self, unit: Unit, ws: int, nw: int, err: OSError, stats):
         """A range whose access bits could not be read: count it where operators look (the
@@ -450,7 +511,9 @@ class Engine:
     def _gain(self, units: Sequence[Unit], node_ids, fast, slow):
         """This interval's access-rate estimates (tierd.engine.gain), or None: the level
         rule."""
-        est = sum(u.state.est for u in units if u.state.node_ids == tuple(node_ids))
+        est = sum([u.state.est for u in units if u.state.node_ids == tuple(node_ids)
+                   and not getattr(u.state, "packed", False)]
+                  + [pk.state.est for pk in self.packs if pk.state.node_ids == tuple(node_ids)])
         if not isinstance(est, np.ndarray):
             return None
         cls = {n: i for i, n in enumerate(node_ids)}
@@ -465,7 +528,14 @@ class Engine:
         for r in requests:
             by_unit.setdefault(r.unit, []).append(r)
         done = 0
+        packs_done: set = set()
         for key, reqs in by_unit.items():
+            pk = self.packs.where.get(key)
+            if pk is not None:  # the whole pack at once, at its first member's turn
+                if id(pk) not in packs_done:
+                    packs_done.add(id(pk))
+                    done += self._execute_pack(pk, by_unit, stats, query)
+                continue
             unit = self.units.get(key)
             if unit is None or unit.state is None:
                 continue
@@ -502,6 +572,66 @@ class Engine:
                 left = [n - k for n, k in zip(left, sizes)]
                 if counts.not_tried:
                     break
+        return done
+
+    def _execute_pack(self, pk: Pack, by_unit: dict, stats: IntervalStats, query: bool) -> int:
+        """``_execute`` for the members of one pack: one selection over the shared state per
+        slice, one move_pages call sequence per member, one fold of all results."""
+        st = pk.state
+        reqs = [(m, r) for key, rs in by_unit.items() if (m := pk.members.get(key)) is not None
+                and m.seg is not None for r in rs]
+        cls = [st.class_of(r.node) for _, r in reqs]
+        left = [r.count for _, r in reqs]
+        done = 0
+        while any(left) and not self.should_stop():
+            sel = st.select_segments([(m.seg, c, r.level, n) for (m, r), c, n in zip(reqs, cls, left)],
+                                     limit=SLICE_PAGES)
+            sizes = [p.size for p in sel]
+            if not sum(sizes):
+                break
+            parts: dict = {}
+            for i, (m, _) in enumerate(reqs):
+                if sizes[i]:
+                    parts.setdefault(m.key, []).append(i)
+            got = []  # (pages, level, class, status, dest) of each member that ran
+            not_tried = False
+            for key, idx in parts.items():
+                m = pk.members.get(key)
+                if m is None:  # exited during this interval
+                    continue
+                pages = np.concatenate([sel[i] for i in idx])
+                n = [sizes[i] for i in idx]
+                addrs = pk.real_addresses(m, pages)
+                dest = None if query else np.repeat(np.array([reqs[i][1].dest for i in idx], np.int32), n)
+                try:
+                    if query:
+                        status, counts = self.executor.query(m.pid, addrs)
+                    else:
+                        status, counts = self.executor.move(m.pid, addrs, dest)
+                except GONE:
+                    self._drop(key)
+                    stats.dropped += 1
+                    continue
+                except OSError as e:
+                    unit = self.units.get(key)
+                    log.warning("pid %d (%s): move_pages: %s", m.pid,
+                                unit.ref.target if unit else "?", e)
+                    continue
+                (stats.queries if query else stats.moves).add(counts)
+                done += counts.learned if query else counts.moved
+                got.append((pages, np.repeat([reqs[i][1].level for i in idx], n),
+                            np.repeat([cls[i] for i in idx], n), status, dest))
+                not_tried |= bool(counts.not_tried)
+            if got:
+                pages, level, cl, status = (np.concatenate([g[k] for g in got]) for k in range(4))
+                dest = None if query else np.concatenate([g[4] for g in got])
+                order = np.argsort(pages, kind="stable")  # one sorted run for set_node
+                self._apply(st, pages[order], level[order], cl[order], status[order],
+                            None if dest is None else dest[order])
+                pk.version += 1
+            left = [n - k for n, k in zip(left, sizes)]
+            if not_tried:
+                break
         return done
 
     def _apply(self, st: PageState, pages, level, cls, status, dest) -> None:

@@ -63,8 +63,8 @@ class MoveCounts:
     seconds: float = 0.0
 
     def add(self, other: MoveCounts) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        for name in _COUNT_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
     @property
     def failed(self) -> int:
@@ -72,6 +72,9 @@ class MoveCounts:
 
     def as_dict(self) -> dict[str, float]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_COUNT_FIELDS = tuple(f.name for f in fields(MoveCounts))
 
 
 def outcome_masks(status: np.ndarray, dest: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -99,6 +102,8 @@ def tally(status: np.ndarray, dest: np.ndarray | None) -> MoveCounts:
     """Counters for one batch of statuses (see the module docstring)."""
     if dest is not None and np.array_equal(status, dest):  # the common case: all moved
         return MoveCounts(moved=int(np.size(status)))
+    if dest is None and (np.asarray(status) >= 0).all():  # ... all queried pages known
+        return MoveCounts(queried=int(np.size(status)), learned=int(np.size(status)))
     m = outcome_masks(status, dest)
     c = MoveCounts(
         busy=int(m["busy"].sum()), absent=int(m["absent"].sum()), nomem=int(m["nomem"].sum()),

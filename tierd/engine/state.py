@@ -182,6 +182,29 @@ def words_to_pages(word_idx: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return np.asarray(word_idx, dtype=np.int64)[f >> 6] * 64 + (f & 63)
 
 
+def _take_per_segment(m: np.ndarray, lo: int, starts: np.ndarray, wseg: np.ndarray,
+                      need: np.ndarray, i0: int, limit: int) -> np.ndarray:
+    """The lowest-addressed set bits of mask ``m`` (words lo..) up to ``need[i0 + s]`` in
+    each segment s of the chunk (segment s begins at word ``starts[s]``; ``wseg``: segment
+    of each word), at most ``limit`` in all; ``need`` is decremented by what was taken."""
+    pc = np.bitwise_count(m).astype(np.int64)
+    excl = np.cumsum(pc) - pc  # set bits before each word, in the chunk
+    before = excl - excl[starts][wseg]  # ... in its segment
+    k = np.minimum(pc, need[i0 + wseg] - before)
+    widx = np.flatnonzero(k > 0)
+    if widx.size == 0:
+        return np.zeros(0, np.int64)
+    pages = words_to_pages(widx + lo, m[widx])
+    pw = (pages >> 6) - lo
+    first = np.concatenate(([True], pw[1:] != pw[:-1]))
+    rank = np.arange(pages.size) - np.flatnonzero(first)[np.cumsum(first) - 1]
+    pages = pages[rank < k[pw]]
+    if pages.size > limit:
+        pages = pages[:limit]
+    need[i0: i0 + starts.size] -= np.bincount(wseg[(pages >> 6) - lo], minlength=starts.size)
+    return pages
+
+
 _KERNELS: dict[tuple[int, int], HistogramKernel] = {}
 
 
@@ -231,6 +254,10 @@ class PageState:
         self.retry_vpn = np.zeros(0, np.int64)
         self.retry_fails = np.zeros(0, np.int16)
         self.retry_until = np.zeros(0, np.int64)
+        # segments (tierd/engine/pack.py: several small processes in one state): flat word
+        # offsets where each begins, and histograms per segment kept like chunk_hist
+        self.seg_start: np.ndarray | None = None
+        self.seg_hist: np.ndarray | None = None
 
     # -- storage -----------------------------------------------------------------------------
     def _alloc(self, words: int) -> None:
@@ -332,6 +359,7 @@ class PageState:
         populations = self.chunk_hist.sum(axis=2)
         self.est.fill(0)
         est_words = max(self.words // EST_DIV, min(self.words, EST_MIN_WORDS))
+        seg_sub = self._seg_sub_zero()
         for ch, lo, hi in self._chunks():
             n = hi - lo
             newc, oldc, acc = new_p[lo:hi], old_p[lo:hi], acc_row[lo:hi]
@@ -362,7 +390,10 @@ class PageState:
             sub.fill(0)
             nonzero = np.flatnonzero(cls_pop)
             planes = False
-            if self.samples - self.chunk_seen[ch] >= self.window:
+            if seg_sub is not None:  # every class counted per segment; the chunk is their sum
+                sub[:] = self._segment_pass(lo, hi, rows, newc, node_rows, seg_sub)
+                planes = True
+            elif self.samples - self.chunk_seen[ch] >= self.window:
                 # no access in the whole window: every present page has hotness 0
                 sub[:, 0] = cls_pop
             elif nonzero.size:
@@ -382,6 +413,50 @@ class PageState:
             else:
                 self._est_saved[ch] = None
         np.matmul(self.chunk_sub, _MOEBIUS_T, out=self.chunk_hist)
+        if seg_sub is not None:
+            np.matmul(seg_sub, _MOEBIUS_T, out=self.seg_hist)
+
+    # -- segments ----------------------------------------------------------------------------
+    def set_segments(self, starts) -> None:
+        """Keep histograms per segment: ``starts`` are the flat word offsets where segments
+        begin (ascending, the first 0, none empty), e.g. one per process packed into this
+        state.  Counted from the next ``commit`` on (or now, with ``recount``)."""
+        s = np.asarray(starts, dtype=np.int64).ravel()
+        if s.size == 0 or s[0] != 0 or (s.size > 1 and np.any(s[1:] <= s[:-1])) or s[-1] >= max(1, self.words):
+            raise ValueError("segments must start at 0, ascend and be non-empty")
+        self.seg_start = s
+        self.seg_hist = np.zeros((s.size, self.nclasses, LEVELS), dtype=np.int64)
+
+    def _seg_sub_zero(self) -> np.ndarray | None:
+        if self.seg_start is None:
+            return None
+        if self.seg_hist.shape[1] != self.nclasses:
+            self.seg_hist = np.zeros((self.seg_start.size, self.nclasses, LEVELS), dtype=np.int64)
+        return np.zeros_like(self.seg_hist)
+
+    def _segment_pass(self, lo: int, hi: int, rows, present, node_rows, seg_sub) -> np.ndarray:
+        """Subset counts of words lo..hi per segment added into ``seg_sub``; returns their
+        sum (the chunk's)."""
+        s = self.seg_start
+        i0 = int(np.searchsorted(s, lo, side="right")) - 1
+        i1 = int(np.searchsorted(s, hi, side="left"))
+        rel = np.maximum(s[i0:i1], lo) - lo
+        masks = [node_rows[c] for c in range(node_rows.shape[0])]
+        cnt = self._kernel.segment_counts([r[lo:hi] for r in rows], present, masks, rel)
+        # classes: the nodes, then unknown = what the nodes leave of all present pages
+        out = np.empty((cnt.shape[0], len(masks) + 1, LEVELS), dtype=np.int64)
+        out[:, :-1] = cnt[:, 1:]
+        out[:, -1] = cnt[:, 0] - cnt[:, 1:].sum(axis=1)
+        seg_sub[i0:i1] += out
+        return out.sum(axis=0)
+
+    def segment_of(self, pages: np.ndarray) -> np.ndarray:
+        """Segment index of flat pages."""
+        return np.searchsorted(self.seg_start, np.asarray(pages, dtype=np.int64) >> 6, side="right") - 1
+
+    def segment_histograms(self) -> np.ndarray:
+        """[segments, nclasses, 16]: ``histograms`` per segment."""
+        return self.seg_hist
 
     def _est_save(self, ch: int, lo: int, n: int, length: int, planes: bool, node_rows) -> None:
         """Keep this commit's hotness planes and node masks of a slice of chunk ``ch`` for
@@ -459,11 +534,14 @@ class PageState:
         """[nclasses, 16] page counts by class (node_ids order, then unknown) and hotness."""
         return self.chunk_hist.sum(axis=0)
 
-    def backoff_histograms(self) -> np.ndarray:
+    def backoff_histograms(self, by_segment: bool = False) -> np.ndarray:
         """[nclasses, 16] like ``histograms``, of the present pages in retry backoff only
-        (the ones selection skips).  Sparse: from the retry table, not a pass over the
-        planes."""
-        out = np.zeros((self.nclasses, LEVELS), dtype=np.int64)
+        (the ones selection skips); [segments, nclasses, 16] with ``by_segment``.  Sparse:
+        from the retry table, not a pass over the planes."""
+        nseg = self.seg_start.size if by_segment else 1
+        out = np.zeros((nseg, self.nclasses, LEVELS), dtype=np.int64)
+        if not by_segment:
+            out = out[0]
         if self.retry_vpn.size == 0:
             return out
         flat = self.extents.flat_of(self.retry_vpn)
@@ -476,7 +554,9 @@ class PageState:
         for i, nid in enumerate(self.node_ids):
             cls[node == nid] = i
         key = cls * LEVELS + self.hotness(flat).astype(np.int64)
-        return np.bincount(key, minlength=self.nclasses * LEVELS).reshape(self.nclasses, LEVELS)
+        if by_segment:
+            key += self.segment_of(flat) * (self.nclasses * LEVELS)
+        return np.bincount(key, minlength=out.size).reshape(out.shape)
 
     def hotness(self, pages: np.ndarray) -> np.ndarray:
         """Hotness of individual flat pages (uint8), by the reference formula (sparse use)."""
@@ -569,6 +649,74 @@ class PageState:
                     need[j] -= taken
                     limit -= taken
 
+    def select_segments(self, requests: Sequence[tuple[int, int, int, int]],
+                        limit: int | None = None) -> list[np.ndarray]:
+        """``select`` for a segmented state: each request is (segment, class, level, count)
+        and is served from that segment's words only.  One pass over the chunks serves every
+        segment and request: the per-segment cut is vectorized (a cumulative popcount per
+        word, offset by the segment's start), so hundreds of packed processes cost about as
+        much as one of the same total size."""
+        nseg = self.seg_start.size
+        need: dict[tuple[int, int], np.ndarray] = {}
+        for seg, cls, level, count in requests:
+            if count > 0:
+                need.setdefault((int(cls), int(level)), np.zeros(nseg, np.int64))[int(seg)] += int(count)
+        got: dict[tuple[int, int], list[np.ndarray]] = {k: [] for k in need}
+        limit = (1 << 62) if limit is None else int(limit)
+        keys = list(need)
+        if keys:
+            avail = self.chunk_hist[:, [k[0] for k in keys], [k[1] for k in keys]]
+            rows = None
+            for ch in np.flatnonzero((avail > 0).any(axis=1)).tolist():
+                if limit <= 0:
+                    break
+                lo = ch * self.chunk_words
+                hi = min(lo + self.chunk_words, self.words)
+                i0 = int(np.searchsorted(self.seg_start, lo, side="right")) - 1
+                i1 = int(np.searchsorted(self.seg_start, hi, side="left"))
+                live = [j for j, k in enumerate(keys) if avail[ch, j] > 0 and need[k][i0:i1].any()]
+                if not live:
+                    continue
+                if rows is None:
+                    rows = self.history_rows()
+                planes = self._kernel.hot_planes([r[lo:hi] for r in rows], hi - lo)
+                notback = np.bitwise_not(self.backoff[lo:hi])
+                by_class: dict[int, list[int]] = {}
+                for j in live:
+                    by_class.setdefault(keys[j][0], []).append(keys[j][1])
+                starts = np.maximum(self.seg_start[i0:i1], lo) - lo
+                lengths = np.diff(np.append(starts, hi - lo))
+                wseg = np.repeat(np.arange(i1 - i0), lengths)
+                for c, levels in by_class.items():
+                    base = self.class_mask(c, lo, hi) & notback
+                    masks = self._kernel.level_masks(planes, levels, base)
+                    for v in levels:
+                        if limit <= 0:
+                            break
+                        pages = _take_per_segment(masks[v], lo, starts, wseg, need[(c, v)], i0, limit)
+                        if pages.size:
+                            got[(c, v)].append(pages)
+                            limit -= pages.size
+        out = []
+        used: dict[tuple[int, int, int], int] = {}
+        pools = {}
+        for k, parts in got.items():
+            pool = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+            # pages ascend, so each segment's pages are one run: where each segment begins
+            bounds = np.searchsorted(pool >> 6, np.append(self.seg_start, self.words))
+            pools[k] = (pool, bounds)
+        for seg, cls, level, count in requests:
+            k = (int(cls), int(level))
+            if count <= 0 or k not in pools:
+                out.append(np.zeros(0, np.int64))
+                continue
+            pool, bounds = pools[k]
+            a = int(bounds[seg]) + used.get((seg, *k), 0)
+            b = min(int(bounds[seg + 1]), a + int(count))
+            out.append(pool[a:b])
+            used[(seg, *k)] = used.get((seg, *k), 0) + max(0, b - a)
+        return out
+
     # -- updates from move_pages -------------------------------------------------------------
     def set_node(self, pages: np.ndarray, level, from_cls, node) -> None:
         """Record that ``pages`` (flat) are on ``node`` (one id, or one per page; -1 unknown).
@@ -642,6 +790,13 @@ class PageState:
         flat -= np.bincount(base + np.asarray(from_cls) * LEVELS, minlength=size)
         if to_cls is not None:
             flat += np.bincount(base + np.asarray(to_cls) * LEVELS, minlength=size)
+        if self.seg_hist is not None:
+            size = self.seg_hist.size
+            base = self.segment_of(p) * cl + level
+            flat = self.seg_hist.reshape(-1)
+            flat -= np.bincount(base + np.asarray(from_cls) * LEVELS, minlength=size)
+            if to_cls is not None:
+                flat += np.bincount(base + np.asarray(to_cls) * LEVELS, minlength=size)
 
     def _class_or_add(self, node: int) -> int:
         if node < 0:
@@ -763,13 +918,20 @@ class PageState:
         """Per-chunk histograms from the current planes, without taking a new sample."""
         rows = self.history_rows()
         nn = len(self.node_ids)
+        seg_sub = self._seg_sub_zero()
         for ch, lo, hi in self._chunks():
+            if seg_sub is not None:
+                self.chunk_sub[ch] = self._segment_pass(lo, hi, rows, self.present[lo:hi],
+                                                        self.nodes[:, lo:hi], seg_sub)
+                continue
             masks = [self.nodes[c, lo:hi] for c in range(nn)] + [self._unknown_mask(lo, hi)]
             counts = self._kernel.subset_counts([r[lo:hi] for r in rows], masks)
             for c, m in enumerate(masks):
                 counts[1 + c, 0] = int(np.bitwise_count(m).sum(dtype=np.int64))
             self.chunk_sub[ch] = counts[1:]
         np.matmul(self.chunk_sub, _MOEBIUS_T, out=self.chunk_hist)
+        if seg_sub is not None:
+            np.matmul(seg_sub, _MOEBIUS_T, out=self.seg_hist)
         self._pop_valid[:] = True
 
     def set_window(self, window: int) -> None:

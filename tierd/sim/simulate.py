@@ -883,10 +883,11 @@ def fast_capacity_pages(spec: WorkloadSpec, policy) -> int:
 
 
 def simulate(policy, spec: WorkloadSpec, intervals: int | None = None, on_row=None,
-             chunk_words: int | None = None, on_end=None) -> tuple[list[Row], SimMachine]:
+             chunk_words: int | None = None, on_end=None, clock=None) -> tuple[list[Row], SimMachine]:
     """Run the engine on the simulated machine; returns the per-interval rows.
     ``on_end(engine, machine)`` is called after the last interval, before the engine
-    closes (to inspect its state)."""
+    closes (to inspect its state).  ``clock``: the engine's (default time.monotonic;
+    time.process_time measures the engine's own CPU time, steadier on a loaded host)."""
     machine = SimMachine(spec)
     kernel = SimKernel(machine)
     names = [t.name for t in policy.targets]
@@ -902,6 +903,8 @@ def simulate(policy, spec: WorkloadSpec, intervals: int | None = None, on_row=No
             raise WorkloadError(f"target {target!r} is not in the policy ({', '.join(names)})")
         refs.append(ProcessRef(proc.pid, 0.0, target, "sim"))
     kw = {} if chunk_words is None else {"chunk_words": chunk_words}
+    if clock is not None:
+        kw["clock"] = clock
     engine = Engine(kernel, policy, resolver=StaticResolver(refs), **kw)
     oracle = machine.oracle(fast_capacity_pages(spec, policy))
     rows = []
