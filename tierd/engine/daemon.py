@@ -576,61 +576,55 @@ class Engine:
 
     def _execute_pack(self, pk: Pack, by_unit: dict, stats: IntervalStats, query: bool) -> int:
         """``_execute`` for the members of one pack: one selection over the shared state per
-        slice, one move_pages call sequence per member, one fold of all results."""
+        slice, the members' move_pages calls in one executor pass, one fold of all results."""
         st = pk.state
         reqs = [(m, r) for key, rs in by_unit.items() if (m := pk.members.get(key)) is not None
                 and m.seg is not None for r in rs]
-        cls = [st.class_of(r.node) for _, r in reqs]
-        left = [r.count for _, r in reqs]
+        reqs.sort(key=lambda x: x[0].seg)  # stable: each member's requests stay in order
+        seg = np.array([m.seg for m, _ in reqs], dtype=np.int64)
+        cls = np.array([st.class_of(r.node) for _, r in reqs], dtype=np.int64)
+        level = np.array([r.level for _, r in reqs], dtype=np.int64)
+        dests = np.array([r.dest for _, r in reqs], dtype=np.int32)
+        left = np.array([r.count for _, r in reqs], dtype=np.int64)
         done = 0
-        while any(left) and not self.should_stop():
-            sel = st.select_segments([(m.seg, c, r.level, n) for (m, r), c, n in zip(reqs, cls, left)],
-                                     limit=SLICE_PAGES)
-            sizes = [p.size for p in sel]
-            if not sum(sizes):
+        while left.any() and not self.should_stop():
+            # by member (segment), then request
+            pages, sizes = st.select_segments(seg, cls, level, left, limit=SLICE_PAGES)
+            if not sizes.sum():
                 break
-            parts: dict = {}
-            for i, (m, _) in enumerate(reqs):
-                if sizes[i]:
-                    parts.setdefault(m.key, []).append(i)
-            got = []  # (pages, level, class, status, dest) of each member that ran
-            not_tried = False
-            for key, idx in parts.items():
-                m = pk.members.get(key)
-                if m is None:  # exited during this interval
-                    continue
-                pages = np.concatenate([sel[i] for i in idx])
-                n = [sizes[i] for i in idx]
-                addrs = pk.real_addresses(m, pages)
-                dest = None if query else np.repeat(np.array([reqs[i][1].dest for i in idx], np.int32), n)
-                try:
-                    if query:
-                        status, counts = self.executor.query(m.pid, addrs)
-                    else:
-                        status, counts = self.executor.move(m.pid, addrs, dest)
-                except GONE:
-                    self._drop(key)
+            addrs = pk.real_addresses(pages)
+            dest = None if query else np.repeat(dests, sizes)
+            # one job per member: its requests are adjacent
+            per = np.bincount(seg, weights=sizes, minlength=int(seg.max()) + 1).astype(np.int64)
+            who = [m for m in sorted({m.seg: m for m, _ in reqs}.values(), key=lambda m: m.seg)
+                   if per[m.seg]]
+            bounds = np.concatenate(([0], np.cumsum([per[m.seg] for m in who])))
+            jobs = [(m.pid, addrs[a:b], None if dest is None else dest[a:b])
+                    for m, a, b in zip(who, bounds[:-1].tolist(), bounds[1:].tolist())]
+            status, counts, errors = self.executor.run_many(jobs, query=query)
+            ran = np.ones(pages.size, dtype=bool)
+            for i, e in errors.items():
+                ran[bounds[i]: bounds[i + 1]] = False
+                m = who[i]
+                if isinstance(e, GONE):
+                    self._drop(m.key)
                     stats.dropped += 1
-                    continue
-                except OSError as e:
-                    unit = self.units.get(key)
+                else:  # PermissionError, MovePagesError: this process, this time
+                    unit = self.units.get(m.key)
                     log.warning("pid %d (%s): move_pages: %s", m.pid,
                                 unit.ref.target if unit else "?", e)
-                    continue
-                (stats.queries if query else stats.moves).add(counts)
-                done += counts.learned if query else counts.moved
-                got.append((pages, np.repeat([reqs[i][1].level for i in idx], n),
-                            np.repeat([cls[i] for i in idx], n), status, dest))
-                not_tried |= bool(counts.not_tried)
-            if got:
-                pages, level, cl, status = (np.concatenate([g[k] for g in got]) for k in range(4))
-                dest = None if query else np.concatenate([g[4] for g in got])
-                order = np.argsort(pages, kind="stable")  # one sorted run for set_node
-                self._apply(st, pages[order], level[order], cl[order], status[order],
-                            None if dest is None else dest[order])
-                pk.version += 1
-            left = [n - k for n, k in zip(left, sizes)]
-            if not_tried:
+            (stats.queries if query else stats.moves).add(counts)
+            done += counts.learned if query else counts.moved
+            lv, cl = np.repeat(level, sizes), np.repeat(cls, sizes)
+            if errors:
+                pages, lv, cl, status = pages[ran], lv[ran], cl[ran], status[ran]
+                dest = None if dest is None else dest[ran]
+            order = np.argsort(pages, kind="stable")  # one sorted run for set_node
+            self._apply(st, pages[order], lv[order], cl[order], status[order],
+                        None if dest is None else dest[order])
+            pk.version += 1
+            left -= sizes
+            if counts.not_tried:
                 break
         return done
 
@@ -661,14 +655,23 @@ class Engine:
         for nid in list(node_ids) + [UNKNOWN]:
             stats.nodes[nid] = np.zeros(LEVELS, np.int64)
         fast_cls = [i for i, n in enumerate(node_ids) if n in fast]
+        # summed per (target, node layout) first: hundreds of packed processes, few numpy calls
+        groups: dict = {}
         for u in live:
             st = u.state
-            h = st.histograms()
-            ts = stats.targets.setdefault(u.ref.target, TargetStats())
-            ts.processes += 1
+            g = groups.setdefault((u.ref.target, st.node_ids), [])
+            g.append(st.histograms())
+            stats.tracked_pages += st.pages
+            if not getattr(st, "packed", False):
+                stats.state_bytes += st.nbytes
+        stats.state_bytes += sum(pk.state.nbytes for pk in self.packs)
+        for (target, ids), hs in groups.items():
+            h = np.sum(hs, axis=0) if len(hs) > 1 else hs[0]
+            ts = stats.targets.setdefault(target, TargetStats())
+            ts.processes += len(hs)
             ts.hist = ts.hist + h.sum(axis=0)
             ts.pages += int(h.sum())
-            for i, nid in enumerate(st.node_ids):
+            for i, nid in enumerate(ids):
                 stats.nodes.setdefault(nid, np.zeros(LEVELS, np.int64))
                 stats.nodes[nid] = stats.nodes[nid] + h[i]
                 ts.by_node[nid] = ts.by_node.get(nid, 0) + h[i]
@@ -676,8 +679,6 @@ class Engine:
                     ts.fast_pages += int(h[i].sum())
             stats.nodes[UNKNOWN] = stats.nodes[UNKNOWN] + h[-1]
             ts.by_node[UNKNOWN] = ts.by_node.get(UNKNOWN, 0) + h[-1]
-            stats.tracked_pages += st.pages
-            stats.state_bytes += st.nbytes
         if stats.plan is not None:
             for name, ts in stats.targets.items():
                 ts.hot = stats.plan.hot.get(name, NO_THRESHOLD)

@@ -36,6 +36,7 @@ PACK_WORDS = 4096  # 262144 pages: 1 GiB of tracked address space at most
 PACK_MIN = 16  # processes tracked before small ones are packed
 PACK_MAX_WORDS = 4 * CHUNK_WORDS
 SLOT_SHIFT = 31  # words: a member's synthetic address space starts at slot << 31
+REAL_VPN_MASK = (1 << (SLOT_SHIFT + 6)) - 1  # a member's own vpn: the bits below its slot
 
 
 class Member:
@@ -181,9 +182,11 @@ class Pack:
             self._backoff_version = self.version
         return self._backoff
 
-    def real_addresses(self, member: Member, pages: np.ndarray) -> np.ndarray:
-        """Flat pages of the pack (all of ``member``) -> the member's own addresses."""
-        return member.ext.vpn_of(np.asarray(pages, dtype=np.int64) - member.off * PAGES_PER_WORD) << np.uint64(12)
+    def real_addresses(self, pages: np.ndarray) -> np.ndarray:
+        """Flat pages of the pack -> their addresses in their own process (the slot sits
+        above the highest user address bit, so masking it off is enough)."""
+        vpn = self.state.extents.vpn_of(pages) & np.uint64(REAL_VPN_MASK)
+        return vpn << np.uint64(12)
 
     def learn_nodes(self, nodes_of) -> None:
         """Engine._learn_nodes for every member: a reader that knows each page's node from
@@ -228,6 +231,8 @@ class Packs:
     def wants(self, unit, ext: Extents, units: int) -> bool:
         """Whether ``unit`` is (or now becomes) packed, given its extents and how many
         processes are tracked."""
+        if len(ext) and int(ext.word_start[-1] + ext.nwords[-1]) > 1 << SLOT_SHIFT:
+            return False  # above 512 TiB (5-level page tables): a state of its own
         if unit.ref.key in self.where:
             return ext.words <= 2 * PACK_WORDS
         return unit.state is None and 0 < ext.words <= PACK_WORDS and units >= PACK_MIN

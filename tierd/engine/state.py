@@ -187,18 +187,26 @@ def _take_per_segment(m: np.ndarray, lo: int, starts: np.ndarray, wseg: np.ndarr
     """The lowest-addressed set bits of mask ``m`` (words lo..) up to ``need[i0 + s]`` in
     each segment s of the chunk (segment s begins at word ``starts[s]``; ``wseg``: segment
     of each word), at most ``limit`` in all; ``need`` is decremented by what was taken."""
-    pc = np.bitwise_count(m).astype(np.int64)
-    excl = np.cumsum(pc) - pc  # set bits before each word, in the chunk
-    before = excl - excl[starts][wseg]  # ... in its segment
-    k = np.minimum(pc, need[i0 + wseg] - before)
+    pc = np.bitwise_count(m).astype(np.int32)  # a chunk holds < 2**31 pages
+    csum = np.cumsum(pc, dtype=np.int32)
+    # set bits before each segment's first word, and what each segment still wants: a
+    # word is taken while the bits before it in its segment are fewer than the want
+    before_seg = (csum[starts] - pc[starts]).astype(np.int64)
+    upto = np.minimum(need[i0: i0 + starts.size], 1 << 30).astype(np.int64) + before_seg
+    k = np.minimum(csum, upto[wseg].astype(np.int32)) - (csum - pc)
     widx = np.flatnonzero(k > 0)
     if widx.size == 0:
         return np.zeros(0, np.int64)
-    pages = words_to_pages(widx + lo, m[widx])
-    pw = (pages >> 6) - lo
-    first = np.concatenate(([True], pw[1:] != pw[:-1]))
-    rank = np.arange(pages.size) - np.flatnonzero(first)[np.cumsum(first) - 1]
-    pages = pages[rank < k[pw]]
+    kw = k[widx]
+    whole = kw == pc[widx]
+    if whole.all():
+        pages = words_to_pages(widx + lo, m[widx])
+    else:  # words cut short (one per segment at most): keep their lowest kw bits
+        pages = words_to_pages(widx + lo, m[widx])
+        pw = (pages >> 6) - lo
+        first = np.concatenate(([True], pw[1:] != pw[:-1]))
+        rank = np.arange(pages.size) - np.flatnonzero(first)[np.cumsum(first) - 1]
+        pages = pages[rank < np.repeat(kw, pc[widx])]
     if pages.size > limit:
         pages = pages[:limit]
     need[i0: i0 + starts.size] -= np.bincount(wseg[(pages >> 6) - lo], minlength=starts.size)
@@ -391,7 +399,7 @@ class PageState:
             nonzero = np.flatnonzero(cls_pop)
             planes = False
             if seg_sub is not None:  # every class counted per segment; the chunk is their sum
-                sub[:] = self._segment_pass(lo, hi, rows, newc, node_rows, seg_sub)
+                sub[:] = self._segment_pass(lo, hi, rows, newc, node_rows, seg_sub, cls_pop)
                 planes = True
             elif self.samples - self.chunk_seen[ch] >= self.window:
                 # no access in the whole window: every present page has hotness 0
@@ -434,19 +442,30 @@ class PageState:
             self.seg_hist = np.zeros((self.seg_start.size, self.nclasses, LEVELS), dtype=np.int64)
         return np.zeros_like(self.seg_hist)
 
-    def _segment_pass(self, lo: int, hi: int, rows, present, node_rows, seg_sub) -> np.ndarray:
+    def _segment_pass(self, lo: int, hi: int, rows, present, node_rows, seg_sub,
+                      cls_pop: np.ndarray | None = None) -> np.ndarray:
         """Subset counts of words lo..hi per segment added into ``seg_sub``; returns their
-        sum (the chunk's)."""
+        sum (the chunk's).  With the chunk's class populations, empty classes are not
+        counted and the biggest is derived from all pages minus the others (as ``commit``
+        does per chunk): usually one class mask instead of three."""
         s = self.seg_start
         i0 = int(np.searchsorted(s, lo, side="right")) - 1
         i1 = int(np.searchsorted(s, hi, side="left"))
+        nn = node_rows.shape[0]
+        out = np.zeros((i1 - i0, nn + 1, LEVELS), dtype=np.int64)
+        if cls_pop is None:
+            classes = list(range(nn + 1))
+        else:
+            classes = np.flatnonzero(cls_pop).tolist()
+        if not classes:
+            return out.sum(axis=0)
+        derived = classes[int(np.argmax([cls_pop[c] for c in classes]))] if cls_pop is not None else nn
+        computed = [c for c in classes if c != derived]
+        masks = [node_rows[c] if c < nn else self._unknown_mask(lo, hi) for c in computed]
         rel = np.maximum(s[i0:i1], lo) - lo
-        masks = [node_rows[c] for c in range(node_rows.shape[0])]
         cnt = self._kernel.segment_counts([r[lo:hi] for r in rows], present, masks, rel)
-        # classes: the nodes, then unknown = what the nodes leave of all present pages
-        out = np.empty((cnt.shape[0], len(masks) + 1, LEVELS), dtype=np.int64)
-        out[:, :-1] = cnt[:, 1:]
-        out[:, -1] = cnt[:, 0] - cnt[:, 1:].sum(axis=1)
+        out[:, computed] = cnt[:, 1:]
+        out[:, derived] = cnt[:, 0] - cnt[:, 1:].sum(axis=1)
         seg_sub[i0:i1] += out
         return out.sum(axis=0)
 
@@ -649,22 +668,26 @@ class PageState:
                     need[j] -= taken
                     limit -= taken
 
-    def select_segments(self, requests: Sequence[tuple[int, int, int, int]],
-                        limit: int | None = None) -> list[np.ndarray]:
-        """``select`` for a segmented state: each request is (segment, class, level, count)
-        and is served from that segment's words only.  One pass over the chunks serves every
-        segment and request: the per-segment cut is vectorized (a cumulative popcount per
-        word, offset by the segment's start), so hundreds of packed processes cost about as
-        much as one of the same total size."""
+    def select_segments(self, seg, cls, level, count, limit: int | None = None):
+        """``select`` for a segmented state: request i asks for ``count[i]`` pages of class
+        ``cls[i]`` at hotness ``level[i]`` from segment ``seg[i]``'s words only (arrays, one
+        entry per request).  One pass over the chunks serves every segment and request: the
+        per-segment cut is vectorized (a cumulative popcount per word, offset by the
+        segment's start), so hundreds of packed processes cost about as much as one of the
+        same total size.  Requests for the same (segment, class, level) get disjoint pages,
+        in request order.  Returns (the pages of every request, concatenated in request
+        order; pages per request)."""
         nseg = self.seg_start.size
-        need: dict[tuple[int, int], np.ndarray] = {}
-        for seg, cls, level, count in requests:
-            if count > 0:
-                need.setdefault((int(cls), int(level)), np.zeros(nseg, np.int64))[int(seg)] += int(count)
-        got: dict[tuple[int, int], list[np.ndarray]] = {k: [] for k in need}
+        seg, cls, level, count = (np.asarray(x, dtype=np.int64) for x in (seg, cls, level, count))
+        count = np.maximum(count, 0)
+        kid = cls * LEVELS + level
+        keys_flat, key_idx = np.unique(kid, return_inverse=True)
+        need_all = np.bincount(key_idx * nseg + seg, weights=count,
+                               minlength=keys_flat.size * nseg).astype(np.int64).reshape(-1, nseg)
+        keys = [(int(k) // LEVELS, int(k) % LEVELS) for k in keys_flat]
+        got: list[list[np.ndarray]] = [[] for _ in keys]
         limit = (1 << 62) if limit is None else int(limit)
-        keys = list(need)
-        if keys:
+        if keys and need_all.any():
             avail = self.chunk_hist[:, [k[0] for k in keys], [k[1] for k in keys]]
             rows = None
             for ch in np.flatnonzero((avail > 0).any(axis=1)).tolist():
@@ -674,7 +697,7 @@ class PageState:
                 hi = min(lo + self.chunk_words, self.words)
                 i0 = int(np.searchsorted(self.seg_start, lo, side="right")) - 1
                 i1 = int(np.searchsorted(self.seg_start, hi, side="left"))
-                live = [j for j, k in enumerate(keys) if avail[ch, j] > 0 and need[k][i0:i1].any()]
+                live = np.flatnonzero((avail[ch] > 0) & need_all[:, i0:i1].any(axis=1)).tolist()
                 if not live:
                     continue
                 if rows is None:
@@ -683,39 +706,45 @@ class PageState:
                 notback = np.bitwise_not(self.backoff[lo:hi])
                 by_class: dict[int, list[int]] = {}
                 for j in live:
-                    by_class.setdefault(keys[j][0], []).append(keys[j][1])
+                    by_class.setdefault(keys[j][0], []).append(j)
                 starts = np.maximum(self.seg_start[i0:i1], lo) - lo
-                lengths = np.diff(np.append(starts, hi - lo))
-                wseg = np.repeat(np.arange(i1 - i0), lengths)
-                for c, levels in by_class.items():
+                wseg = np.repeat(np.arange(i1 - i0), np.diff(np.append(starts, hi - lo)))
+                for c, js in by_class.items():
                     base = self.class_mask(c, lo, hi) & notback
-                    masks = self._kernel.level_masks(planes, levels, base)
-                    for v in levels:
+                    masks = self._kernel.level_masks(planes, [keys[j][1] for j in js], base)
+                    for j in js:
                         if limit <= 0:
                             break
-                        pages = _take_per_segment(masks[v], lo, starts, wseg, need[(c, v)], i0, limit)
+                        pages = _take_per_segment(masks[keys[j][1]], lo, starts, wseg, need_all[j], i0, limit)
                         if pages.size:
-                            got[(c, v)].append(pages)
+                            got[j].append(pages)
                             limit -= pages.size
-        out = []
-        used: dict[tuple[int, int, int], int] = {}
-        pools = {}
-        for k, parts in got.items():
-            pool = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-            # pages ascend, so each segment's pages are one run: where each segment begins
-            bounds = np.searchsorted(pool >> 6, np.append(self.seg_start, self.words))
-            pools[k] = (pool, bounds)
-        for seg, cls, level, count in requests:
-            k = (int(cls), int(level))
-            if count <= 0 or k not in pools:
-                out.append(np.zeros(0, np.int64))
-                continue
-            pool, bounds = pools[k]
-            a = int(bounds[seg]) + used.get((seg, *k), 0)
-            b = min(int(bounds[seg + 1]), a + int(count))
-            out.append(pool[a:b])
-            used[(seg, *k)] = used.get((seg, *k), 0) + max(0, b - a)
-        return out
+        # request i takes the next pages of its (key, segment) run: pages ascend, so each
+        # segment's pages of a key are one run of that key's pool
+        order = np.lexsort((np.arange(seg.size), seg, key_idx))
+        prior = np.zeros(seg.size, dtype=np.int64)
+        cs = np.cumsum(count[order]) - count[order]
+        grp = np.concatenate(([True], (np.diff(key_idx[order]) != 0) | (np.diff(seg[order]) != 0))) \
+            if seg.size else np.zeros(0, bool)
+        first = np.flatnonzero(grp)
+        prior[order] = cs - cs[first][np.cumsum(grp) - 1] if seg.size else cs
+        ends = np.append(self.seg_start, self.words)
+        pools, base = [], 0
+        a = np.zeros(seg.size, dtype=np.int64)
+        b = np.zeros(seg.size, dtype=np.int64)
+        for k, parts in enumerate(got):
+            pool = np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else np.zeros(0, np.int64)
+            bounds = np.searchsorted(pool >> 6, ends) + base
+            mine = key_idx == k
+            a[mine] = bounds[seg[mine]] + prior[mine]
+            b[mine] = np.minimum(bounds[seg[mine] + 1], a[mine] + count[mine])
+            pools.append(pool)
+            base += pool.size
+        sizes = np.maximum(b - a, 0)
+        allp = np.concatenate(pools) if pools else np.zeros(0, np.int64)
+        # gather every request's slice in request order at once
+        idx = np.repeat(a - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()))
+        return allp[idx], sizes
 
     # -- updates from move_pages -------------------------------------------------------------
     def set_node(self, pages: np.ndarray, level, from_cls, node) -> None:
