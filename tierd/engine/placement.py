@@ -334,6 +334,9 @@ def plan(
             return (d, -slow_free[s], s)
 
         def dest(k: int) -> int:
+            if len(slow) == 1:  # nothing to rank (one request per process: keep it cheap)
+                slow_free[slow[0]] -= k
+                return slow[0]
             ranked = sorted(slow, key=key)
             for s in ranked:
                 if slow_free[s] >= k:
