@@ -446,7 +446,8 @@ class Engine:
                 m.staged = False
             pk.version += 1
             if nodes_of is not None:
-                pk.learn_nodes(nodes_of)
+                st.learn_nodes([(m.pid, m.ext, m.off) for m in pk.members.values() if m.seg is not None],
+                               nodes_of, getattr(self.reader, "nodes_scope", "range"))
             ours += self.clock() - t0
         return ours
 
@@ -477,25 +478,13 @@ class Engine:
             log.debug("pid %d (%s): range %#x (%s) not sampled: %s", unit.ref.pid,
                       unit.ref.target, ws * 64 << 12, _size(64 * nw), err)
 
-    @staticmethod
-    def _learn_nodes(unit: Unit, nodes_of) -> None:
-        """A reader that knows each page's node from the sample itself (pagemap PFNs and the
-        sysfs memory blocks: ``nodes(pid, word_start, nwords)`` -> int16 per page, -1
-        unknown) saves the move_pages queries: pages of unknown node learn it here."""
+    def _learn_nodes(self, unit: Unit, nodes_of) -> None:
+        """A reader that knows each page's node (``nodes(pid, word_start, nwords)`` -> int16
+        per page, -1 unknown: pagemap PFNs and the sysfs memory blocks, or numa_maps) saves
+        the move_pages queries: pages of unknown node learn it here."""
         st = unit.state
-        unknown = st.class_mask(st.unknown, 0, st.words)
-        if not unknown.any():
-            return
-        ext = st.extents
-        for ws, nw, off in zip(ext.word_start.tolist(), ext.nwords.tolist(), ext.offset.tolist()):
-            w = np.flatnonzero(unknown[off: off + nw])
-            if w.size == 0:
-                continue
-            pages = words_to_pages(w + off, unknown[off + w])
-            node = np.asarray(nodes_of(unit.ref.pid, ws, nw), dtype=np.int64)[pages - off * 64]
-            ok = node >= 0
-            if ok.any():
-                st.set_node(pages[ok], st.hotness(pages[ok]), st.unknown, node[ok])
+        st.learn_nodes([(unit.ref.pid, st.extents, 0)], nodes_of,
+                       getattr(self.reader, "nodes_scope", "range"))
 
     @staticmethod
     def _counts(units: Sequence[Unit]) -> list[UnitCounts]:

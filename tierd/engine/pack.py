@@ -30,7 +30,7 @@ from collections.abc import Hashable
 import numpy as np
 
 from tierd.engine.hotness import LEVELS
-from tierd.engine.state import CHUNK_WORDS, PAGES_PER_WORD, Extents, PageState, words_to_pages
+from tierd.engine.state import CHUNK_WORDS, PAGES_PER_WORD, Extents, PageState
 
 PACK_WORDS = 4096  # 262144 pages: 1 GiB of tracked address space at most
 PACK_MIN = 16  # processes tracked before small ones are packed
@@ -187,28 +187,6 @@ class Pack:
         above the highest user address bit, so masking it off is enough)."""
         vpn = self.state.extents.vpn_of(pages) & np.uint64(REAL_VPN_MASK)
         return vpn << np.uint64(12)
-
-    def learn_nodes(self, nodes_of) -> None:
-        """Engine._learn_nodes for every member: a reader that knows each page's node from
-        the sample (``nodes(pid, word_start, nwords)``) saves the move_pages queries."""
-        st = self.state
-        unknown = st.class_mask(st.unknown, 0, st.words)
-        if not unknown.any():
-            return
-        for m in self.members.values():
-            if m.seg is None:
-                continue
-            ext = m.ext
-            for ws, nw, off in zip(ext.word_start.tolist(), ext.nwords.tolist(), ext.offset.tolist()):
-                lo = m.off + off
-                w = np.flatnonzero(unknown[lo: lo + nw])
-                if w.size == 0:
-                    continue
-                pages = words_to_pages(w + lo, unknown[lo + w])
-                node = np.asarray(nodes_of(m.pid, ws, nw), dtype=np.int64)[pages - lo * 64]
-                ok = node >= 0
-                if ok.any():
-                    st.set_node(pages[ok], st.hotness(pages[ok]), st.unknown, node[ok])
 
 
 class Packs:

@@ -49,6 +49,10 @@ BACKOFF_MAX_DOUBLINGS = 8  # retry_after * 2**8 intervals at most
 # (node, level) cell for a standard error of a few thousandths
 EST_DIV = 128
 EST_MIN_WORDS = 2048
+# node learning from the reader (learn_nodes): runs of words with unknown pages closer than
+# this are read together; a whole-process source is used while 1/8 of the pages are unknown
+NODES_GAP_WORDS = 64
+NODES_PROCESS_DIV = 8
 
 _ONE = np.uint64(1)
 _MOEBIUS_T = np.ascontiguousarray(MOEBIUS.T)
@@ -745,6 +749,41 @@ class PageState:
         # gather every request's slice in request order at once
         idx = np.repeat(a - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()))
         return allp[idx], sizes
+
+    # -- nodes from the reader ---------------------------------------------------------------
+    def learn_nodes(self, spans, nodes_of, scope: str = "range") -> None:
+        """Pages of unknown node learn it from ``nodes_of(pid, word_start, nwords)`` (int16
+        per page, -1 unknown).  ``spans``: (pid, real extents, flat word offset of those
+        extents here) - one for a process's own state, one per member of a pack.  A
+        "range" source is asked only about runs of words holding unknown pages (gaps of
+        up to NODES_GAP_WORDS merged); a "process" source (one read of the whole process,
+        e.g. numa_maps) only while at least 1/NODES_PROCESS_DIV of the present pages are
+        unknown - a few new pages are cheaper to query."""
+        unknown = self.class_mask(self.unknown, 0, self.words)
+        if not unknown.any():
+            return
+        if scope == "process":
+            n_unknown = int(np.bitwise_count(unknown).sum(dtype=np.int64))
+            if n_unknown * NODES_PROCESS_DIV < int(np.bitwise_count(self.present).sum(dtype=np.int64)):
+                return
+        for pid, ext, base in spans:
+            for ws, nw, off in zip(ext.word_start.tolist(), ext.nwords.tolist(), ext.offset.tolist()):
+                lo = base + off
+                w = np.flatnonzero(unknown[lo: lo + nw])
+                if w.size == 0:
+                    continue
+                if scope == "process":
+                    runs = [(0, nw, w)]
+                else:
+                    cut = np.flatnonzero(np.diff(w) > NODES_GAP_WORDS) + 1
+                    runs = [(int(w[i]), int(w[j - 1]) + 1 - int(w[i]), w[i:j])
+                            for i, j in zip([0, *cut.tolist()], [*cut.tolist(), w.size])]
+                for a, n, ww in runs:
+                    pages = words_to_pages(ww + lo, unknown[lo + ww])
+                    node = np.asarray(nodes_of(pid, ws + a, n), dtype=np.int64)[pages - (lo + a) * 64]
+                    ok = node >= 0
+                    if ok.any():
+                        self.set_node(pages[ok], self.hotness(pages[ok]), self.unknown, node[ok])
 
     # -- updates from move_pages -------------------------------------------------------------
     def set_node(self, pages: np.ndarray, level, from_cls, node) -> None:
