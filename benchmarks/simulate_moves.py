@@ -110,8 +110,9 @@ def main() -> int:
         spec = workload(text, intervals)
         pol = base if rate is None else replace(base, rate=parse_rate(rate))
         seen = {}
+        many = len(spec.processes) > 1  # (per-page work: not for one TiB process)
         rows, machine = sim.simulate(pol, spec, intervals,
-                                     on_end=lambda e, m: seen.update(f=fairness(e, m)),
+                                     on_end=lambda e, m: many and seen.update(f=fairness(e, m)),
                                      clock=time.process_time if args.clock == "cpu" else None)
         pages = sum(p.npages for p in machine.procs.values())
         s = sim.summarize(rows, tail=args.tail)

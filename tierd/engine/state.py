@@ -850,18 +850,30 @@ class PageState:
 
     def _recount(self, p, level, from_cls, to_cls) -> None:
         """Move ``p``'s pages from (from_cls, level) to (to_cls, level) in the per-chunk
-        histograms (to_cls None: they are gone); level and classes scalars or per page."""
-        size = self.chunk_hist.size
-        cl = self.chunk_hist.shape[1] * LEVELS
-        base = p // (self.chunk_words * PAGES_PER_WORD) * cl + level
-        flat = self.chunk_hist.reshape(-1)
-        flat -= np.bincount(base + np.asarray(from_cls) * LEVELS, minlength=size)
-        if to_cls is not None:
-            flat += np.bincount(base + np.asarray(to_cls) * LEVELS, minlength=size)
+        (and per-segment) histograms (to_cls None: they are gone); level and classes scalars
+        or per page.  All scalars and ``p`` sorted (one request's pages, the usual case):
+        the pages per chunk are a searchsorted of the chunk starts, not a pass over pages."""
+        ranges = [(self.chunk_hist, self.chunk_words * PAGES_PER_WORD, None)]
         if self.seg_hist is not None:
-            size = self.seg_hist.size
-            base = self.segment_of(p) * cl + level
-            flat = self.seg_hist.reshape(-1)
+            ranges.append((self.seg_hist, None, self.seg_start * PAGES_PER_WORD))
+        scalar = all(isinstance(x, (int, np.integer)) for x in (level, from_cls)) and \
+            (to_cls is None or isinstance(to_cls, (int, np.integer)))
+        if scalar and p.size > 1 and not (p[1:] >= p[:-1]).all():
+            scalar = False
+        for hist, per, starts in ranges:
+            if scalar:
+                if starts is None:
+                    starts = np.arange(hist.shape[0], dtype=np.int64) * per
+                n = np.diff(np.searchsorted(p, starts), append=p.size)
+                hist[:, from_cls, level] -= n
+                if to_cls is not None:
+                    hist[:, to_cls, level] += n
+                continue
+            size = hist.size
+            cl = hist.shape[1] * LEVELS
+            where = p // per if starts is None else self.segment_of(p)
+            base = where * cl + level
+            flat = hist.reshape(-1)
             flat -= np.bincount(base + np.asarray(from_cls) * LEVELS, minlength=size)
             if to_cls is not None:
                 flat += np.bincount(base + np.asarray(to_cls) * LEVELS, minlength=size)
