@@ -36,6 +36,7 @@ PACK_WORDS = 4096  # 262144 pages: 1 GiB of tracked address space at most
 PACK_MIN = 16  # processes tracked before small ones are packed
 PACK_MAX_WORDS = 4 * CHUNK_WORDS
 SLOT_SHIFT = 31  # words: a member's synthetic address space starts at slot << 31
+SLOT_MAX = 1 << 26  # slots per pack (synthetic vpns stay below 2**63); then a new pack
 REAL_VPN_MASK = (1 << (SLOT_SHIFT + 6)) - 1  # a member's own vpn: the bits below its slot
 
 
@@ -130,15 +131,17 @@ class Pack:
         self._backoff: np.ndarray | None = None
         self._backoff_version = -1
         self.version = 0  # bumped whenever backoff may change (moves folded in, commits)
+        self._next_slot = 0
 
     @property
     def words(self) -> int:
         return sum(m.ext.words for m in self.members.values() if m.ext is not None)
 
     def add(self, key: Hashable, pid: int) -> Member:
-        used = {m.slot for m in self.members.values()}
-        slot = next(i for i in range(len(used) + 1) if i not in used)
-        m = self.members[key] = Member(key, pid, slot)
+        # never a slot used before: until the next layout the state still holds a departed
+        # member's words there, and a newcomer must not inherit their history or nodes
+        m = self.members[key] = Member(key, pid, self._next_slot)
+        self._next_slot += 1
         return m
 
     def remove(self, key: Hashable) -> None:
@@ -220,7 +223,8 @@ class Packs:
         key = unit.ref.key
         pk = self.where.get(key)
         if pk is None:
-            pk = next((p for p in self.packs if p.words + ext.words <= PACK_MAX_WORDS), None)
+            pk = next((p for p in self.packs if p.words + ext.words <= PACK_MAX_WORDS
+                       and p._next_slot < SLOT_MAX), None)
             if pk is None:
                 pk = Pack(window, node_ids, chunk_words)
                 self.packs.append(pk)
