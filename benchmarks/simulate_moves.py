@@ -65,17 +65,29 @@ def workload(text: str, intervals: int):
 
 def fairness(engine, machine):
     """(min, max fast pages of a process, processes with hotness-0 fast pages while another
-    process has pages at >= 4 on the slow node)."""
+    process has pages at >= 4 on the slow node, the true mean access probability per sample
+    of those fast hotness-0 pages and of those slow pages at >= 4 (the simulator's rates))."""
     fast = [int((p.node == sim.FAST).sum()) for p in machine.procs.values()]
     cold_fast, hot_slow = [], []
+    q_cold, q_hot = [], []
     for u in engine.units.values():
         h = u.state.histograms()
         ids = u.state.node_ids
         cold_fast.append(int(h[ids.index(sim.FAST), 0]) if sim.FAST in ids else 0)
         hot_slow.append(int(h[ids.index(sim.SLOW), 4:].sum()) if sim.SLOW in ids else 0)
+        proc = machine.procs[u.ref.pid]
+        st = u.state
+        ext = st.member.ext if getattr(st, "packed", False) else st.extents
+        flat = ext.flat_of(proc.base_vpn + np.arange(proc.npages))
+        hot = st.hotness(flat).astype(np.int64)
+        q = -np.expm1(-proc.rate * proc.weight_of_pages(np.arange(proc.npages)))
+        q_cold.append(q[(proc.node == sim.FAST) & (hot == 0)])
+        q_hot.append(q[(proc.node == sim.SLOW) & (hot >= 4)])
     bad = sum(1 for i, c in enumerate(cold_fast)
               if c and any(s for j, s in enumerate(hot_slow) if j != i))
-    return min(fast), max(fast), bad
+    qc, qh = np.concatenate(q_cold), np.concatenate(q_hot)
+    return (min(fast), max(fast), bad, float(qc.mean()) if qc.size else 0.0,
+            float(qh.mean()) if qh.size else 0.0)
 
 
 def main() -> int:
@@ -83,10 +95,14 @@ def main() -> int:
     ap.add_argument("--config", default=os.path.join(ROOT, "etc/tierd.yaml"))
     ap.add_argument("--only", default=",".join(WORKLOADS))
     ap.add_argument("--tail", type=int, default=5)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="engine time as wall-clock (default) or the process's CPU time "
+                         "(steadier when other jobs load the host)")
     args = ap.parse_args()
     base = load_policy(args.config)
     print(f"# simulate_moves: tree {os.path.abspath(ROOT)}, policy {args.config}, "
-          f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, load {os.getloadavg()[0]:.1f}")
+          f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, load {os.getloadavg()[0]:.1f}, "
+          f"engine clock {args.clock}")
     print(f"{'workload':>8} {'hit/orc':>7} {'moves%':>7} {'wasted%':>7} {'eat_ns':>7} "
           f"{'crossed':>7} {'>=0.95':>6} {'known':>5} {'eng_ms':>7} {'recover':>7} fairness")
     for name in args.only.split(","):
@@ -94,8 +110,10 @@ def main() -> int:
         spec = workload(text, intervals)
         pol = base if rate is None else replace(base, rate=parse_rate(rate))
         seen = {}
+        many = len(spec.processes) > 1  # (per-page work: not for one TiB process)
         rows, machine = sim.simulate(pol, spec, intervals,
-                                     on_end=lambda e, m: seen.update(f=fairness(e, m)))
+                                     on_end=lambda e, m: many and seen.update(f=fairness(e, m)),
+                                     clock=time.process_time if args.clock == "cpu" else None)
         pages = sum(p.npages for p in machine.procs.values())
         s = sim.summarize(rows, tail=args.tail)
         steady = rows[-args.tail:]
@@ -110,7 +128,8 @@ def main() -> int:
         rec = ",".join("-" if x is None else str(x) for x in s.recoveries) or "-"
         f = seen.get("f")
         fair = "" if f is None or len(machine.procs) < 2 else \
-            f"fast pages per process {f[0]}..{f[1]}, hot0-vs-slow4 {f[2]}/{len(machine.procs)}"
+            f"fast pages per process {f[0]}..{f[1]}, hot0-vs-slow4 {f[2]}/{len(machine.procs)} " \
+            f"(true access probability per sample: fast hot0 {f[3]:.3f}, slow >=4 {f[4]:.3f})"
         print(f"{name:>8} {s.steady_ratio:7.3f} {100 * moves / pages:7.3f} {100 * wasted:7.1f} "
               f"{statistics.mean(r.eat_ns for r in steady):7.0f} "
               f"{crossed:7d} {str(first):>6} {str(known):>5} "

@@ -250,3 +250,39 @@ def test_two_fast_and_two_slow_nodes():
     assert sum(m.used.values()) == p.npages
     with pytest.raises(WorkloadError):
         parse_workload("size=64MiB,fast=32MiB,nodes=2")
+
+
+def test_huge_pages_move_and_are_accessed_as_512_page_units():
+    """thp=100%: a move of one page moves its whole 2 MiB (the rest counted as dragged),
+    needs room for all 512, and its other requested pages share the outcome; one access
+    marks all 512 pages accessed (one Accessed bit)."""
+    m = SimMachine(parse_workload("size=8MiB,fast=6MiB,init=slow,thp=100%"))
+    k = SimKernel(m)
+    p = next(iter(m.procs.values()))
+    assert p.huge is not None and p.huge.all() and p.huge.size == 4
+    addr = lambda i: (np.uint64(p.base_vpn + i)) << np.uint64(12)  # noqa: E731
+    m.begin_moves()
+    st = k.move_pages(p.pid, np.array([addr(5), addr(700), addr(6)]), np.full(3, FAST, np.int32))
+    assert st.tolist() == [FAST] * 3
+    assert (p.node[:1024] == FAST).all() and (p.node[1024:] == SLOW).all()
+    assert m.used[FAST] == 1024 and m.dragged == 1024 - 3
+    w = p.weight_of_pages(np.arange(1024)).sum()
+    assert abs(p.fast_weight - w) < 1e-9
+    # room for 1536 - 7 reserved - 1024 = 505 more pages: not a whole huge page
+    assert k.move_pages(p.pid, np.array([addr(1100)]), np.array([FAST], np.int32)).tolist() == [-errno.ENOMEM]
+    assert m.used[FAST] == 1024
+    p.generate()
+    acc = np.unpackbits(p.accessed.view(np.uint8), bitorder="little").reshape(4, 512)
+    assert set(acc.sum(axis=1).tolist()) <= {0, 512} and acc.any()
+    assert parse_workload("size=8MiB,fast=4MiB").processes[0].thp == 0
+    with pytest.raises(WorkloadError):
+        parse_workload("size=8MiB,fast=4MiB,thp=150%")
+
+
+def test_huge_pages_cost_moves_in_a_run():
+    """End to end with 10% huge pages: the run still converges, and the pages moved only
+    as parts of huge pages are reported (and charged in the effective access time)."""
+    spec = parse_workload("size=128MiB,fast=64MiB,dist=zipf:1.1,seed=2,thp=10%")
+    rows, _ = simulate(policy(), spec, intervals=12)
+    assert summarize(rows).steady_ratio > 0.9
+    assert sum(r.dragged for r in rows) > 0

@@ -46,6 +46,7 @@ from tierd.engine.placement import (
     plan_queries,
 )
 from tierd.engine.gain import GainModel
+from tierd.engine.pack import Pack, Packs
 from tierd.engine.state import CHUNK_WORDS, Extents, PageState, words_to_pages
 from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
 
@@ -200,6 +201,7 @@ class Engine:
         self.reader = kernel.reader(policy.tracking)
         self.executor = Executor(kernel, policy.batch // PAGE_SIZE, should_stop=should_stop, clock=clock)
         self.units: dict[tuple, Unit] = {}
+        self.packs = Packs()  # small processes in shared state (tierd/engine/pack.py)
         self.seq = 0
         self.gain = GainModel()  # access-rate estimates per (tier, level), across intervals
         self.interval: float | None = None  # set by the Daemon's pacing; None: policy.interval
@@ -226,6 +228,8 @@ class Engine:
         for u in self.units.values():
             if u.state is not None:
                 u.state.set_window(policy.window)
+        for pk in self.packs:
+            pk.state.set_window(policy.window)
         if reader is not old_reader:
             for u in self.units.values():
                 _close(old_reader, u.ref.pid)
@@ -284,6 +288,7 @@ class Engine:
                 stats.dropped += 1
             except OSError as e:  # one process we cannot read (permissions, odd mapping)
                 log.warning("pid %d (%s): not sampled: %s", unit.ref.pid, unit.ref.target, e)
+        engine_s += self._sample_packs(node_ids, stats)
         t1 = self.clock()
         stats.sample_seconds = t1 - t0 - engine_s
 
@@ -291,6 +296,9 @@ class Engine:
         stats.primed = sum(u.state.samples == 1 for u in live)
         for u in live:
             u.state.expire(self.seq, pol.retry_after)
+        for pk in self.packs:
+            pk.state.expire(self.seq, pol.retry_after)
+            pk.version += 1
         if fast and slow and live:
             queries = plan_queries(self._counts(live), self.query_budget)
             self._execute(queries, stats, query=True)
@@ -301,7 +309,8 @@ class Engine:
             demotions = [r for r in pl.requests if r.reason != "promote"]
             promotions = [r for r in pl.requests if r.reason == "promote"]
             if self.huge is not None:  # splits sparsely hot THPs, holds back undecided ones
-                stats.split = self.huge.step(live, pl, pol, self.reader)
+                stats.split = self.huge.step([u for u in live if not getattr(u.state, "packed", False)],
+                                             pl, pol, self.reader)
             # demotions first: they make the room the promotions were planned into; then
             # promote only into the room there is now (a failed demotion cancels its pair).
             # Time budget: the moves may take as long as the interval their byte budget covers.
@@ -350,6 +359,7 @@ class Engine:
 
     def _drop(self, key) -> None:
         unit = self.units.pop(key, None)
+        self.packs.remove(key)
         if unit is not None:
             _close(self.reader, unit.ref.pid)
             if self.huge is not None:
@@ -361,6 +371,11 @@ class Engine:
         pid = unit.ref.pid
         ext = Extents.from_vmas(self.kernel.procfs.maps(pid))
         t0 = self.clock()
+        if self.packs.wants(unit, ext, len(self.units)):  # sampled with its pack
+            self.packs.stage(unit, ext, self.policy.window, node_ids, self.chunk_words)
+            return self.clock() - t0
+        if self.packs.member(unit.ref.key) is not None:  # grew out of its pack
+            self.packs.leave(unit)
         if unit.state is None:
             unit.state = PageState(ext, self.policy.window, node_ids, self.chunk_words)
         else:
@@ -389,6 +404,53 @@ class Engine:
             self._learn_nodes(unit, nodes_of)
         return ours + self.clock() - t0
 
+    def _sample_packs(self, node_ids, stats: IntervalStats) -> float:
+        """Sample every pack's members into its shared state and commit it once
+        (tierd/engine/pack.py).  Returns the time spent in our own arithmetic."""
+        ours = 0.0
+        nodes_of = getattr(self.reader, "nodes", None)
+        for pk in list(self.packs):
+            t0 = self.clock()
+            pk.layout(node_ids)
+            ours += self.clock() - t0
+            st = pk.state
+            present, accessed = st.sample_buffers()
+            for m in list(pk.members.values()):
+                if m.seg is None:
+                    continue
+                unit = self.units.get(m.key)
+                ext = m.ext
+                try:
+                    for ws, nw, off in zip(ext.word_start.tolist(), ext.nwords.tolist(),
+                                           ext.offset.tolist()):
+                        lo = m.off + off
+                        try:
+                            p, a = self.reader.sample(m.pid, ws, nw)
+                        except GONE:
+                            raise
+                        except OSError as e:  # as in _sample: repeat the last sample
+                            self._unsampled(unit, ws, nw, e, stats)
+                            p = st.present[lo: lo + nw].copy()
+                            a = st.hist[st.head][lo: lo + nw].copy()
+                        present[lo: lo + nw] = p
+                        accessed[lo: lo + nw] = a
+                except GONE:  # its pages vanish from the pack with this commit
+                    present[m.off: m.off + ext.words] = 0
+                    accessed[m.off: m.off + ext.words] = 0
+                    self._drop(m.key)
+                    stats.dropped += 1
+            t0 = self.clock()
+            st.commit()
+            for m in pk.members.values():
+                m.samples += 1
+                m.staged = False
+            pk.version += 1
+            if nodes_of is not None:
+                st.learn_nodes([(m.pid, m.ext, m.off) for m in pk.members.values() if m.seg is not None],
+                               nodes_of, getattr(self.reader, "nodes_scope", "range"))
+            ours += self.clock() - t0
+        return ours
+
     def _unsampled(self, unit: Unit, ws: int, nw: int, err: OSError, stats):
         """A range whose access bits could not be read: count it where operators look (the
         interval line, IntervalStats/TargetStats.unsampled_*) and warn at most once a minute."""
@@ -416,25 +478,13 @@ class Engine:
             log.debug("pid %d (%s): range %#x (%s) not sampled: %s", unit.ref.pid,
                       unit.ref.target, ws * 64 << 12, _size(64 * nw), err)
 
-    @staticmethod
-    def _learn_nodes(unit: Unit, nodes_of) -> None:
-        """A reader that knows each page's node from the sample itself (pagemap PFNs and the
-        sysfs memory blocks: ``nodes(pid, word_start, nwords)`` -> int16 per page, -1
-        unknown) saves the move_pages queries: pages of unknown node learn it here."""
+    def _learn_nodes(self, unit: Unit, nodes_of) -> None:
+        """A reader that knows each page's node (``nodes(pid, word_start, nwords)`` -> int16
+        per page, -1 unknown: pagemap PFNs and the sysfs memory blocks, or numa_maps) saves
+        the move_pages queries: pages of unknown node learn it here."""
         st = unit.state
-        unknown = st.class_mask(st.unknown, 0, st.words)
-        if not unknown.any():
-            return
-        ext = st.extents
-        for ws, nw, off in zip(ext.word_start.tolist(), ext.nwords.tolist(), ext.offset.tolist()):
-            w = np.flatnonzero(unknown[off: off + nw])
-            if w.size == 0:
-                continue
-            pages = words_to_pages(w + off, unknown[off + w])
-            node = np.asarray(nodes_of(unit.ref.pid, ws, nw), dtype=np.int64)[pages - off * 64]
-            ok = node >= 0
-            if ok.any():
-                st.set_node(pages[ok], st.hotness(pages[ok]), st.unknown, node[ok])
+        st.learn_nodes([(unit.ref.pid, st.extents, 0)], nodes_of,
+                       getattr(self.reader, "nodes_scope", "range"))
 
     @staticmethod
     def _counts(units: Sequence[Unit]) -> list[UnitCounts]:
@@ -450,7 +500,9 @@ class Engine:
     def _gain(self, units: Sequence[Unit], node_ids, fast, slow):
         """This interval's access-rate estimates (tierd.engine.gain), or None: the level
         rule."""
-        est = sum(u.state.est for u in units if u.state.node_ids == tuple(node_ids))
+        est = sum([u.state.est for u in units if u.state.node_ids == tuple(node_ids)
+                   and not getattr(u.state, "packed", False)]
+                  + [pk.state.est for pk in self.packs if pk.state.node_ids == tuple(node_ids)])
         if not isinstance(est, np.ndarray):
             return None
         cls = {n: i for i, n in enumerate(node_ids)}
@@ -465,7 +517,14 @@ class Engine:
         for r in requests:
             by_unit.setdefault(r.unit, []).append(r)
         done = 0
+        packs_done: set = set()
         for key, reqs in by_unit.items():
+            pk = self.packs.where.get(key)
+            if pk is not None:  # the whole pack at once, at its first member's turn
+                if id(pk) not in packs_done:
+                    packs_done.add(id(pk))
+                    done += self._execute_pack(pk, by_unit, stats, query)
+                continue
             unit = self.units.get(key)
             if unit is None or unit.state is None:
                 continue
@@ -504,6 +563,60 @@ class Engine:
                     break
         return done
 
+    def _execute_pack(self, pk: Pack, by_unit: dict, stats: IntervalStats, query: bool) -> int:
+        """``_execute`` for the members of one pack: one selection over the shared state per
+        slice, the members' move_pages calls in one executor pass, one fold of all results."""
+        st = pk.state
+        reqs = [(m, r) for key, rs in by_unit.items() if (m := pk.members.get(key)) is not None
+                and m.seg is not None for r in rs]
+        reqs.sort(key=lambda x: x[0].seg)  # stable: each member's requests stay in order
+        seg = np.array([m.seg for m, _ in reqs], dtype=np.int64)
+        cls = np.array([st.class_of(r.node) for _, r in reqs], dtype=np.int64)
+        level = np.array([r.level for _, r in reqs], dtype=np.int64)
+        dests = np.array([r.dest for _, r in reqs], dtype=np.int32)
+        left = np.array([r.count for _, r in reqs], dtype=np.int64)
+        done = 0
+        while left.any() and not self.should_stop():
+            # by member (segment), then request
+            pages, sizes = st.select_segments(seg, cls, level, left, limit=SLICE_PAGES)
+            if not sizes.sum():
+                break
+            addrs = pk.real_addresses(pages)
+            dest = None if query else np.repeat(dests, sizes)
+            # one job per member: its requests are adjacent
+            per = np.bincount(seg, weights=sizes, minlength=int(seg.max()) + 1).astype(np.int64)
+            who = [m for m in sorted({m.seg: m for m, _ in reqs}.values(), key=lambda m: m.seg)
+                   if per[m.seg]]
+            bounds = np.concatenate(([0], np.cumsum([per[m.seg] for m in who])))
+            jobs = [(m.pid, addrs[a:b], None if dest is None else dest[a:b])
+                    for m, a, b in zip(who, bounds[:-1].tolist(), bounds[1:].tolist())]
+            status, counts, errors = self.executor.run_many(jobs, query=query)
+            ran = np.ones(pages.size, dtype=bool)
+            for i, e in errors.items():
+                ran[bounds[i]: bounds[i + 1]] = False
+                m = who[i]
+                if isinstance(e, GONE):
+                    self._drop(m.key)
+                    stats.dropped += 1
+                else:  # PermissionError, MovePagesError: this process, this time
+                    unit = self.units.get(m.key)
+                    log.warning("pid %d (%s): move_pages: %s", m.pid,
+                                unit.ref.target if unit else "?", e)
+            (stats.queries if query else stats.moves).add(counts)
+            done += counts.learned if query else counts.moved
+            lv, cl = np.repeat(level, sizes), np.repeat(cls, sizes)
+            if errors:
+                pages, lv, cl, status = pages[ran], lv[ran], cl[ran], status[ran]
+                dest = None if dest is None else dest[ran]
+            order = np.argsort(pages, kind="stable")  # one sorted run for set_node
+            self._apply(st, pages[order], lv[order], cl[order], status[order],
+                        None if dest is None else dest[order])
+            pk.version += 1
+            left -= sizes
+            if counts.not_tried:
+                break
+        return done
+
     def _apply(self, st: PageState, pages, level, cls, status, dest) -> None:
         """Fold move_pages results back into the state (level, class and dest: scalars or
         one per page)."""
@@ -531,14 +644,23 @@ class Engine:
         for nid in list(node_ids) + [UNKNOWN]:
             stats.nodes[nid] = np.zeros(LEVELS, np.int64)
         fast_cls = [i for i, n in enumerate(node_ids) if n in fast]
+        # summed per (target, node layout) first: hundreds of packed processes, few numpy calls
+        groups: dict = {}
         for u in live:
             st = u.state
-            h = st.histograms()
-            ts = stats.targets.setdefault(u.ref.target, TargetStats())
-            ts.processes += 1
+            g = groups.setdefault((u.ref.target, st.node_ids), [])
+            g.append(st.histograms())
+            stats.tracked_pages += st.pages
+            if not getattr(st, "packed", False):
+                stats.state_bytes += st.nbytes
+        stats.state_bytes += sum(pk.state.nbytes for pk in self.packs)
+        for (target, ids), hs in groups.items():
+            h = np.sum(hs, axis=0) if len(hs) > 1 else hs[0]
+            ts = stats.targets.setdefault(target, TargetStats())
+            ts.processes += len(hs)
             ts.hist = ts.hist + h.sum(axis=0)
             ts.pages += int(h.sum())
-            for i, nid in enumerate(st.node_ids):
+            for i, nid in enumerate(ids):
                 stats.nodes.setdefault(nid, np.zeros(LEVELS, np.int64))
                 stats.nodes[nid] = stats.nodes[nid] + h[i]
                 ts.by_node[nid] = ts.by_node.get(nid, 0) + h[i]
@@ -546,8 +668,6 @@ class Engine:
                     ts.fast_pages += int(h[i].sum())
             stats.nodes[UNKNOWN] = stats.nodes[UNKNOWN] + h[-1]
             ts.by_node[UNKNOWN] = ts.by_node.get(UNKNOWN, 0) + h[-1]
-            stats.tracked_pages += st.pages
-            stats.state_bytes += st.nbytes
         if stats.plan is not None:
             for name, ts in stats.targets.items():
                 ts.hot = stats.plan.hot.get(name, NO_THRESHOLD)

@@ -63,8 +63,8 @@ class MoveCounts:
     seconds: float = 0.0
 
     def add(self, other: MoveCounts) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        for name in _COUNT_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
     @property
     def failed(self) -> int:
@@ -72,6 +72,9 @@ class MoveCounts:
 
     def as_dict(self) -> dict[str, float]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_COUNT_FIELDS = tuple(f.name for f in fields(MoveCounts))
 
 
 def outcome_masks(status: np.ndarray, dest: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -99,6 +102,8 @@ def tally(status: np.ndarray, dest: np.ndarray | None) -> MoveCounts:
     """Counters for one batch of statuses (see the module docstring)."""
     if dest is not None and np.array_equal(status, dest):  # the common case: all moved
         return MoveCounts(moved=int(np.size(status)))
+    if dest is None and (np.asarray(status) >= 0).all():  # ... all queried pages known
+        return MoveCounts(queried=int(np.size(status)), learned=int(np.size(status)))
     m = outcome_masks(status, dest)
     c = MoveCounts(
         busy=int(m["busy"].sum()), absent=int(m["absent"].sum()), nomem=int(m["nomem"].sum()),
@@ -150,11 +155,50 @@ class Executor:
         """Ask which node each page is on."""
         return self._run("query", pid, addrs, None)
 
+    def run_many(self, jobs, query: bool = False):
+        """``move`` (or ``query``) for several processes at once: ``jobs`` = [(pid, addrs,
+        nodes or None)].  Returns (status for all pages in job order, counts over the jobs
+        that ran, {job index: exception} for jobs whose process was gone or refused).
+        One status array and one tally for all: packed small processes
+        (tierd/engine/pack.py) do not pay the per-call accounting each."""
+        kind = "query" if query else "move"
+        sizes = [np.size(j[1]) for j in jobs]
+        status = np.full(sum(sizes), NOT_TRIED, dtype=np.int32)
+        counts = MoveCounts()
+        errors: dict[int, Exception] = {}
+        lo = 0
+        for i, ((pid, addrs, nodes), n) in enumerate(zip(jobs, sizes)):
+            try:
+                self._calls(kind, pid, np.ascontiguousarray(addrs, dtype=np.uint64),
+                            None if nodes is None else np.ascontiguousarray(nodes, dtype=np.int32),
+                            status[lo: lo + n], counts)
+            except OSError as e:  # ProcessGone, PermissionError, MovePagesError: this one
+                errors[i] = e
+            lo += n
+        ran = np.ones(status.size, dtype=bool)
+        if errors:
+            bounds = np.cumsum([0] + sizes)
+            for i in errors:
+                ran[bounds[i]: bounds[i + 1]] = False
+        dest = None if query else np.concatenate([j[2] for j in jobs]) if jobs else np.zeros(0, np.int32)
+        c = tally(status[ran] if errors else status, None if dest is None else dest[ran] if errors else dest)
+        c.calls, c.seconds = counts.calls, counts.seconds
+        return status, c, errors
+
     def _run(self, kind: str, pid: int, addrs: np.ndarray, nodes: np.ndarray | None):
         addrs = np.ascontiguousarray(addrs, dtype=np.uint64)
-        n = addrs.size
-        status = np.full(n, NOT_TRIED, dtype=np.int32)
+        status = np.full(addrs.size, NOT_TRIED, dtype=np.int32)
         counts = MoveCounts()
+        self._calls(kind, pid, addrs, nodes, status, counts)
+        c = tally(status, nodes)
+        c.calls, c.seconds = counts.calls, counts.seconds
+        return status, c
+
+    def _calls(self, kind: str, pid: int, addrs: np.ndarray, nodes: np.ndarray | None,
+               status: np.ndarray, counts: MoveCounts) -> None:
+        """The move_pages calls for one process, filling ``status`` (NOT_TRIED beforehand)
+        and ``counts.calls/seconds``."""
+        n = addrs.size
         cap = self.max_batch * (QUERY_BATCH_FACTOR if kind == "query" else 1)
         lo = 0
         while lo < n:
@@ -184,6 +228,3 @@ class Executor:
                 self.batch[kind] = max(MIN_BATCH, self.batch[kind] // 2)
             elif dt < self.call_seconds / 4 and self.batch[kind] < cap:
                 self.batch[kind] = min(cap, self.batch[kind] * 2)
-        c = tally(status, nodes)
-        c.calls, c.seconds = counts.calls, counts.seconds
-        return status, c

@@ -289,7 +289,8 @@ def plan(
     rooms = node_rooms(topology, fast, policy.keep_free, policy.demote_below)
     fast_total = sum(r.total for r in rooms) * PAGE_SIZE
     fast_cls = [cls[n] for n in fast]
-    on_fast = np.array([int(u.hist[fast_cls].sum()) for u in units], dtype=np.int64)
+    hists = np.stack([u.hist for u in units]) if units else np.zeros((0, len(cls), LEVELS), np.int64)
+    on_fast = hists[:, fast_cls].sum(axis=(1, 2)).astype(np.int64)
     fast_pages = int(on_fast.sum())
     budget = fast_pages + sum(r.room for r in rooms) - sum(r.deficit for r in rooms)
 
@@ -302,7 +303,8 @@ def plan(
             shares[t] = spec.fast_share.resolve(fast_total) // PAGE_SIZE
         if spec is not None and spec.fast_cap is not None:
             caps[t] = spec.fast_cap.resolve(fast_total) // PAGE_SIZE
-    demands = {t: demand(sum(u.hist for u in units if u.target == t)) for t in names}
+    target_of = [u.target for u in units]
+    demands = {t: demand(hists[[x == t for x in target_of]].sum(axis=0)) for t in names}
     hot = thresholds(demands, budget, policy.min_hot, shares, caps)
     window = getattr(policy, "window", 8)
     single = weights(window)[0] if window > 1 else -1  # most hotness one access can give
@@ -317,7 +319,6 @@ def plan(
     if not units or not fast or not slow:
         return Plan((), hot, cold, budget, fast_pages, rooms, move_budget, gain)
     ctx = _Ctx(units, cls, move_budget)
-    target_of = [u.target for u in units]
     hot_u = np.array([hot[t] for t in target_of], dtype=np.int64)
 
     slow_free = {n: topology.node(n).mem_free // PAGE_SIZE for n in slow}
@@ -333,6 +334,9 @@ def plan(
             return (d, -slow_free[s], s)
 
         def dest(k: int) -> int:
+            if len(slow) == 1:  # nothing to rank (one request per process: keep it cheap)
+                slow_free[slow[0]] -= k
+                return slow[0]
             ranked = sorted(slow, key=key)
             for s in ranked:
                 if slow_free[s] >= k:

@@ -49,6 +49,10 @@ BACKOFF_MAX_DOUBLINGS = 8  # retry_after * 2**8 intervals at most
 # (node, level) cell for a standard error of a few thousandths
 EST_DIV = 128
 EST_MIN_WORDS = 2048
+# node learning from the reader (learn_nodes): runs of words with unknown pages closer than
+# this are read together; a whole-process source is used while 1/8 of the pages are unknown
+NODES_GAP_WORDS = 64
+NODES_PROCESS_DIV = 8
 
 _ONE = np.uint64(1)
 _MOEBIUS_T = np.ascontiguousarray(MOEBIUS.T)
@@ -191,6 +195,37 @@ def words_to_pages(word_idx: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return np.asarray(word_idx, dtype=np.int64)[f >> 6] * 64 + (f & 63)
 
 
+def _take_per_segment(m: np.ndarray, lo: int, starts: np.ndarray, wseg: np.ndarray,
+                      need: np.ndarray, i0: int, limit: int) -> np.ndarray:
+    """The lowest-addressed set bits of mask ``m`` (words lo..) up to ``need[i0 + s]`` in
+    each segment s of the chunk (segment s begins at word ``starts[s]``; ``wseg``: segment
+    of each word), at most ``limit`` in all; ``need`` is decremented by what was taken."""
+    pc = np.bitwise_count(m).astype(np.int32)  # a chunk holds < 2**31 pages
+    csum = np.cumsum(pc, dtype=np.int32)
+    # set bits before each segment's first word, and what each segment still wants: a
+    # word is taken while the bits before it in its segment are fewer than the want
+    before_seg = (csum[starts] - pc[starts]).astype(np.int64)
+    upto = np.minimum(need[i0: i0 + starts.size], 1 << 30).astype(np.int64) + before_seg
+    k = np.minimum(csum, upto[wseg].astype(np.int32)) - (csum - pc)
+    widx = np.flatnonzero(k > 0)
+    if widx.size == 0:
+        return np.zeros(0, np.int64)
+    kw = k[widx]
+    whole = kw == pc[widx]
+    if whole.all():
+        pages = words_to_pages(widx + lo, m[widx])
+    else:  # words cut short (one per segment at most): keep their lowest kw bits
+        pages = words_to_pages(widx + lo, m[widx])
+        pw = (pages >> 6) - lo
+        first = np.concatenate(([True], pw[1:] != pw[:-1]))
+        rank = np.arange(pages.size) - np.flatnonzero(first)[np.cumsum(first) - 1]
+        pages = pages[rank < np.repeat(kw, pc[widx])]
+    if pages.size > limit:
+        pages = pages[:limit]
+    need[i0: i0 + starts.size] -= np.bincount(wseg[(pages >> 6) - lo], minlength=starts.size)
+    return pages
+
+
 _KERNELS: dict[tuple[int, int], HistogramKernel] = {}
 
 
@@ -240,6 +275,10 @@ class PageState:
         self.retry_vpn = np.zeros(0, np.int64)
         self.retry_fails = np.zeros(0, np.int16)
         self.retry_until = np.zeros(0, np.int64)
+        # segments (tierd/engine/pack.py: several small processes in one state): flat word
+        # offsets where each begins, and histograms per segment kept like chunk_hist
+        self.seg_start: np.ndarray | None = None
+        self.seg_hist: np.ndarray | None = None
 
     # -- storage -----------------------------------------------------------------------------
     def _alloc(self, words: int) -> None:
@@ -341,6 +380,7 @@ class PageState:
         populations = self.chunk_hist.sum(axis=2)
         self.est.fill(0)
         est_words = max(self.words // EST_DIV, min(self.words, EST_MIN_WORDS))
+        seg_sub = self._seg_sub_zero()
         for ch, lo, hi in self._chunks():
             n = hi - lo
             newc, oldc, acc = new_p[lo:hi], old_p[lo:hi], acc_row[lo:hi]
@@ -371,7 +411,10 @@ class PageState:
             sub.fill(0)
             nonzero = np.flatnonzero(cls_pop)
             planes = False
-            if self.samples - self.chunk_seen[ch] >= self.window:
+            if seg_sub is not None:  # every class counted per segment; the chunk is their sum
+                sub[:] = self._segment_pass(lo, hi, rows, newc, node_rows, seg_sub, cls_pop)
+                planes = True
+            elif self.samples - self.chunk_seen[ch] >= self.window:
                 # no access in the whole window: every present page has hotness 0
                 sub[:, 0] = cls_pop
             elif nonzero.size:
@@ -391,6 +434,61 @@ class PageState:
             else:
                 self._est_saved[ch] = None
         np.matmul(self.chunk_sub, _MOEBIUS_T, out=self.chunk_hist)
+        if seg_sub is not None:
+            np.matmul(seg_sub, _MOEBIUS_T, out=self.seg_hist)
+
+    # -- segments ----------------------------------------------------------------------------
+    def set_segments(self, starts) -> None:
+        """Keep histograms per segment: ``starts`` are the flat word offsets where segments
+        begin (ascending, the first 0, none empty), e.g. one per process packed into this
+        state.  Counted from the next ``commit`` on (or now, with ``recount``)."""
+        s = np.asarray(starts, dtype=np.int64).ravel()
+        if s.size == 0 or s[0] != 0 or (s.size > 1 and np.any(s[1:] <= s[:-1])) or s[-1] >= max(1, self.words):
+            raise ValueError("segments must start at 0, ascend and be non-empty")
+        self.seg_start = s
+        self.seg_hist = np.zeros((s.size, self.nclasses, LEVELS), dtype=np.int64)
+
+    def _seg_sub_zero(self) -> np.ndarray | None:
+        if self.seg_start is None:
+            return None
+        if self.seg_hist.shape[1] != self.nclasses:
+            self.seg_hist = np.zeros((self.seg_start.size, self.nclasses, LEVELS), dtype=np.int64)
+        return np.zeros_like(self.seg_hist)
+
+    def _segment_pass(self, lo: int, hi: int, rows, present, node_rows, seg_sub,
+                      cls_pop: np.ndarray | None = None) -> np.ndarray:
+        """Subset counts of words lo..hi per segment added into ``seg_sub``; returns their
+        sum (the chunk's).  With the chunk's class populations, empty classes are not
+        counted and the biggest is derived from all pages minus the others (as ``commit``
+        does per chunk): usually one class mask instead of three."""
+        s = self.seg_start
+        i0 = int(np.searchsorted(s, lo, side="right")) - 1
+        i1 = int(np.searchsorted(s, hi, side="left"))
+        nn = node_rows.shape[0]
+        out = np.zeros((i1 - i0, nn + 1, LEVELS), dtype=np.int64)
+        if cls_pop is None:
+            classes = list(range(nn + 1))
+        else:
+            classes = np.flatnonzero(cls_pop).tolist()
+        if not classes:
+            return out.sum(axis=0)
+        derived = classes[int(np.argmax([cls_pop[c] for c in classes]))] if cls_pop is not None else nn
+        computed = [c for c in classes if c != derived]
+        masks = [node_rows[c] if c < nn else self._unknown_mask(lo, hi) for c in computed]
+        rel = np.maximum(s[i0:i1], lo) - lo
+        cnt = self._kernel.segment_counts([r[lo:hi] for r in rows], present, masks, rel)
+        out[:, computed] = cnt[:, 1:]
+        out[:, derived] = cnt[:, 0] - cnt[:, 1:].sum(axis=1)
+        seg_sub[i0:i1] += out
+        return out.sum(axis=0)
+
+    def segment_of(self, pages: np.ndarray) -> np.ndarray:
+        """Segment index of flat pages."""
+        return np.searchsorted(self.seg_start, np.asarray(pages, dtype=np.int64) >> 6, side="right") - 1
+
+    def segment_histograms(self) -> np.ndarray:
+        """[segments, nclasses, 16]: ``histograms`` per segment."""
+        return self.seg_hist
 
     def _est_save(self, ch: int, lo: int, n: int, length: int, planes: bool, node_rows) -> None:
         """Keep this commit's hotness planes and node masks of a slice of chunk ``ch`` for
@@ -468,11 +566,14 @@ class PageState:
         """[nclasses, 16] page counts by class (node_ids order, then unknown) and hotness."""
         return self.chunk_hist.sum(axis=0)
 
-    def backoff_histograms(self) -> np.ndarray:
+    def backoff_histograms(self, by_segment: bool = False) -> np.ndarray:
         """[nclasses, 16] like ``histograms``, of the present pages in retry backoff only
-        (the ones selection skips).  Sparse: from the retry table, not a pass over the
-        planes."""
-        out = np.zeros((self.nclasses, LEVELS), dtype=np.int64)
+        (the ones selection skips); [segments, nclasses, 16] with ``by_segment``.  Sparse:
+        from the retry table, not a pass over the planes."""
+        nseg = self.seg_start.size if by_segment else 1
+        out = np.zeros((nseg, self.nclasses, LEVELS), dtype=np.int64)
+        if not by_segment:
+            out = out[0]
         if self.retry_vpn.size == 0:
             return out
         flat = self.extents.flat_of(self.retry_vpn)
@@ -485,7 +586,9 @@ class PageState:
         for i, nid in enumerate(self.node_ids):
             cls[node == nid] = i
         key = cls * LEVELS + self.hotness(flat).astype(np.int64)
-        return np.bincount(key, minlength=self.nclasses * LEVELS).reshape(self.nclasses, LEVELS)
+        if by_segment:
+            key += self.segment_of(flat) * (self.nclasses * LEVELS)
+        return np.bincount(key, minlength=out.size).reshape(out.shape)
 
     def hotness(self, pages: np.ndarray) -> np.ndarray:
         """Hotness of individual flat pages (uint8), by the reference formula (sparse use)."""
@@ -578,6 +681,119 @@ class PageState:
                     need[j] -= taken
                     limit -= taken
 
+    def select_segments(self, seg, cls, level, count, limit: int | None = None):
+        """``select`` for a segmented state: request i asks for ``count[i]`` pages of class
+        ``cls[i]`` at hotness ``level[i]`` from segment ``seg[i]``'s words only (arrays, one
+        entry per request).  One pass over the chunks serves every segment and request: the
+        per-segment cut is vectorized (a cumulative popcount per word, offset by the
+        segment's start), so hundreds of packed processes cost about as much as one of the
+        same total size.  Requests for the same (segment, class, level) get disjoint pages,
+        in request order.  Returns (the pages of every request, concatenated in request
+        order; pages per request)."""
+        nseg = self.seg_start.size
+        seg, cls, level, count = (np.asarray(x, dtype=np.int64) for x in (seg, cls, level, count))
+        count = np.maximum(count, 0)
+        kid = cls * LEVELS + level
+        keys_flat, key_idx = np.unique(kid, return_inverse=True)
+        need_all = np.bincount(key_idx * nseg + seg, weights=count,
+                               minlength=keys_flat.size * nseg).astype(np.int64).reshape(-1, nseg)
+        keys = [(int(k) // LEVELS, int(k) % LEVELS) for k in keys_flat]
+        got: list[list[np.ndarray]] = [[] for _ in keys]
+        limit = (1 << 62) if limit is None else int(limit)
+        if keys and need_all.any():
+            avail = self.chunk_hist[:, [k[0] for k in keys], [k[1] for k in keys]]
+            rows = None
+            for ch in np.flatnonzero((avail > 0).any(axis=1)).tolist():
+                if limit <= 0:
+                    break
+                lo = ch * self.chunk_words
+                hi = min(lo + self.chunk_words, self.words)
+                i0 = int(np.searchsorted(self.seg_start, lo, side="right")) - 1
+                i1 = int(np.searchsorted(self.seg_start, hi, side="left"))
+                live = np.flatnonzero((avail[ch] > 0) & need_all[:, i0:i1].any(axis=1)).tolist()
+                if not live:
+                    continue
+                if rows is None:
+                    rows = self.history_rows()
+                planes = self._kernel.hot_planes([r[lo:hi] for r in rows], hi - lo)
+                notback = np.bitwise_not(self.backoff[lo:hi])
+                by_class: dict[int, list[int]] = {}
+                for j in live:
+                    by_class.setdefault(keys[j][0], []).append(j)
+                starts = np.maximum(self.seg_start[i0:i1], lo) - lo
+                wseg = np.repeat(np.arange(i1 - i0), np.diff(np.append(starts, hi - lo)))
+                for c, js in by_class.items():
+                    base = self.class_mask(c, lo, hi) & notback
+                    masks = self._kernel.level_masks(planes, [keys[j][1] for j in js], base)
+                    for j in js:
+                        if limit <= 0:
+                            break
+                        pages = _take_per_segment(masks[keys[j][1]], lo, starts, wseg, need_all[j], i0, limit)
+                        if pages.size:
+                            got[j].append(pages)
+                            limit -= pages.size
+        # request i takes the next pages of its (key, segment) run: pages ascend, so each
+        # segment's pages of a key are one run of that key's pool
+        order = np.lexsort((np.arange(seg.size), seg, key_idx))
+        prior = np.zeros(seg.size, dtype=np.int64)
+        cs = np.cumsum(count[order]) - count[order]
+        grp = np.concatenate(([True], (np.diff(key_idx[order]) != 0) | (np.diff(seg[order]) != 0))) \
+            if seg.size else np.zeros(0, bool)
+        first = np.flatnonzero(grp)
+        prior[order] = cs - cs[first][np.cumsum(grp) - 1] if seg.size else cs
+        ends = np.append(self.seg_start, self.words)
+        pools, base = [], 0
+        a = np.zeros(seg.size, dtype=np.int64)
+        b = np.zeros(seg.size, dtype=np.int64)
+        for k, parts in enumerate(got):
+            pool = np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else np.zeros(0, np.int64)
+            bounds = np.searchsorted(pool >> 6, ends) + base
+            mine = key_idx == k
+            a[mine] = bounds[seg[mine]] + prior[mine]
+            b[mine] = np.minimum(bounds[seg[mine] + 1], a[mine] + count[mine])
+            pools.append(pool)
+            base += pool.size
+        sizes = np.maximum(b - a, 0)
+        allp = np.concatenate(pools) if pools else np.zeros(0, np.int64)
+        # gather every request's slice in request order at once
+        idx = np.repeat(a - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()))
+        return allp[idx], sizes
+
+    # -- nodes from the reader ---------------------------------------------------------------
+    def learn_nodes(self, spans, nodes_of, scope: str = "range") -> None:
+        """Pages of unknown node learn it from ``nodes_of(pid, word_start, nwords)`` (int16
+        per page, -1 unknown).  ``spans``: (pid, real extents, flat word offset of those
+        extents here) - one for a process's own state, one per member of a pack.  A
+        "range" source is asked only about runs of words holding unknown pages (gaps of
+        up to NODES_GAP_WORDS merged); a "process" source (one read of the whole process,
+        e.g. numa_maps) only while at least 1/NODES_PROCESS_DIV of the present pages are
+        unknown - a few new pages are cheaper to query."""
+        unknown = self.class_mask(self.unknown, 0, self.words)
+        if not unknown.any():
+            return
+        if scope == "process":
+            n_unknown = int(np.bitwise_count(unknown).sum(dtype=np.int64))
+            if n_unknown * NODES_PROCESS_DIV < int(np.bitwise_count(self.present).sum(dtype=np.int64)):
+                return
+        for pid, ext, base in spans:
+            for ws, nw, off in zip(ext.word_start.tolist(), ext.nwords.tolist(), ext.offset.tolist()):
+                lo = base + off
+                w = np.flatnonzero(unknown[lo: lo + nw])
+                if w.size == 0:
+                    continue
+                if scope == "process":
+                    runs = [(0, nw, w)]
+                else:
+                    cut = np.flatnonzero(np.diff(w) > NODES_GAP_WORDS) + 1
+                    runs = [(int(w[i]), int(w[j - 1]) + 1 - int(w[i]), w[i:j])
+                            for i, j in zip([0, *cut.tolist()], [*cut.tolist(), w.size])]
+                for a, n, ww in runs:
+                    pages = words_to_pages(ww + lo, unknown[lo + ww])
+                    node = np.asarray(nodes_of(pid, ws + a, n), dtype=np.int64)[pages - (lo + a) * 64]
+                    ok = node >= 0
+                    if ok.any():
+                        self.set_node(pages[ok], self.hotness(pages[ok]), self.unknown, node[ok])
+
     # -- updates from move_pages -------------------------------------------------------------
     def set_node(self, pages: np.ndarray, level, from_cls, node) -> None:
         """Record that ``pages`` (flat) are on ``node`` (one id, or one per page; -1 unknown).
@@ -643,14 +859,33 @@ class PageState:
 
     def _recount(self, p, level, from_cls, to_cls) -> None:
         """Move ``p``'s pages from (from_cls, level) to (to_cls, level) in the per-chunk
-        histograms (to_cls None: they are gone); level and classes scalars or per page."""
-        size = self.chunk_hist.size
-        cl = self.chunk_hist.shape[1] * LEVELS
-        base = p // (self.chunk_words * PAGES_PER_WORD) * cl + level
-        flat = self.chunk_hist.reshape(-1)
-        flat -= np.bincount(base + np.asarray(from_cls) * LEVELS, minlength=size)
-        if to_cls is not None:
-            flat += np.bincount(base + np.asarray(to_cls) * LEVELS, minlength=size)
+        (and per-segment) histograms (to_cls None: they are gone); level and classes scalars
+        or per page.  All scalars and ``p`` sorted (one request's pages, the usual case):
+        the pages per chunk are a searchsorted of the chunk starts, not a pass over pages."""
+        ranges = [(self.chunk_hist, self.chunk_words * PAGES_PER_WORD, None)]
+        if self.seg_hist is not None:
+            ranges.append((self.seg_hist, None, self.seg_start * PAGES_PER_WORD))
+        scalar = all(isinstance(x, (int, np.integer)) for x in (level, from_cls)) and \
+            (to_cls is None or isinstance(to_cls, (int, np.integer)))
+        if scalar and p.size > 1 and not (p[1:] >= p[:-1]).all():
+            scalar = False
+        for hist, per, starts in ranges:
+            if scalar:
+                if starts is None:
+                    starts = np.arange(hist.shape[0], dtype=np.int64) * per
+                n = np.diff(np.searchsorted(p, starts), append=p.size)
+                hist[:, from_cls, level] -= n
+                if to_cls is not None:
+                    hist[:, to_cls, level] += n
+                continue
+            size = hist.size
+            cl = hist.shape[1] * LEVELS
+            where = p // per if starts is None else self.segment_of(p)
+            base = where * cl + level
+            flat = hist.reshape(-1)
+            flat -= np.bincount(base + np.asarray(from_cls) * LEVELS, minlength=size)
+            if to_cls is not None:
+                flat += np.bincount(base + np.asarray(to_cls) * LEVELS, minlength=size)
 
     def _class_or_add(self, node: int) -> int:
         if node < 0:
@@ -772,13 +1007,20 @@ class PageState:
         """Per-chunk histograms from the current planes, without taking a new sample."""
         rows = self.history_rows()
         nn = len(self.node_ids)
+        seg_sub = self._seg_sub_zero()
         for ch, lo, hi in self._chunks():
+            if seg_sub is not None:
+                self.chunk_sub[ch] = self._segment_pass(lo, hi, rows, self.present[lo:hi],
+                                                        self.nodes[:, lo:hi], seg_sub)
+                continue
             masks = [self.nodes[c, lo:hi] for c in range(nn)] + [self._unknown_mask(lo, hi)]
             counts = self._kernel.subset_counts([r[lo:hi] for r in rows], masks)
             for c, m in enumerate(masks):
                 counts[1 + c, 0] = int(np.bitwise_count(m).sum(dtype=np.int64))
             self.chunk_sub[ch] = counts[1:]
         np.matmul(self.chunk_sub, _MOEBIUS_T, out=self.chunk_hist)
+        if seg_sub is not None:
+            np.matmul(seg_sub, _MOEBIUS_T, out=self.seg_hist)
         self._pop_valid[:] = True
 
     def set_window(self, window: int) -> None:

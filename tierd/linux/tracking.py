@@ -33,7 +33,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from tierd.linux.errors import FeatureMissing, ProcessGone
+from tierd.linux.nodes import NumaMapsNodes, PagemapNodes
 from tierd.linux.procfs import ProcFS, decode_pagemap, pread_full, read_pagemap
+from tierd.linux.sysfs import SysFS
 
 log = logging.getLogger("tierd")
 
@@ -254,6 +256,15 @@ class IdleBitmapReader:
         self.procfs = ProcFS(proc)
         self.chunk_words = chunk_words  # 16 MiB of records per pread at most
         self._fds: dict[int, int] = {}
+        self._numa = NumaMapsNodes(self.procfs)
+
+    # Nodes from /proc/PID/numa_maps (tierd/linux/nodes.py): a whole process's page-table
+    # walk, so the engine asks only while many of its pages are unknown.
+    nodes_scope = "process"
+
+    def nodes(self, pid: int, word_start: int, nwords: int) -> np.ndarray:
+        """Node per page of the range where its whole mapping is on one node, else -1."""
+        return self._numa.nodes(pid, word_start, nwords)
 
     def _fd(self, pid: int) -> int:
         fd = self._fds.get(pid)
@@ -279,6 +290,7 @@ class IdleBitmapReader:
         return [(a - word_start, b - a) for a, b in zip(edges[:-1], edges[1:])]
 
     def sample(self, pid: int, word_start: int, nwords: int) -> tuple[np.ndarray, np.ndarray]:
+        self._numa.forget(pid)  # nodes() after this sample reads numa_maps afresh
         if nwords <= 0:
             return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
         try:
@@ -363,6 +375,7 @@ class PageIdleReader:
         self._seen: dict[int, set[tuple[int, int]]] = {}
         self._bitmap_fd: int | None = None
         self._kpf_fd: int | None = None
+        self._pfn_nodes = PagemapNodes(self.procfs, SysFS(sys, proc).memory_map)
         # Pages whose idle bit could not be read (the bitmap's partial last word), summed over
         # all samples: reported accessed, counted here for `tierd scan` and the engine.
         self.unreadable_pages = 0
@@ -430,6 +443,13 @@ class PageIdleReader:
         return np.where(found, cand[np.arange(tails.size), first], tails)
 
     # -- the contract -------------------------------------------------------------------------
+    nodes_scope = "range"  # nodes() costs a pagemap read of the words asked about
+
+    def nodes(self, pid: int, word_start: int, nwords: int) -> np.ndarray:
+        """Node per page (int16, -1 not present): pagemap PFNs through the sysfs memory
+        blocks (tierd/linux/nodes.py), so the engine needs no move_pages queries."""
+        return self._pfn_nodes.nodes(pid, word_start, nwords, self._pagemap_fd(pid))
+
     def sample(self, pid: int, word_start: int, nwords: int) -> tuple[np.ndarray, np.ndarray]:
         present = np.zeros(nwords, dtype=np.uint64)
         accessed = np.zeros(nwords, dtype=np.uint64)

@@ -40,11 +40,14 @@ interval, "1x"), layout (scatter | contig), init (first | slow: where pages star
 touch, the fast node fills up first), busy (fraction of moves failing with EBUSY),
 target (policy target name; default the first), churn (fraction of the pages freed each
 interval, as one range, and faulted back in the next: first touch puts them on the fast node
-while it has room), kswapd (on/off: the kernel itself demotes pages not accessed lately when
+while it has room), thp (fraction of the 2 MiB-aligned blocks that are transparent huge
+pages, default 0: such a block has one Accessed bit for its 512 pages - any access marks all
+of them - and moves as a unit: a move_pages of any of its pages moves all 512, which count in
+``dragged``, and needs room for all of them), kswapd (on/off: the kernel itself demotes pages not accessed lately when
 the fast node's free memory falls below 1%, behind tierd's back), intervals, seed.
 A YAML file instead gives ``machine: {fast, slow, other, kswapd, nodes}``, ``intervals``, ``seed``
 and a ``processes:`` list of maps with the per-process keys (size, dist, phase, accesses,
-layout, init, busy, target, churn).
+layout, init, busy, target, churn, thp).
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ class ProcessSpec:
     busy: float = 0.0
     target: str | None = None
     churn: float = 0.0  # fraction of the pages freed each interval, faulted back in the next
+    thp: float = 0.0  # fraction of the 512-page blocks that are huge pages
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,7 @@ class WorkloadSpec:
         return self.slow if self.slow is not None else sum(p.size for p in self.processes)
 
 
-_PROC_KEYS = {"size", "dist", "phase", "accesses", "layout", "init", "busy", "target", "churn"}
+_PROC_KEYS = {"size", "dist", "phase", "accesses", "layout", "init", "busy", "target", "churn", "thp"}
 _MACHINE_KEYS = {"fast", "slow", "other", "kswapd", "nodes"}
 
 
@@ -272,7 +276,9 @@ def _process(p: dict, key: str, where: str, size) -> ProcessSpec:
     if init not in ("first", "slow"):
         raise WorkloadError(f"{where}: {key}.init: first or slow")
     busy, churn = (_below_one(p.get(k, 0), f"{where}: {key}.{k}") for k in ("busy", "churn"))
-    return ProcessSpec(s, dist, every, accesses, layout, init, busy, p.get("target"), churn)
+    thp = p.get("thp", 0)
+    thp = 1.0 if str(thp) in ("100%", "1", "1.0") else _below_one(thp, f"{where}: {key}.thp")
+    return ProcessSpec(s, dist, every, accesses, layout, init, busy, p.get("target"), churn, thp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,6 +375,10 @@ def _make_dist(text: str, n: int) -> Distribution:
     raise ValueError(f"unknown distribution {text!r} (uniform, zipf:S, hotset:F[:Q])")
 
 
+HPAGE = 512  # pages of a huge page (2 MiB on x86-64)
+HPAGE_WORDS = HPAGE // 64
+
+
 def _mulmod(x: np.ndarray, a: int, n: int) -> np.ndarray:
     """(x * a) mod n for uint64 x < n < 2**48, without overflow (16-bit split of a)."""
     x = x.astype(np.uint64)
@@ -411,6 +421,9 @@ class SimProcess:
         # ranks below `head` expect >= HEAD_LAMBDA accesses: drawn one by one
         self.head = self.dist.count_ge(HEAD_LAMBDA / self.rate)
         self.fast_weight = 0.0
+        # huge pages: whole 512-page blocks, chosen at random (thp of them)
+        nblocks = self.npages // HPAGE
+        self.huge = rng.random(nblocks) < spec.thp if spec.thp and nblocks else None
 
     # rank <-> page: page = (a * rank + b) mod n
     def _new_mapping(self) -> None:
@@ -485,6 +498,10 @@ class SimProcess:
         mark[pages] = True
         self.accessed = np.packbits(mark, bitorder="little").view(np.uint64).copy()
         mark[pages] = False
+        if self.huge is not None:  # one Accessed bit per huge page: any access marks all 512
+            blocks = self.accessed[: self.huge.size * HPAGE_WORDS].reshape(-1, HPAGE_WORDS)
+            hit = self.huge & blocks.any(axis=1)
+            blocks[hit] = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
         self.accessed &= self.present  # freed pages are not accessed
 
     def set_present(self, lo: int, hi: int, on: bool) -> None:
@@ -535,6 +552,7 @@ class SimMachine:
 
     def begin_moves(self) -> None:
         """Start this interval's move accounting (see ``move_stats``)."""
+        self.dragged = 0  # pages moved only because they share a huge page with a moved one
         self._back = 0  # pages moved back within WASTE_WINDOW intervals of their last move
         self._rates: dict[int, list[np.ndarray]] = {FAST: [], SLOW: []}  # true rates of moved pages
 
@@ -694,18 +712,42 @@ class SimMachine:
             raise MovePagesError(errno.ENODEV, "no such node")
         st = np.where(cur == ABSENT, -errno.ENOENT, cur)
         want = (dest != cur) & (cur != ABSENT)
+        lead = follow = None
+        dragged = 0  # pages moved as parts of whole huge pages
+        if proc.huge is not None:
+            # a huge page moves once, as a whole, to the destination of its first request;
+            # its other requested pages share that outcome
+            blk = pg // HPAGE
+            hb = (blk < proc.huge.size) & proc.huge[np.minimum(blk, proc.huge.size - 1)]
+            hidx = np.flatnonzero(hb)
+            _, first, inv = np.unique(blk[hidx], return_index=True, return_inverse=True)
+            lead, follow = hidx[first], hidx
+            follower = np.zeros(pg.size, bool)
+            follower[hidx] = True
+            follower[lead] = False
+            want &= ~follower
         if proc.spec.busy:
             busy = want & (proc.rng.random(pg.size) < proc.spec.busy)
             st[busy] = -errno.EBUSY
             want &= ~busy
         for d in self.capacity:
             idx = np.flatnonzero(want & (dest == d))
+            size = np.ones(idx.size, np.int64)
+            if lead is not None:
+                is_lead = np.isin(idx, lead)
+                size[is_lead] = HPAGE
             room = max(0, self.free(d) - self.reserve(d))
-            ok, full = idx[:room], idx[room:]
+            fits = np.cumsum(size) <= room
+            ok, full = idx[fits], idx[~fits]
             st[full] = -errno.ENOMEM
             if ok.size:
                 moved = pg[ok]
-                src = cur[ok]
+                if lead is not None and is_lead[fits].any():  # whole huge pages
+                    heads = moved[is_lead[fits]] // HPAGE * HPAGE
+                    whole = (heads[:, None] + np.arange(HPAGE)).ravel()
+                    dragged += whole.size
+                    moved = np.concatenate((moved[~is_lead[fits]], whole))
+                src = proc.node[moved].astype(np.int64)
                 cross = self.is_fast(src) != (d in self.fast_ids)  # changes tier
                 moved_t = moved[cross]
                 wp = proc.weight_of_pages(moved_t)
@@ -719,9 +761,16 @@ class SimMachine:
                 proc.moved_at[moved] = now
                 proc.node[moved] = d
                 st[ok] = d
-                self.used[d] += ok.size
-                for node, k in enumerate(np.bincount(src, minlength=len(self.capacity)).tolist()):
+                self.used[d] += moved.size
+                for node, k in enumerate(np.bincount(src[src >= 0], minlength=len(self.capacity)).tolist()):
                     self.used[node] -= k
+        if lead is not None and follow.size:  # the rest of each huge page's requests
+            st[follow] = st[lead][inv]
+            ok = st[follow] >= 0
+            st[follow[ok]] = proc.node[pg[follow[ok]]]
+            # what the caller did not ask for: huge pages' pages beyond the requested ones
+            asked = np.unique(pg[follow[st[follow] == dest[follow]]])
+            self.dragged += max(0, dragged - asked.size)
         status[inside] = st
         return status
 
@@ -850,6 +899,7 @@ class Row:
     moved_back: int = 0  # pages moved back within WASTE_WINDOW intervals of their last move
     unimproving: int = 0  # moves in pairs whose promoted page was not the more accessed
     eat_ns: float = 0.0  # effective access time per access, migrations included (T_* model)
+    dragged: int = 0  # pages moved along with requested ones, as parts of huge pages
 
     @property
     def moves(self) -> int:
@@ -883,10 +933,11 @@ def fast_capacity_pages(spec: WorkloadSpec, policy) -> int:
 
 
 def simulate(policy, spec: WorkloadSpec, intervals: int | None = None, on_row=None,
-             chunk_words: int | None = None, on_end=None) -> tuple[list[Row], SimMachine]:
+             chunk_words: int | None = None, on_end=None, clock=None) -> tuple[list[Row], SimMachine]:
     """Run the engine on the simulated machine; returns the per-interval rows.
     ``on_end(engine, machine)`` is called after the last interval, before the engine
-    closes (to inspect its state)."""
+    closes (to inspect its state).  ``clock``: the engine's (default time.monotonic;
+    time.process_time measures the engine's own CPU time, steadier on a loaded host)."""
     machine = SimMachine(spec)
     kernel = SimKernel(machine)
     names = [t.name for t in policy.targets]
@@ -902,6 +953,8 @@ def simulate(policy, spec: WorkloadSpec, intervals: int | None = None, on_row=No
             raise WorkloadError(f"target {target!r} is not in the policy ({', '.join(names)})")
         refs.append(ProcessRef(proc.pid, 0.0, target, "sim"))
     kw = {} if chunk_words is None else {"chunk_words": chunk_words}
+    if clock is not None:
+        kw["clock"] = clock
     engine = Engine(kernel, policy, resolver=StaticResolver(refs), **kw)
     oracle = machine.oracle(fast_capacity_pages(spec, policy))
     rows = []
@@ -919,8 +972,9 @@ def simulate(policy, spec: WorkloadSpec, intervals: int | None = None, on_row=No
             engine_ms=stats.engine_seconds * 1e3, phase_change=changed,
             fast_used=machine.fast_used(),
             unknown=int(stats.nodes[-1].sum()) if -1 in stats.nodes else 0,
-            moved_back=back, unimproving=unimproving,
-            eat_ns=ACCESS_LINES * (hit * T_FAST + (1 - hit) * T_SLOW) + moves * T_MOVE / accesses,
+            moved_back=back, unimproving=unimproving, dragged=machine.dragged,
+            eat_ns=ACCESS_LINES * (hit * T_FAST + (1 - hit) * T_SLOW)
+            + (moves + machine.dragged) * T_MOVE / accesses,
         )
         rows.append(row)
         if on_row is not None:
@@ -1009,14 +1063,14 @@ def main(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"{'interval':>8} {'hit':>6} {'oracle':>6} {'ratio':>6} {'promoted':>9} "
               f"{'demoted':>9} {'failed':>7} {'queried':>9} {'fast%':>6} {'engine_ms':>9} "
-              f"{'wasted':>8} {'eat_ns':>7} {'unknown':>9}")
+              f"{'wasted':>8} {'eat_ns':>7} {'unknown':>9} {'dragged':>8}")
 
     def show(r: Row) -> None:
         if not args.quiet:
             mark = "  <- hot set moved" if r.phase_change else ""
             print(f"{r.interval:>8} {r.hit:6.3f} {r.oracle:6.3f} {r.ratio:6.3f} {r.promoted:>9} "
                   f"{r.demoted:>9} {r.failed:>7} {r.queried:>9} {100 * r.fast_used:6.1f} "
-                  f"{r.engine_ms:9.1f} {r.wasted:>8} {r.eat_ns:7.0f} {r.unknown:>9}{mark}", flush=True)
+                  f"{r.engine_ms:9.1f} {r.wasted:>8} {r.eat_ns:7.0f} {r.unknown:>9} {r.dragged:>8}{mark}", flush=True)
 
     t0 = time.monotonic()
     try:
