@@ -604,13 +604,19 @@ class Engine:
                                 unit.ref.target if unit else "?", e)
             (stats.queries if query else stats.moves).add(counts)
             done += counts.learned if query else counts.moved
-            lv, cl = np.repeat(level, sizes), np.repeat(cls, sizes)
-            if errors:
-                pages, lv, cl, status = pages[ran], lv[ran], cl[ran], status[ran]
-                dest = None if dest is None else dest[ran]
-            order = np.argsort(pages, kind="stable")  # one sorted run for set_node
-            self._apply(st, pages[order], lv[order], cl[order], status[order],
-                        None if dest is None else dest[order])
+            # folded in per (class, level): the pages of one cell are ascending in this
+            # order (requests by segment, each segment's slices of the cell in address
+            # order), so each fold is one sorted run with scalar level and class
+            kid = cls * LEVELS + level
+            page_kid = np.repeat(kid, sizes)
+            for k in np.unique(kid[sizes > 0]).tolist():
+                mine = page_kid == k
+                if errors:
+                    mine &= ran
+                sel = np.flatnonzero(mine)
+                if sel.size:
+                    self._apply(st, pages[sel], k % LEVELS, k // LEVELS, status[sel],
+                                None if dest is None else dest[sel])
             pk.version += 1
             left -= sizes
             if counts.not_tried:
