@@ -136,3 +136,18 @@ def test_pagemap_nodes_without_memory_blocks_read_nothing(tmp_path):
     for _ in range(3):
         assert (src.nodes(12345, 0, 2) == -1).all()
     assert len(loads) == 1
+
+
+def test_a_failing_node_source_leaves_pages_to_the_queries():
+    """numa_maps unreadable (or the process gone meanwhile): the pages stay unknown and are
+    queried; the interval does not fail."""
+    k = FakeKernel()
+    k.add(FakeProc(PID, 128, node=1))
+
+    def nodes(pid, word_start, nwords):
+        raise FileNotFoundError(2, "no numa_maps")
+
+    k._reader.nodes = nodes
+    eng = make_engine(k)
+    stats = eng.step()
+    assert stats.nodes[-1].sum() == 0 and stats.queries.learned == 128

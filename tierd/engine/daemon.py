@@ -399,7 +399,7 @@ class Engine:
             accessed[off: off + nw] = a
         t0 = self.clock()
         st.commit()
-        nodes_of = getattr(self.reader, "nodes", None)
+        nodes_of = self._node_source()
         if nodes_of is not None:
             self._learn_nodes(unit, nodes_of)
         return ours + self.clock() - t0
@@ -408,7 +408,7 @@ class Engine:
         """Sample every pack's members into its shared state and commit it once
         (tierd/engine/pack.py).  Returns the time spent in our own arithmetic."""
         ours = 0.0
-        nodes_of = getattr(self.reader, "nodes", None)
+        nodes_of = self._node_source()
         for pk in list(self.packs):
             t0 = self.clock()
             pk.layout(node_ids)
@@ -477,6 +477,23 @@ class Engine:
             self._unsampled_suppressed += 1
             log.debug("pid %d (%s): range %#x (%s) not sampled: %s", unit.ref.pid,
                       unit.ref.target, ws * 64 << 12, _size(64 * nw), err)
+
+    def _node_source(self):
+        """The reader's ``nodes`` (None without one), failing soft: a page source that
+        cannot be read (a process gone meanwhile, numa_maps missing) leaves those pages
+        unknown for the move_pages queries, and never fails the sample or the interval."""
+        nodes_of = getattr(self.reader, "nodes", None)
+        if nodes_of is None:
+            return None
+
+        def nodes(pid: int, word_start: int, nwords: int) -> np.ndarray:
+            try:
+                return nodes_of(pid, word_start, nwords)
+            except OSError as e:
+                log.debug("pid %d: nodes not read: %s", pid, e)
+                return np.full(nwords * 64, -1, dtype=np.int16)
+
+        return nodes
 
     def _learn_nodes(self, unit: Unit, nodes_of) -> None:
         """A reader that knows each page's node (``nodes(pid, word_start, nwords)`` -> int16
