@@ -132,10 +132,21 @@ class Pack:
         self._backoff_version = -1
         self.version = 0  # bumped whenever backoff may change (moves folded in, commits)
         self._next_slot = 0
+        self._joined_words = 0
 
     @property
     def words(self) -> int:
         return sum(m.ext.words for m in self.members.values() if m.ext is not None)
+
+    @property
+    def joined_words(self) -> int:
+        """Words of the members as they joined (kept current at each layout): what decides
+        whether a newcomer still fits, without summing every member per newcomer."""
+        return self._joined_words
+
+    @joined_words.setter
+    def joined_words(self, v: int) -> None:
+        self._joined_words = v
 
     def add(self, key: Hashable, pid: int) -> Member:
         # never a slot used before: until the next layout the state still holds a departed
@@ -166,6 +177,7 @@ class Pack:
         changed = ext != st.extents
         if changed:
             st.remap(ext)
+        self._joined_words = sum(m.ext.words for m in segs)
         off = 0
         starts = []
         for i, m in enumerate(segs):
@@ -223,12 +235,13 @@ class Packs:
         key = unit.ref.key
         pk = self.where.get(key)
         if pk is None:
-            pk = next((p for p in self.packs if p.words + ext.words <= PACK_MAX_WORDS
+            pk = next((p for p in self.packs if p.joined_words + ext.words <= PACK_MAX_WORDS
                        and p._next_slot < SLOT_MAX), None)
             if pk is None:
                 pk = Pack(window, node_ids, chunk_words)
                 self.packs.append(pk)
             self.where[key] = pk
+            pk.joined_words += ext.words
             m = pk.add(key, unit.ref.pid)
             unit.state = MemberView(pk, m)
         m = pk.members[key]

@@ -870,7 +870,12 @@ class PageState:
                 continue
             size = hist.size
             cl = hist.shape[1] * LEVELS
-            where = p // per if starts is None else self.segment_of(p)
+            if starts is None:
+                where = p // per
+            elif p.size > 1 and (p[1:] >= p[:-1]).all():  # sorted: segments are runs
+                where = np.repeat(np.arange(starts.size), np.diff(np.searchsorted(p, starts), append=p.size))
+            else:
+                where = self.segment_of(p)
             base = where * cl + level
             flat = hist.reshape(-1)
             flat -= np.bincount(base + np.asarray(from_cls) * LEVELS, minlength=size)
