@@ -47,7 +47,7 @@ from tierd.engine.placement import (
 )
 from tierd.engine.gain import GainModel
 from tierd.engine.pack import Pack, Packs
-from tierd.engine.state import CHUNK_WORDS, Extents, PageState, words_to_pages
+from tierd.engine.state import CHUNK_WORDS, Extents, PageState
 from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
 
 log = logging.getLogger("tierd")
