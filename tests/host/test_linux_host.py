@@ -401,10 +401,17 @@ def test_reader_on_transparent_huge_pages(kernel, reader_name):
         m.close()
 
 
+@pytest.mark.rig
 def test_readers_know_the_nodes_of_own_pages(kernel, buf):
     """nodes(): the page_idle reader's pagemap PFNs through the sysfs memory blocks, and the
     idle_bitmap reader's numa_maps, agree with move_pages queries on the touched pages
     (untouched ones: -1 from the PFN source; numa_maps may name the mapping's node)."""
+    from tierd.linux.sysfs import SysFS
+
+    if not SysFS().memory_map().start.size:
+        pytest.skip("no memory blocks in sysfs (CONFIG_MEMORY_HOTPLUG=n)")
+    if not os.path.exists("/proc/self/numa_maps"):
+        pytest.skip("no /proc/PID/numa_maps (CONFIG_NUMA=n)")
     pid = os.getpid()
     status = kernel.move_pages(pid, buf.addrs())
     word = (buf.addr >> 12) // 64
