@@ -132,21 +132,13 @@ class Pack:
         self._backoff_version = -1
         self.version = 0  # bumped whenever backoff may change (moves folded in, commits)
         self._next_slot = 0
-        self._joined_words = 0
+        # the members' words as they joined, recounted at each layout: whether a newcomer
+        # still fits, without summing every member per newcomer
+        self.joined_words = 0
 
     @property
     def words(self) -> int:
         return sum(m.ext.words for m in self.members.values() if m.ext is not None)
-
-    @property
-    def joined_words(self) -> int:
-        """Words of the members as they joined (kept current at each layout): what decides
-        whether a newcomer still fits, without summing every member per newcomer."""
-        return self._joined_words
-
-    @joined_words.setter
-    def joined_words(self, v: int) -> None:
-        self._joined_words = v
 
     def add(self, key: Hashable, pid: int) -> Member:
         # never a slot used before: until the next layout the state still holds a departed
@@ -177,7 +169,7 @@ class Pack:
         changed = ext != st.extents
         if changed:
             st.remap(ext)
-        self._joined_words = sum(m.ext.words for m in segs)
+        self.joined_words = sum(m.ext.words for m in segs)
         off = 0
         starts = []
         for i, m in enumerate(segs):
