@@ -399,3 +399,29 @@ def test_reader_on_transparent_huge_pages(kernel, reader_name):
     finally:
         del region, view
         m.close()
+
+
+@pytest.mark.rig
+def test_readers_know_the_nodes_of_own_pages(kernel, buf):
+    """nodes(): the page_idle reader's pagemap PFNs through the sysfs memory blocks, and the
+    idle_bitmap reader's numa_maps, agree with move_pages queries on the touched pages
+    (untouched ones: -1 from the PFN source; numa_maps may name the mapping's node)."""
+    from tierd.linux.sysfs import SysFS
+
+    if not SysFS().memory_map().start.size:
+        pytest.skip("no memory blocks in sysfs (CONFIG_MEMORY_HOTPLUG=n)")
+    if not os.path.exists("/proc/self/numa_maps"):
+        pytest.skip("no /proc/PID/numa_maps (CONFIG_NUMA=n)")
+    pid = os.getpid()
+    status = kernel.move_pages(pid, buf.addrs())
+    word = (buf.addr >> 12) // 64
+    lo = (buf.addr >> 12) - word * 64
+    nwords = -(-(lo + NPAGES) // 64)
+    pfn_nodes = PageIdleReader().nodes(pid, word, nwords)[lo: lo + NPAGES]
+    assert pfn_nodes[0::2].tolist() == status[0::2].tolist()
+    assert (pfn_nodes[1::2] == -1).all()
+    numa = IdleBitmapReader().nodes(pid, word, nwords)[lo: lo + NPAGES]
+    known = numa[0::2] >= 0
+    assert (numa[0::2][known] == status[0::2][known]).all()
+    if len(set(status[0::2].tolist())) == 1:  # the whole mapping on one node: all known
+        assert known.all()

@@ -56,9 +56,12 @@ def test_numa_maps_nodes_from_the_fixture_tree():
     assert (IdleBitmapReader(PROC).nodes(4242, anon // 64, 1) == out).all()
 
 
-def test_pagemap_nodes_map_pfns_through_the_memory_blocks(tmp_path):
+def test_pagemap_nodes_map_pfns_through_the_memory_blocks(tmp_path, monkeypatch):
     """One pread of pagemap; absent pages -1; a PFN outside every block reloads the blocks
-    once (memory hotplug)."""
+    (memory hotplug; at most every RELOAD_SECONDS, here 0)."""
+    from tierd.linux import nodes as nodes_mod
+
+    monkeypatch.setattr(nodes_mod, "RELOAD_SECONDS", 0.0)
     pid = 77
     (tmp_path / str(pid)).mkdir()
     entries = np.zeros(128, np.uint64)
@@ -118,3 +121,33 @@ def test_process_wide_node_source_is_used_only_while_many_pages_are_unknown():
                                         "rw-p", 0, "00:00", 0, ""))
     eng.step()
     assert asked
+
+
+def test_pagemap_nodes_without_memory_blocks_read_nothing(tmp_path):
+    """No memory block sysfs (CONFIG_MEMORY_HOTPLUG=n): every node -1 (queried instead),
+    without reading pagemap (the process here has none) or the blocks again each call."""
+    loads = []
+
+    def load():
+        loads.append(1)
+        return parse_memory_blocks("8000000", {})
+
+    src = PagemapNodes(ProcFS(str(tmp_path)), load)
+    for _ in range(3):
+        assert (src.nodes(12345, 0, 2) == -1).all()
+    assert len(loads) == 1
+
+
+def test_a_failing_node_source_leaves_pages_to_the_queries():
+    """numa_maps unreadable (or the process gone meanwhile): the pages stay unknown and are
+    queried; the interval does not fail."""
+    k = FakeKernel()
+    k.add(FakeProc(PID, 128, node=1))
+
+    def nodes(pid, word_start, nwords):
+        raise FileNotFoundError(2, "no numa_maps")
+
+    k._reader.nodes = nodes
+    eng = make_engine(k)
+    stats = eng.step()
+    assert stats.nodes[-1].sum() == 0 and stats.queries.learned == 128

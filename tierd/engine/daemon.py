@@ -47,7 +47,7 @@ from tierd.engine.placement import (
 )
 from tierd.engine.gain import GainModel
 from tierd.engine.pack import Pack, Packs
-from tierd.engine.state import CHUNK_WORDS, Extents, PageState, words_to_pages
+from tierd.engine.state import CHUNK_WORDS, Extents, PageState
 from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
 
 log = logging.getLogger("tierd")
@@ -399,7 +399,7 @@ class Engine:
             accessed[off: off + nw] = a
         t0 = self.clock()
         st.commit()
-        nodes_of = getattr(self.reader, "nodes", None)
+        nodes_of = self._node_source()
         if nodes_of is not None:
             self._learn_nodes(unit, nodes_of)
         return ours + self.clock() - t0
@@ -408,7 +408,7 @@ class Engine:
         """Sample every pack's members into its shared state and commit it once
         (tierd/engine/pack.py).  Returns the time spent in our own arithmetic."""
         ours = 0.0
-        nodes_of = getattr(self.reader, "nodes", None)
+        nodes_of = self._node_source()
         for pk in list(self.packs):
             t0 = self.clock()
             pk.layout(node_ids)
@@ -477,6 +477,23 @@ class Engine:
             self._unsampled_suppressed += 1
             log.debug("pid %d (%s): range %#x (%s) not sampled: %s", unit.ref.pid,
                       unit.ref.target, ws * 64 << 12, _size(64 * nw), err)
+
+    def _node_source(self):
+        """The reader's ``nodes`` (None without one), failing soft: a page source that
+        cannot be read (a process gone meanwhile, numa_maps missing) leaves those pages
+        unknown for the move_pages queries, and never fails the sample or the interval."""
+        nodes_of = getattr(self.reader, "nodes", None)
+        if nodes_of is None:
+            return None
+
+        def nodes(pid: int, word_start: int, nwords: int) -> np.ndarray:
+            try:
+                return nodes_of(pid, word_start, nwords)
+            except OSError as e:
+                log.debug("pid %d: nodes not read: %s", pid, e)
+                return np.full(nwords * 64, -1, dtype=np.int16)
+
+        return nodes
 
     def _learn_nodes(self, unit: Unit, nodes_of) -> None:
         """A reader that knows each page's node (``nodes(pid, word_start, nwords)`` -> int16
@@ -604,13 +621,19 @@ class Engine:
                                 unit.ref.target if unit else "?", e)
             (stats.queries if query else stats.moves).add(counts)
             done += counts.learned if query else counts.moved
-            lv, cl = np.repeat(level, sizes), np.repeat(cls, sizes)
-            if errors:
-                pages, lv, cl, status = pages[ran], lv[ran], cl[ran], status[ran]
-                dest = None if dest is None else dest[ran]
-            order = np.argsort(pages, kind="stable")  # one sorted run for set_node
-            self._apply(st, pages[order], lv[order], cl[order], status[order],
-                        None if dest is None else dest[order])
+            # folded in per (class, level): the pages of one cell are ascending in this
+            # order (requests by segment, each segment's slices of the cell in address
+            # order), so each fold is one sorted run with scalar level and class
+            kid = cls * LEVELS + level
+            page_kid = np.repeat(kid, sizes)
+            for k in np.unique(kid[sizes > 0]).tolist():
+                mine = page_kid == k
+                if errors:
+                    mine &= ran
+                sel = np.flatnonzero(mine)
+                if sel.size:
+                    self._apply(st, pages[sel], k % LEVELS, k // LEVELS, status[sel],
+                                None if dest is None else dest[sel])
             pk.version += 1
             left -= sizes
             if counts.not_tried:

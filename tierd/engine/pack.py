@@ -132,6 +132,9 @@ class Pack:
         self._backoff_version = -1
         self.version = 0  # bumped whenever backoff may change (moves folded in, commits)
         self._next_slot = 0
+        # the members' words as they joined, recounted at each layout: whether a newcomer
+        # still fits, without summing every member per newcomer
+        self.joined_words = 0
 
     @property
     def words(self) -> int:
@@ -166,6 +169,7 @@ class Pack:
         changed = ext != st.extents
         if changed:
             st.remap(ext)
+        self.joined_words = sum(m.ext.words for m in segs)
         off = 0
         starts = []
         for i, m in enumerate(segs):
@@ -223,12 +227,13 @@ class Packs:
         key = unit.ref.key
         pk = self.where.get(key)
         if pk is None:
-            pk = next((p for p in self.packs if p.words + ext.words <= PACK_MAX_WORDS
+            pk = next((p for p in self.packs if p.joined_words + ext.words <= PACK_MAX_WORDS
                        and p._next_slot < SLOT_MAX), None)
             if pk is None:
                 pk = Pack(window, node_ids, chunk_words)
                 self.packs.append(pk)
             self.where[key] = pk
+            pk.joined_words += ext.words
             m = pk.add(key, unit.ref.pid)
             unit.state = MemberView(pk, m)
         m = pk.members[key]

@@ -211,15 +211,14 @@ def _take_per_segment(m: np.ndarray, lo: int, starts: np.ndarray, wseg: np.ndarr
     if widx.size == 0:
         return np.zeros(0, np.int64)
     kw = k[widx]
-    whole = kw == pc[widx]
-    if whole.all():
-        pages = words_to_pages(widx + lo, m[widx])
-    else:  # words cut short (one per segment at most): keep their lowest kw bits
-        pages = words_to_pages(widx + lo, m[widx])
-        pw = (pages >> 6) - lo
-        first = np.concatenate(([True], pw[1:] != pw[:-1]))
-        rank = np.arange(pages.size) - np.flatnonzero(first)[np.cumsum(first) - 1]
-        pages = pages[rank < np.repeat(kw, pc[widx])]
+    masks = m[widx]
+    cut = np.flatnonzero(kw < pc[widx])
+    if cut.size:  # words cut short (one per segment at most): keep their lowest kw bits
+        bits = np.unpackbits(masks[cut].astype("<u8").view(np.uint8), bitorder="little").reshape(-1, 64)
+        bits &= (np.cumsum(bits, axis=1) <= kw[cut, None]).astype(np.uint8)
+        masks = masks.copy()
+        masks[cut] = np.packbits(bits, axis=1, bitorder="little").view("<u8").ravel()
+    pages = words_to_pages(widx + lo, masks)
     if pages.size > limit:
         pages = pages[:limit]
     need[i0: i0 + starts.size] -= np.bincount(wseg[(pages >> 6) - lo], minlength=starts.size)
@@ -880,7 +879,12 @@ class PageState:
                 continue
             size = hist.size
             cl = hist.shape[1] * LEVELS
-            where = p // per if starts is None else self.segment_of(p)
+            if starts is None:
+                where = p // per
+            elif p.size > 1 and (p[1:] >= p[:-1]).all():  # sorted: segments are runs
+                where = np.repeat(np.arange(starts.size), np.diff(np.searchsorted(p, starts), append=p.size))
+            else:
+                where = self.segment_of(p)
             base = where * cl + level
             flat = hist.reshape(-1)
             flat -= np.bincount(base + np.asarray(from_cls) * LEVELS, minlength=size)

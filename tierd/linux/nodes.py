@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +36,7 @@ from tierd.linux.errors import ParseError
 from tierd.linux.procfs import ProcFS, decode_pagemap, read_pagemap
 
 PAGES_PER_WORD = 64
+RELOAD_SECONDS = 60.0  # memory blocks are read again at most this often (hotplug is rare)
 _NODE_RE = re.compile(r"N(\d+)=(\d+)$")
 
 
@@ -126,18 +128,24 @@ class NumaMapsNodes:
 class PagemapNodes:
     """``nodes(pid, word_start, nwords)`` from the PFNs in /proc/PID/pagemap and the sysfs
     memory blocks (``memory_map``: a callable returning a tierd.linux.sysfs.MemoryMap,
-    called once, and again when a PFN falls outside every block: memory hotplug)."""
+    called once, and again - at most every RELOAD_SECONDS - when a PFN falls outside every
+    block: memory hotplug).  Without memory block sysfs every node reads -1 (the engine
+    queries) and pagemap is not read."""
 
     def __init__(self, procfs: ProcFS, memory_map, chunk_words: int = 1 << 14) -> None:
         self.procfs = procfs
         self._load = memory_map
         self._map = None
+        self._loaded = 0.0
         self.chunk_words = chunk_words
 
     def nodes(self, pid: int, word_start: int, nwords: int, fd: int | None = None) -> np.ndarray:
         out = np.full(nwords * PAGES_PER_WORD, -1, dtype=np.int16)
-        if self._map is None:
-            self._map = self._load()
+        now = time.monotonic()
+        if self._map is None or (not self._map.start.size and now - self._loaded >= RELOAD_SECONDS):
+            self._map, self._loaded = self._load(), now
+        if not self._map.start.size:  # no memory block sysfs (CONFIG_MEMORY_HOTPLUG=n): query
+            return out
         own = fd is None
         if own:
             fd = self.procfs.open(pid, "pagemap")
@@ -148,8 +156,9 @@ class PagemapNodes:
                 present, pfn = decode_pagemap(entries)
                 idx = np.flatnonzero(present & (pfn != 0))
                 node = self._map.node_of(pfn[idx])
-                if (node < 0).any():  # a block added since: read the blocks again, once
-                    self._map = self._load()
+                if (node < 0).any() and time.monotonic() - self._loaded >= RELOAD_SECONDS:
+                    # a block added since (memory hotplug): read the blocks again
+                    self._map, self._loaded = self._load(), time.monotonic()
                     node = self._map.node_of(pfn[idx])
                 out[PAGES_PER_WORD * lo + idx] = node
         finally:
