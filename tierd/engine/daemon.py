@@ -31,7 +31,7 @@ import numpy as np
 
 from tierd.engine.executor import Executor, MoveCounts, outcome_masks
 from tierd.engine.hotness import LEVELS
-from tierd.engine.huge import HugePages
+from tierd.engine.huge import SPLIT_SHARE, HugePages
 from tierd.engine.interval import Bounds, IntervalController, observe
 from tierd.engine.placement import (
     NO_THRESHOLD,
@@ -235,7 +235,7 @@ class Engine:
         if not policy.huge_split or not hasattr(self.kernel, "thp"):
             self.huge = None
         elif self.huge is None:
-            self.huge = HugePages(self.kernel.thp(), policy.huge_dense)
+            self.huge = HugePages(self.kernel.thp(), policy.huge_dense, clock=self.clock)
         else:
             self.huge.tracker.dense = policy.huge_dense
 
@@ -300,19 +300,22 @@ class Engine:
             stats.plan = pl
             demotions = [r for r in pl.requests if r.reason != "promote"]
             promotions = [r for r in pl.requests if r.reason == "promote"]
+            # Time budget: splits and moves together may take as long as the interval their
+            # byte budget covers; splitting gets at most SPLIT_SHARE of it (huge.py).
+            begun = self.clock()
             if self.huge is not None:  # splits sparsely hot THPs, holds back undecided ones
-                stats.split = self.huge.step(live, pl, pol, self.reader)
+                stats.split = self.huge.step(live, pl, pol, self.reader,
+                                             deadline=begun + SPLIT_SHARE * self.covered)
             # demotions first: they make the room the promotions were planned into; then
             # promote only into the room there is now (a failed demotion cancels its pair).
-            # Time budget: the moves may take as long as the interval their byte budget covers.
-            self.executor.deadline = self.clock() + self.covered
+            self.executor.begin(begun + self.covered)
             try:
                 stats.demoted = self._execute(demotions, stats)
                 rooms = node_rooms(self.kernel.topology(), fast, pol.keep_free, pol.demote_below)
                 promotions = cap_promotions(promotions, {r.node: r.room for r in rooms})
                 stats.promoted = self._execute(promotions, stats)
             finally:
-                self.executor.deadline = None
+                self.executor.begin(None)
             self._measure_speed(stats.moves)
         elif live and not self._warned_single_tier:
             log.warning("no slow memory tier (fast nodes %s, slow nodes %s): only observing",
