@@ -315,7 +315,7 @@ class Engine:
                 promotions = cap_promotions(promotions, {r.node: r.room for r in rooms})
                 stats.promoted = self._execute(promotions, stats)
             finally:
-                self.executor.begin(None)
+                self.executor.deadline = None
             self._measure_speed(stats.moves)
         elif live and not self._warned_single_tier:
             log.warning("no slow memory tier (fast nodes %s, slow nodes %s): only observing",
