@@ -139,3 +139,29 @@ def test_a_cheap_batch_after_an_expensive_one_does_not_unleash_a_long_one():
     ex.begin(2.0)
     ex.move(PID, addrs, np.zeros(8192, np.int32))
     assert k.now <= 2.0 + 0.5 + 0.01  # at most one folio past the budget
+
+
+def test_one_slow_interval_does_not_cap_the_budget_for_good():
+    """The measured speed cuts the next budget; if a slow interval (a stall, a loaded host)
+    set it low, the small quick moves that follow must raise it again, or every later
+    interval moves a few hundred pages (the rig: 88 pages/s for the rest of the run)."""
+    k = SlowKernel(per_page=0.01)  # the first moves: 100 pages/s
+    proc = k.add(FakeProc(PID, 16384, node=1))
+    pol = Policy(source="<t>", interval=1.0, interval_auto=False, rate=128 << 20,
+                 targets=(TargetSpec(name="app", pids=(PID,)),))
+    eng = Engine(k, pol, resolver=StaticResolver([ProcessRef(PID, 0.0, "app")]), clock=k.clock)
+    eng.step()
+    hot = range(12000)
+    proc.next_access |= {proc.vpn(i) for i in hot}
+    eng.step()
+    slow = eng.move_budget
+    assert slow <= 200
+    k.per_page = 0.00002  # the stall is over: 50,000 pages/s
+    budgets = []
+    for _ in range(6):
+        proc.next_access |= {proc.vpn(i) for i in hot}
+        eng.step()
+        budgets.append(eng.move_budget)
+    assert budgets[-1] >= 10000, budgets  # back to what the kernel really does
+    assert all(b2 >= b1 for b1, b2 in zip(budgets, budgets[1:]))
+    assert sum(proc.node[proc.vpn(i)] == 0 for i in hot) >= 11000
