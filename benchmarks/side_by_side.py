@@ -10,8 +10,12 @@ access rate (hot-page reads per second) and the mechanism's CPU time.
 
 Contenders:
   tierd-idle_bitmap   tierd run, shipped etc/tierd.yaml + one comm selector per process,
-                      tracking idle_bitmap (our kernel patch)
+                      tracking idle_bitmap (our kernel patch), started when the workloads
+                      are running (its interpreter start-up and first sample count)
   tierd-page_idle     the same with tracking page_idle (stock kernels)
+  tierd-TRACKER-running  tierd started first, as the systemd service would be; the workloads
+                      start once it has run its first interval (time 0: their hot loops begin)
+  tierd-TRACKER-5s    the shipped policy with a fixed `interval: 5s` instead of `auto`
   kernel              kernel.numa_balancing=2 (memory tiering mode) + demotion_enabled=1;
                       CPU: hint faults are taken in the workloads' own context, so the
                       figure is numa_hint_faults plus kswapd's CPU
@@ -26,6 +30,13 @@ Contenders:
 Prints one table per scenario, with the load average of the host before each boot; the raw
 time series go to --json.  Emulation slows everything 10-20x: compare contenders within one
 table, not with real hardware.
+
+Ground truth is sampled every --fine-period (1 s) for the first --fine seconds after the
+mechanism starts (and after S3's phase change), every --period after that.  Times are from
+the mechanism being switched on; for tierd the time to its first interval (interpreter start
+plus first sample: "start-up") is a column of its own, and "to 90% after start-up" subtracts
+it.  The steady-state CPU is CPU seconds per minute from --steady-from to the end.
+Each boot holds --lock (flock) for its duration: one VM at a time on the host.
 """
 
 from __future__ import annotations
@@ -43,6 +54,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 CONTENDERS = ("tierd-idle_bitmap", "tierd-page_idle", "kernel", "damon", "damon-young")
+DAMON_SYSFS = Path("/sys/kernel/mm/damon/admin/kdamonds")
+STATS = ("nr_tried", "sz_tried", "nr_applied", "sz_applied", "qt_exceeds")
 MIB = 1 << 20
 PAGE = 4096
 
@@ -73,13 +86,18 @@ class Mechanism:
         self.tierd = None
         self.log = ""
         self.intervals: list[dict] = []  # tierd's interval lines (moves, engine/sample cost)
+        parts = name.split("-")
+        self.tracking = parts[1] if parts[0] == "tierd" else None
+        self.running = "running" in parts[2:]  # started before the workloads
+        self.fixed = next((p for p in parts[2:] if p.endswith("s") and p[:-1].isdigit()), None)
 
     def start(self) -> None:
         import workloads
         from workloads.harness import Tierd
 
-        if self.name.startswith("tierd-"):
-            policy = workloads.policy_yaml(self.base, self.sc, tracking=self.name.split("-", 1)[1])
+        if self.tracking:
+            policy = workloads.policy_yaml(self.base, self.sc, tracking=self.tracking,
+                                           interval=self.fixed)
             self.tierd = Tierd(policy, self.outdir).start()
         elif self.name == "kernel":
             write("/sys/kernel/mm/numa/demotion_enabled", "1")
@@ -95,6 +113,29 @@ class Mechanism:
         if self.name == "kernel":
             return kthread_cpu("kswapd")
         return kthread_cpu("kdamond")
+
+    def started(self) -> bool:
+        """tierd has finished its first interval (always True for the kernel's mechanisms)."""
+        return self.tierd is None or bool(self.tierd.intervals())
+
+    def damon_stats(self) -> list[dict]:
+        """Every DAMOS scheme's counters (nr_tried, sz_tried, nr_applied, sz_applied,
+        qt_exceeds) and access pattern, from DAMON's sysfs after an update_schemes_stats."""
+        out = []
+        for kd in sorted(DAMON_SYSFS.glob("[0-9]*")):
+            try:
+                (kd / "state").write_text("update_schemes_stats")
+            except OSError:
+                continue
+            for sch in sorted(kd.glob("contexts/*/schemes/[0-9]*")):
+                row = {"kdamond": kd.name, "action": (sch / "action").read_text().strip()}
+                for k in STATS:
+                    row[k] = int((sch / "stats" / k).read_text())
+                ap = sch / "access_pattern"
+                row["pattern"] = {f"{a}_{b}": int((ap / a / b).read_text())
+                                  for a in ("nr_accesses", "age") for b in ("min", "max")}
+                out.append(row)
+        return out
 
     def stop(self) -> None:
         if self.tierd is not None:
@@ -133,13 +174,21 @@ class Mechanism:
 
     def _damo_start(self, young: bool) -> None:
         self._seed_damo_sysinfo()
-        # "5% max" would overflow in damo's percent -> nr_accesses conversion: say 100%
-        hot = ["--damos_action", "migrate_hot", "0", "--damos_access_rate", "5%", "100%"]
+        # damo collects each --damos_* option into one list over all schemes of the command
+        # line and hands them out in order: an option given for the second scheme only lands
+        # on the first.  (The previous run passed --damos_age 10s only for migrate_cold: the
+        # hot scheme got "age >= 10 s", which scattered-hot regions never reach, and the cold
+        # scheme none; nothing hot moved in 90 s.)  So every scheme gets every option.
+        hot = ["--damos_action", "migrate_hot", "0", "--damos_access_rate", "5%", "100%",
+               "--damos_age", "0", "max"]
         cold = ["--damos_action", "migrate_cold", "1", "--damos_access_rate", "0%", "0%",
                 "--damos_age", "10s", "max"]
         if young:
-            hot += ["--damos_filter", "reject", "none", "young", "--damos_apply_interval", "1s"]
-            cold += ["--damos_filter", "reject", "young", "--damos_apply_interval", "1s"]
+            hot += ["--damos_filter", "reject", "none", "young"]
+            cold += ["--damos_filter", "reject", "young"]
+        interval = "1s" if young else "0"  # 0: every aggregation interval (DAMON's default)
+        hot += ["--damos_apply_interval", interval]
+        cold += ["--damos_apply_interval", interval]
         argv = self._damo() + ["start",
                                "--kdamond", "--damon_ctx", "--ops", "paddr",
                                "--damon_target", "--numa_node", "1", "--damos_scheme", *hot,
@@ -161,29 +210,60 @@ def guest_main(args) -> int:
     bindir = workloads.build()
     outdir = Path(os.environ.get("TMPDIR", "/tmp")) / "bench"
     outdir.mkdir(parents=True, exist_ok=True)
-    procs = workloads.start_scenario(sc, bindir, outdir, pause_us=args.pause_us)
-    measured = [p for p, s in zip(procs, sc.specs) if s.measured]
     mech = Mechanism(args.contender, sc, (REPO / "etc" / "tierd.yaml").read_text(), outdir)
-    v0 = vmstat()
     result = {"scenario": sc.name, "title": sc.title, "contender": args.contender,
               "scale": args.scale, "duration": args.duration, "period": args.period,
-              "samples": [], "error": None}
+              "fine": args.fine, "fine_period": args.fine_period, "samples": [],
+              "damon": [], "error": None, "uptime_guest": Path("/proc/loadavg").read_text()}
+    procs = []
+    t_launch = time.monotonic()
+    if mech.running:  # the service is up first: workloads start after its first interval
+        mech.start()
+        while not mech.started() and time.monotonic() - t_launch < 300:
+            time.sleep(0.2)
+        result["startup_s"] = time.monotonic() - t_launch
+    procs = workloads.start_scenario(sc, bindir, outdir, pause_us=args.pause_us)
+    measured = [p for p, s in zip(procs, sc.specs) if s.measured]
+    thp = any(s.thp for s in sc.specs)
+    v0 = vmstat()
     try:
-        with Watcher(measured, period=args.period, cpu=mech.cpu) as watch:
+        # hot pages every sample, the 7x more cold pages only every --period (guest CPU)
+        with Watcher(measured, period=args.fine_period, cpu=mech.cpu,
+                     cold_every=args.period) as watch:
             start = watch.sample()
             result["start"] = _row(start)
-            mech.start()
-            phased = False
+            if not mech.running:
+                mech.start()
             t0 = time.monotonic()
-            while time.monotonic() - t0 < args.duration:
-                if sc.phase_at and not phased and time.monotonic() - t0 >= sc.phase_at:
+            fine_until = args.fine
+            phased = False
+            damon_next = 0.0
+            while (now := time.monotonic() - t0) < args.duration:
+                watch.period = args.fine_period if now < fine_until else args.period
+                if "startup_s" not in result and mech.started():
+                    result["startup_s"] = now
+                if sc.phase_at and not phased and now >= sc.phase_at:
                     for p in measured:
                         p.next_phase()
                     result["phase_t"] = time.monotonic() - watch.t0
+                    fine_until = now + args.fine
                     phased = True
-                time.sleep(0.5)
+                if mech.name.startswith("damon") and now >= damon_next:
+                    result["damon"].append({"t": round(time.monotonic() - watch.t0, 1),
+                                            "schemes": mech.damon_stats()})
+                    damon_next = now + 10
+                if thp and (not result.get("thp") or now - result["thp"][-1][0] >= 10):
+                    result.setdefault("thp", []).append(
+                        (round(now, 1), sum(thp_kib(p.pid) for p in measured) // 1024))
+                time.sleep(0.25)
         result["samples"] = [_row(s) for s in watch.samples]
         result["mech_start_t"] = t0 - watch.t0
+        if mech.name.startswith("damon"):
+            result["damon"].append({"t": round(time.monotonic() - watch.t0, 1),
+                                    "schemes": mech.damon_stats()})
+        if thp:
+            result.setdefault("thp", []).append(
+                (round(time.monotonic() - t0, 1), sum(thp_kib(p.pid) for p in measured) // 1024))
         mech.stop()
         result["intact"] = all(p.verify() for p in procs)
     except BaseException as e:
@@ -198,6 +278,14 @@ def guest_main(args) -> int:
         for p in procs:
             p.stop()
         Path(args.json).write_text(json.dumps(result))
+    return 0
+
+
+def thp_kib(pid: int) -> int:
+    """AnonHugePages of a process (smaps_rollup), KiB."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
     return 0
 
 
@@ -228,8 +316,20 @@ def summarize(r: dict) -> dict:
 
     last = samples[-1] if samples else None
     span = (samples[-1]["t"] - samples[0]["t"]) if len(samples) > 1 else 0
+    startup = None  # tierd's interpreter start and first interval, from its launch
+    if r["contender"].startswith("tierd"):
+        startup = 0.0 if r["contender"].endswith("-running") else r.get("startup_s")
+    t90 = reach(0.9)
+    steady_from = t_start + r.get("steady_from", 60)
+    steady = [s for s in samples if s["t"] >= steady_from]
+    cpu_min = None
+    if len(steady) > 1 and steady[-1]["t"] > steady[0]["t"]:
+        cpu_min = 60 * (steady[-1]["cpu"] - steady[0]["cpu"]) / (steady[-1]["t"] - steady[0]["t"])
     return {
-        "t50": reach(0.5), "t90": reach(0.9),
+        "t50": reach(0.5), "t90": t90, "startup": startup,
+        "t90_ready": (None if t90 is None or startup is None or "phase_t" in r
+                      else round(t90 - startup, 1)),
+        "cpu_min_steady": cpu_min,
         "hot_end": 100 * last["hot_fast"] / last["hot"] if last and last["hot"] else None,
         "cold_max": max((100 * s["cold_fast"] / s["cold"] for s in samples if s["cold"]),
                         default=0),
@@ -246,7 +346,9 @@ def host_main(args) -> int:
     import workloads
     from tierd import vmrig
 
-    kernel = vmrig.kernel_dir()
+    import fcntl
+
+    kernel = Path(args.kernel) if args.kernel else vmrig.kernel_dir()
     workloads.build()
     contenders = CONTENDERS if args.contenders == "all" else tuple(args.contenders.split(","))
     results = []
@@ -259,29 +361,42 @@ def host_main(args) -> int:
                    for r in results):
                 continue  # already measured (--json accumulates; delete it to re-run)
             results = [r for r in results if (r["scenario"], r["contender"]) != (scn, c)]
-            load = os.getloadavg()
             out = Path(args.workdir) / f"{scn}-{c}"
             out.mkdir(parents=True, exist_ok=True)
+            (out / "result.json").unlink(missing_ok=True)
             cmd = [sys.executable, str(Path(__file__).resolve()), "--guest", "--scenario", scn,
                    "--contender", c, "--duration", str(args.duration), "--period",
                    str(args.period), "--scale", str(args.scale), "--pause-us",
                    str(args.pause_us), "--phase-at", str(args.phase_at),
+                   "--fine", str(args.fine), "--fine-period", str(args.fine_period),
                    "--json", "/mnt/out/result.json"]
-            started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-            print(f"[{started}] {scn} {c}: booting (host load {load[0]:.1f})", flush=True)
+            lock = open(args.lock, "a") if args.lock else None
             try:
+                if lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)  # one VM at a time, by anyone
+                load = os.getloadavg()
+                started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+                print(f"[{started}] {scn} {c}: booting (host load {load[0]:.2f} "
+                      f"{load[1]:.2f} {load[2]:.2f})", flush=True)
                 res = vmrig.run(f"cd {REPO} && " + " ".join(cmd), kernel=kernel, out=out,
                                 timeout=args.duration * 4 + 900)
+                load_end = os.getloadavg()
             except vmrig.VMError as e:
                 print(f"  VM failed: {e}", flush=True)
                 continue
+            finally:
+                if lock:
+                    lock.close()
             rfile = out / "result.json"
             if not rfile.exists():
                 print(f"  no result (exit {res.returncode}):\n{res.output[-2000:]}", flush=True)
                 continue
             r = json.loads(rfile.read_text())
             r["host_load"] = load
+            r["host_load_end"] = load_end
             r["started"] = started
+            r["kernel"] = kernel.name
+            r["steady_from"] = args.steady_from
             r["summary"] = summarize(r)
             results.append(r)
             jpath.write_text(json.dumps(results))
@@ -297,29 +412,47 @@ def print_tables(results) -> None:
     for scn, rs in by_scn.items():
         print(f"\n{scn}: {rs[0]['title']} (scale {rs[0]['scale']}, {rs[0]['duration']} s, "
               f"sampled every {rs[0]['period']} s)")
-        print("| contender | to 50% | to 90% | hot on fast at end | cold on fast max/end | "
-              "fast free min | workload reads/s | mechanism CPU | data intact | host load |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("| contender | to 50% | to 90% | start-up | to 90% after start-up | "
+              "hot on fast at end | cold on fast max/end | fast free min | "
+              "workload reads/s | mechanism CPU | CPU/min steady | data intact | "
+              "host load start/end |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rs:
             if r.get("error"):
                 print(f"| {r['contender']} | failed: {r['error'][:200]} |")
                 continue
-            s = r.get("summary") or summarize(r)
-            f = (lambda v: "never" if v is None else f"{v:.0f} s")
-            cpu = f"{s['cpu']:.0f} s"
+            s = summarize(r)
+            f = (lambda v, d=0: "-" if v is None else f"{v:.{d}f} s")
+            cpu = f"{s['cpu']:.1f} s"
             if r["contender"] == "kernel":
                 cpu += f" kswapd, {r['vmstat'].get('numa_hint_faults', 0)} hint faults"
-            print(f"| {r['contender']} | {f(s['t50'])} | {f(s['t90'])} | "
+            never = (lambda v: "never" if v is None else f"{v:.0f} s")
+            end = r.get("host_load_end", r["host_load"])
+            print(f"| {r['contender']} | {never(s['t50'])} | {never(s['t90'])} | "
+                  f"{f(s['startup'], 1)} | {f(s['t90_ready'])} | "
                   f"{'-' if s['hot_end'] is None else format(s['hot_end'], '.0f')}% | "
                   f"{s['cold_max']:.0f}% / {s['cold_end']:.0f}% | "
-                  f"{s['free_min']} MiB | {s['rate']:.2f} M | {cpu} | {s['intact']} | "
-                  f"{r['host_load'][0]:.1f} |")
+                  f"{s['free_min']} MiB | {s['rate']:.2f} M | {cpu} | "
+                  f"{f(s['cpu_min_steady'], 1)} | {s['intact']} | "
+                  f"{r['host_load'][0]:.2f} / {end[0]:.2f} |")
         print("\n% hot on fast over time (s: %):")
         for r in rs:
             t0 = r.get("mech_start_t", 0)
             pts = [f"{s['t'] - t0:.0f}:{100 * s['hot_fast'] / max(1, s['hot']):.0f}"
                    for s in r["samples"][::max(1, len(r["samples"]) // 12)]]
             print(f"  {r['contender']:18} " + " ".join(pts))
+            if r.get("thp"):
+                print(f"  {'':18} THP MiB (s: MiB): "
+                      + " ".join(f"{t:.0f}:{m}" for t, m in r["thp"][::max(1, len(r['thp']) // 8)]))
+            for snap in r.get("damon", [])[-1:]:
+                print(f"  {'':18} DAMOS at {snap['t']:.0f} s: " + "; ".join(
+                    f"{x['action']} tried {x['nr_tried']} ({x['sz_tried'] >> 20} MiB) "
+                    f"applied {x['nr_applied']} ({x['sz_applied'] >> 20} MiB) "
+                    f"qt_exceeds {x['qt_exceeds']} {x['pattern']}" for x in snap["schemes"]))
+            per = r["samples"][-1]["per"] if r["samples"] else {}
+            if len(per) > 1:
+                print(f"  {'':18} per target at end (hot on fast / hot, cold on fast / cold): "
+                      + ", ".join(f"{k} {v[1]}/{v[0]}, {v[3]}/{v[2]}" for k, v in per.items()))
 
 
 def main(argv=None) -> int:
@@ -332,6 +465,14 @@ def main(argv=None) -> int:
     ap.add_argument("--pause-us", type=int, default=20000, help="workload pause per pass")
     ap.add_argument("--phase-at", type=float, default=0,
                     help="S3: seconds after the start when the hot set moves (default 90)")
+    ap.add_argument("--fine", type=float, default=30,
+                    help="sample every --fine-period for this long after the start/phase change")
+    ap.add_argument("--fine-period", type=float, default=1.0)
+    ap.add_argument("--steady-from", type=float, default=60,
+                    help="CPU/min steady: from this many seconds after the start to the end")
+    ap.add_argument("--kernel", help="kernel dir with bzImage (default: kernel/build.sh's)")
+    ap.add_argument("--lock", default=os.environ.get("TIERD_RIG_LOCK", ""),
+                    help="flock this file for each boot ('' for none)")
     ap.add_argument("--json", default="side_by_side.json")
     ap.add_argument("--workdir", default="/tmp/tierd-side-by-side")
     ap.add_argument("--print", action="store_true", help="print the tables of --json only")

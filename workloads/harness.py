@@ -153,8 +153,10 @@ class Watcher:
     node's MemFree more often (``min_free`` after ``floor_from``: see ``free_floor``)."""
 
     def __init__(self, hotsets: list[Hotset], *, fast=(0,), period: float = 1.0,
-                 cpu=lambda: 0.0) -> None:
+                 cpu=lambda: 0.0, cold_every: float = 0.0) -> None:
         self.hotsets = hotsets
+        self.cold_every = cold_every  # query the cold pages only this often (0: every sample)
+        self._cold_at = -1e9
         self.fast = tuple(fast)
         self.period = period
         self.cpu = cpu
@@ -174,8 +176,12 @@ class Watcher:
 
     def sample(self) -> Sample:
         per = {}
+        now = time.monotonic()
+        cold = now - self._cold_at >= self.cold_every
+        if cold:
+            self._cold_at = now
         for h in self.hotsets:
-            per[h.name] = h.placement(self.fast)
+            per[h.name] = h.placement(self.fast, cold=cold)
         total = Placement(0, 0, 0, 0, 0)
         for p in per.values():
             total = total + p

@@ -6,7 +6,7 @@ import errno
 
 import numpy as np
 
-from tierd.engine.executor import NOT_TRIED, Executor, MoveCounts, tally
+from tierd.engine.executor import MEASURE_BATCH, NOT_TRIED, Executor, MoveCounts, tally
 
 
 def test_tally_sorts_statuses():
@@ -45,18 +45,62 @@ class Clock:
         return self.t
 
 
+class PageClock:
+    """A move_pages call takes ``fixed`` seconds plus ``per_page`` per page."""
+
+    def __init__(self, fixed, per_page):
+        self.t = 0.0
+        self.fixed = fixed
+        self.per_page = per_page
+
+    def __call__(self):
+        return self.t
+
+
+class TimedKernel(RecordingKernel):
+    def __init__(self, clock):
+        super().__init__()
+        self.clock = clock
+
+    def move_pages(self, pid, addrs, nodes=None, flags=0, batch=4096):
+        self.clock.t += self.clock.fixed + self.clock.per_page * len(addrs)
+        return super().move_pages(pid, addrs, nodes, flags, batch)
+
+
 def test_batches_shrink_when_calls_are_slow_and_grow_back():
-    k = RecordingKernel()
-    clock = Clock(0.050)  # 50 ms per call: above the 20 ms aim
+    clock = PageClock(0.0, 0.0002)  # 0.2 ms a page: 256 pages take 51 ms, above the 20 ms aim
+    k = TimedKernel(clock)
     ex = Executor(k, 256, clock=clock)
     status, c = ex.move(1, np.arange(1000, dtype=np.uint64) << np.uint64(12), np.zeros(1000, np.int32))
-    assert k.sizes[:4] == [256, 128, 64, 32] and sum(k.sizes) == 1000
+    assert k.sizes[:3] == [256, 128, 64] and sum(k.sizes) == 1000
+    assert set(k.sizes[2:-1]) == {64}  # 64 pages = 12.8 ms: within the aim
     assert c.moved == 1000 and c.calls == len(k.sizes)
-    clock.step = 0.001
+    clock.per_page = 0.00001
+    ex.batch["move"] = 16
     k.sizes.clear()
     ex.move(1, np.arange(600, dtype=np.uint64), np.zeros(600, np.int32))
     assert k.sizes == [16, 32, 64, 128, 256, 104]  # fast calls: back up to the policy batch
     assert ex.batch["move"] == 256
+
+
+def test_a_fixed_cost_per_call_does_not_shrink_the_batch():
+    """move_pages starts with lru_cache_disable() (an RCU grace period and an LRU drain on
+    every CPU): 30 ms per call in the rig whatever the size.  Once a small call shows that
+    cost, calls may take 8x as long, so the batch is not driven down to 16 pages, where the
+    fixed cost would be all of the time."""
+    clock = PageClock(0.030, 0.00002)  # 30 ms a call + 20 us a page
+    k = TimedKernel(clock)
+    ex = Executor(k, 1024, clock=clock)
+    ex.begin(None)  # an interval starts with a measuring batch: it shows the fixed cost
+    ex.move(1, np.arange(20000, dtype=np.uint64) << np.uint64(12), np.zeros(20000, np.int32))
+    assert k.sizes[0] == MEASURE_BATCH and set(k.sizes[1:-1]) == {1024}
+    # without a small call, nothing tells a fixed cost from a per-page one: 1024 stays slow
+    # until the batch is small enough to reveal it (<= 32 pages), then grows back
+    clock.fixed, clock.per_page = 0.030, 0.0
+    ex2 = Executor(k, 1024, clock=clock)
+    k.sizes.clear()
+    ex2.move(1, np.arange(8000, dtype=np.uint64) << np.uint64(12), np.zeros(8000, np.int32))
+    assert k.sizes[:7] == [1024, 512, 256, 128, 64, 32, 64] and 1024 in k.sizes
 
 
 def test_queries_use_longer_batches():

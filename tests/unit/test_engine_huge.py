@@ -330,3 +330,41 @@ def test_a_range_khugepaged_collapses_back_is_split_and_its_hot_pages_return():
     hot0 = [i for i in SPARSE if i < HPAGE_PAGES]
     assert all(proc.node[proc.vpn(i)] == 0 for i in hot0)
     assert sum(proc.node[proc.vpn(i)] == 0 for i in range(HPAGE_PAGES)) == len(hot0)
+
+
+def test_splitting_is_bounded_by_the_interval_time_and_resumes_next_interval():
+    """Splitting a huge page costs time (75 ms each under emulation): it may use
+    SPLIT_SHARE of the interval, in SPLIT_BATCH batches, the rest waits for the next
+    interval; the moves still get their share, and everything is split in the end."""
+    from tierd.engine.huge import SPLIT_BATCH, SPLIT_SHARE
+
+    nhuge = 64
+    k = ThpKernel(fast_total=200 * MIB, fast_free=30 * MIB)
+    proc = k.add(ThpProc(PID, nhuge))
+    now = [0.0]
+    real_split = k.splitter.split
+    per_block = 0.1  # 1 s interval: at most ~5 blocks fit in the split share
+
+    def split(pid, vpns):
+        now[0] += per_block * len(vpns)
+        real_split(pid, vpns)
+
+    k.splitter.split = split
+    policy = Policy(source="<t>", interval=1.0, interval_auto=False,
+                    targets=(TargetSpec(name="app", pids=(PID,)),), metrics_listen="")
+    eng = Engine(k, policy, resolver=StaticResolver([ProcessRef(PID, 0.0, "app")]),
+                 clock=lambda: now[0])
+    hot = [b * HPAGE_PAGES + j for b in range(nhuge) for j in range(0, HPAGE_PAGES, 16)]
+    per_interval = []
+    for _ in range(40):
+        proc.next_access |= {proc.vpn(i) for i in hot}
+        t0 = now[0]
+        calls = len(k.splitter.splits)
+        per_interval.append(eng.step().split)
+        spent = per_block * sum(len(s) for s in k.splitter.splits[calls:])
+        assert spent <= SPLIT_SHARE * 1.0 + per_block * SPLIT_BATCH  # one batch over, at most
+        assert all(len(s) <= SPLIT_BATCH for s in k.splitter.splits[calls:])
+        now[0] = max(now[0], t0 + 1.0)  # the daemon waits out the interval
+    assert max(per_interval) <= SPLIT_BATCH * 2  # no interval split everything at once
+    assert not proc.huge  # ... but all of it was split over the intervals
+    assert eng.huge.tracker.verdict((PID, 0.0)) == "sparse"

@@ -88,3 +88,80 @@ def test_engine_bounds_each_intervals_moves_in_time_and_adapts_the_budget():
     assert max(move_times) <= 1.0 + 0.01 * 1024
     on_fast = sum(proc.node[proc.vpn(i)] == 0 for i in hot)
     assert 0 < on_fast < 4000  # progress, within time: not all 40 s of moves at once
+
+
+def test_each_interval_starts_with_a_measuring_batch():
+    """What the last interval measured (fast 4 KiB pages) says nothing about this one's
+    first batch (huge pages: one address moves a 2 MiB folio): begin() measures again with
+    a MEASURE_BATCH batch, so a slow first batch cannot blow the budget."""
+    from tierd.engine.executor import MEASURE_BATCH
+
+    k = SlowKernel(per_page=0.0001)
+    proc = k.add(FakeProc(PID, 8192, node=1))
+    ex = Executor(k, 4096, clock=k.clock, call_seconds=10.0)  # batches stay at 4096
+    addrs = np.array([proc.addr(i) for i in range(8192)], np.uint64)
+    ex.begin(k.now + 1.0)
+    _, c = ex.move(PID, addrs[:4096], np.zeros(4096, np.int32))
+    assert c.moved == 4096 and k.call_times[0] == MEASURE_BATCH * 0.0001
+    assert ex.page_seconds == 0.0001
+    k.per_page = 0.01  # this interval: 100x slower per address
+    k.call_times.clear()
+    start = k.now
+    ex.begin(start + 1.0)
+    _, c = ex.move(PID, addrs[4096:], np.zeros(4096, np.int32))
+    assert k.call_times[0] == MEASURE_BATCH * 0.01  # measured first, not 4096 pages (41 s)
+    assert k.now - start <= 1.0 + max(k.call_times) and max(k.call_times) <= 1.0
+    assert 80 <= c.moved <= 110 and c.not_tried == 4096 - c.moved
+    # without begin() (the old behaviour, kept for a deadline set by hand) the stale estimate
+    # would have let the first batch run for 4096 * 0.01 = 41 s: that is the bug
+    ex.begin(None)
+    assert ex.deadline is None and ex.page_seconds == 0.0
+
+
+def test_a_cheap_batch_after_an_expensive_one_does_not_unleash_a_long_one():
+    """Huge pages: the batch holding a folio's first address pays for all 512; the next
+    batch of its tail addresses is nearly free.  The estimate is the interval's average (at
+    least), so the batch after the cheap one is still sized to the time left."""
+
+    class FolioKernel(SlowKernel):
+        def move_pages(self, pid, addrs, nodes=None, flags=0, batch=4096):
+            if nodes is not None:  # 512 addresses per folio; its first one costs 0.5 s
+                heads = sum(1 for a in np.asarray(addrs).tolist() if (a // 4096) % 512 == 0)
+                dt = 0.5 * heads + 1e-6 * len(addrs)
+                self.now += dt
+                self.call_times.append(dt)
+            return FakeKernel.move_pages(self, pid, addrs, nodes, flags, batch)
+
+    k = FolioKernel(per_page=0.0)
+    proc = k.add(FakeProc(PID, 8192, node=1))
+    ex = Executor(k, 4096, clock=k.clock, call_seconds=100.0)
+    addrs = np.array([proc.addr(i) for i in range(8192)], np.uint64)
+    ex.begin(2.0)
+    ex.move(PID, addrs, np.zeros(8192, np.int32))
+    assert k.now <= 2.0 + 0.5 + 0.01  # at most one folio past the budget
+
+
+def test_one_slow_interval_does_not_cap_the_budget_for_good():
+    """The measured speed cuts the next budget; if a slow interval (a stall, a loaded host)
+    set it low, the small quick moves that follow must raise it again, or every later
+    interval moves a few hundred pages (the rig: 88 pages/s for the rest of the run)."""
+    k = SlowKernel(per_page=0.01)  # the first moves: 100 pages/s
+    proc = k.add(FakeProc(PID, 16384, node=1))
+    pol = Policy(source="<t>", interval=1.0, interval_auto=False, rate=128 << 20,
+                 targets=(TargetSpec(name="app", pids=(PID,)),))
+    eng = Engine(k, pol, resolver=StaticResolver([ProcessRef(PID, 0.0, "app")]), clock=k.clock)
+    eng.step()
+    hot = range(12000)
+    proc.next_access |= {proc.vpn(i) for i in hot}
+    eng.step()
+    slow = eng.move_budget
+    assert slow <= 200
+    k.per_page = 0.00002  # the stall is over: 50,000 pages/s
+    budgets = []
+    for _ in range(6):
+        proc.next_access |= {proc.vpn(i) for i in hot}
+        eng.step()
+        budgets.append(eng.move_budget)
+    assert budgets[-1] >= 10000, budgets  # back to what the kernel really does
+    assert all(b2 >= b1 for b1, b2 in zip(budgets, budgets[1:]))
+    assert sum(proc.node[proc.vpn(i)] == 0 for i in hot) >= 11000

@@ -31,7 +31,7 @@ import numpy as np
 
 from tierd.engine.executor import Executor, MoveCounts, outcome_masks
 from tierd.engine.hotness import LEVELS
-from tierd.engine.huge import HugePages
+from tierd.engine.huge import SPLIT_SHARE, HugePages
 from tierd.engine.interval import Bounds, IntervalController, observe
 from tierd.engine.placement import (
     NO_THRESHOLD,
@@ -239,7 +239,7 @@ class Engine:
         if not policy.huge_split or not hasattr(self.kernel, "thp"):
             self.huge = None
         elif self.huge is None:
-            self.huge = HugePages(self.kernel.thp(), policy.huge_dense)
+            self.huge = HugePages(self.kernel.thp(), policy.huge_dense, clock=self.clock)
         else:
             self.huge.tracker.dense = policy.huge_dense
 
@@ -308,13 +308,16 @@ class Engine:
             stats.plan = pl
             demotions = [r for r in pl.requests if r.reason != "promote"]
             promotions = [r for r in pl.requests if r.reason == "promote"]
+            # Time budget: splits and moves together may take as long as the interval their
+            # byte budget covers; splitting gets at most SPLIT_SHARE of it (huge.py).
+            begun = self.clock()
             if self.huge is not None:  # splits sparsely hot THPs, holds back undecided ones
-                stats.split = self.huge.step([u for u in live if not getattr(u.state, "packed", False)],
-                                             pl, pol, self.reader)
+                stats.split = self.huge.step(
+                    [u for u in live if not getattr(u.state, "packed", False)], pl, pol,
+                    self.reader, deadline=begun + SPLIT_SHARE * self.covered)
             # demotions first: they make the room the promotions were planned into; then
             # promote only into the room there is now (a failed demotion cancels its pair).
-            # Time budget: the moves may take as long as the interval their byte budget covers.
-            self.executor.deadline = self.clock() + self.covered
+            self.executor.begin(begun + self.covered)
             try:
                 stats.demoted = self._execute(demotions, stats)
                 rooms = node_rooms(self.kernel.topology(), fast, pol.keep_free, pol.demote_below)
@@ -339,9 +342,16 @@ class Engine:
         """Running estimate of move_pages' speed (pages/s), from intervals that moved enough
         to measure it; the next byte budget is cut to what that speed moves in time."""
         done = m.moved + m.elsewhere
-        if m.seconds <= 0 or (done < SPEED_MIN_PAGES and m.seconds < self.covered / 2):
+        if m.seconds <= 0 or done <= 0:
             return
         speed = done / m.seconds
+        # A small move in a short time says little (the fixed cost per call dominates) and
+        # may only raise the estimate: done / seconds is a lower bound of the speed.  Were it
+        # ignored, one slow interval would cap every later budget below SPEED_MIN_PAGES and
+        # no later interval would measure again (seen in the rig: 88 pages/s for good).
+        if (done < SPEED_MIN_PAGES and m.seconds < self.covered / 2
+                and (self.move_speed is None or speed <= self.move_speed)):
+            return
         self.move_speed = speed if self.move_speed is None else (self.move_speed + speed) / 2
 
     def _sync(self, refs: Sequence[ProcessRef]) -> int:

@@ -5,11 +5,25 @@ calls are kept to about ``call_seconds`` (20 ms): the batch starts at the policy
 migration.batch and halves after a slower call, growing back after fast ones.  Between
 batches the stop event is checked, so SIGTERM ends the interval after the current batch.
 
-Time budget: the engine sets ``deadline`` (a ``clock()`` time) for an interval's moves.  No
-move batch starts after it, and the last one is cut to the pages the measured time per page
-says still fit, so an interval's moves overrun their time budget by at most one batch
-(huge pages moved at 10 MiB/s would otherwise turn a byte budget into tens of seconds).
-Pages not reached are NOT_TRIED, as after a stop.  Queries copy nothing and are not limited.
+Every move_pages call that moves also has a fixed cost: do_pages_move() starts with
+lru_cache_disable(), i.e. synchronize_rcu_expedited() and an LRU drain on every CPU (tens
+of microseconds on hardware, ~30 ms in the TCG rig).  A batch shrunk to MIN_BATCH then pays
+that cost every 16 pages: in the rig, moves fell to ~2 MiB/s, ten times below the copy rate.
+So the aim of a call is at least OVERHEAD_FACTOR times the fixed cost, estimated as the
+cheapest recent small call (<= 2 * MIN_BATCH pages: the measuring batch that starts every
+interval is one): a call is "slow" only when its pages make it slow.
+
+Time budget: the engine starts each interval's moves with ``begin(deadline)`` (a ``clock()``
+time).  No move batch starts after the deadline, and every batch is cut to the pages the time
+per page measured in this interval says still fit, so an interval's moves overrun their time
+budget by at most one batch (huge pages moved at 10 MiB/s would otherwise turn a byte budget
+into tens of seconds).  The time per page is measured afresh in every interval, starting with
+a measuring batch of MEASURE_BATCH pages: what the last interval measured may have been 4 KiB
+pages, or the cheap tail addresses of a huge page already moved, while this interval's first
+batch may hold huge pages (one address of a THP moves its whole 2 MiB folio).  The estimate is
+the larger of the last batch's and the interval's average, so a cheap batch after an expensive
+one does not unleash a long one.  Pages not reached are NOT_TRIED, as after a stop.  Queries
+copy nothing and are not limited.
 
 Per-page status (docs/design.md, "move_pages contract"): >= 0 is the node the page is on
 after the call; negative is -errno.  ``tally`` sorts them into the counters operators see:
@@ -31,6 +45,7 @@ from __future__ import annotations
 
 import errno
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
@@ -38,8 +53,11 @@ import numpy as np
 
 NOT_TRIED = np.int32(-(1 << 30))  # status of pages skipped because the daemon is stopping
 MIN_BATCH = 16
+MEASURE_BATCH = MIN_BATCH  # an interval's first move batch: measures the time per page
 CALL_SECONDS = 0.020
 QUERY_BATCH_FACTOR = 16  # a query copies nothing: batches can be this much longer
+OVERHEAD_FACTOR = 8  # a call aims at >= 8x the fixed cost per call: that cost <= 1/8-1/4
+FLOOR_CALLS = 32  # the fixed cost: the cheapest of this many recent small move calls
 
 _ABSENT = (errno.ENOENT, errno.EFAULT)
 _DENIED = (errno.EACCES, errno.EPERM)
@@ -139,8 +157,19 @@ class Executor:
         self.clock = clock
         self.call_seconds = call_seconds
         self.deadline: float | None = None  # no move batch starts at or after this clock()
-        self.page_seconds = 0.0  # measured time per moved page (last move batch)
+        self.page_seconds = 0.0  # time per page measured in this interval (0: not yet)
+        self._spent = (0.0, 0)  # this interval's move seconds and pages
+        self._measure = False  # begin() was called: start with a measuring batch
+        self._recent: deque[float] = deque(maxlen=FLOOR_CALLS)  # recent move call times
         self.set_batch(batch_pages)
+
+    def begin(self, deadline: float | None) -> None:
+        """Start an interval's moves: no batch starts after ``deadline`` (None: no limit),
+        and the time per page is measured again, from a MEASURE_BATCH first batch."""
+        self.deadline = deadline
+        self.page_seconds = 0.0
+        self._spent = (0.0, 0)
+        self._measure = True
 
     def set_batch(self, batch_pages: int) -> None:
         self.max_batch = max(MIN_BATCH, int(batch_pages))
@@ -206,11 +235,13 @@ class Executor:
                 break
             size = min(self.batch[kind], n - lo)
             t0 = self.clock()
-            if kind == "move" and self.deadline is not None:
-                left = self.deadline - t0
-                if left <= 0:
+            if kind == "move":
+                left = None if self.deadline is None else self.deadline - t0
+                if left is not None and left <= 0:
                     break
-                if self.page_seconds > 0:  # the last batch: only what still fits
+                if self.page_seconds <= 0 and (left is not None or self._measure):
+                    size = min(size, MEASURE_BATCH)  # nothing measured yet in this interval
+                elif left is not None:  # only what still fits
                     size = min(size, max(MIN_BATCH, int(left / self.page_seconds)))
             st = self.kernel.move_pages(
                 pid, addrs[lo: lo + size], None if nodes is None else nodes[lo: lo + size],
@@ -221,10 +252,18 @@ class Executor:
             counts.calls += 1
             counts.seconds += dt
             if kind == "move":
-                self.page_seconds = dt / size
+                spent, pages = self._spent[0] + dt, self._spent[1] + size
+                self._spent = (spent, pages)
+                self.page_seconds = max(dt / size, spent / pages)
             lo += size
-            # keep each call near call_seconds: halve after a slow one, grow after fast ones
-            if dt > self.call_seconds and self.batch[kind] > MIN_BATCH:
+            # keep each call near its aim: halve after a slow one, grow after fast ones
+            aim = self.call_seconds
+            if kind == "move":  # queries skip lru_cache_disable(): no fixed cost to speak of
+                if size <= 2 * MIN_BATCH:  # a small call is mostly fixed cost
+                    self._recent.append(dt)
+                if self._recent:
+                    aim = max(aim, OVERHEAD_FACTOR * min(self._recent))
+            if dt > aim and self.batch[kind] > MIN_BATCH:
                 self.batch[kind] = max(MIN_BATCH, self.batch[kind] // 2)
-            elif dt < self.call_seconds / 4 and self.batch[kind] < cap:
+            elif dt < aim / 4 and self.batch[kind] < cap:
                 self.batch[kind] = min(cap, self.batch[kind] * 2)

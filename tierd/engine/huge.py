@@ -25,6 +25,13 @@ so it finds out by splitting a few:
    cold ones.
 5. A verdict is re-examined after RECHECK_SAMPLES samples (the workload may change).
 
+Time bound: splitting runs inside the interval's time budget, before the moves (it is the
+same kind of kernel work under the process's locks: under emulation a split cost ~75 ms per
+huge page, 9.6 s for 128 in one interval).  It may use SPLIT_SHARE of the interval, leaving
+the rest to the moves, in batches of SPLIT_BATCH huge pages with the clock checked between
+batches, so it overruns that share by at most one batch.  What is not split waits for the
+next interval: those blocks stay candidates and are held back from moving meanwhile.
+
 Splitting costs: TLB reach (512 TLB entries, or one 2 MiB entry, per 2 MiB: a page walk
 per 4 KiB touched where one served 2 MiB), 4 KiB of page table per split huge page, and the
 split itself (a few microseconds per huge page under the process's mmap lock).  khugepaged
@@ -41,6 +48,8 @@ The decision (``SplitTracker``) is pure; ``HugePages`` applies it to the engine'
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,6 +69,8 @@ MAX_SPLIT_BLOCKS = 128  # huge pages split per process and interval (256 MiB)
 SCAN_BLOCKS = 1 << 16  # blocks examined per numpy pass (bounded temporaries)
 CHECK_BLOCKS = 4 * MAX_SPLIT_BLOCKS  # hottest candidates asked about per interval (2 preads each)
 ALL = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
+SPLIT_SHARE = 0.5  # of an interval's time budget that splitting may use (the moves get the rest)
+SPLIT_BATCH = 4  # huge pages per split call between clock checks (~0.3 s under emulation)
 
 
 @dataclass
@@ -209,8 +220,10 @@ class HugePages:
     """Runs the split decision over the engine's units once per interval (after the moves,
     so a split's priming sample is followed by a whole interval of real accesses)."""
 
-    def __init__(self, splitter, dense: float) -> None:
+    def __init__(self, splitter, dense: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.splitter = splitter  # tierd.linux.thp.ThpSplitter or a fake
+        self.clock = clock
+        self.deadline: float | None = None  # no split batch starts at or after this clock()
         self.tracker = SplitTracker(dense)
         self.disabled: str | None = None  # why splitting is off (logged once)
         self.held: dict = {}  # unit key -> blocks kept from moving this interval
@@ -222,13 +235,15 @@ class HugePages:
         self.disabled = why
         log.warning("huge pages with scattered hot data will not be split: %s", why)
 
-    def step(self, units, plan, policy, reader) -> int:
-        """Split what the tracker decides for each unit; returns huge pages split.  Runs
-        between planning and moving: whole huge pages that are candidates for a split are
-        held back from this interval's moves while the verdict is open or sparse (moving
-        one would drag its cold 4 KiB pages along)."""
+    def step(self, units, plan, policy, reader, deadline: float | None = None) -> int:
+        """Split what the tracker decides for each unit, until ``deadline`` (a clock() time;
+        the rest waits for the next interval); returns huge pages split.  Runs between
+        planning and moving: whole huge pages that are candidates for a split are held back
+        from this interval's moves while the verdict is open or sparse (moving one would
+        drag its cold 4 KiB pages along)."""
         if self.disabled is not None or plan is None:
             return 0
+        self.deadline = deadline
         done = 0
         for unit in units:
             st = unit.state
@@ -259,11 +274,25 @@ class HugePages:
         return done
 
     def _split(self, unit, blocks: np.ndarray, reader) -> np.ndarray:
-        """Split ``blocks``; returns those the kernel did split (primed, history reset)."""
+        """Split ``blocks``, SPLIT_BATCH at a time until the deadline; returns those the
+        kernel did split (primed, history reset).  Blocks not reached count as left whole."""
         pid = unit.ref.pid
-        self.splitter.split(pid, blocks)
-        log.info("pid %d (%s): splitting %d huge page(s) (%s)", pid, unit.ref.target, blocks.size,
-                 getattr(self.splitter, "last_method", "") or "split")
+        tried = 0
+        while tried < blocks.size:
+            if self.deadline is not None and self.clock() >= self.deadline:
+                break
+            self.splitter.split(pid, blocks[tried: tried + SPLIT_BATCH])
+            tried += SPLIT_BATCH
+        tried = min(tried, blocks.size)
+        log.info("pid %d (%s): splitting %d huge page(s) (%s)%s", pid, unit.ref.target, tried,
+                 getattr(self.splitter, "last_method", "") or "split",
+                 f"; {blocks.size - tried} wait for the next interval (time budget)"
+                 if tried < blocks.size else "")
+        if tried < blocks.size:
+            self.tracker.not_split(unit.ref.key, blocks[tried:])
+            blocks = blocks[:tried]
+        if not blocks.size:
+            return blocks
         # the kernel skips folios it cannot lock: a probe left whole would read as dense
         whole = blocks[self.splitter.is_thp(pid, blocks)]
         if whole.size:
