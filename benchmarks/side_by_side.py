@@ -274,6 +274,7 @@ def guest_main(args) -> int:
         result["vmstat"] = {k: v1[k] - v0.get(k, 0) for k in v1
                             if k.startswith(("pgpromote", "pgdemote", "numa_", "pgmigrate"))}
         result["log_tail"] = mech.log[-3000:]
+        result["log"] = mech.log[-400000:] if mech.tierd is not None else ""
         result["intervals"] = mech.intervals
         for p in procs:
             p.stop()
@@ -338,8 +339,18 @@ def summarize(r: dict) -> dict:
                         default=0) // MIB,
         "rate": (samples[-1]["touches"] - samples[0]["touches"]) / span / 1e6 if span else 0,
         "cpu": last["cpu"] if last else 0,
+        "overrun": _overrun(r.get("log", "")),
         "intact": r.get("intact"),
     }
+
+
+def _overrun(log: str):
+    """(move seconds, budget seconds) of the interval whose move_pages time exceeded its
+    budget the most, from tierd's interval lines ("move 1234ms of 5s"); None without a log."""
+    import re
+
+    pairs = [(int(m[1]) / 1e3, float(m[2])) for m in re.finditer(r"move (\d+)ms of ([\d.]+)s", log)]
+    return max(pairs, key=lambda x: x[0] - x[1], default=None)
 
 
 def host_main(args) -> int:
