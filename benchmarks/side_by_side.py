@@ -339,7 +339,7 @@ def summarize(r: dict) -> dict:
                         default=0) // MIB,
         "rate": (samples[-1]["touches"] - samples[0]["touches"]) / span / 1e6 if span else 0,
         "cpu": last["cpu"] if last else 0,
-        "overrun": _overrun(r.get("log", "")),
+        "overrun": _overrun(r.get("log") or r.get("log_tail", "")),
         "intact": r.get("intact"),
     }
 
@@ -425,9 +425,9 @@ def print_tables(results) -> None:
               f"sampled every {rs[0]['period']} s)")
         print("| contender | to 50% | to 90% | start-up | to 90% after start-up | "
               "hot on fast at end | cold on fast max/end | fast free min | "
-              "workload reads/s | mechanism CPU | CPU/min steady | data intact | "
-              "host load start/end |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+              "workload reads/s | mechanism CPU | CPU/min steady | worst interval move | "
+              "data intact | host load start/end |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rs:
             if r.get("error"):
                 print(f"| {r['contender']} | failed: {r['error'][:200]} |")
@@ -439,12 +439,14 @@ def print_tables(results) -> None:
                 cpu += f" kswapd, {r['vmstat'].get('numa_hint_faults', 0)} hint faults"
             never = (lambda v: "never" if v is None else f"{v:.0f} s")
             end = r.get("host_load_end", r["host_load"])
+            o = s["overrun"]
+            over = "-" if not o else f"{o[0]:.2f} s of {o[1]:g} s"
             print(f"| {r['contender']} | {never(s['t50'])} | {never(s['t90'])} | "
                   f"{f(s['startup'], 1)} | {f(s['t90_ready'])} | "
                   f"{'-' if s['hot_end'] is None else format(s['hot_end'], '.0f')}% | "
                   f"{s['cold_max']:.0f}% / {s['cold_end']:.0f}% | "
                   f"{s['free_min']} MiB | {s['rate']:.2f} M | {cpu} | "
-                  f"{f(s['cpu_min_steady'], 1)} | {s['intact']} | "
+                  f"{f(s['cpu_min_steady'], 1)} | {over} | {s['intact']} | "
                   f"{r['host_load'][0]:.2f} / {end[0]:.2f} |")
         print("\n% hot on fast over time (s: %):")
         for r in rs:
