@@ -437,12 +437,12 @@ def print_tables(results) -> None:
             cpu = f"{s['cpu']:.1f} s"
             if r["contender"] == "kernel":
                 cpu += f" kswapd, {r['vmstat'].get('numa_hint_faults', 0)} hint faults"
-            never = (lambda v: "never" if v is None else f"{v:.0f} s")
+            never = (lambda v: "never" if v is None else f"{v:.1f} s")
             end = r.get("host_load_end", r["host_load"])
             o = s["overrun"]
             over = "-" if not o else f"{o[0]:.2f} s of {o[1]:g} s"
             print(f"| {r['contender']} | {never(s['t50'])} | {never(s['t90'])} | "
-                  f"{f(s['startup'], 1)} | {f(s['t90_ready'])} | "
+                  f"{f(s['startup'], 1)} | {f(s['t90_ready'], 1)} | "
                   f"{'-' if s['hot_end'] is None else format(s['hot_end'], '.0f')}% | "
                   f"{s['cold_max']:.0f}% / {s['cold_end']:.0f}% | "
                   f"{s['free_min']} MiB | {s['rate']:.2f} M | {cpu} | "
