@@ -274,6 +274,7 @@ def guest_main(args) -> int:
         result["vmstat"] = {k: v1[k] - v0.get(k, 0) for k in v1
                             if k.startswith(("pgpromote", "pgdemote", "numa_", "pgmigrate"))}
         result["log_tail"] = mech.log[-3000:]
+        result["log"] = mech.log[-400000:] if mech.tierd is not None else ""
         result["intervals"] = mech.intervals
         for p in procs:
             p.stop()
@@ -338,8 +339,18 @@ def summarize(r: dict) -> dict:
                         default=0) // MIB,
         "rate": (samples[-1]["touches"] - samples[0]["touches"]) / span / 1e6 if span else 0,
         "cpu": last["cpu"] if last else 0,
+        "overrun": _overrun(r.get("log") or r.get("log_tail", "")),
         "intact": r.get("intact"),
     }
+
+
+def _overrun(log: str):
+    """(move seconds, budget seconds) of the interval whose move_pages time exceeded its
+    budget the most, from tierd's interval lines ("move 1234ms of 5s"); None without a log."""
+    import re
+
+    pairs = [(int(m[1]) / 1e3, float(m[2])) for m in re.finditer(r"move (\d+)ms of ([\d.]+)s", log)]
+    return max(pairs, key=lambda x: x[0] - x[1], default=None)
 
 
 def host_main(args) -> int:
@@ -414,9 +425,9 @@ def print_tables(results) -> None:
               f"sampled every {rs[0]['period']} s)")
         print("| contender | to 50% | to 90% | start-up | to 90% after start-up | "
               "hot on fast at end | cold on fast max/end | fast free min | "
-              "workload reads/s | mechanism CPU | CPU/min steady | data intact | "
-              "host load start/end |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+              "workload reads/s | mechanism CPU | CPU/min steady | worst interval move | "
+              "data intact | host load start/end |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rs:
             if r.get("error"):
                 print(f"| {r['contender']} | failed: {r['error'][:200]} |")
@@ -426,14 +437,16 @@ def print_tables(results) -> None:
             cpu = f"{s['cpu']:.1f} s"
             if r["contender"] == "kernel":
                 cpu += f" kswapd, {r['vmstat'].get('numa_hint_faults', 0)} hint faults"
-            never = (lambda v: "never" if v is None else f"{v:.0f} s")
+            never = (lambda v: "never" if v is None else f"{v:.1f} s")
             end = r.get("host_load_end", r["host_load"])
+            o = s["overrun"]
+            over = "-" if not o else f"{o[0]:.2f} s of {o[1]:g} s"
             print(f"| {r['contender']} | {never(s['t50'])} | {never(s['t90'])} | "
-                  f"{f(s['startup'], 1)} | {f(s['t90_ready'])} | "
+                  f"{f(s['startup'], 1)} | {f(s['t90_ready'], 1)} | "
                   f"{'-' if s['hot_end'] is None else format(s['hot_end'], '.0f')}% | "
                   f"{s['cold_max']:.0f}% / {s['cold_end']:.0f}% | "
                   f"{s['free_min']} MiB | {s['rate']:.2f} M | {cpu} | "
-                  f"{f(s['cpu_min_steady'], 1)} | {s['intact']} | "
+                  f"{f(s['cpu_min_steady'], 1)} | {over} | {s['intact']} | "
                   f"{r['host_load'][0]:.2f} / {end[0]:.2f} |")
         print("\n% hot on fast over time (s: %):")
         for r in rs:

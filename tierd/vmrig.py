@@ -50,6 +50,8 @@ mount -t tmpfs tmpfs /mnt
 mkdir -p /mnt/out /mnt/scratch
 mount -t 9p -o {share_opts} out /mnt/out
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
+# loopback up, as on any system: tierd's metrics listener binds 127.0.0.1 (the live demo)
+ip link set lo up 2>/dev/null
 echo 0 > /proc/sys/kernel/numa_balancing 2>/dev/null
 export HOME=/mnt/scratch TMPDIR=/mnt/scratch
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin

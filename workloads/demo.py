@@ -138,7 +138,7 @@ def guest_main(args) -> int:
         hot_total = sum(len(p.layout().hot) for p in procs)
         first = _truth(procs, Placement)
         print(f"Before tierd: {_pct(first.hot_fast, first.hot)} of the hot pages on the fast "
-              f"node.  Starting `tierd run` with etc/tierd.yaml (interval 5s) and one target "
+              f"node.  Starting `tierd run` with etc/tierd.yaml (interval: auto, 1-5 s) and one target "
               f"per program (comm ^db$, ^cache$).\n", flush=True)
         hdr = (f"{'time':>6} {'tierd':>5} | {'hot pages on fast':>22} | {'cold on fast':>12} | "
                f"{'promoted':>9} {'demoted':>8} | {'fast free':>9} | {'tierd CPU':>9}")

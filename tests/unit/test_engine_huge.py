@@ -368,3 +368,34 @@ def test_splitting_is_bounded_by_the_interval_time_and_resumes_next_interval():
     assert max(per_interval) <= SPLIT_BATCH * 2  # no interval split everything at once
     assert not proc.huge  # ... but all of it was split over the intervals
     assert eng.huge.tracker.verdict((PID, 0.0)) == "sparse"
+
+
+def test_probes_collapsed_back_before_judgement_are_not_judged():
+    """khugepaged may collapse a split probe back within seconds (its scan walks adjacent
+    blocks, and the probes are adjacent): such a probe has one Accessed bit again and would
+    read as 100% dense, turning a sparse process's verdict to "dense"."""
+    k = small_fast()
+    proc = k.add(ThpProc(PID, NHUGE))
+    real_split, real_sample = k.splitter.split, k._reader.sample
+    pending, collapsed, samples = [], [], [0]
+
+    def split(pid, vpns):
+        real_split(pid, vpns)
+        if not collapsed and not pending:
+            pending.extend(int(v) for v in vpns)
+            samples[0] = 0
+
+    def sample(pid, word_start, nwords):
+        samples[0] += 1
+        if pending and samples[0] == 3:  # after the priming sample and one real one,
+            proc.huge.update(pending)    # khugepaged takes every probe back
+            collapsed.extend(pending)
+            pending.clear()
+        return real_sample(pid, word_start, nwords)
+
+    k.splitter.split = split
+    k._reader.sample = sample
+    eng, _, hot_fast, cold_fast = run(k, proc, SPARSE, 16)
+    assert len(collapsed) >= 1  # the scenario happened
+    assert eng.huge.tracker.verdict((PID, 0.0)) == "sparse"
+    assert hot_fast >= 0.9 and cold_fast <= 0.10, (hot_fast, cold_fast)

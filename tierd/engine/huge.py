@@ -258,6 +258,7 @@ class HugePages:
                     vpns = uniform_hot_blocks(st)[0][:CHECK_BLOCKS]
                     if vpns.size:
                         cand = vpns[self.splitter.is_thp(unit.ref.pid, vpns)]
+                self._drop_recollapsed(unit)
                 todo = self.tracker.decide(key, st.samples, cand, fits,
                                            lambda b, st=st: density(st, b, self.tracker.watch))
                 split = self._split(unit, todo, reader) if todo.size else todo
@@ -272,6 +273,21 @@ class HugePages:
             except OSError as e:  # this process, this time (e.g. EBUSY on the debugfs mutex)
                 log.warning("pid %d (%s): huge page split: %s", unit.ref.pid, unit.ref.target, e)
         return done
+
+    def _drop_recollapsed(self, unit) -> None:
+        """Probes due for judgement that are huge pages again (khugepaged collapsed them
+        back, a few seconds after the split in the rig: its scan walks adjacent blocks, and
+        the probes are adjacent) would read as 100% dense and turn the verdict: they are
+        not judged.  (Seen in the rig: 5 of 8 probes re-collapsed, verdict "dense", 42% of
+        the cold pages dragged to the fast node.)"""
+        p = self.tracker.procs.get(unit.ref.key)
+        if p is None or not p.probes.size or unit.state.samples - p.probed_at < self.tracker.watch:
+            return
+        again = p.probes[self.splitter.is_thp(unit.ref.pid, p.probes)]
+        if again.size:
+            log.info("pid %d (%s): %d probe(s) are huge pages again (khugepaged): not judged",
+                     unit.ref.pid, unit.ref.target, again.size)
+            self.tracker.not_split(unit.ref.key, again)
 
     def _split(self, unit, blocks: np.ndarray, reader) -> np.ndarray:
         """Split ``blocks``, SPLIT_BATCH at a time until the deadline; returns those the
