@@ -15,7 +15,7 @@ from engine_fakes import GIB, PAGE, FakeKernel, FakeProc
 from tierd import service
 from tierd.engine import daemon as daemon_mod
 from tierd.engine.daemon import Daemon, Engine, Observer, summary_line
-from tierd.engine.executor import MEASURE_BATCH, NOT_TRIED
+from tierd.engine.executor import MEASURE_BATCH
 from tierd.engine.targets import ProcessRef, StaticResolver
 from tierd.linux.procfs import Vma
 from tierd.policy import Policy, TargetSpec

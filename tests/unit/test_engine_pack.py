@@ -160,14 +160,14 @@ def test_a_newcomer_never_inherits_a_departed_members_words(monkeypatch):
     monkeypatch.setattr(pack, "PACK_MIN", 2)
     k = FakeKernel(fast_total=1 << 30, fast_free=1 << 29)
     a = k.add(FakeProc(PID, 128, node=0))
-    b = k.add(FakeProc(PID + 1, 128, base=0x7F10_0000_0000, node=1))
+    k.add(FakeProc(PID + 1, 128, base=0x7F10_0000_0000, node=1))
     eng = make_engine(k, make_policy(targets=(TargetSpec(name="app"),)), pids=(PID, PID + 1))
     for _ in range(3):
         a.next_access |= {a.vpn(i) for i in range(128)}
         eng.step()
     assert eng.units[(PID, 0.0)].state.histograms()[0, 1:].sum() == 128  # on node 0, accessed
     k.procs.pop(PID)
-    c = k.add(FakeProc(PID + 2, 128, node=1))  # same addresses as a, on node 1
+    k.add(FakeProc(PID + 2, 128, node=1))  # same addresses as a, on node 1
     eng.resolver.refs = [ProcessRef(PID + 1, 0.0, "app"), ProcessRef(PID + 2, 0.0, "app")]
     eng.step()
     h = eng.units[(PID + 2, 0.0)].state.histograms()
