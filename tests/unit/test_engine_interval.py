@@ -69,6 +69,22 @@ def test_a_hot_set_appearing_on_the_slow_tier_is_a_change_a_steady_tail_is_not()
     assert ctl2.next(Observation(cost=0.05, slow_active=1_000_000 + 50_000), 100.0) == 5.0
 
 
+def test_a_target_filling_its_memory_is_a_change_a_steady_size_is_not():
+    """A workload that starts while tierd runs loads its data before its hot phase: tierd
+    must still be sampling at ``min`` when the accesses begin, not backed off to ``max``."""
+    ctl = IntervalController(B)
+    steady = Observation(cost=0.05, resident=100_000)
+    assert run(ctl, [steady] * 4) == [2.0, 4.0, 5.0, 5.0]
+    loading = [Observation(cost=0.05, resident=100_000 + 20_000 * i) for i in range(1, 6)]
+    assert run(ctl, loading, 100.0) == [1.0] * 5
+    # a few pages faulted in (below BUSY_PAGES) or a small fraction of a large target: quiet
+    ctl2 = IntervalController(B)
+    run(ctl2, [Observation(cost=0.05, resident=1_000_000)] * 4)
+    assert ctl2.next(Observation(cost=0.05, resident=1_000_000 + 50_000), 100.0) == 5.0
+    assert ctl2.next(Observation(cost=0.05, resident=1_000_000 + 50_000 + BUSY_PAGES - 1),
+                     105.0) == 5.0
+
+
 def test_cpu_budget_lengthens_the_interval_once_the_burst_is_spent():
     """A sample costing 0.5 s at a 10% budget: min (1 s) while the bucket lasts, then the
     sustainable 5 s; averaged over the run the CPU stays at the budget plus the burst."""

@@ -19,6 +19,10 @@ Signals that a change is under way (``Observation``, built from an interval's st
   short for ever;
 - huge pages were split (their 4 KiB pages are being watched: tierd/engine/huge.py);
 - a fast node is below its demote_below watermark (a deficit);
+- the targets' resident pages grew by at least ``busy_pages`` and 10% since the previous
+  sample: a process loading or allocating its data, whose accesses are about to follow.
+  Without this, a daemon that is already running when a workload starts backs off while the
+  workload fills its memory and sees the hot phase that follows up to ``max`` late;
 - the pages on slow nodes that were accessed within the window grew by at least
   ``busy_pages`` and 10% since the previous sample: a hot set appearing on the slow tier,
   before it is hot enough to be planned.  A steady warm tail on the slow tier does not grow,
@@ -57,6 +61,7 @@ class Observation:
     split: int = 0  # huge pages split
     deficit: bool = False  # a fast node below demote_below
     slow_active: int = 0  # pages on slow nodes accessed within the window (hotness >= 1)
+    resident: int = 0  # the targets' pages whose node is known (in memory)
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,7 @@ class IntervalController:
         self.interval = bounds.min
         self.last: float | None = None  # time of the previous observation
         self.slow_active: int | None = None
+        self.resident: int | None = None
         self.busy = False  # the last decision's reason, for logs and tests
 
     def configure(self, bounds: Bounds) -> None:
@@ -89,13 +95,15 @@ class IntervalController:
 
     def changing(self, obs: Observation) -> bool:
         """Is a change under way (any of the signals in the module docstring)?"""
-        grew = False
-        if self.slow_active is not None:
-            d = obs.slow_active - self.slow_active
-            grew = d >= self.busy_pages and d >= GROWTH * self.slow_active
-        self.slow_active = obs.slow_active
+        grew = self._grew(self.slow_active, obs.slow_active)
+        grew |= self._grew(self.resident, obs.resident)
+        self.slow_active, self.resident = obs.slow_active, obs.resident
         return bool(obs.primed or obs.deficit or obs.split or obs.moved >= self.busy_pages
                     or grew)
+
+    def _grew(self, before: int | None, now: int) -> bool:
+        d = 0 if before is None else now - before
+        return d >= self.busy_pages and d >= GROWTH * before
 
     def next(self, obs: Observation, now: float) -> float:
         """The interval to wait before the next sample, in seconds."""
@@ -121,6 +129,7 @@ def observe(stats) -> Observation:
     plan = stats.plan
     deficit = plan is not None and any(r.deficit > 0 for r in plan.rooms)
     slow_active = sum(int(stats.nodes[n][1:].sum()) for n in stats.slow if n in stats.nodes)
+    resident = sum(int(h.sum()) for h in stats.nodes.values())
     return Observation(
         cost=stats.sample_seconds + stats.engine_seconds,
         primed=getattr(stats, "primed", 0),
@@ -128,4 +137,5 @@ def observe(stats) -> Observation:
         split=getattr(stats, "split", 0),
         deficit=deficit,
         slow_active=slow_active,
+        resident=resident,
     )
