@@ -393,20 +393,7 @@ class Engine:
             unit.state.remap(ext)
         ours = self.clock() - t0
         st = unit.state
-        present, accessed = st.sample_buffers()
-        for ws, nw, off in zip(ext.word_start.tolist(), ext.nwords.tolist(), ext.offset.tolist()):
-            try:
-                p, a = self.reader.sample(pid, ws, nw)
-            except GONE:
-                raise
-            except OSError as e:  # this range only (e.g. unmapped between maps and read)
-                self._unsampled(unit, ws, nw, e, stats)
-                # A missed sample repeats the last one for this range: a blind spot must
-                # neither make pages look cold (demote) nor new (forget their history).
-                p = st.present[off: off + nw].copy()
-                a = st.hist[st.head][off: off + nw].copy()
-            present[off: off + nw] = p
-            accessed[off: off + nw] = a
+        self._read(unit, pid, ext, 0, st, st.sample_buffers(), stats)
         t0 = self.clock()
         st.commit()
         nodes_of = self._node_source()
@@ -424,29 +411,15 @@ class Engine:
             pk.layout(node_ids)
             ours += self.clock() - t0
             st = pk.state
-            present, accessed = st.sample_buffers()
+            present, accessed = buffers = st.sample_buffers()
             for m in list(pk.members.values()):
                 if m.seg is None:
                     continue
-                unit = self.units.get(m.key)
-                ext = m.ext
                 try:
-                    for ws, nw, off in zip(ext.word_start.tolist(), ext.nwords.tolist(),
-                                           ext.offset.tolist()):
-                        lo = m.off + off
-                        try:
-                            p, a = self.reader.sample(m.pid, ws, nw)
-                        except GONE:
-                            raise
-                        except OSError as e:  # as in _sample: repeat the last sample
-                            self._unsampled(unit, ws, nw, e, stats)
-                            p = st.present[lo: lo + nw].copy()
-                            a = st.hist[st.head][lo: lo + nw].copy()
-                        present[lo: lo + nw] = p
-                        accessed[lo: lo + nw] = a
+                    self._read(self.units.get(m.key), m.pid, m.ext, m.off, st, buffers, stats)
                 except GONE:  # its pages vanish from the pack with this commit
-                    present[m.off: m.off + ext.words] = 0
-                    accessed[m.off: m.off + ext.words] = 0
+                    present[m.off: m.off + m.ext.words] = 0
+                    accessed[m.off: m.off + m.ext.words] = 0
                     self._drop(m.key)
                     stats.dropped += 1
             t0 = self.clock()
@@ -460,6 +433,26 @@ class Engine:
                                nodes_of, getattr(self.reader, "nodes_scope", "range"))
             ours += self.clock() - t0
         return ours
+
+    def _read(self, unit: Unit, pid: int, ext: Extents, base: int, st, buffers, stats) -> None:
+        """Read the access bits of ``ext``'s ranges into ``buffers`` (a state's present and
+        accessed sample buffers) at word ``base`` (0 for a process's own state, its segment
+        for a pack member).  GONE propagates; any other error loses that range only."""
+        present, accessed = buffers
+        for ws, nw, off in zip(ext.word_start.tolist(), ext.nwords.tolist(), ext.offset.tolist()):
+            lo = base + off
+            try:
+                p, a = self.reader.sample(pid, ws, nw)
+            except GONE:
+                raise
+            except OSError as e:  # this range only (e.g. unmapped between maps and read)
+                self._unsampled(unit, ws, nw, e, stats)
+                # A missed sample repeats the last one for this range: a blind spot must
+                # neither make pages look cold (demote) nor new (forget their history).
+                p = st.present[lo: lo + nw].copy()
+                a = st.hist[st.head][lo: lo + nw].copy()
+            present[lo: lo + nw] = p
+            accessed[lo: lo + nw] = a
 
     def _unsampled(self, unit: Unit, ws: int, nw: int, err: OSError, stats):
         """A range whose access bits could not be read: count it where operators look (the

@@ -61,7 +61,7 @@ class Observation:
     split: int = 0  # huge pages split
     deficit: bool = False  # a fast node below demote_below
     slow_active: int = 0  # pages on slow nodes accessed within the window (hotness >= 1)
-    resident: int = 0  # the targets' pages whose node is known (in memory)
+    resident: int = 0  # the targets' pages in memory (on any node, known or not yet)
 
 
 @dataclass(frozen=True)
