@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tierd.engine.executor import Executor, MoveCounts, outcome_masks
+from tierd.engine.executor import NOT_TRIED, Executor, MoveCounts, outcome_masks
 from tierd.engine.hotness import LEVELS
 from tierd.engine.huge import SPLIT_SHARE, HugePages
 from tierd.engine.interval import Bounds, IntervalController, observe
@@ -573,6 +573,12 @@ class Engine:
                     break
                 except OSError as e:  # PermissionError, MovePagesError: this process, this time
                     log.warning("pid %d (%s): move_pages: %s", unit.ref.pid, unit.ref.target, e)
+                    if getattr(e, "status", None) is not None:  # what moved before the error
+                        (stats.queries if query else stats.moves).add(e.counts)
+                        done += e.counts.learned if query else e.counts.moved
+                        self._apply(st, pages, np.repeat([r.level for r in reqs], sizes),
+                                    np.repeat(cls, sizes), e.status, None if query else
+                                    np.repeat(np.array([r.dest for r in reqs], np.int32), sizes))
                     break
                 (stats.queries if query else stats.moves).add(counts)
                 done += counts.learned if query else counts.moved
@@ -613,7 +619,9 @@ class Engine:
             status, counts, errors = self.executor.run_many(jobs, query=query)
             ran = np.ones(pages.size, dtype=bool)
             for i, e in errors.items():
-                ran[bounds[i]: bounds[i + 1]] = False
+                # a refused member keeps what moved before the error (executor.run_many)
+                job = slice(bounds[i], bounds[i + 1])
+                ran[job] = False if isinstance(e, GONE) else status[job] != NOT_TRIED
                 m = who[i]
                 if isinstance(e, GONE):
                     self._drop(m.key)
@@ -657,6 +665,8 @@ class Engine:
         st.set_node(pages[ok], level[ok], cls[ok], status[ok])
         absent = m["absent"]
         st.mark_absent(pages[absent], level[absent], cls[absent])
+        lost = m["unreported"]  # no status at all: where it is must be learnt again
+        st.set_node(pages[lost], level[lost], cls[lost], -1)
         failed = m["busy"] | m["nomem"] | m["denied"] | m["other"]
         if dest is not None:
             failed |= absent  # do not retry an absent page every interval

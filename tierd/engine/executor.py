@@ -38,7 +38,14 @@ nomem      ENOMEM: the destination node is full
 denied     EACCES/EPERM: shared with other processes (MPOL_MF_MOVE moves only
            pages mapped once) or not permitted
 other      any other errno
+unknown    the kernel wrote no status and a query could not tell either
+           (``tierd.linux.syscalls.UNREPORTED``): the page's node is forgotten
+           and learnt again, never taken for absent
 =========  ====================================================================
+
+A whole-call error part-way (ENOMEM from migrate_pages, ...) raises from ``move``/``query``
+with the exception's ``status`` (NOT_TRIED beyond what was attempted) and ``counts`` set, so
+the caller can fold in the pages that did move before it gives up on the process.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import numpy as np
+
+from tierd.linux.syscalls import UNREPORTED
 
 NOT_TRIED = np.int32(-(1 << 30))  # status of pages skipped because the daemon is stopping
 MIN_BATCH = 16
@@ -74,6 +83,7 @@ class MoveCounts:
     nomem: int = 0
     denied: int = 0
     other: int = 0
+    unknown: int = 0  # no status from the kernel (UNREPORTED): node forgotten, not failed
     queried: int = 0  # pages whose node was asked for
     learned: int = 0  # ... and is now known
     not_tried: int = 0
@@ -107,8 +117,10 @@ def outcome_masks(status: np.ndarray, dest: np.ndarray | None) -> dict[str, np.n
         "nomem": s == -errno.ENOMEM,
         "denied": (s == -_DENIED[0]) | (s == -_DENIED[1]),
         "not_tried": ~tried,
+        "unreported": s == UNREPORTED,
     }
-    masks["other"] = tried & ~ok & ~masks["absent"] & ~masks["busy"] & ~masks["nomem"] & ~masks["denied"]
+    masks["other"] = (tried & ~ok & ~masks["absent"] & ~masks["busy"] & ~masks["nomem"]
+                      & ~masks["denied"] & ~masks["unreported"])
     if dest is not None:
         d = np.broadcast_to(np.asarray(dest), s.shape)
         masks["moved"] = ok & (s == d)
@@ -126,10 +138,10 @@ def tally(status: np.ndarray, dest: np.ndarray | None) -> MoveCounts:
     c = MoveCounts(
         busy=int(m["busy"].sum()), absent=int(m["absent"].sum()), nomem=int(m["nomem"].sum()),
         denied=int(m["denied"].sum()), other=int(m["other"].sum()),
-        not_tried=int(m["not_tried"].sum()),
+        not_tried=int(m["not_tried"].sum()), unknown=int(m["unreported"].sum()),
     )
     if dest is None:
-        c.queried = int((~m["not_tried"]).sum())
+        c.queried = int((~m["not_tried"] & ~m["unreported"]).sum())
         c.learned = int(m["ok"].sum())
     else:
         c.moved = int(m["moved"].sum())
@@ -207,8 +219,9 @@ class Executor:
         ran = np.ones(status.size, dtype=bool)
         if errors:
             bounds = np.cumsum([0] + sizes)
-            for i in errors:
-                ran[bounds[i]: bounds[i + 1]] = False
+            for i, e in errors.items():  # a refused job keeps what moved before the error
+                job = slice(bounds[i], bounds[i + 1])
+                ran[job] = False if e.errno == errno.ESRCH else status[job] != NOT_TRIED
         dest = None if query else np.concatenate([j[2] for j in jobs]) if jobs else np.zeros(0, np.int32)
         c = tally(status[ran] if errors else status, None if dest is None else dest[ran] if errors else dest)
         c.calls, c.seconds = counts.calls, counts.seconds
@@ -218,7 +231,11 @@ class Executor:
         addrs = np.ascontiguousarray(addrs, dtype=np.uint64)
         status = np.full(addrs.size, NOT_TRIED, dtype=np.int32)
         counts = MoveCounts()
-        self._calls(kind, pid, addrs, nodes, status, counts)
+        try:
+            self._calls(kind, pid, addrs, nodes, status, counts)
+        except OSError as e:  # whole-call error part-way: what did move is in status
+            e.status, e.counts = status, tally(status, nodes)
+            raise
         c = tally(status, nodes)
         c.calls, c.seconds = counts.calls, counts.seconds
         return status, c
@@ -243,10 +260,18 @@ class Executor:
                     size = min(size, MEASURE_BATCH)  # nothing measured yet in this interval
                 elif left is not None:  # only what still fits
                     size = min(size, max(MIN_BATCH, int(left / self.page_seconds)))
-            st = self.kernel.move_pages(
-                pid, addrs[lo: lo + size], None if nodes is None else nodes[lo: lo + size],
-                batch=size,
-            )
+            try:
+                st = self.kernel.move_pages(
+                    pid, addrs[lo: lo + size], None if nodes is None else nodes[lo: lo + size],
+                    batch=size,
+                )
+            except OSError as e:
+                part = getattr(e, "status", None)
+                if part is not None:  # the statuses the failing call did give
+                    done = min(int(getattr(e, "done", len(part))), size)
+                    status[lo: lo + done] = part[:done]
+                counts.calls += 1
+                raise
             dt = self.clock() - t0
             status[lo: lo + size] = st
             counts.calls += 1

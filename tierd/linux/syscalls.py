@@ -41,6 +41,9 @@ MADV_COLD = 20  # include/uapi/asm-generic/mman-common.h
 UIO_MAXIOV = 1024  # iovecs per process_madvise call
 
 PAGE_SIZE = mmap.PAGESIZE
+# Status of a page the kernel reported nothing about: a value no kernel writes (it writes
+# node ids >= 0 and small -errno).  See ``Syscalls.move_pages``.
+UNREPORTED = np.int32(-(1 << 29))
 
 
 class Syscalls:
@@ -95,14 +98,29 @@ class Syscalls:
         the kernel once per ``batch`` addresses.  Returns int32 status per address: >= 0 the
         node the page is on (after the move), < 0 -errno for that page (EBUSY, EACCES, ENOENT,
         EFAULT, ENOMEM ...).  Whole-call failures: ESRCH -> ProcessGone, EPERM/EACCES ->
-        PermissionError, ENOSYS -> FeatureMissing, others (ENODEV, EINVAL, E2BIG) ->
-        MovePagesError.  A whole-call failure after some batches leaves those moved.
+        PermissionError, ENOSYS -> FeatureMissing, others (ENODEV, EINVAL, E2BIG, ENOMEM) ->
+        MovePagesError.
+
+        The kernel does not always write every status (mm/migrate.c do_pages_move): pages are
+        queued in runs with the same destination and each run's statuses are stored only
+        after it migrated.  When migrate_pages() leaves some pages of a run behind, the call
+        returns a positive count (the run's failures plus every page not reached) and stops:
+        the run's statuses and all later ones stay unwritten, though most of the run moved.
+        A whole-call error (ENOMEM from migrate_pages, EFAULT, ENODEV ...) part-way through
+        likewise leaves the current run unwritten, and earlier ``batch`` calls have moved.
+        So the status array starts as UNREPORTED and, after a move call that did not report
+        every page, the unreported pages of that call are asked for with a query
+        (nodes=NULL, which writes every status): a page is never taken for absent because
+        its status was not written.  If that query fails too they stay UNREPORTED (node
+        unknown).  A whole-call failure raises with the status so far attached as the
+        exception's ``status`` (this array) and ``done`` (entries up to the end of the
+        failing call; later ones were not attempted).
         """
         pages = np.ascontiguousarray(addrs, dtype=np.uint64)
         if pages.ndim != 1:
             raise ValueError("addrs must be one-dimensional")
         n = pages.shape[0]
-        status = np.full(n, -errno.ENOENT, dtype=np.int32)
+        status = np.full(n, UNREPORTED, dtype=np.int32)
         if n == 0:
             return status
         target = None
@@ -127,9 +145,28 @@ class Syscalls:
                 status_p + 4 * lo,
                 flags,
             )
+            err = ctypes.get_errno() if ret < 0 else 0
+            if ret != 0 and err != errno.ESRCH:
+                self._fill_unreported(pid, pages[lo: lo + count], status[lo: lo + count], flags)
             if ret < 0:
-                self._raise(ctypes.get_errno(), pid, nodes is not None)
+                try:
+                    self._raise(err, pid, nodes is not None)
+                except OSError as e:
+                    e.status, e.done = status, lo + count
+                    raise
         return status
+
+    def _fill_unreported(self, pid: int, pages: np.ndarray, status: np.ndarray, flags: int) -> None:
+        """Query the node of the entries of one call the kernel left UNREPORTED (in place)."""
+        left = np.flatnonzero(status == UNREPORTED)
+        if left.size == 0:
+            return
+        q = np.full(left.size, UNREPORTED, dtype=np.int32)
+        a = np.ascontiguousarray(pages[left])
+        ctypes.set_errno(0)
+        if self._syscall(self.move_pages_nr, pid, left.size, a.ctypes.data, None,
+                         q.ctypes.data, flags) >= 0:
+            status[left] = q
 
     def process_madvise(self, pidfd: int, ranges: np.ndarray, advice: int) -> int:
         """process_madvise(2) of ``advice`` on ``ranges`` (uint64 [n, 2]: start, length) of
