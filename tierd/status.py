@@ -128,11 +128,19 @@ def format_status(st: Status, now: float | None = None) -> list[str]:
 
     mem = st.by("tierd_node_memory_free_bytes", "node", "tier")
     total = st.by("tierd_node_memory_total_bytes", "node", "tier")
+    recl = st.by("tierd_node_memory_reclaimable_bytes", "node", "tier")
     if mem:
         out.append("memory: " + "; ".join(
-            f"node {node} ({tier}) {format_size(int(free))} free of "
-            f"{format_size(int(total.get((node, tier), 0)))}"
+            f"node {node} ({tier}) {format_size(int(free))} free"
+            + (f" + {format_size(int(recl[(node, tier)]))} page cache"
+               if recl.get((node, tier)) else "")
+            + f" of {format_size(int(total.get((node, tier), 0)))}"
             for (node, tier), free in sorted(mem.items())))
+    waiting = st.by("tierd_target_hot_waiting_bytes", "target")
+    for (t,), v in sorted(waiting.items()):
+        if v:
+            out.append(f"WAITING: target {t}: {format_size(int(v))} of hot pages wait on slow "
+                       "memory, the fast tier has no room (see the log)")
 
     pages = st.by("tierd_pages", "target", "node", "hotness")
     procs = st.by("tierd_target_processes", "target")

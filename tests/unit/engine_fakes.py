@@ -90,6 +90,7 @@ class FakeKernel:
 
     def __init__(self, fast_total=4 * GIB, fast_free=3 * GIB, slow_total=16 * GIB, slow_free=15 * GIB):
         self.mem = {0: [fast_total, fast_free], 1: [slow_total, slow_free]}
+        self.cache = {0: 0, 1: 0}  # clean page cache per node (bytes, outside mem's free)
         self.procs: dict[int, FakeProc] = {}
         self.calls: list[tuple] = []
         self.procfs = FakeProcFS(self)
@@ -112,8 +113,8 @@ class FakeKernel:
 
     def topology(self) -> Topology:
         return Topology((
-            Node(0, (0, 1), self.mem[0][0], self.mem[0][1], (10, 20), None),
-            Node(1, (), self.mem[1][0], self.mem[1][1], (20, 10), None),
+            Node(0, (0, 1), self.mem[0][0], self.mem[0][1], (10, 20), None, self.cache[0]),
+            Node(1, (), self.mem[1][0], self.mem[1][1], (20, 10), None, self.cache[1]),
         ))
 
     def reader(self, name: str = "auto") -> FakeReader:
@@ -137,12 +138,23 @@ class FakeKernel:
                 out[i] = proc.node[v]
             else:
                 old, new = proc.node[v], dest[i]
+                if old != new and self.mem[new][1] < PAGE and self.cache[new] >= PAGE:
+                    self.cache[new] -= PAGE  # the allocation reclaims page cache
+                    self.mem[new][1] += PAGE
                 if old != new:
                     self.mem[old][1] += PAGE
                     self.mem[new][1] -= PAGE
                 proc.node[v] = new
                 out[i] = new
         return out
+
+    def fill_cache(self, node: int, free_fraction: float) -> None:
+        """A reader of files keeps ``node``'s MemFree at ``free_fraction``: page cache takes
+        the rest of its free memory."""
+        keep = int(self.mem[node][0] * free_fraction) // PAGE * PAGE
+        if self.mem[node][1] > keep:
+            self.cache[node] += self.mem[node][1] - keep
+            self.mem[node][1] = keep
 
     def moves(self):
         """The move requests (not queries) as (pid, [page index in the first mapping], dest)."""

@@ -54,6 +54,7 @@ log = logging.getLogger("tierd")
 
 QUERY_MIN = 65536  # node queries per interval at least (256 MiB of address space)
 UNSAMPLED_WARN_EVERY = 60.0  # seconds between two "could not sample" warnings
+WAITING_WARN_EVERY = 60.0  # seconds between two "hot pages wait on slow" warnings
 SLICE_PAGES = 1 << 22  # pages selected and moved at a time: ~100 MB of temporaries at most
 SPEED_MIN_PAGES = 1024  # fewer pages in less than half the interval: call overhead, not speed
 DEFAULT_CONFIG = "/etc/tierd.yaml"
@@ -78,6 +79,9 @@ class TargetStats:
     # blind for this target: the interval line says NOT SAMPLED and a warning is logged.
     unsampled_ranges: int = 0
     unsampled_pages: int = 0
+    # hot pages (at or above the threshold) left on slow nodes because the fast nodes had no
+    # room (Plan.waiting): the fast tier is full of other memory, or the hot set outgrew it
+    waiting: int = 0
 
 
 @dataclass
@@ -96,6 +100,7 @@ class IntervalStats:
     fast: tuple[int, ...] = ()
     slow: tuple[int, ...] = ()
     memory: dict[int, tuple[int, int]] = field(default_factory=dict)  # node -> (total, free) bytes
+    reclaimable: dict[int, int] = field(default_factory=dict)  # node -> clean page cache bytes
     targets: dict[str, TargetStats] = field(default_factory=dict)
     nodes: dict[int, np.ndarray] = field(default_factory=dict)  # node id (-1 unknown) -> hist
     plan: Plan | None = None
@@ -163,6 +168,9 @@ def summary_line(s: IntervalStats) -> str:
         parts.append(f"exited {s.dropped}")
     if s.split:
         parts.append(f"split {s.split} huge")
+    waiting = sum(t.waiting for t in s.targets.values())
+    if waiting:
+        parts.append(f"{_size(waiting)} hot WAITING on slow (no room on fast)")
     if s.unsampled_ranges:
         parts.append(f"NOT SAMPLED {s.unsampled_ranges} range(s) {_size(s.unsampled_pages)}")
     parts.append(f"engine {s.engine_seconds * 1e3:.0f}ms sample {s.sample_seconds * 1e3:.0f}ms "
@@ -211,6 +219,7 @@ class Engine:
         self._warned_single_tier = False
         self._unsampled_warned_at: float | None = None
         self._unsampled_suppressed = 0
+        self._waiting_warned_at: float | None = None
 
     # -- policy ------------------------------------------------------------------------------
     def set_policy(self, policy) -> None:
@@ -275,6 +284,7 @@ class Engine:
         fast, slow = topo.classify(pol.fast_nodes, pol.slow_nodes)
         stats.fast, stats.slow = tuple(fast), tuple(slow)
         stats.memory = {n.id: (n.mem_total, n.mem_free) for n in topo.nodes if n.has_memory}
+        stats.reclaimable = {n.id: getattr(n, "reclaimable", 0) for n in topo.nodes if n.has_memory}
         node_ids = tuple(n.id for n in topo.nodes if n.has_memory)
 
         stats.dropped = self._sync(self.resolver.resolve(pol.targets))
@@ -336,7 +346,28 @@ class Engine:
         stats.seconds = t2 - t0
         live = [u for u in live if u.ref.key in self.units]  # minus those that exited meanwhile
         self._fill_stats(stats, live, node_ids, fast)
+        self._warn_waiting(stats)
         return stats
+
+    def _warn_waiting(self, stats: IntervalStats) -> None:
+        """Hot pages waiting on slow memory for room: a WARNING with the numbers, the first
+        time and then at most every WAITING_WARN_EVERY seconds while it lasts."""
+        pl = stats.plan
+        if pl is None or not pl.waiting:
+            return
+        now = self.clock()
+        if self._waiting_warned_at is not None and now - self._waiting_warned_at < WAITING_WARN_EVERY:
+            return
+        self._waiting_warned_at = now
+        rooms = "; ".join(
+            f"node {r.node}: {_size(r.free)} free + {_size(r.reclaimable)} reclaimable page "
+            f"cache, keep_free {_size(r.floor)}" for r in pl.rooms)
+        for name, n in sorted(pl.waiting.items()):
+            ts = stats.targets.get(name)
+            fast = _size(ts.fast_pages) if ts is not None else "?"
+            log.warning("target %s: %s of hot pages (hotness >= %d) wait on slow memory: no room "
+                        "on the fast tier (%s); the target has %s there", name, _size(n),
+                        pl.hot.get(name, NO_THRESHOLD), rooms, fast)
 
     def _measure_speed(self, m: MoveCounts) -> None:
         """Running estimate of move_pages' speed (pages/s), from intervals that moved enough
@@ -708,6 +739,7 @@ class Engine:
             for name, ts in stats.targets.items():
                 ts.hot = stats.plan.hot.get(name, NO_THRESHOLD)
                 ts.cold = stats.plan.cold.get(name, NO_THRESHOLD)
+                ts.waiting = stats.plan.waiting.get(name, 0)
 
     def close(self) -> None:
         for key in list(self.units):

@@ -11,8 +11,9 @@ at or above it fill the share, and a cap (fast_cap) raises it until they fit und
 
 Moves, in priority order, all within one migration budget (rate * interval, in pages):
 
-1. watermark: a fast node whose MemFree is below demote_below gets its coldest pages demoted
-   until MemFree is back at keep_free;
+1. watermark: a fast node whose available memory (MemFree plus clean page cache, see
+   ``NodeRoom``) is below demote_below gets its coldest pages demoted until it is back at
+   keep_free;
 2. cap: a target holding more of the fast tier than its fast_cap gets its coldest demoted;
 3. promotion, hottest level first: pages at or above their target's threshold that sit on a
    slow node go to the fast node with the most room.  Without room, a fast page below its
@@ -86,23 +87,34 @@ class Request:
 
 @dataclass(frozen=True)
 class NodeRoom:
-    """A fast node's free memory against the policy's watermarks, in pages."""
+    """A fast node's memory against the policy's watermarks, in pages.
+
+    The watermarks apply to what the node can give, ``available``: MemFree plus the clean
+    page cache on it (``Node.reclaimable``).  A promotion's allocation on the node reclaims
+    page cache there (move_pages allocates with __GFP_THISNODE and direct reclaim), so a
+    node full of clean page cache has room and is not in deficit; only memory that cannot
+    be reclaimed (anonymous pages, dirty and kernel memory) makes it full."""
 
     node: int
     total: int
-    free: int
+    free: int  # MemFree
     floor: int  # keep_free
     low: int  # demote_below
+    reclaimable: int = 0  # clean page cache
+
+    @property
+    def available(self) -> int:
+        return self.free + self.reclaimable
 
     @property
     def room(self) -> int:
         """Pages that may still be promoted onto the node."""
-        return max(0, self.free - self.floor)
+        return max(0, self.available - self.floor)
 
     @property
     def deficit(self) -> int:
         """Pages to demote now: the node is below its low watermark."""
-        return self.floor - self.free if self.free < self.low else 0
+        return self.floor - self.available if self.available < self.low else 0
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,14 @@ class Plan:
     rooms: tuple[NodeRoom, ...] = ()
     move_budget: int = 0
     gain: object = None  # the tierd.engine.gain.Gain placed by; None: the plain level rule
+    # target -> its movable pages at or above its threshold left on slow nodes although the
+    # fast nodes have no room left (not counted while room is left: then only the migration
+    # budget held them back)
+    waiting: dict = None
+
+    def __post_init__(self) -> None:
+        if self.waiting is None:
+            object.__setattr__(self, "waiting", {})
 
     def count(self, *reasons: str) -> int:
         return sum(r.count for r in self.requests if r.reason in reasons)
@@ -186,6 +206,7 @@ def node_rooms(topology, fast: Sequence[int], keep_free, demote_below) -> tuple[
             free=node.mem_free // PAGE_SIZE,
             floor=-(-keep_free.resolve(node.mem_total) // PAGE_SIZE),
             low=-(-demote_below.resolve(node.mem_total) // PAGE_SIZE),
+            reclaimable=getattr(node, "reclaimable", 0) // PAGE_SIZE,
         ))
     return tuple(out)
 
@@ -431,7 +452,16 @@ def plan(
                         ctx.take(pro, s, p, vn, "promote")
                         ctx.budget_left -= 2 * k
                         c = c - pro
-    return Plan(tuple(ctx.out), hot, cold, budget, fast_pages, rooms, move_budget, gain)
+    waiting = {}
+    if all(v <= 0 for v in room.values()):
+        slow_cls = [cls[n] for n in slow]
+        levels = np.arange(LEVELS)[None, :] >= np.minimum(hot_u, LEVELS)[:, None]  # [units, 16]
+        left = (ctx.left[:, slow_cls].sum(axis=1) * levels).sum(axis=1)
+        for t in names:
+            k = int(left[[x == t for x in target_of]].sum())
+            if k:
+                waiting[t] = k
+    return Plan(tuple(ctx.out), hot, cold, budget, fast_pages, rooms, move_budget, gain, waiting)
 
 
 def _within_headroom(cand: np.ndarray, headroom: dict, capped: dict) -> np.ndarray:

@@ -48,6 +48,11 @@ METRICS = {
     "tierd_state_bytes": "memory used for per-page state",
     "tierd_node_memory_total_bytes": "MemTotal per memory node",
     "tierd_node_memory_free_bytes": "MemFree per memory node",
+    "tierd_node_memory_reclaimable_bytes": "clean page cache per memory node (Active(file) + "
+                                           "Inactive(file) - Dirty - Writeback): room a "
+                                           "promotion gets by reclaim",
+    "tierd_target_hot_waiting_bytes": "hot pages of a target left on slow memory because the "
+                                      "fast tier had no room",
     "tierd_intervals_total": "intervals completed",
     "tierd_interval_duration_seconds": "wall time of the last interval's work",
     "tierd_interval_target_seconds": "the policy's interval",
@@ -75,6 +80,7 @@ class TargetSnap:
     by_node: dict  # node id (UNKNOWN = -1) -> tuple of LEVELS page counts
     hot_fast: int
     hot_slow: int
+    waiting: int = 0  # pages (TargetStats.waiting)
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,7 @@ class Snapshot:
     last_reload_ok: bool | None = None
     targets: dict = field(default_factory=dict)  # name -> TargetSnap
     memory: dict = field(default_factory=dict)  # node -> (total, free, tier)
+    reclaimable: dict = field(default_factory=dict)  # node -> (bytes, tier)
     totals: dict = field(default_factory=dict)  # counter name -> value
     failures: dict = field(default_factory=dict)  # status -> pages
     intervals: int = 0
@@ -178,11 +185,14 @@ class MetricsObserver(Observer):
                         hot_fast += n
                     elif nid != UNKNOWN:
                         hot_slow += n
-            targets[name] = TargetSnap(ts.processes, ts.hot, ts.cold, by_node, hot_fast, hot_slow)
+            targets[name] = TargetSnap(ts.processes, ts.hot, ts.cold, by_node, hot_fast, hot_slow,
+                                       getattr(ts, "waiting", 0))
         memory = {nid: (tot, free, "fast" if nid in fast else "slow" if nid in stats.slow else "none")
                   for nid, (tot, free) in stats.memory.items()}
+        reclaimable = {nid: (b, memory[nid][2]) for nid, b in getattr(stats, "reclaimable", {}).items()
+                       if nid in memory}
         self._publish(
-            targets=targets, memory=memory,
+            targets=targets, memory=memory, reclaimable=reclaimable,
             intervals=(self.snapshot.intervals if self.snapshot else 0) + 1,
             last_started=stats.started, last_seconds=stats.seconds,
             last_promoted=stats.promoted, last_demoted=stats.demoted,
@@ -264,6 +274,10 @@ class TierdCollector:
                     [((str(n), tier), tot) for n, (tot, free, tier) in mem])
         yield gauge("tierd_node_memory_free_bytes", ("node", "tier"),
                     [((str(n), tier), free) for n, (tot, free, tier) in mem])
+        yield gauge("tierd_node_memory_reclaimable_bytes", ("node", "tier"),
+                    [((str(n), tier), b) for n, (b, tier) in sorted(s.reclaimable.items())])
+        yield gauge("tierd_target_hot_waiting_bytes", ("target",),
+                    [((n,), t.waiting * PAGE_SIZE) for n, t in sorted(s.targets.items())])
         yield counter("tierd_intervals_total", value=s.intervals)
         yield gauge("tierd_interval_target_seconds", value=s.interval)
         if s.last_started is not None:

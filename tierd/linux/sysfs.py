@@ -74,6 +74,16 @@ def parse_node_meminfo(text: str) -> dict[str, int]:
     return parse_meminfo(text)
 
 
+def reclaimable_bytes(meminfo: dict[str, int]) -> int:
+    """Page cache a node can give back without I/O: its file LRU pages (Active(file) +
+    Inactive(file); shmem is on the anon lists, so not in them) minus Dirty and Writeback.
+    This is MemAvailable's page cache term (mm/show_mem.c si_mem_available) per node, less
+    the pages that need writeback first; the kernel watermarks it also subtracts lie inside
+    tierd's own keep_free floor."""
+    file = meminfo.get("Active(file)", 0) + meminfo.get("Inactive(file)", 0)
+    return max(0, file - meminfo.get("Dirty", 0) - meminfo.get("Writeback", 0))
+
+
 def parse_distance(text: str) -> tuple[int, ...]:
     """nodeN/distance ("10 21") -> (10, 21), in the order of the online nodes."""
     try:
@@ -84,7 +94,9 @@ def parse_distance(text: str) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class Node:
-    """One NUMA node.  Sizes in bytes; ``tier`` is the memory_tierN id or None."""
+    """One NUMA node.  Sizes in bytes; ``tier`` is the memory_tierN id or None.
+    ``reclaimable``: clean page cache on the node (``reclaimable_bytes``), memory an
+    allocation there (a promotion by move_pages) gets by reclaim."""
 
     id: int
     cpus: tuple[int, ...]
@@ -92,6 +104,12 @@ class Node:
     mem_free: int
     distances: tuple[int, ...]
     tier: int | None
+    reclaimable: int = 0
+
+    @property
+    def mem_available(self) -> int:
+        """What the node can give: free plus reclaimable page cache."""
+        return self.mem_free + self.reclaimable
 
     @property
     def has_memory(self) -> bool:
@@ -288,6 +306,7 @@ class SysFS:
             mem_free=meminfo.get("MemFree", 0),
             distances=distances,
             tier=tier_of.get(nid),
+            reclaimable=reclaimable_bytes(meminfo),
         )
 
     def topology(self) -> Topology:
