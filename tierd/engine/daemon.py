@@ -545,20 +545,24 @@ class Engine:
         for u in units:
             h = u.state.histograms()
             movable = h - u.state.backoff_histograms() if u.state.samples >= 2 else np.zeros_like(h)
-            out.append(UnitCounts(u.ref.key, u.ref.target, h, movable))
+            top = None if getattr(u.state, "packed", False) or not u.state.has_top else u.state.top_histograms
+            out.append(UnitCounts(u.ref.key, u.ref.target, h, movable, top))
         return out
 
     def _gain(self, units: Sequence[Unit], node_ids, fast, slow):
         """This interval's access-rate estimates (tierd.engine.gain), or None: the level
         rule."""
-        est = sum([u.state.est for u in units if u.state.node_ids == tuple(node_ids)
+        states = ([u.state for u in units if u.state.node_ids == tuple(node_ids)
                    and not getattr(u.state, "packed", False)]
-                  + [pk.state.est for pk in self.packs if pk.state.node_ids == tuple(node_ids)])
+                  + [pk.state for pk in self.packs if pk.state.node_ids == tuple(node_ids)])
+        est = sum([st.est for st in states])
         if not isinstance(est, np.ndarray):
             return None
+        # the top level's pages by top counter (state.py), where every state keeps one
+        est_top = sum([st.est_top for st in states]) if all(st.has_top for st in states) else None
         cls = {n: i for i, n in enumerate(node_ids)}
         return self.gain.update(est, [cls[n] for n in fast if n in cls],
-                                [cls[n] for n in slow if n in cls], self.policy.min_gain)
+                                [cls[n] for n in slow if n in cls], self.policy.min_gain, est_top)
 
     def _execute(self, requests: Sequence[Request], stats: IntervalStats, query: bool = False) -> int:
         """Select the pages for ``requests`` and run move_pages on them, process by process

@@ -27,6 +27,12 @@ mispredicts this interval's measurement (some cell with at least ``CHECK_PAGES``
 by more than the margin plus ``CHECK_SIGMA`` standard errors), the model restarts from the new
 measurement and placement uses the plain level rule for that interval (``update`` returns
 None), which follows a phase change within about three intervals.
+
+Overflow.  When the top level holds more pages than the fast tier (tierd/engine/placement.py),
+its pages are ranked by their top counter (samples in a row at level 15, PageState.top):
+``est_top`` counts them per counter value the same way, and ``Gain.ext`` is the estimate over
+the extended levels 0..14, 15 (level-15 pages without a counter), 16..30 (level 15 with
+counter 1..15), built and tested like the 16-level one.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ class Gain:
     q: np.ndarray  # [2, 16]: row FAST, row SLOW
     se: np.ndarray  # [2, 16]
     margin: float
+    ext: Gain | None = None  # over the extended levels (see the module docstring), if counted
 
     def allows(self, slow_level: int, fast_level: int) -> bool:
         """May a slow page at ``slow_level`` displace a fast page at ``fast_level``?"""
@@ -63,7 +70,7 @@ class Gain:
         """Fast levels 0..k-1 that a slow page at ``slow_level`` may displace (q_fast is
         monotone, so they are a prefix)."""
         k = 0
-        while k < LEVELS and self.allows(slow_level, k):
+        while k < self.q.shape[1] and self.allows(slow_level, k):
             k += 1
         return k
 
@@ -93,12 +100,13 @@ def estimate(n: np.ndarray, a: np.ndarray, margin: float) -> Gain:
     pages show it.  Then the fit is made monotone, and the standard error of each pooled
     block comes from its pages alone (Agresti-Coull: two accesses and two misses added), so
     a cell without data never looks certain."""
-    q = np.empty((2, LEVELS))
-    se = np.empty((2, LEVELS))
+    levels = n.shape[1]
+    q = np.empty((2, levels))
+    se = np.empty((2, levels))
     for t in (FAST, SLOW):
-        raw = np.empty(LEVELS)
+        raw = np.empty(levels)
         below = 0.0
-        for v in range(LEVELS):
+        for v in range(levels):
             raw[v] = below = (a[t, v] + PRIOR * below) / (n[t, v] + PRIOR)
         fq, ids = monotone(raw, n[t] + PRIOR)
         bn = np.bincount(ids, weights=n[t])[ids]
@@ -115,21 +123,23 @@ class GainModel:
     def __init__(self) -> None:
         self.n: np.ndarray | None = None
         self.a: np.ndarray | None = None
+        self.top: tuple[np.ndarray, np.ndarray] | None = None  # smoothed (n, a) by counter
         self.last: Gain | None = None
         self.mispredicted = False
 
     def reset(self) -> None:
         self.__init__()
 
-    def update(self, est: np.ndarray, fast_cls, slow_cls, margin: float) -> Gain | None:
+    def update(self, est: np.ndarray, fast_cls, slow_cls, margin: float,
+               est_top: np.ndarray | None = None) -> Gain | None:
         """Fold in one interval's counts (``est``: [2, classes, 16], summed over processes;
-        ``fast_cls``/``slow_cls``: class indices of the tiers).  Returns the estimate to
+        ``fast_cls``/``slow_cls``: class indices of the tiers; ``est_top``: the level-15
+        pages' counts by top counter, [2, classes, 16], if kept).  Returns the estimate to
         place by, or None: no measurement yet, or a misprediction (use the level rule)."""
         fast_cls, slow_cls = list(fast_cls), list(slow_cls)
         if not fast_cls or not slow_cls:
             return None
-        n = np.stack([est[0, fast_cls].sum(axis=0), est[0, slow_cls].sum(axis=0)]).astype(np.float64)
-        a = np.stack([est[1, fast_cls].sum(axis=0), est[1, slow_cls].sum(axis=0)]).astype(np.float64)
+        n, a = _tiers(est, fast_cls, slow_cls)
         if not n.any():
             self.mispredicted = False
             return self.last
@@ -140,7 +150,35 @@ class GainModel:
             self.n = DECAY * self.n + n
             self.a = DECAY * self.a + a
         self.last = estimate(self.n, self.a, margin)
+        if est_top is not None:
+            tn, ta = _tiers(est_top, fast_cls, slow_cls)
+            if self.top is None or self.mispredicted:
+                self.top = (tn, ta)
+            else:
+                self.top = (DECAY * self.top[0] + tn, DECAY * self.top[1] + ta)
+            self.last = Gain(self.last.q, self.last.se, margin, _extended(self.n, self.a, *self.top, margin))
+        else:
+            self.top = None
         return None if self.mispredicted else self.last
+
+
+def _tiers(est: np.ndarray, fast_cls, slow_cls) -> tuple[np.ndarray, np.ndarray]:
+    """[2 tiers, levels] page and access counts from [2, classes, levels]."""
+    n = np.stack([est[0, fast_cls].sum(axis=0), est[0, slow_cls].sum(axis=0)]).astype(np.float64)
+    a = np.stack([est[1, fast_cls].sum(axis=0), est[1, slow_cls].sum(axis=0)]).astype(np.float64)
+    return n, a
+
+
+def _extended(n, a, tn, ta, margin: float) -> Gain:
+    """The estimate over the extended levels: 0..14, level 15 without a top counter, then
+    level 15 by counter 1..15."""
+    top = LEVELS - 1
+
+    def ext(x, tx):
+        rest = np.maximum(x[:, top:] - tx[:, 1:].sum(axis=1, keepdims=True), 0)
+        return np.concatenate([x[:, :top], rest, tx[:, 1:]], axis=1)
+
+    return estimate(ext(n, tn), ext(a, ta), margin)
 
 
 def mispredicts(g: Gain, n: np.ndarray, a: np.ndarray) -> bool:

@@ -30,6 +30,16 @@ Moves, in priority order, all within one migration budget (rate * interval, in p
    cannot split a level, so without this step a level that only partly fits would leave the
    room idle.
 
+Overflow: a hot set bigger than the fast tier.  When even the top level (hotness 15: accessed
+in every sample of the window) holds more pages than the budget, no threshold fits; the
+plain rule would leave nothing hot and the fast tier unmanaged.  Instead such a target's
+threshold is 15 and its top level is ranked by a longer history, the top counter (samples in
+a row at level 15, PageState.top): placement works on extended levels 0..14, 15 (level 15
+without a counter), 16..30 (level 15 with counter 1..15), so the fast tier fills with the
+pages at the top longest, and a slow page displaces a fast one of a lower extended level when
+the gain test on the extended estimate (``Gain.ext``) says so, or, without one, by the level
+rule on extended levels (FALLBACK_HYSTERESIS counter values apart).
+
 Only ``UnitCounts.movable`` pages are moved: not pages in retry backoff, and nothing of a
 process before its pages have any history (its first sample says nothing about recency).
 Pages already where they belong are never in the plan; pages whose node is unknown are
@@ -44,17 +54,19 @@ levels] arrays), so hundreds of processes cost little more than one.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from tierd.engine.hotness import LEVELS, weights
+from tierd.engine.state import TOP_LEVELS
 
 PAGE_SIZE = 4096
 NO_THRESHOLD = LEVELS  # "nothing is hot": no page has hotness 16
 UNKNOWN = -1  # node id of pages whose node is not known
 FALLBACK_HYSTERESIS = 2  # level rule without an estimate: victims this much colder at least
+EXT_LEVELS = LEVELS + TOP_LEVELS - 1  # 0..14, 15, then 15 + top counter 1..15 (overflow)
 
 
 @dataclass(frozen=True)
@@ -64,12 +76,15 @@ class UnitCounts:
     ``hist[c, v]``: pages of class c at hotness v; class i is node ``node_ids[i]``, the last
     class is "node not known".  ``movable``: the part of ``hist`` that may be moved now
     (default all of it): not pages in retry backoff, nothing before the pages have
-    history."""
+    history.  ``top``: a function returning the level-15 pages by top counter, [classes,
+    16] (PageState.top_histograms), called only when the top level overflows; None: the
+    top level of this process is not ranked."""
 
     key: Hashable
     target: str
     hist: np.ndarray
     movable: np.ndarray | None = None
+    top: Callable[[], np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -165,11 +180,12 @@ def share(total: int, avail: np.ndarray) -> np.ndarray:
 class _Ctx:
     """Mutable bookkeeping while one plan is built (local to ``plan``)."""
 
-    def __init__(self, units: Sequence[UnitCounts], cls: dict[int, int], budget_left: int) -> None:
+    def __init__(self, units: Sequence[UnitCounts], cls: dict[int, int], budget_left: int,
+                 left: np.ndarray) -> None:
         self.units = units
         self.cls = cls
         self.budget_left = budget_left
-        self.left = np.stack([u.hist if u.movable is None else u.movable for u in units]).astype(np.int64)
+        self.left = left  # [units, classes, EXT_LEVELS] movable pages
         self.out: list[Request] = []
 
     def avail(self, node: int, level: int) -> np.ndarray:
@@ -327,20 +343,34 @@ def plan(
     target_of = [u.target for u in units]
     demands = {t: demand(hists[[x == t for x in target_of]].sum(axis=0)) for t in names}
     hot = thresholds(demands, budget, policy.min_hot, shares, caps)
+    # overflow: the highest level a target has pages at does not fit alone; that level is
+    # hot (level 15: ranked by the top counter; a lower one while the window fills up)
+    overflow = set()
+    for t in names:
+        top = int(np.flatnonzero(demands[t][:LEVELS])[-1]) if demands[t][0] else -1
+        if hot[t] > top >= policy.min_hot:  # no page is hot: not even the top level fits
+            hot[t] = top
+            overflow.add(t)
     window = getattr(policy, "window", 8)
     single = weights(window)[0] if window > 1 else -1  # most hotness one access can give
 
     def victim_levels(p: int) -> int:
-        """Fast levels below this that a slow page at level p may displace."""
+        """Fast (extended) levels below this that a slow page at level p may displace."""
+        if p >= LEVELS and gain is not None:  # a top sub-level
+            return gain.ext.victim_levels(p) if gain.ext is not None else gain.victim_levels(LEVELS - 1)
         if gain is not None:
-            return gain.victim_levels(p)
+            return min(gain.victim_levels(p), p)
         return 0 if p <= single else max(0, p - FALLBACK_HYSTERESIS)
 
     cold = {t: min(v, victim_levels(min(v, LEVELS - 1))) for t, v in hot.items()}
     if not units or not fast or not slow:
         return Plan((), hot, cold, budget, fast_pages, rooms, move_budget, gain)
-    ctx = _Ctx(units, cls, move_budget)
+    ranked = np.array([u.target in overflow and hot[u.target] == LEVELS - 1 and u.top is not None
+                       for u in units], dtype=bool)
+    ctx = _Ctx(units, cls, move_budget, _extended(units, ranked))
     hot_u = np.array([hot[t] for t in target_of], dtype=np.int64)
+    # a fast page at or above its target's threshold is no victim, except in a ranked top
+    ceil_u = np.where(ranked, EXT_LEVELS, hot_u)
 
     slow_free = {n: topology.node(n).mem_free // PAGE_SIZE for n in slow}
     order = {n: i for i, n in enumerate(topology.ids)}
@@ -373,7 +403,7 @@ def plan(
     # 1. watermark: coldest first, whatever their hotness, shared between processes
     for r in rooms:
         need = r.deficit
-        for level in range(LEVELS):
+        for level in range(EXT_LEVELS):
             k = min(need, ctx.budget_left)
             if k <= 0:
                 break
@@ -387,7 +417,7 @@ def plan(
     for t, cap in caps.items():
         member = np.array([x == t for x in target_of])
         over = int((on_fast - demoted_fast)[member].sum()) - cap
-        for level in range(LEVELS):
+        for level in range(EXT_LEVELS):
             for n in fast:
                 k = min(over, ctx.budget_left)
                 if k <= 0:
@@ -406,7 +436,7 @@ def plan(
                 for t in caps}
     capped = {t: np.array([x == t for x in target_of]) for t in caps}
     for fill in (False, True):
-        for p in range(LEVELS - 1, policy.min_hot - 1, -1):
+        for p in range(EXT_LEVELS - 1, policy.min_hot - 1, -1):
             elig = (p < hot_u) if fill else (p >= hot_u)
             if not elig.any():
                 continue
@@ -441,7 +471,7 @@ def plan(
                 for scope, victims in [(free, everyone)] + [(m, m) for m in at_cap]:
                     c = cand * scope
                     while c.any() and ctx.budget_left >= 2:
-                        victim = _coldest_victim(ctx, fast, hot_u, below, victims)
+                        victim = _coldest_victim(ctx, fast, ceil_u, below, victims)
                         if victim is None:
                             break
                         vn, vl, vavail = victim
@@ -455,7 +485,7 @@ def plan(
     waiting = {}
     if all(v <= 0 for v in room.values()):
         slow_cls = [cls[n] for n in slow]
-        levels = np.arange(LEVELS)[None, :] >= np.minimum(hot_u, LEVELS)[:, None]  # [units, 16]
+        levels = np.arange(EXT_LEVELS)[None, :] >= hot_u[:, None]  # [units, levels]
         left = (ctx.left[:, slow_cls].sum(axis=1) * levels).sum(axis=1)
         for t in names:
             k = int(left[[x == t for x in target_of]].sum())
@@ -480,11 +510,34 @@ def _charge(headroom: dict, capped: dict, counts: np.ndarray) -> None:
         headroom[t] -= int(counts[m].sum())
 
 
+def _extended(units: Sequence[UnitCounts], ranked: np.ndarray) -> np.ndarray:
+    """Movable pages [units, classes, EXT_LEVELS]: levels 0..15 as counted, and for the
+    ``ranked`` processes their level-15 pages spread over the top sub-levels by counter
+    (pages in backoff taken from the lowest counters: they are few, and selection skips
+    them anyway)."""
+    mov = np.stack([u.hist if u.movable is None else u.movable for u in units]).astype(np.int64)
+    out = np.zeros(mov.shape[:2] + (EXT_LEVELS,), dtype=np.int64)
+    out[:, :, :LEVELS] = mov
+    for i in np.flatnonzero(ranked).tolist():
+        top = np.asarray(units[i].top(), dtype=np.int64)[:, 1:]  # [classes, 15]
+        top = np.minimum(top, units[i].hist[:, LEVELS - 1:LEVELS])
+        rest = units[i].hist[:, LEVELS - 1] - top.sum(axis=1)  # at level 15 without a counter
+        short = np.maximum(units[i].hist[:, LEVELS - 1] - mov[i, :, LEVELS - 1], 0)
+        take = np.minimum(short, rest)
+        rest = rest - take
+        short = short - take
+        csum = np.cumsum(top, axis=1)
+        top = top - np.clip(short[:, None] - (csum - top), 0, top)
+        out[i, :, LEVELS - 1] = np.maximum(rest, 0)
+        out[i, :, LEVELS:] = top
+    return out
+
+
 def _coldest_victim(ctx: _Ctx, fast, hot_u: np.ndarray, below: int, scope: np.ndarray):
     """(fast node, level, pages per process) of the coldest demotable fast pages: below
-    their own target's threshold and below ``below``, among the processes in ``scope``;
-    None if there are none."""
-    for level in range(max(0, min(below, LEVELS))):
+    ``hot_u`` (their own target's threshold, or the top of a ranked top level) and below
+    ``below``, among the processes in ``scope``; None if there are none."""
+    for level in range(max(0, min(below, EXT_LEVELS))):
         ok = scope & (level < hot_u)
         if not ok.any():
             continue

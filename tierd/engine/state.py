@@ -11,7 +11,15 @@ node                one bit-plane per NUMA node: page is on it   nodes / 8 bytes
                     (no bit: not known yet)
 present             two bit-planes (this sample, the last)       2 / 8 bytes
 backoff             one bit-plane: a move failed, wait           1 / 8 bytes
+top                 TOP_BITS bit-planes: samples in a row at     4 / 8 bytes (window < 16)
+                    the top hotness level (saturating)
 ==================  ========================================  ===========================
+
+The top counter ranks the pages of the top level, which a hot set bigger than the fast tier
+overflows (every page accessed in each sample of the window is at hotness 15): a page at
+level 15 for c samples in a row has counter c (1..15), any other page 0.  It is the longer
+history placement needs there (tierd/engine/placement.py, "overflow"); with a window of 16
+level 15 is not "accessed in every sample", so there is no counter.
 
 With the default window of 8 and two nodes that is 1.625 bytes per page (window 16 and four
 nodes: 2.875), plus per-chunk counters and a sparse retry table (vpn, failures, retry-at) for
@@ -53,6 +61,9 @@ EST_MIN_WORDS = 2048
 # this are read together; a whole-process source is used while 1/8 of the pages are unknown
 NODES_GAP_WORDS = 64
 NODES_PROCESS_DIV = 8
+
+TOP_BITS = 4  # the top counter saturates at 15
+TOP_LEVELS = 1 << TOP_BITS
 
 _ONE = np.uint64(1)
 _MOEBIUS_T = np.ascontiguousarray(MOEBIUS.T)
@@ -285,6 +296,7 @@ class PageState:
         self.nodes = np.zeros((len(self.node_ids), words), dtype=np.uint64)
         self.present_planes = np.zeros((2, words), dtype=np.uint64)
         self.backoff = np.zeros(words, dtype=np.uint64)
+        self.top = np.zeros((TOP_BITS, words if self.has_top else 0), dtype=np.uint64)
         nchunks = -(-words // self.chunk_words)
         self.chunk_seen = np.full(nchunks, -(1 << 40), dtype=np.int64)  # sample of last access
         self.chunk_sub = np.zeros((nchunks, len(self.node_ids) + 1, LEVELS), dtype=np.int64)
@@ -297,6 +309,13 @@ class PageState:
         # at the last commit, so the next sample tells which of those pages were accessed
         self._est_saved: list = [None] * self.chunk_seen.size
         self.est = np.zeros((2, len(self.node_ids) + 1, LEVELS), dtype=np.int64)
+        # the same for the level-15 pages by top counter (column 0 unused)
+        self.est_top = np.zeros((2, len(self.node_ids) + 1, TOP_LEVELS), dtype=np.int64)
+
+    @property
+    def has_top(self) -> bool:
+        """Is there a top counter (see the module docstring)?"""
+        return self.window < LEVELS
 
     @property
     def words(self) -> int:
@@ -329,7 +348,7 @@ class PageState:
         return sum(
             a.nbytes
             for a in (
-                self.hist, self.nodes, self.present_planes, self.backoff, self.chunk_seen,
+                self.hist, self.nodes, self.present_planes, self.backoff, self.top, self.chunk_seen,
                 self.chunk_sub, self.chunk_hist, self.retry_vpn, self.retry_fails,
                 self.retry_until, self.est,
                 *(s[1] for s in self._est_saved if s is not None),
@@ -378,6 +397,7 @@ class PageState:
         # valid while a chunk's present pages do not change
         populations = self.chunk_hist.sum(axis=2)
         self.est.fill(0)
+        self.est_top.fill(0)
         est_words = max(self.words // EST_DIV, min(self.words, EST_MIN_WORDS))
         seg_sub = self._seg_sub_zero()
         for ch, lo, hi in self._chunks():
@@ -394,6 +414,10 @@ class PageState:
                     self._forget(lo, x)
             if acc.any():
                 self.chunk_seen[ch] = self.samples
+                if self.has_top:
+                    self._count_top(lo, hi, rows)
+            elif self.has_top and self.top[:, lo:hi].any():
+                self.top[:, lo:hi] = 0
             if self._est_saved[ch] is not None:
                 self._est_count(self._est_saved[ch], acc, newc)
             node_rows = self.nodes[:, lo:hi]
@@ -435,6 +459,45 @@ class PageState:
         np.matmul(self.chunk_sub, _MOEBIUS_T, out=self.chunk_hist)
         if seg_sub is not None:
             np.matmul(seg_sub, _MOEBIUS_T, out=self.seg_hist)
+
+    def _count_top(self, lo: int, hi: int, rows) -> None:
+        """Advance the top counters of words lo..hi: +1 (saturating) where the page is at
+        level 15 after this sample (accessed in every sample of the window), else 0."""
+        band = np.bitwise_and
+        t = self.top[:, lo:hi]
+        at_top = rows[0][lo:hi].copy()
+        for r in rows[1:]:
+            band(at_top, r[lo:hi], at_top)
+        carry = band(at_top, ~(t[0] & t[1] & t[2] & t[3]))
+        for b in range(TOP_BITS):
+            nb = np.bitwise_xor(t[b], carry)
+            band(t[b], carry, carry)
+            t[b] = nb
+        band(t, at_top, t)
+
+    def top_histograms(self) -> np.ndarray:
+        """[nclasses, TOP_LEVELS]: the level-15 pages of each class by top counter (column
+        0 unused).  A pass over the chunks that hold level-15 pages (placement asks only when
+        the top level overflows the fast tier)."""
+        out = np.zeros((self.nclasses, TOP_LEVELS), dtype=np.int64)
+        if not self.has_top:
+            return out
+        nn = len(self.node_ids)
+        for ch in np.flatnonzero(self.chunk_hist[:, :, LEVELS - 1].any(axis=1)).tolist():
+            lo = ch * self.chunk_words
+            hi = min(lo + self.chunk_words, self.words)
+            masks = [self.nodes[c, lo:hi] for c in range(nn)] + [self._unknown_mask(lo, hi)]
+            out += self._kernel.level_counts(self.top[:, lo:hi], masks)
+        out[:, 0] = 0
+        return out
+
+    def top_mask(self, lo: int, hi: int, count: int, base: np.ndarray) -> np.ndarray:
+        """base & (top counter == count) over words lo..hi."""
+        m = base.copy()
+        for b in range(TOP_BITS):
+            plane = self.top[b, lo:hi]
+            np.bitwise_and(m, plane if count >> b & 1 else np.bitwise_not(plane), m)
+        return m
 
     # -- segments ----------------------------------------------------------------------------
     def set_segments(self, starts) -> None:
@@ -496,15 +559,19 @@ class PageState:
         off = (self.samples * length) % n
         off = min(off, n - length)
         nn = node_rows.shape[0]
+        nt = TOP_BITS if self.has_top else 0
         saved = self._est_saved[ch]
-        buf = saved[1] if saved is not None and saved[1].shape == (4 + nn, length) else \
-            np.empty((4 + nn, length), dtype=np.uint64)
+        buf = saved[1] if saved is not None and saved[1].shape == (4 + nn + nt, length) else \
+            np.empty((4 + nn + nt, length), dtype=np.uint64)
         if planes:  # the chunk's hotness planes are still in the kernel's product rows
             for b in range(4):
                 np.copyto(buf[b], self._kernel.prod[1 << b, off: off + length])
         else:
             buf[:4] = 0
-        buf[4:] = node_rows[:, off: off + length]
+        buf[4: 4 + nn] = node_rows[:, off: off + length]
+        if nt:
+            lo = ch * self.chunk_words
+            buf[4 + nn:] = self.top[:, lo + off: lo + off + length]
         self._est_saved[ch] = (off, buf)
 
     def _est_count(self, saved, acc: np.ndarray, present: np.ndarray) -> None:
@@ -514,7 +581,8 @@ class PageState:
         length = buf.shape[1]
         a = acc[off: off + length]
         pres = present[off: off + length]
-        nn = buf.shape[0] - 4
+        nt = TOP_BITS if self.has_top else 0
+        nn = buf.shape[0] - 4 - nt
         masks = []
         for c in range(nn):
             m = buf[4 + c] & pres
@@ -527,6 +595,10 @@ class PageState:
         h = self._kernel.level_counts(buf[:4], masks)
         self.est[0, :nn] += h[0::2]
         self.est[1, :nn] += h[1::2]
+        if nt and buf[4 + nn:].any():
+            t = self._kernel.level_counts(buf[4 + nn:], masks)
+            self.est_top[0, :nn] += t[0::2]
+            self.est_top[1, :nn] += t[1::2]
 
     def forget_words(self, words: np.ndarray) -> None:
         """The pages of these flat words start over: no history, node not known (queried
@@ -534,6 +606,8 @@ class PageState:
         4 KiB pages, and khugepaged may have moved them behind tierd's back."""
         w = np.asarray(words, dtype=np.int64)
         self.hist[:, w] = 0
+        if self.has_top:
+            self.top[:, w] = 0
         if len(self.node_ids):
             self.nodes[:, w] = 0
         self._pop_valid[np.unique(w // self.chunk_words)] = False
@@ -544,6 +618,8 @@ class PageState:
         keep = ~gone[idx]
         cols = lo + idx
         self.hist[:, cols] &= keep
+        if self.has_top:
+            self.top[:, cols] &= keep
         if len(self.node_ids):
             self.nodes[:, cols] &= keep
 
@@ -634,7 +710,7 @@ class PageState:
         need = np.array([want[k] for k in keys], dtype=np.int64)
         cls_idx = np.array([k[0] for k in keys])
         lvl_idx = np.array([k[1] for k in keys])
-        avail = self.chunk_hist[:, cls_idx, lvl_idx]  # [nchunks, nkeys]
+        avail = self.chunk_hist[:, cls_idx, np.minimum(lvl_idx, LEVELS - 1)]  # [nchunks, nkeys]
         rows = None
         kern = self._kernel
         for ch in np.flatnonzero((avail > 0).any(axis=1)):
@@ -655,7 +731,10 @@ class PageState:
                 by_class.setdefault(int(cls_idx[j]), []).append(j)
             for c, js in by_class.items():
                 base = self.class_mask(c, lo, hi) & notback
-                masks_by_level = kern.level_masks(planes, [lvl_idx[j] for j in js], base)
+                lv = [int(lvl_idx[j]) for j in js]
+                masks_by_level = kern.level_masks(planes, [min(v, LEVELS - 1) for v in lv], base)
+                for v in {v for v in lv if v >= LEVELS}:  # top sub-levels: 15 + counter
+                    masks_by_level[v] = self.top_mask(lo, hi, v - (LEVELS - 1), masks_by_level[LEVELS - 1])
                 for j in js:
                     if limit <= 0:
                         break
@@ -852,6 +931,8 @@ class PageState:
         keep = ~masks
         self.present_planes[self._cur, words] &= keep
         self.hist[:, words] &= keep
+        if self.has_top:
+            self.top[:, words] &= keep
         if len(self.node_ids):
             self.nodes[:, words] &= keep
         self._recount(p, level, from_cls, None)
@@ -861,6 +942,9 @@ class PageState:
         (and per-segment) histograms (to_cls None: they are gone); level and classes scalars
         or per page.  All scalars and ``p`` sorted (one request's pages, the usual case):
         the pages per chunk are a searchsorted of the chunk starts, not a pass over pages."""
+        # an extended level (placement's top sub-levels, 15 + counter) is level 15 here
+        level = min(level, LEVELS - 1) if isinstance(level, (int, np.integer)) else \
+            np.minimum(level, LEVELS - 1)
         ranges = [(self.chunk_hist, self.chunk_words * PAGES_PER_WORD, None)]
         if self.seg_hist is not None:
             ranges.append((self.seg_hist, None, self.seg_start * PAGES_PER_WORD))
@@ -978,6 +1062,7 @@ class PageState:
             return
         old = self.extents
         old_hist, old_nodes, old_pres, old_back = self.hist, self.nodes, self.present_planes, self.backoff
+        old_top = self.top
         self._alloc(extents.words)
         # overlapping word ranges of old and new extents: a merge over the two sorted lists
         i = j = 0
@@ -992,6 +1077,8 @@ class PageState:
                 self.nodes[:, dst] = old_nodes[:, src]
                 self.present_planes[:, dst] = old_pres[:, src]
                 self.backoff[dst] = old_back[src]
+                if self.has_top:
+                    self.top[:, dst] = old_top[:, src]
             if a1 <= b1:
                 i += 1
             else:
@@ -1041,6 +1128,7 @@ class PageState:
         self.hist = hist
         self.head = 0
         self.window = window
+        self.top = np.zeros((TOP_BITS, self.words if self.has_top else 0), dtype=np.uint64)
         self._kernel = shared_kernel(window, self.chunk_words)
         self._est_reset()
         self._recompute()
