@@ -345,12 +345,13 @@ def plan(
     hot = thresholds(demands, budget, policy.min_hot, shares, caps)
     # overflow: the highest level a target has pages at does not fit alone; that level is
     # hot (level 15: ranked by the top counter; a lower one while the window fills up)
+    tops = {t: int(np.flatnonzero(demands[t][:LEVELS])[-1]) if demands[t][0] else -1 for t in names}
     overflow = set()
-    for t in names:
-        top = int(np.flatnonzero(demands[t][:LEVELS])[-1]) if demands[t][0] else -1
-        if hot[t] > top >= policy.min_hot:  # no page is hot: not even the top level fits
-            hot[t] = top
-            overflow.add(t)
+    if tops and all(hot[t] > tops[t] for t in names):  # no page is hot: not even the top level fits
+        peak = max(tops.values())
+        overflow = {t for t in names if tops[t] == peak >= policy.min_hot}
+        for t in overflow:
+            hot[t] = peak
     window = getattr(policy, "window", 8)
     single = weights(window)[0] if window > 1 else -1  # most hotness one access can give
 
