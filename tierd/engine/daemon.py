@@ -53,6 +53,13 @@ from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
 log = logging.getLogger("tierd")
 
 QUERY_MIN = 65536  # node queries per interval at least (256 MiB of address space)
+# Pages whose node is known are asked again, a rotating slice every RECHECK_EVERY intervals,
+# so that pages the kernel moved (kswapd demotion, NUMA balancing, compaction) are found:
+# 1/RECHECK_DIV of the query budget per interval, at least RECHECK_MIN pages (a process is
+# covered in pages / that many intervals: the demo's 16 GiB at every recheck, 1 TiB in 13).
+RECHECK_EVERY = 4
+RECHECK_DIV = 32
+RECHECK_MIN = 1 << 18
 UNSAMPLED_WARN_EVERY = 60.0  # seconds between two "could not sample" warnings
 WAITING_WARN_EVERY = 60.0  # seconds between two "hot pages wait on slow" warnings
 SLICE_PAGES = 1 << 22  # pages selected and moved at a time: ~100 MB of temporaries at most
@@ -110,6 +117,8 @@ class IntervalStats:
     demoted: int = 0
     dropped: int = 0  # processes that exited (or stopped matching)
     primed: int = 0  # processes sampled for the first time (that sample only primes the bits)
+    rechecked: int = 0  # pages of known node asked again (RECHECK_DIV)
+    stale: int = 0  # ... found on another node than tierd knew: moved behind its back
     split: int = 0  # huge pages split (tierd/engine/huge.py)
     interval: float = 0.0  # the interval this one's move budget covered (seconds)
     unsampled_ranges: int = 0  # all targets: see TargetStats.unsampled_ranges
@@ -164,6 +173,8 @@ def summary_line(s: IntervalStats) -> str:
                      f"denied {m.denied} other {m.other})")
     if s.queries.queried:
         parts.append(f"queried {s.queries.queried}")
+    if s.stale:
+        parts.append(f"{s.stale} moved by the kernel")
     if s.dropped:
         parts.append(f"exited {s.dropped}")
     if s.split:
@@ -310,6 +321,7 @@ class Engine:
             pk.state.expire(self.seq, pol.retry_after)
             pk.version += 1
         if fast and slow and live:
+            self._recheck(live, stats)
             queries = plan_queries(self._counts(live), self.query_budget)
             self._execute(queries, stats, query=True)
             counts = self._counts(live)
@@ -368,6 +380,43 @@ class Engine:
             log.warning("target %s: %s of hot pages (hotness >= %d) wait on slow memory: no room "
                         "on the fast tier (%s); the target has %s there", name, _size(n),
                         pl.hot.get(name, NO_THRESHOLD), rooms, fast)
+
+    def _recheck(self, live: Sequence[Unit], stats: IntervalStats) -> None:
+        """Ask the kernel again where a rotating slice of every process's known pages are
+        and follow what it moved behind tierd's back (not packed processes: they are small
+        and come and go).  Bounded: RECHECK_DIV of the query budget, shared by size."""
+        if self.seq % RECHECK_EVERY:
+            return
+        units = [u for u in live if not getattr(u.state, "packed", False)]
+        total = sum(u.state.words for u in units) * 64
+        if not total:
+            return
+        budget = RECHECK_EVERY * max(RECHECK_MIN, self.query_budget // RECHECK_DIV)
+        share = min(1.0, budget / total)
+        for u in units:
+            st = u.state
+            pages = st.recheck_pages(-(-int(st.words * share) // 1))
+            if pages.size == 0:
+                continue
+            try:
+                status, counts = self.executor.query(u.ref.pid, st.extents.vpn_of(pages) << np.uint64(12))
+            except GONE:
+                continue  # dropped at the next sample
+            except OSError as e:
+                log.debug("pid %d: recheck: %s", u.ref.pid, e)
+                continue
+            stats.queries.calls += counts.calls
+            stats.queries.seconds += counts.seconds
+            stats.rechecked += pages.size
+            known = st.node_of(pages)
+            moved = (status >= 0) & (status != known)
+            if moved.any():
+                p, was = pages[moved], known[moved]
+                from_cls = np.full(p.size, st.unknown, dtype=np.int64)
+                for i, nid in enumerate(st.node_ids):
+                    from_cls[was == nid] = i
+                st.set_node(p, st.hotness(p), from_cls, status[moved])
+                stats.stale += int(moved.sum())
 
     def _measure_speed(self, m: MoveCounts) -> None:
         """Running estimate of move_pages' speed (pages/s), from intervals that moved enough

@@ -872,6 +872,22 @@ class PageState:
                     if ok.any():
                         self.set_node(pages[ok], self.hotness(pages[ok]), self.unknown, node[ok])
 
+    def recheck_pages(self, words: int) -> np.ndarray:
+        """The next ``words`` words' pages of known node (flat, ascending), from a cursor
+        that wraps around the state: the engine asks the kernel where they are now, to find
+        pages the kernel moved behind tierd's back (kswapd demotion, NUMA balancing,
+        compaction)."""
+        n = self.words
+        if n == 0 or words <= 0 or not len(self.node_ids):
+            return np.zeros(0, np.int64)
+        words = min(int(words), n)
+        lo = getattr(self, "_recheck_at", 0) % n
+        idx = (lo + np.arange(words)) % n
+        self._recheck_at = (lo + words) % n
+        known = np.bitwise_or.reduce(self.nodes[:, idx], axis=0) & self.present[idx]
+        pages = words_to_pages(idx, known)
+        return np.sort(pages) if lo + words > n else pages
+
     # -- updates from move_pages -------------------------------------------------------------
     def set_node(self, pages: np.ndarray, level, from_cls, node) -> None:
         """Record that ``pages`` (flat) are on ``node`` (one id, or one per page; -1 unknown).
