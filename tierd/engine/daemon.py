@@ -47,7 +47,7 @@ from tierd.engine.placement import (
 )
 from tierd.engine.gain import GainModel
 from tierd.engine.pack import Pack, Packs
-from tierd.engine.state import CHUNK_WORDS, Extents, PageState
+from tierd.engine.state import CHUNK_WORDS, Extents, PageState, test_bits
 from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
 
 log = logging.getLogger("tierd")
@@ -58,6 +58,7 @@ QUERY_MIN = 65536  # node queries per interval at least (256 MiB of address spac
 # 1/RECHECK_DIV of the query budget per interval, at least RECHECK_MIN pages (a process is
 # covered in pages / that many intervals: the demo's 16 GiB at every recheck, 1 TiB in 13).
 RECHECK_EVERY = 4
+NOTED_MAX = 1 << 16  # moved pages per process and direction whose next sample is looked at
 RECHECK_DIV = 32
 RECHECK_MIN = 1 << 18
 UNSAMPLED_WARN_EVERY = 60.0  # seconds between two "could not sample" warnings
@@ -231,6 +232,7 @@ class Engine:
         self._unsampled_warned_at: float | None = None
         self._unsampled_suppressed = 0
         self._waiting_warned_at: float | None = None
+        self._noted: dict = {}  # key -> ([promoted vpns], [demoted vpns]) of the last interval
 
     # -- policy ------------------------------------------------------------------------------
     def set_policy(self, policy) -> None:
@@ -320,13 +322,16 @@ class Engine:
         for pk in self.packs:
             pk.state.expire(self.seq, pol.retry_after)
             pk.version += 1
+        self._judge_moves(live)
         if fast and slow and live:
             self._recheck(live, stats)
             queries = plan_queries(self._counts(live), self.query_budget)
             self._execute(queries, stats, query=True)
             counts = self._counts(live)
             gain = self._gain(live, node_ids, fast, slow)
-            pl = plan(counts, node_ids, topo, fast, slow, pol, self.move_budget, gain)
+            budget = self.move_budget
+            pl = plan(counts, node_ids, topo, fast, slow, pol, budget, gain,
+                      self.gain.promotion_budget(budget) / max(1, budget))
             stats.plan = pl
             demotions = [r for r in pl.requests if r.reason != "promote"]
             promotions = [r for r in pl.requests if r.reason == "promote"]
@@ -380,6 +385,43 @@ class Engine:
             log.warning("target %s: %s of hot pages (hotness >= %d) wait on slow memory: no room "
                         "on the fast tier (%s); the target has %s there", name, _size(n),
                         pl.hot.get(name, NO_THRESHOLD), rooms, fast)
+
+    def _note_moves(self, key, st: PageState, pages, moved, reasons, levels) -> None:
+        """Remember (a sample of) the pages promoted and displaced this interval, by vpn,
+        with the (extended) level they were moved at, for ``_judge_moves`` to look at in
+        the next sample."""
+        noted = self._noted.setdefault(key, ([], [], [], []))
+        for i, reason in enumerate(("promote", "demote")):
+            have = sum(a.size for a in noted[i])
+            sel = np.flatnonzero(moved & (reasons == reason))[: max(0, NOTED_MAX - have)]
+            if sel.size:
+                noted[i].append(st.extents.vpn_of(pages[sel]).astype(np.int64))
+                noted[2 + i].append(levels[sel])
+
+    def _judge_moves(self, live: Sequence[Unit]) -> None:
+        """Did last interval's moves pay?  The accesses its promoted pages got in this
+        sample minus its demoted pages', to the gain model's pace (tierd/engine/gain.py,
+        "Thrash")."""
+        if not self._noted:
+            return
+        gained = pages = 0
+        expected = 0.0
+        for u in live:
+            noted = self._noted.get(u.ref.key)
+            if noted is None:
+                continue
+            st = u.state
+            for i, sign in ((0, 1), (1, -1)):
+                if not noted[i]:
+                    continue
+                flat = st.extents.flat_of(np.concatenate(noted[i]))
+                lv = np.concatenate(noted[2 + i])[flat >= 0]
+                flat = flat[flat >= 0]
+                gained += sign * int(test_bits(st.hist[st.head], flat).sum())
+                pages += flat.size
+                expected += self.gain.expected(lv, []) if sign > 0 else self.gain.expected([], lv)
+        self._noted.clear()
+        self.gain.moved(gained, expected, pages, self.policy.min_gain)
 
     def _recheck(self, live: Sequence[Unit], stats: IntervalStats) -> None:
         """Ask the kernel again where a rotating slice of every process's known pages are
@@ -668,6 +710,10 @@ class Engine:
                 done += counts.learned if query else counts.moved
                 self._apply(st, pages, np.repeat([r.level for r in reqs], sizes),
                             np.repeat(cls, sizes), status, dest)
+                if not query:
+                    self._note_moves(key, st, pages, status == dest,
+                                     np.repeat([r.reason for r in reqs], sizes),
+                                     np.repeat([r.level for r in reqs], sizes))
                 left = [n - k for n, k in zip(left, sizes)]
                 if counts.not_tried:
                     break

@@ -28,6 +28,22 @@ by more than the margin plus ``CHECK_SIGMA`` standard errors), the model restart
 measurement and placement uses the plain level rule for that interval (``update`` returns
 None), which follows a phase change within about three intervals.
 
+Thrash.  When the hot set moves faster than placement can follow, moves stop paying: pages
+promoted for one phase are cold by the time they arrive.  The engine measures what its moves
+bought: the pages it promoted and demoted (displacements; a sample of them) are looked at in
+the next sample, and ``GainModel.moved`` gets the accesses the promoted ones got minus those
+the demoted ones got, and what the estimate behind the plan expected them to get (``Gain.q``
+of their tier and level; the level / 15 without one), smoothed over intervals (weight DECAY).
+Below PAID_SHARE of the expected gain (the estimate mispredicts: the hot set moved before
+the pages arrived) or below min_gain per page moved (the same margin a swap must promise) the
+moves did not pay and ``pace`` (1 = the full migration budget) halves (below zero, when they
+made things worse, it drops at once); below PACE_MIN it is 0: promotions stop, except a probe
+of PROBE_PAGES every PROBE_EVERY intervals, so tierd sees when the hot set settles (then it
+restarts at PACE_MIN).  Moves that pay double the pace back, up to 1.  Placement scales promotions and displacements by it, not the
+watermark and cap demotions, which protect the machine.  A hot set that moves every few
+intervals still pays (its pages stay hot for a while after they arrive); one that moves
+every interval is left where it is, which costs nothing.
+
 Overflow.  When the top level holds more pages than the fast tier (tierd/engine/placement.py),
 its pages are ranked by their top counter (samples in a row at level 15, PageState.top):
 ``est_top`` counts them per counter value the same way, and ``Gain.ext`` is the estimate over
@@ -49,6 +65,11 @@ DECAY = 0.5  # weight of last interval's counts in the smoothed estimate
 PRIOR = 2.0  # pseudo-pages per cell at the estimate of the level below
 CHECK_PAGES = 64  # cells smaller than this do not count as evidence of a misprediction
 CHECK_SIGMA = 4.0
+PACE_MIN = 1.0 / 64
+PROBE_PAGES = 128  # promotions (and displacements) of a probe while stopped
+PROBE_EVERY = 4  # intervals between probes
+PAID_MIN_PAGES = 64  # moves seen (smoothed) before their worth is judged
+PAID_SHARE = 0.5  # moves pay when they bring at least this share of the gain expected
 
 
 @dataclass(frozen=True)
@@ -124,6 +145,11 @@ class GainModel:
         self.n: np.ndarray | None = None
         self.a: np.ndarray | None = None
         self.top: tuple[np.ndarray, np.ndarray] | None = None  # smoothed (n, a) by counter
+        self.pace = 1.0  # share of the migration budget for promotions (see "Thrash")
+        self.stopped = 0  # intervals since promotions stopped (pace 0)
+        self.paid = 0.0  # smoothed accesses the moves bought, expected to buy, and pages moved
+        self.paid_expected = 0.0
+        self.paid_pages = 0.0
         self.last: Gain | None = None
         self.mispredicted = False
 
@@ -160,6 +186,48 @@ class GainModel:
         else:
             self.top = None
         return None if self.mispredicted else self.last
+
+
+    def moved(self, gained: float, expected: float, pages: int, margin: float) -> None:
+        """What the last interval's moves bought: ``gained`` accesses (the promoted pages'
+        in this sample minus the demoted ones'), against ``expected``, over ``pages`` pages
+        moved.  Sets ``pace``."""
+        self.paid = DECAY * self.paid + gained
+        self.paid_expected = DECAY * self.paid_expected + expected
+        self.paid_pages = DECAY * self.paid_pages + pages
+        if self.paid_pages < PAID_MIN_PAGES:
+            return
+        if self.paid < 0:  # the moves made things worse: stop at once
+            self.pace = 0.0
+        elif self.paid < max(margin * self.paid_pages, PAID_SHARE * self.paid_expected):
+            self.pace = self.pace / 2 if self.pace / 2 >= PACE_MIN else 0.0
+        else:
+            self.pace = min(1.0, max(PACE_MIN, self.pace * 2))
+
+    def promotion_budget(self, move_budget: int) -> int:
+        """This interval's pages for promotions and displacements (call once per
+        interval): ``pace`` of the migration budget, or a probe while stopped."""
+        if self.pace > 0:
+            self.stopped = 0
+            return int(move_budget * self.pace)
+        self.stopped += 1
+        return min(move_budget, PROBE_PAGES) if self.stopped % PROBE_EVERY == 0 else 0
+
+
+    def expected(self, slow_level: np.ndarray, fast_level: np.ndarray) -> float:
+        """Accesses per sample the last estimate expects of pages promoted from these
+        (extended) levels minus pages demoted from these."""
+        g = self.last
+
+        def q(tier, lv):
+            lv = np.asarray(lv, dtype=np.int64)
+            if g is None:
+                return np.minimum(lv, LEVELS - 1) / (LEVELS - 1.0)
+            if g.ext is not None:
+                return g.ext.q[tier][np.minimum(lv, g.ext.q.shape[1] - 1)]
+            return g.q[tier][np.minimum(lv, LEVELS - 1)]
+
+        return float(q(SLOW, slow_level).sum() - q(FAST, fast_level).sum())
 
 
 def _tiers(est: np.ndarray, fast_cls, slow_cls) -> tuple[np.ndarray, np.ndarray]:

@@ -314,10 +314,13 @@ def plan(
     policy,
     move_budget: int,
     gain=None,
+    pace: float = 1.0,
 ) -> Plan:
     """The moves for this interval (see the module docstring).  ``policy`` supplies
     keep_free, demote_below, min_hot, window and the targets' fast_share/fast_cap; ``gain``
-    (a tierd.engine.gain.Gain, or None for the plain level rule) decides displacements."""
+    (a tierd.engine.gain.Gain, or None for the plain level rule) decides displacements;
+    ``pace`` (GainModel.pace) scales the budget of promotions and displacements, after the
+    watermark and cap demotions took theirs."""
     node_ids = tuple(node_ids)
     cls = {n: i for i, n in enumerate(node_ids)}
     cls[UNKNOWN] = len(node_ids)
@@ -429,6 +432,7 @@ def plan(
                 ctx.budget_left -= int(counts.sum())
                 demoted_fast += counts
 
+    ctx.budget_left = min(ctx.budget_left, int(move_budget * pace))
     # 3. promotions, hottest first, displacing colder pages when there is no room; then
     # 4. free room that is left goes to the hottest pages below their threshold (a level
     #    cannot be split by the threshold, so this keeps the fast tier from idling)

@@ -431,7 +431,10 @@ class SimProcess:
         if self.spec.layout == "contig" or n < 3:
             a = 1
         else:
-            a = int(n * 0.6180339887) | 1
+            # the golden ratio spreads the ranks evenly; after a phase change a random
+            # multiplier, so the new hot set is not a shifted copy of the old one (a shift
+            # keeps how much of it overlaps any fixed set of pages, e.g. the fast tier's)
+            a = int(n * 0.6180339887 if self.phase == 0 else self.rng.integers(n // 4, 3 * n // 4)) | 1
             while math.gcd(a, n) != 1:
                 a += 2
         self.a, self.b = a, int(self.rng.integers(0, n))
@@ -857,6 +860,49 @@ class SimFeatures:
     readers: tuple[str, ...] = ("simulated",)
 
 
+class SimSplitter:
+    """The THP splitter facade (tierd.linux.thp.ThpSplitter) over the simulated huge
+    pages, so huge_pages.split runs through the engine's own path (tierd/engine/huge.py):
+    ``is_thp`` reads the blocks' huge flags, ``split`` clears them (the 512 pages are then
+    accessed and moved one by one)."""
+
+    last_method = "simulated"
+
+    def __init__(self, machine: SimMachine) -> None:
+        self.machine = machine
+        self.splits = 0
+
+    def feature(self):
+        from tierd.linux.features import Feature
+
+        return Feature("thp_split", True, "simulated", "simulated huge pages")
+
+    def _blocks(self, pid: int, block_vpns):
+        proc = self.machine.procs.get(pid)
+        if proc is None:
+            from tierd.linux.errors import ProcessGone
+
+            raise ProcessGone(pid)
+        blk = (np.asarray(block_vpns, dtype=np.int64) - proc.base_vpn) // HPAGE
+        if proc.huge is None:
+            return proc, blk, np.zeros(blk.size, dtype=bool)
+        ok = (blk >= 0) & (blk < proc.huge.size)
+        return proc, blk, ok
+
+    def is_thp(self, pid: int, block_vpns) -> np.ndarray:
+        proc, blk, ok = self._blocks(pid, block_vpns)
+        out = np.zeros(blk.size, dtype=bool)
+        out[ok] = proc.huge[blk[ok]]
+        return out
+
+    def split(self, pid: int, block_vpns) -> int:
+        proc, blk, ok = self._blocks(pid, block_vpns)
+        if ok.any():
+            self.splits += int(proc.huge[blk[ok]].sum())
+            proc.huge[blk[ok]] = False
+        return 1
+
+
 class SimKernel:
     """The Kernel facade (docs/design.md) over a SimMachine."""
 
@@ -873,6 +919,9 @@ class SimKernel:
 
     def reader(self, name: str = "auto") -> SimReader:
         return SimReader(self.machine)
+
+    def thp(self) -> SimSplitter:
+        return SimSplitter(self.machine)
 
     def move_pages(self, pid, addrs, nodes=None, flags=0, batch=4096) -> np.ndarray:
         self.move_calls += 1
@@ -933,11 +982,14 @@ def fast_capacity_pages(spec: WorkloadSpec, policy) -> int:
 
 
 def simulate(policy, spec: WorkloadSpec, intervals: int | None = None, on_row=None,
-             chunk_words: int | None = None, on_end=None, clock=None) -> tuple[list[Row], SimMachine]:
+             chunk_words: int | None = None, on_end=None, clock=None,
+             still: bool = False) -> tuple[list[Row], SimMachine]:
     """Run the engine on the simulated machine; returns the per-interval rows.
     ``on_end(engine, machine)`` is called after the last interval, before the engine
     closes (to inspect its state).  ``clock``: the engine's (default time.monotonic;
-    time.process_time measures the engine's own CPU time, steadier on a loaded host)."""
+    time.process_time measures the engine's own CPU time, steadier on a loaded host).
+    ``still``: the baseline "not moving" at the same fast capacity: the engine keeps the
+    fast node at keep_free (watermark demotions) but never promotes (no promotion budget)."""
     machine = SimMachine(spec)
     kernel = SimKernel(machine)
     names = [t.name for t in policy.targets]
@@ -956,6 +1008,8 @@ def simulate(policy, spec: WorkloadSpec, intervals: int | None = None, on_row=No
     if clock is not None:
         kw["clock"] = clock
     engine = Engine(kernel, policy, resolver=StaticResolver(refs), **kw)
+    if still:
+        engine.gain.promotion_budget = lambda budget: 0
     oracle = machine.oracle(fast_capacity_pages(spec, policy))
     rows = []
     for _ in range(intervals or spec.intervals):
