@@ -97,9 +97,14 @@ def test_move_pages_capacity_and_hit_bookkeeping():
     p = next(iter(m.procs.values()))
     assert m.used[FAST] == 0 and m.hit_fraction() == 0.0
     addrs = (np.arange(p.npages, dtype=np.uint64) + np.uint64(p.base_vpn)) << np.uint64(12)
-    st = k.move_pages(p.pid, addrs, np.full(p.npages, FAST, np.int32))
+    from tierd.linux.errors import MovePagesError
+
+    with pytest.raises(MovePagesError) as ei:  # a full destination: a whole-call ENOMEM
+        k.move_pages(p.pid, addrs, np.full(p.npages, FAST, np.int32))
+    st = ei.value.status
     room = 1024 - int(1024 * sim.MIN_FREE_FRACTION)
-    assert (st[:room] == FAST).all() and (st[room:] == -errno.ENOMEM).all()
+    assert ei.value.errno == errno.ENOMEM and ei.value.done == p.npages
+    assert (st[:room] == FAST).all() and (st[room:] == SLOW).all()  # the rest did not move
     assert m.used[FAST] == room
     fw = p.fast_weight
     p.recompute_fast_weight()
@@ -269,7 +274,11 @@ def test_huge_pages_move_and_are_accessed_as_512_page_units():
     w = p.weight_of_pages(np.arange(1024)).sum()
     assert abs(p.fast_weight - w) < 1e-9
     # room for 1536 - 7 reserved - 1024 = 505 more pages: not a whole huge page
-    assert k.move_pages(p.pid, np.array([addr(1100)]), np.array([FAST], np.int32)).tolist() == [-errno.ENOMEM]
+    from tierd.linux.errors import MovePagesError
+
+    with pytest.raises(MovePagesError) as ei:
+        k.move_pages(p.pid, np.array([addr(1100)]), np.array([FAST], np.int32))
+    assert ei.value.errno == errno.ENOMEM and ei.value.status.tolist() == [SLOW]
     assert m.used[FAST] == 1024
     p.generate()
     acc = np.unpackbits(p.accessed.view(np.uint8), bitorder="little").reshape(4, 512)

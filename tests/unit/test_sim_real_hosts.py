@@ -46,3 +46,34 @@ def test_a_hot_set_moving_faster_than_tierd_can_follow_costs_nothing(policy, eve
         assert statistics.mean(r.moves for r in rows) <= 0.01 * 65536
     if every >= 3:
         assert moving < still * 0.9  # where moves pay, tierd still makes them
+
+
+def test_fast_node_kept_full_of_page_cache_still_takes_the_hot_set(policy):
+    """A reader refills the fast node with page cache every interval (cache=...): the hot
+    set starting on slow reaches fast (old code: room is MemFree, 0, nothing promoted)."""
+    spec = parse_workload("size=1GiB,fast=256MiB,dist=hotset:10%,init=slow,cache=256MiB,intervals=12")
+    rows, machine = simulate(policy, spec)
+    assert machine.cache[0] > 0  # the page cache is there all along
+    assert summarize(rows).steady_ratio >= 0.95
+
+
+def test_kernel_moves_behind_tierds_back_are_recovered(policy):
+    """NUMA balancing promotes pages tierd did not move (about 8,500 in this run); after a
+    recheck interval tierd's node of every page it knows is the kernel's (old code: 6,117
+    pages wrong, where tierd last saw them).  kswapd demotions: test_engine_recheck.py."""
+    spec = parse_workload("size=1GiB,fast=256MiB,dist=zipf:1.1,numa_balancing=on,intervals=16")
+    seen = {}
+
+    def check(engine, machine):
+        import numpy as np
+
+        proc = next(iter(machine.procs.values()))
+        st = next(iter(engine.units.values())).state
+        vpn = proc.base_vpn + np.arange(proc.npages)
+        known = st.node_of(st.extents.flat_of(vpn))
+        ok = (known >= 0) & (proc.node >= 0)
+        seen["wrong"] = int((known[ok] != proc.node[ok]).sum())
+        seen["known"] = int(ok.sum())
+
+    rows, machine = simulate(policy, spec, on_end=check)
+    assert seen["known"] > 0.9 * (1 << 18) and seen["wrong"] == 0

@@ -44,7 +44,18 @@ while it has room), thp (fraction of the 2 MiB-aligned blocks that are transpare
 pages, default 0: such a block has one Accessed bit for its 512 pages - any access marks all
 of them - and moves as a unit: a move_pages of any of its pages moves all 512, which count in
 ``dragged``, and needs room for all of them), kswapd (on/off: the kernel itself demotes pages not accessed lately when
-the fast node's free memory falls below 1%, behind tierd's back), intervals, seed.
+the fast node's free memory falls below 1%, behind tierd's back; with page cache it reclaims
+that first), cache (page cache a reader of files adds to each fast node per interval, e.g.
+cache=1GiB: it fills the free memory above the kernel's reserve, the node reports it as
+reclaimable, and allocations there - promotions, first touch - reclaim it first, like the
+kernel's own reclaim), numa_balancing (on/off: the kernel promotes pages accessed on slow
+nodes to the fast node with the most free memory, up to 1% of it per interval, while it has
+more than 2% free, behind tierd's back), intervals, seed.
+
+move_pages returns what real kernels return (mm/migrate.c, through tierd.linux.syscalls): a
+node status or -EBUSY/-ENOENT/-EFAULT per page, and a destination that fills up part-way is a
+whole-call ENOMEM (MovePagesError with the statuses so far attached), never a per-page
+ENOMEM.
 A YAML file instead gives ``machine: {fast, slow, other, kswapd, nodes}``, ``intervals``, ``seed``
 and a ``processes:`` list of maps with the per-process keys (size, dist, phase, accesses,
 layout, init, busy, target, churn, thp).
@@ -117,6 +128,8 @@ class WorkloadSpec:
     kswapd: bool = False  # the kernel demotes by itself when the fast node runs low
     fast_nodes: int = 1  # fast and slow are split evenly over this many nodes each
     slow_nodes: int = 1
+    cache: int = 0  # page cache added per fast node per interval (bytes)
+    numa_balancing: bool = False  # the kernel promotes accessed slow pages behind tierd
 
     @property
     def slow_size(self) -> int:
@@ -124,7 +137,7 @@ class WorkloadSpec:
 
 
 _PROC_KEYS = {"size", "dist", "phase", "accesses", "layout", "init", "busy", "target", "churn", "thp"}
-_MACHINE_KEYS = {"fast", "slow", "other", "kswapd", "nodes"}
+_MACHINE_KEYS = {"fast", "slow", "other", "kswapd", "nodes", "cache", "numa_balancing"}
 
 
 def parse_workload(text: str) -> WorkloadSpec:
@@ -195,6 +208,8 @@ def _from_mapping(doc, where: str) -> WorkloadSpec:
         slow=None if slow is None else size(slow, "slow"),
         other=size(machine.get("other", 0), "other"),
         kswapd=_onoff(machine.get("kswapd", "off"), "kswapd", where),
+        cache=size(machine.get("cache", 0), "cache"),
+        numa_balancing=_onoff(machine.get("numa_balancing", "off"), "numa_balancing", where),
         **_node_counts(machine.get("nodes", "1+1"), where),
         intervals=_int(doc.get("intervals", 30), "intervals", where),
         seed=_int(doc.get("seed", 1), "seed", where),
@@ -538,6 +553,7 @@ class SimMachine:
         self.other = spec.other // PAGE
         self.used = {n: 0 for n in self.capacity}
         self.used[FAST] = self.other
+        self.cache = {n: 0 for n in self.capacity}  # clean page cache per node (pages)
         self.procs: dict[int, SimProcess] = {}
         vpn = BASE_VPN
         for i, ps in enumerate(spec.processes):
@@ -551,6 +567,7 @@ class SimMachine:
             proc.place_initially(self.first_touch(proc.npages, proc.spec.init == "slow"))
         self.interval = -1
         self.kswapd_demoted = 0
+        self.balanced = 0  # pages NUMA balancing promoted this interval
         self.begin_moves()
 
     def begin_moves(self) -> None:
@@ -570,8 +587,23 @@ class SimMachine:
         return self._back, 2 * int((up[:k] <= down[:k]).sum())
 
     def free(self, node: int) -> int:
-        return self.capacity[node] - self.used[node]
+        return self.capacity[node] - self.used[node] - self.cache[node]
 
+    def reclaim(self, node: int, pages: int) -> int:
+        """Page cache given back on ``node`` so that ``pages`` more fit above the reserve
+        (an allocation's direct reclaim); returns the pages that now fit."""
+        short = pages - max(0, self.free(node) - self.reserve(node))
+        if short > 0:
+            self.cache[node] -= min(short, self.cache[node])
+        return max(0, min(pages, self.free(node) - self.reserve(node)))
+
+    def fill_cache(self) -> None:
+        """A reader of files adds up to ``cache`` of page cache to each fast node, into the
+        free memory above the kernel's reserve (it reclaims older cache to go on: the node
+        stays full of cache)."""
+        add = self.spec.cache // PAGE
+        for n in self.fast_ids:
+            self.cache[n] += max(0, min(add, self.free(n) - self.reserve(n)))
     def reserve(self, node: int) -> int:
         return int(self.capacity[node] * MIN_FREE_FRACTION)
 
@@ -582,7 +614,7 @@ class SimMachine:
         runs = []
         nodes = (() if slow_only else self.fast_ids) + self.slow_ids
         for i, node in enumerate(nodes):
-            k = n if i == len(nodes) - 1 else max(0, min(n, self.free(node) - self.reserve(node)))
+            k = n if i == len(nodes) - 1 else self.reclaim(node, n)
             if k:
                 runs.append((node, k))
                 self.used[node] += k
@@ -635,6 +667,9 @@ class SimMachine:
             if self.free(fast) >= KSWAPD_LOW * cap:
                 continue
             need = int(KSWAPD_HIGH * cap) - self.free(fast)
+            dropped = min(need, self.cache[fast])  # page cache goes first
+            self.cache[fast] -= dropped
+            need -= dropped
             slow = max(self.slow_ids, key=self.free)
             for proc in self.procs.values():
                 if need <= 0:
@@ -665,8 +700,33 @@ class SimMachine:
             if proc.spec.churn and self.interval > 0:
                 self.churn(proc)
             proc.generate()
+        if self.spec.cache:
+            self.fill_cache()
         self.kswapd_demoted = self.kswapd() if self.spec.kswapd else 0
+        self.balanced = self.numa_balance() if self.spec.numa_balancing else 0
         return changed
+
+    def numa_balance(self) -> int:
+        """The kernel's NUMA-balancing promotion (tiering mode): pages accessed this
+        interval on slow nodes go to the fast node with the most free memory, up to 1% of
+        it per interval while it keeps 2% free.  tierd does not see these moves."""
+        done = 0
+        for proc in self.procs.values():
+            fast = max(self.fast_ids, key=self.free)
+            room = min(self.capacity[fast] // 100, self.free(fast) - int(KSWAPD_HIGH * self.capacity[fast]))
+            if room <= 0:
+                break
+            acc = np.flatnonzero(np.unpackbits(proc.accessed.view(np.uint8), bitorder="little")[: proc.npages])
+            cand = acc[~self.is_fast(proc.node[acc].astype(np.int64)) & (proc.node[acc] >= 0)][:room]
+            if cand.size == 0:
+                continue
+            for node, k in enumerate(np.bincount(proc.node[cand], minlength=len(self.capacity)).tolist()):
+                self.used[node] -= k
+            proc.fast_weight += float(proc.weight_of_pages(cand).sum())
+            proc.node[cand] = fast
+            self.used[fast] += cand.size
+            done += cand.size
+        return done
 
     def hit_fraction(self) -> float:
         total = sum(p.rate for p in self.procs.values())
@@ -733,16 +793,21 @@ class SimMachine:
             busy = want & (proc.rng.random(pg.size) < proc.spec.busy)
             st[busy] = -errno.EBUSY
             want &= ~busy
+        enomem = False
         for d in self.capacity:
             idx = np.flatnonzero(want & (dest == d))
             size = np.ones(idx.size, np.int64)
             if lead is not None:
                 is_lead = np.isin(idx, lead)
                 size[is_lead] = HPAGE
-            room = max(0, self.free(d) - self.reserve(d))
+            room = self.reclaim(d, int(size.sum()))  # page cache there gives way
             fits = np.cumsum(size) <= room
             ok, full = idx[fits], idx[~fits]
-            st[full] = -errno.ENOMEM
+            if full.size:
+                # the kernel's migrate_pages fails with ENOMEM for the whole call: the pages
+                # not moved are where they were (what the status query reports)
+                enomem = True
+                st[full] = cur[full]
             if ok.size:
                 moved = pg[ok]
                 if lead is not None and is_lead[fits].any():  # whole huge pages
@@ -775,6 +840,12 @@ class SimMachine:
             asked = np.unique(pg[follow[st[follow] == dest[follow]]])
             self.dragged += max(0, dragged - asked.size)
         status[inside] = st
+        if enomem:
+            from tierd.linux.errors import MovePagesError
+
+            e = MovePagesError(errno.ENOMEM, "the destination node is full")
+            e.status, e.done = status, status.size
+            raise e
         return status
 
     def topology(self):
@@ -795,7 +866,7 @@ class SimMachine:
         ids = self.fast_ids + self.slow_ids
         return Topology(tuple(
             Node(n, (n,) if n < nf else (), self.capacity[n] * PAGE, self.free(n) * PAGE,
-                 tuple(dist(n, m) for m in ids), None)
+                 tuple(dist(n, m) for m in ids), None, self.cache[n] * PAGE)
             for n in ids))
 
 
