@@ -136,6 +136,12 @@ def format_status(st: Status, now: float | None = None) -> list[str]:
                if recl.get((node, tier)) else "")
             + f" of {format_size(int(total.get((node, tier), 0)))}"
             for (node, tier), free in sorted(mem.items())))
+    needs = {k: v for k, v in st.by("tierd_target_fast_need_bytes", "target", "share").items()
+             if v == v}  # NaN: no estimate yet
+    for t in sorted({t for t, _ in needs}):
+        out.append(f"fast memory needed by target {t}: " + ", ".join(
+            f"{format_size(int(needs[(t, sh)]))} for {pct} of its accesses"
+            for sh, pct in (("0.9", "90%"), ("0.95", "95%"), ("0.99", "99%")) if (t, sh) in needs))
     waiting = st.by("tierd_target_hot_waiting_bytes", "target")
     for (t,), v in sorted(waiting.items()):
         if v:

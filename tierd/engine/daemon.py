@@ -45,7 +45,7 @@ from tierd.engine.placement import (
     plan,
     plan_queries,
 )
-from tierd.engine.gain import GainModel
+from tierd.engine.gain import NEED_SHARES, GainModel, need
 from tierd.engine.pack import Pack, Packs
 from tierd.engine.state import CHUNK_WORDS, Extents, PageState, test_bits
 from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
@@ -90,6 +90,9 @@ class TargetStats:
     # hot pages (at or above the threshold) left on slow nodes because the fast nodes had no
     # room (Plan.waiting): the fast tier is full of other memory, or the hot set outgrew it
     waiting: int = 0
+    # fast memory (pages) that would serve 90/95/99% of the target's accesses, from the
+    # measured access rates (tierd.engine.gain.need); None before the first estimate
+    need: tuple | None = None
 
 
 @dataclass
@@ -363,8 +366,20 @@ class Engine:
         stats.seconds = t2 - t0
         live = [u for u in live if u.ref.key in self.units]  # minus those that exited meanwhile
         self._fill_stats(stats, live, node_ids, fast)
+        self._fill_need(stats, fast)
         self._warn_waiting(stats)
         return stats
+
+    def _fill_need(self, stats: IntervalStats, fast) -> None:
+        """Each target's miss-ratio curve read at 90/95/99% (TargetStats.need)."""
+        g = self.gain.last
+        if g is None:
+            return
+        for ts in stats.targets.values():
+            cells = np.zeros((2, LEVELS))
+            for nid, h in ts.by_node.items():
+                cells[0 if nid in fast else 1] += np.asarray(h, dtype=np.float64)
+            ts.need = need(cells, g.q)
 
     def _warn_waiting(self, stats: IntervalStats) -> None:
         """Hot pages waiting on slow memory for room: a WARNING with the numbers, the first
@@ -382,9 +397,14 @@ class Engine:
         for name, n in sorted(pl.waiting.items()):
             ts = stats.targets.get(name)
             fast = _size(ts.fast_pages) if ts is not None else "?"
+            sizing = ""
+            if ts is not None and ts.need is not None:
+                sizing = ("; it would need " + ", ".join(
+                    f"{_size(k)} for {int(f * 100)}%" for f, k in zip(NEED_SHARES, ts.need))
+                    + " of its accesses")
             log.warning("target %s: %s of hot pages (hotness >= %d) wait on slow memory: no room "
-                        "on the fast tier (%s); the target has %s there", name, _size(n),
-                        pl.hot.get(name, NO_THRESHOLD), rooms, fast)
+                        "on the fast tier (%s); the target has %s there%s", name, _size(n),
+                        pl.hot.get(name, NO_THRESHOLD), rooms, fast, sizing)
 
     def _note_moves(self, key, st: PageState, pages, moved, reasons, levels) -> None:
         """Remember (a sample of) the pages promoted and displaced this interval, by vpn,

@@ -230,6 +230,37 @@ class GainModel:
         return float(q(SLOW, slow_level).sum() - q(FAST, fast_level).sum())
 
 
+NEED_SHARES = (0.90, 0.95, 0.99)
+Q_MAX = 0.999  # access probabilities are read as rates up to -ln(1 - Q_MAX) = 6.9 per sample
+
+
+def need(pages: np.ndarray, q: np.ndarray, shares=NEED_SHARES) -> tuple[int, ...] | None:
+    """The miss-ratio curve read at ``shares``: pages of fast memory that would serve that
+    share of a target's accesses, from its pages per (tier, level) cell ``pages`` [2, L] and
+    the measured access probability per sample of each cell ``q`` [2, L].  A cell's access
+    rate is -ln(1 - q) per page and sample (the Poisson rate behind the probability); the
+    hottest cells are taken first, the last one in part.  None without accesses.  The rate
+    of pages accessed many times per sample cannot be told from one bit per sample (it is
+    read as at most 6.9): a heavily skewed target's need is then overestimated."""
+    n = np.asarray(pages, dtype=np.float64).ravel()
+    rate = -np.log1p(-np.minimum(np.asarray(q, dtype=np.float64).ravel(), Q_MAX))
+    acc = n * rate
+    total = acc.sum()
+    if total <= 0:
+        return None
+    order = np.argsort(-rate, kind="stable")
+    cum_acc = np.cumsum(acc[order])
+    cum_pages = np.cumsum(n[order])
+    out = []
+    for f in shares:
+        i = min(int(np.searchsorted(cum_acc, f * total)), order.size - 1)
+        before_acc = cum_acc[i - 1] if i else 0.0
+        before_pages = cum_pages[i - 1] if i else 0.0
+        r = rate[order[i]]
+        out.append(int(np.ceil(before_pages + ((f * total - before_acc) / r if r > 0 else 0))))
+    return tuple(out)
+
+
 def _tiers(est: np.ndarray, fast_cls, slow_cls) -> tuple[np.ndarray, np.ndarray]:
     """[2 tiers, levels] page and access counts from [2, classes, levels]."""
     n = np.stack([est[0, fast_cls].sum(axis=0), est[0, slow_cls].sum(axis=0)]).astype(np.float64)

@@ -51,6 +51,10 @@ METRICS = {
     "tierd_node_memory_reclaimable_bytes": "clean page cache per memory node (Active(file) + "
                                            "Inactive(file) - Dirty - Writeback): room a "
                                            "promotion gets by reclaim",
+    "tierd_target_fast_need_bytes": "fast memory that would serve a share (0.9, 0.95, 0.99) of "
+                                    "a target's accesses, from the measured access rates (a "
+                                    "miss-ratio curve; overestimated for pages accessed many "
+                                    "times per sample)",
     "tierd_target_hot_waiting_bytes": "hot pages of a target left on slow memory because the "
                                       "fast tier had no room",
     "tierd_intervals_total": "intervals completed",
@@ -81,6 +85,7 @@ class TargetSnap:
     hot_fast: int
     hot_slow: int
     waiting: int = 0  # pages (TargetStats.waiting)
+    need: tuple | None = None  # pages for 90/95/99% of the accesses (TargetStats.need)
 
 
 @dataclass(frozen=True)
@@ -186,7 +191,7 @@ class MetricsObserver(Observer):
                     elif nid != UNKNOWN:
                         hot_slow += n
             targets[name] = TargetSnap(ts.processes, ts.hot, ts.cold, by_node, hot_fast, hot_slow,
-                                       getattr(ts, "waiting", 0))
+                                       getattr(ts, "waiting", 0), getattr(ts, "need", None))
         memory = {nid: (tot, free, "fast" if nid in fast else "slow" if nid in stats.slow else "none")
                   for nid, (tot, free) in stats.memory.items()}
         reclaimable = {nid: (b, memory[nid][2]) for nid, b in getattr(stats, "reclaimable", {}).items()
@@ -276,6 +281,10 @@ class TierdCollector:
                     [((str(n), tier), free) for n, (tot, free, tier) in mem])
         yield gauge("tierd_node_memory_reclaimable_bytes", ("node", "tier"),
                     [((str(n), tier), b) for n, (b, tier) in sorted(s.reclaimable.items())])
+        yield gauge("tierd_target_fast_need_bytes", ("target", "share"),  # NaN: no estimate yet
+                    [((n, share), k * PAGE_SIZE if t.need else float("nan"))
+                     for n, t in sorted(s.targets.items())
+                     for share, k in zip(("0.9", "0.95", "0.99"), t.need or (0, 0, 0))])
         yield gauge("tierd_target_hot_waiting_bytes", ("target",),
                     [((n,), t.waiting * PAGE_SIZE) for n, t in sorted(s.targets.items())])
         yield counter("tierd_intervals_total", value=s.intervals)

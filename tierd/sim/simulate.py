@@ -332,6 +332,18 @@ class Distribution:
         rest = self.weight(np.arange(b * BLOCK, k, dtype=np.int64)).sum() if k % BLOCK else 0.0
         return float(self.block_cum[b] + rest)
 
+    def need(self, share: float) -> int:
+        """Fewest pages (the heaviest) that get ``share`` of the accesses: the true miss-ratio
+        curve, to check the engine's estimate (TargetStats.need) against."""
+        lo, hi = 0, self.n
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.prefix(mid) >= share:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
     def count_ge(self, w: float) -> int:
         """Number of ranks with weight >= w (weights are non-increasing)."""
         lo, hi = 0, self.n  # invariant: ranks < lo have weight >= w; ranks >= hi below
@@ -1020,6 +1032,7 @@ class Row:
     unimproving: int = 0  # moves in pairs whose promoted page was not the more accessed
     eat_ns: float = 0.0  # effective access time per access, migrations included (T_* model)
     dragged: int = 0  # pages moved along with requested ones, as parts of huge pages
+    need: tuple | None = None  # the engine's TargetStats.need of the first target (pages)
 
     @property
     def moves(self) -> int:
@@ -1098,6 +1111,7 @@ def simulate(policy, spec: WorkloadSpec, intervals: int | None = None, on_row=No
             fast_used=machine.fast_used(),
             unknown=int(stats.nodes[-1].sum()) if -1 in stats.nodes else 0,
             moved_back=back, unimproving=unimproving, dragged=machine.dragged,
+            need=next((t.need for t in stats.targets.values() if t.need is not None), None),
             eat_ns=ACCESS_LINES * (hit * T_FAST + (1 - hit) * T_SLOW)
             + (moves + machine.dragged) * T_MOVE / accesses,
         )
