@@ -1111,7 +1111,7 @@ def simulate(policy, spec: WorkloadSpec, intervals: int | None = None, on_row=No
             fast_used=machine.fast_used(),
             unknown=int(stats.nodes[-1].sum()) if -1 in stats.nodes else 0,
             moved_back=back, unimproving=unimproving, dragged=machine.dragged,
-            need=next((t.need for t in stats.targets.values() if t.need is not None), None),
+            need=next((t.need for t in stats.targets.values() if getattr(t, "need", None) is not None), None),
             eat_ns=ACCESS_LINES * (hit * T_FAST + (1 - hit) * T_SLOW)
             + (moves + machine.dragged) * T_MOVE / accesses,
         )
