@@ -431,11 +431,14 @@ class Engine:
             if noted is None:
                 continue
             st = u.state
+            # displacements count only as far as they made room for promotions (a demotion
+            # whose promotion was cancelled for lack of room is no swap)
+            paired = sum(a.size for a in noted[0])
             for i, sign in ((0, 1), (1, -1)):
-                if not noted[i]:
+                if not noted[i] or not paired:
                     continue
-                flat = st.extents.flat_of(np.concatenate(noted[i]))
-                lv = np.concatenate(noted[2 + i])[flat >= 0]
+                flat = st.extents.flat_of(np.concatenate(noted[i])[:paired])
+                lv = np.concatenate(noted[2 + i])[:paired][flat >= 0]
                 flat = flat[flat >= 0]
                 gained += sign * int(test_bits(st.hist[st.head], flat).sum())
                 pages += flat.size

@@ -36,8 +36,8 @@ the demoted ones got, and what the estimate behind the plan expected them to get
 of their tier and level; the level / 15 without one), smoothed over intervals (weight DECAY).
 Below PAID_SHARE of the expected gain (the estimate mispredicts: the hot set moved before
 the pages arrived) or below min_gain per page moved (the same margin a swap must promise) the
-moves did not pay and ``pace`` (1 = the full migration budget) halves (below zero, when they
-made things worse, it drops at once); below PACE_MIN it is 0: promotions stop, except a probe
+moves did not pay and ``pace`` (1 = the full migration budget) halves (when they made things worse, it drops to 0 at once; displacements
+count only as far as they made room for promotions); below PACE_MIN it is 0: promotions stop, except a probe
 of PROBE_PAGES every PROBE_EVERY intervals, so tierd sees when the hot set settles (then it
 restarts at PACE_MIN).  Moves that pay double the pace back, up to 1.  Placement scales promotions and displacements by it, not the
 watermark and cap demotions, which protect the machine.  A hot set that moves every few
