@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import threading
 import time
@@ -58,9 +59,9 @@ QUERY_MIN = 65536  # node queries per interval at least (256 MiB of address spac
 # 1/RECHECK_DIV of the query budget per interval, at least RECHECK_MIN pages (a process is
 # covered in pages / that many intervals: the demo's 16 GiB at every recheck, 1 TiB in 13).
 RECHECK_EVERY = 4
-NOTED_MAX = 1 << 16  # moved pages per process and direction whose next sample is looked at
 RECHECK_DIV = 32
 RECHECK_MIN = 1 << 18
+NOTED_MAX = 1 << 16  # moved pages per process and direction whose next sample is looked at
 UNSAMPLED_WARN_EVERY = 60.0  # seconds between two "could not sample" warnings
 WAITING_WARN_EVERY = 60.0  # seconds between two "hot pages wait on slow" warnings
 SLICE_PAGES = 1 << 22  # pages selected and moved at a time: ~100 MB of temporaries at most
@@ -235,7 +236,9 @@ class Engine:
         self._unsampled_warned_at: float | None = None
         self._unsampled_suppressed = 0
         self._waiting_warned_at: float | None = None
-        self._noted: dict = {}  # key -> ([promoted vpns], [demoted vpns]) of the last interval
+        # key -> ([promoted vpns], [demoted vpns], [their levels], [their levels]): the last
+        # interval's moves, judged in the next sample (_judge_moves)
+        self._noted: dict = {}
 
     # -- policy ------------------------------------------------------------------------------
     def set_policy(self, policy) -> None:
@@ -460,7 +463,7 @@ class Engine:
         share = min(1.0, budget / total)
         for u in units:
             st = u.state
-            pages = st.recheck_pages(-(-int(st.words * share) // 1))
+            pages = st.recheck_pages(max(1, math.ceil(st.words * share)))
             if pages.size == 0:
                 continue
             try:
