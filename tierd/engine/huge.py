@@ -203,12 +203,18 @@ def density(st: PageState, vpns: np.ndarray, watch: int) -> np.ndarray:
     return out
 
 
-def forget_history(st: PageState, vpns: np.ndarray) -> None:
+def forget_history(st: PageState, vpns: np.ndarray, keep_nodes=()) -> None:
     """Split blocks start over: their one shared history says nothing about the subpages,
     and their node is asked again (khugepaged moves a range it collapses back to the node
-    holding most of it, without telling tierd)."""
+    holding most of it, without telling tierd).  Except blocks on ``keep_nodes`` (the fast
+    nodes): they keep the huge page's history until their own shows which subpages are cold
+    - started over at hotness 0, a hot huge page just split on the fast tier would be the
+    first victim of every displacement (issue 16: a hot set bigger than the fast tier)."""
     fw = _flat_words(st, vpns)
     fw = fw[fw >= 0]
+    if keep_nodes and fw.size:
+        node = st.node_of(fw * 64)
+        fw = fw[~np.isin(node, np.asarray(keep_nodes))]
     st.forget_words((fw[:, None] + np.arange(HPAGE_WORDS)).ravel())
 
 
@@ -227,6 +233,8 @@ class HugePages:
         self.tracker = SplitTracker(dense)
         self.disabled: str | None = None  # why splitting is off (logged once)
         self.held: dict = {}  # unit key -> blocks kept from moving this interval
+        self.fast_nodes: tuple = ()  # split blocks there keep their history (forget_history)
+        self.split_before: dict = {}  # unit key -> blocks (vpns) split at some point
         feat = splitter.feature()
         if not feat.available:
             self._disable(f"{feat.detail} ({feat.since}); to enable: {feat.how_to_fix}")
@@ -244,6 +252,7 @@ class HugePages:
         if self.disabled is not None or plan is None:
             return 0
         self.deadline = deadline
+        self.fast_nodes = tuple(r.node for r in getattr(plan, "rooms", ()))
         done = 0
         for unit in units:
             st = unit.state
@@ -317,7 +326,13 @@ class HugePages:
         # prime: the 512 new PTEs all carry the huge PMD's Accessed bit
         for lo, hi in block_runs(blocks):
             reader.sample(pid, lo // 64, (hi - lo) // 64)
-        forget_history(unit.state, blocks)
+        # a block split before was collapsed back by khugepaged, which may have moved it
+        # without telling tierd: it starts over wherever it is
+        before = self.split_before.get(unit.ref.key, np.zeros(0, np.int64))
+        again = np.isin(blocks, before)
+        forget_history(unit.state, blocks[again])
+        forget_history(unit.state, blocks[~again], self.fast_nodes)
+        self.split_before[unit.ref.key] = np.union1d(before, blocks)
         return blocks
 
     def _hold(self, unit, blocks: np.ndarray) -> None:
@@ -350,3 +365,4 @@ class HugePages:
     def forget(self, key) -> None:
         self.tracker.forget(key)
         self.held.pop(key, None)
+        self.split_before.pop(key, None)
