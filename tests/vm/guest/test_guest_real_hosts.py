@@ -109,3 +109,70 @@ def test_hot_set_reaches_a_fast_node_full_of_page_cache(bindir, tmp_path, page_c
     print(f"page cache on node 0: 90% of the hot set on node 0 {reached:.1f} s after its hot "
           f"loop started (tierd running); {demoted_hot} hot pages off node 0 at the end; min "
           f"after reaching 90%: {min(after):.1%}")
+
+
+# -- a skewed hot set bigger than node 0 ---------------------------------------------------------
+
+SKEW_MIB = 1024  # 2x node 0
+SKEW_CHILD = """
+import mmap, sys, time
+import numpy as np
+n = {pages}
+m = mmap.mmap(-1, n * 4096)
+m.madvise(15)                          # MADV_NOHUGEPAGE: 4 KiB pages
+a = np.frombuffer(m, dtype=np.uint8)
+a[::4096] = 1                          # first touch: node 0 fills up, then node 1
+print(a.ctypes.data, flush=True)
+w = 1.0 / np.arange(1, n + 1) ** 1.1   # zipf 1.1 over ranks
+cum = np.cumsum(w / w.sum())
+perm = np.random.default_rng(16).permutation(n)   # rank -> page: hot pages scattered
+rng = np.random.default_rng(1)
+off = perm.astype(np.int64) * 4096
+while True:
+    r = np.searchsorted(cum, rng.random(100000))
+    a[off[np.minimum(r, n - 1)]] += 1
+"""
+
+
+def test_skewed_hot_set_bigger_than_node0_fills_it_with_the_hottest(tmp_path):
+    """A 1 GiB process (2x node 0) touching its pages with zipf 1.1 frequencies; first touch
+    put half a GiB of it on node 0 at random.  With the shipped policy, the weight of the
+    pages on node 0 against the best possible for the same number of pages there (the
+    hottest ones), from the workload's own weights (ground truth)."""
+    import numpy as np
+
+    n = SKEW_MIB * MIB // 4096
+    child = subprocess.Popen([sys.executable, "-c", SKEW_CHILD.format(pages=n), "skew"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        base = int(child.stdout.readline())
+        addrs = base + np.arange(n, dtype=np.uint64) * 4096
+        w = 1.0 / np.arange(1, n + 1) ** 1.1
+        w /= w.sum()
+        weight = np.empty(n)
+        weight[np.random.default_rng(16).permutation(n)] = w  # per page
+
+        def score():
+            on0 = workloads.node_of(child.pid, addrs) == 0
+            best = np.sort(weight)[::-1][: int(on0.sum())].sum()
+            return float(weight[on0].sum() / best), int(on0.sum())
+
+        start, k = score()
+        import yaml
+
+        doc = yaml.safe_load(workloads.policy_yaml(SHIPPED, Scenario("t", "t", ()), interval="1s"))
+        doc["targets"] = [{"name": "skew", "pids": [child.pid]}]
+        t0 = time.monotonic()
+        ratio = start
+        with Tierd(yaml.safe_dump(doc, sort_keys=False), tmp_path) as tierd:
+            while time.monotonic() - t0 < 150 and ratio < 0.9:
+                time.sleep(5)
+                ratio, k = score()
+            text = tierd.text()
+        print(f"skewed 2x node 0: hot-on-fast / best possible {start:.3f} at the start, "
+              f"{ratio:.3f} after {time.monotonic() - t0:.0f} s ({k} pages on node 0)")
+        assert "Traceback" not in text, text[-3000:]
+        assert ratio >= 0.8, (start, ratio, text[-3000:])
+    finally:
+        child.kill()
+        child.wait()
