@@ -12,7 +12,6 @@ Policy or the first error.
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,7 +30,7 @@ from tierd.units import (
 )
 
 __all__ = [
-    "Amount", "Policy", "PolicyError", "TargetSpec", "load_policy", "parse_policy",
+    "Amount", "Policy", "PolicyError", "Regex", "TargetSpec", "load_policy", "parse_policy",
     "TRACKING_CHOICES",
 ]
 
@@ -57,6 +56,36 @@ class PolicyError(ValueError):
 
 
 @dataclass(frozen=True)
+class Regex:
+    """A selector's regular expression, matched by RE2 (google-re2): in time linear in the
+    text.  Any local user chooses their processes' command lines, and a backtracking engine
+    (Python's re) takes exponential time on patterns like ``(a+)+$``: 12 s for one lookup of
+    26 a's and a "!".  RE2 has no backreferences or lookaround; such a pattern is refused."""
+
+    pattern: str
+    compiled: object = field(compare=False, repr=False)
+
+    @classmethod
+    def compile(cls, pattern: str) -> Regex:
+        """Raises ValueError (with RE2's reason) if RE2 cannot compile ``pattern``."""
+        import re2
+
+        opts = re2.Options()
+        opts.log_errors = False  # the reason is in the exception; RE2 would print to stderr
+        try:
+            return cls(pattern, re2.compile(pattern, opts))
+        except re2.error as e:
+            why = e.args[0] if e.args else e
+            raise ValueError(why.decode(errors="replace") if isinstance(why, bytes) else str(why)) from None
+
+    def search(self, text: str):
+        try:
+            return self.compiled.search(text)
+        except UnicodeEncodeError:  # undecodable bytes of a command line (surrogate escapes)
+            return self.compiled.search(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+
+
+@dataclass(frozen=True)
 class TargetSpec:
     """Which processes one target covers and its share of the fast tier.
 
@@ -66,9 +95,9 @@ class TargetSpec:
 
     name: str
     pids: tuple[int, ...] = ()
-    comm: re.Pattern | None = None  # re.search on /proc/PID/comm
-    exe: re.Pattern | None = None  # re.search on the resolved /proc/PID/exe
-    cmdline: re.Pattern | None = None  # re.search on the NUL->space joined cmdline
+    comm: Regex | None = None  # search on /proc/PID/comm
+    exe: Regex | None = None  # search on the resolved /proc/PID/exe
+    cmdline: Regex | None = None  # search on the NUL->space joined cmdline
     cgroup: str | None = None  # cgroup v2 path; the subtree below it matches too
     min_rss: int = 0
     fast_share: Amount | None = None  # guaranteed part of the fast tier
@@ -193,12 +222,13 @@ class _Walker:
             self.fail(node, key, f"{v} is out of range ({rng})")
         return v
 
-    def regex(self, node: yaml.Node, key: str) -> re.Pattern:
+    def regex(self, node: yaml.Node, key: str) -> Regex:
         text = self.string(node, key)
         try:
-            return re.compile(text)
-        except (re.error, RecursionError, OverflowError) as e:
-            self.fail(node, key, f"bad regular expression {text!r}: {e}")
+            return Regex.compile(text)
+        except ValueError as e:
+            self.fail(node, key, f"bad regular expression {text!r}: {e} (RE2 syntax: no "
+                      "backreferences or lookaround)")
 
     def mapping(self, node: yaml.Node, prefix: str, allowed: tuple[str, ...]) -> dict:
         """{key: (key node, value node)}; unknown and repeated keys are errors."""
