@@ -12,6 +12,8 @@ Policy or the first error.
 from __future__ import annotations
 
 import difflib
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -507,13 +509,50 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
         raise PolicyError(source, None, "yaml", "nested too deeply") from None
 
 
-def load_policy(path: str) -> Policy:
-    """Read and validate the policy file at ``path``."""
+MAX_POLICY_BYTES = 1 << 20  # a policy is a few KiB; a bigger file is a mistake (or /dev/zero)
+
+
+def read_policy_text(path: str) -> str:
+    """The text of the policy file at ``path``, or PolicyError.  Only a regular file of at
+    most MAX_POLICY_BYTES is read: a FIFO would block check-config and a reload for ever
+    (and with it the interval loop), /dev/zero or a huge file would exhaust memory."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        # O_NONBLOCK: opening a FIFO without a writer returns at once, to be refused below
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise PolicyError(path, None, None, f"cannot read: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PolicyError(path, None, None, f"not a regular file ({_file_kind(st.st_mode)})")
+        data = b""
+        while len(data) <= MAX_POLICY_BYTES:  # st_size may lie (a file growing meanwhile)
+            chunk = os.read(fd, MAX_POLICY_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        if len(data) > MAX_POLICY_BYTES:
+            raise PolicyError(path, None, None, f"larger than {format_size(MAX_POLICY_BYTES)}: "
+                              "not a policy file")
+    except OSError as e:
+        raise PolicyError(path, None, None, f"cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise PolicyError(path, None, None, f"not UTF-8 text: {e.reason} at byte {e.start}") from None
-    return parse_policy(text, path)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a file"
+
+
+def load_policy(path: str) -> Policy:
+    """Read and validate the policy file at ``path``."""
+    return parse_policy(read_policy_text(path), path)

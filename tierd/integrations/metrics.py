@@ -373,10 +373,11 @@ def key_line(source: str, path: tuple[str, ...]) -> int | None:
     """The line of a key in a YAML file (for errors found after validation), or None."""
     import yaml
 
+    from tierd.policy import PolicyError, read_policy_text
+
     try:
-        with open(source, encoding="utf-8") as f:
-            node = yaml.compose(f.read(), Loader=yaml.SafeLoader)
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        node = yaml.compose(read_policy_text(source), Loader=yaml.SafeLoader)
+    except (PolicyError, yaml.YAMLError, RecursionError):
         return None
     for key in path:
         if not isinstance(node, yaml.MappingNode):
