@@ -53,6 +53,14 @@ class UsageError(Exception):
     """A bad argument value (exit code 2)."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is raised (main prints it as one line on ``err``, exit
+    2) instead of printed with the usage to sys.stderr and sys.exit."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 # ---------------------------------------------------------------------------------------------
 # argument parsing
 
@@ -69,18 +77,32 @@ def _duration_arg(text: str) -> float:
     return v
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, hi: int | None = None) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if v < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    if hi is not None and v > hi:
+        raise argparse.ArgumentTypeError(f"must be at most {hi}")
     return v
 
 
+MAX_SAMPLES = 65535  # scan's per-page access counter is uint16
+MAX_PID = 1 << 22  # PID_MAX_LIMIT
+
+
+def _samples_arg(text: str) -> int:
+    return _positive_int(text, MAX_SAMPLES)
+
+
+def _pid_arg(text: str) -> int:
+    return _positive_int(text, MAX_PID)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tierd",
         description="Keeps each process's hot pages on fast memory (DRAM) and its cold pages "
         "on the slow memory tier (CXL, PMEM), using per-page access bits and move_pages(2).",
@@ -111,9 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         "when move_pages cannot tell the pages' nodes.",
         epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--pid", type=_positive_int, required=True, help="process id")
-    p.add_argument("--samples", type=_positive_int, default=5, metavar="K",
-                   help="number of samples (default 5)")
+    p.add_argument("--pid", type=_pid_arg, required=True, help="process id")
+    p.add_argument("--samples", type=_samples_arg, default=5, metavar="K",
+                   help=f"number of samples (default 5, at most {MAX_SAMPLES})")
     p.add_argument("--interval", type=_duration_arg, default=1.0, metavar="S",
                    help='time between samples: "1s", "500ms", 2 (default 1s)')
     p.add_argument("--reader", choices=("auto", "idle_bitmap", "page_idle"), default="auto",
@@ -194,7 +216,10 @@ def main(argv: list[str] | None = None, *, kernel=None, out=None, err=None) -> i
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as e:  # argparse: --help/--version (0) or a usage error (2)
+    except UsageError as e:
+        print(e if str(e).startswith("tierd") else f"tierd: {e}", file=err)
+        return EXIT_USAGE
+    except SystemExit as e:  # argparse: --help/--version (0)
         return int(e.code or 0) if isinstance(e.code, int) else EXIT_USAGE
     try:
         return args.func(args, kernel, out, err)
@@ -431,7 +456,7 @@ def scan(kernel, pid: int, samples: int, interval: float, reader_name: str = "au
             # A first sample resets the accessed state; the K that follow are counted.
             for w, n in zip(ws.tolist(), nw.tolist()):
                 reader.sample(pid, w, n)
-            cnt = [np.zeros(64 * n, dtype=np.uint8) for n in nw.tolist()]
+            cnt = [np.zeros(64 * n, dtype=np.uint16) for n in nw.tolist()]  # K <= MAX_SAMPLES
             pres = [np.zeros(64 * n, dtype=bool) for n in nw.tolist()]
             deadline = time.monotonic()
             for k in range(samples):
@@ -464,7 +489,7 @@ def scan(kernel, pid: int, samples: int, interval: float, reader_name: str = "au
             res.present_source = f"unknown (pagemap: {e.strerror})"
 
     vpn = np.concatenate(vpn_parts) if vpn_parts else np.zeros(0, np.uint64)
-    counts = np.concatenate(counts_parts) if counts_parts else np.zeros(vpn.size, np.uint8)
+    counts = np.concatenate(counts_parts) if counts_parts else np.zeros(vpn.size, np.uint16)
     K1 = samples + 1
 
     # Page -> VMA (maps are sorted by address and do not overlap).
