@@ -49,6 +49,7 @@ from tierd.engine.gain import GainModel
 from tierd.engine.pack import Pack, Packs
 from tierd.engine.state import CHUNK_WORDS, Extents, PageState
 from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
+from tierd.linux.errors import ParseError
 
 log = logging.getLogger("tierd")
 
@@ -288,6 +289,11 @@ class Engine:
                 stats.dropped += 1
             except OSError as e:  # one process we cannot read (permissions, odd mapping)
                 log.warning("pid %d (%s): not sampled: %s", unit.ref.pid, unit.ref.target, e)
+            except ParseError as e:  # its maps did not parse: this process, this interval
+                first = "parse" not in unit.reader_errors
+                unit.reader_errors.add("parse")
+                log.log(logging.WARNING if first else logging.DEBUG,
+                        "pid %d (%s): not sampled: %s", unit.ref.pid, unit.ref.target, e)
         engine_s += self._sample_packs(node_ids, stats)
         t1 = self.clock()
         stats.sample_seconds = t1 - t0 - engine_s
@@ -492,7 +498,7 @@ class Engine:
         def nodes(pid: int, word_start: int, nwords: int) -> np.ndarray:
             try:
                 return nodes_of(pid, word_start, nwords)
-            except OSError as e:
+            except (OSError, ParseError, OverflowError) as e:  # Overflow: a node id past int16
                 log.debug("pid %d: nodes not read: %s", pid, e)
                 return np.full(nwords * 64, -1, dtype=np.int16)
 
