@@ -40,6 +40,10 @@ TRACKING_CHOICES = ("auto", "idle_bitmap", "page_idle")
 HOTNESS_MAX = 15  # hotness is 0..15 (docs/design.md)
 WINDOW_MAX = 16  # at most 16 samples of history
 PAGE_SIZE = 4096
+MAX_BYTES = 1 << 60  # sizes and rates: more does not exist in one machine (1024PiB)
+MAX_BATCH = 1 << 30  # migration.batch: one move_pages call's page list stays small
+FRACTION_STEP = 1e-4  # percentages: 0.01% steps
+MIN_INTERVAL = 0.001  # 1ms: durations are whole milliseconds
 
 
 class PolicyError(ValueError):
@@ -201,13 +205,25 @@ class _Walker:
             self.fail(node, key, f"unreadable value {node.value!r}: {e}")
 
     def unit(self, node: yaml.Node, key: str, parse: Callable, what: str):
+        """A size, rate, percentage or duration, within what tierd can work with: sizes and
+        rates up to MAX_BYTES, percentages 0% or 0.01% .. 100% in steps of 0.01% (so that
+        every value accepted is printed back as written, never as "1e-07%")."""
         v = self.value(node, key)
         if v is None:
             self.fail(node, key, f"needs a {what}")
         try:
-            return parse(v)
+            out = parse(v)
         except UnitError as e:
             self.fail(node, key, str(e))
+        size = out.bytes if isinstance(out, Amount) else out if parse in (parse_size, parse_rate) else None
+        if size is not None and size > MAX_BYTES:
+            self.fail(node, key, f"{v!r} is more than {format_size(MAX_BYTES)}"
+                      f"{'/s' if parse is parse_rate else ''}")
+        frac = out.fraction if isinstance(out, Amount) else out if parse is parse_fraction else None
+        if frac and (frac < FRACTION_STEP or abs(frac / FRACTION_STEP - round(frac / FRACTION_STEP)) > 1e-6):
+            self.fail(node, key, f"{v!r}: a percentage is 0% or 0.01% .. 100%, with at most two "
+                      "decimals")
+        return out
 
     def string(self, node: yaml.Node, key: str) -> str:
         v = self.value(node, key)
@@ -355,6 +371,9 @@ class _Walker:
                 kw["batch"] = self.unit(m["batch"][1], "migration.batch", parse_size, "size")
                 if kw["batch"] < PAGE_SIZE:
                     self.fail(m["batch"][1], "migration.batch", "must be at least one page (4KiB)")
+                if kw["batch"] > MAX_BATCH:
+                    self.fail(m["batch"][1], "migration.batch",
+                              f"must be at most {format_size(MAX_BATCH)} (pages per move_pages call)")
             if "retry_after" in m:
                 kw["retry_after"] = self.integer(m["retry_after"][1], "migration.retry_after", 1, 1 << 20)
         if "metrics" in top:
@@ -389,9 +408,13 @@ class _Walker:
         v = self.unit(n, key, parse_duration, "duration")
         if v <= 0:
             self.fail(n, key, "must be longer than 0s")
+        if v < MIN_INTERVAL:
+            self.fail(n, key, f"must be at least {format_duration(MIN_INTERVAL)}")
         if v > 86400:
             self.fail(n, key, "must be at most a day (24h)")
-        return v
+        if abs(v * 1000 - round(v * 1000)) > 1e-6:
+            self.fail(n, key, "must be a whole number of milliseconds")
+        return round(v * 1000) / 1000
 
     def auto_interval(self, top: dict, kw: dict) -> None:
         """The auto_interval section (only meaningful with ``interval: auto``)."""
@@ -512,7 +535,7 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
 MAX_POLICY_BYTES = 1 << 20  # a policy is a few KiB; a bigger file is a mistake (or /dev/zero)
 
 
-def read_policy_text(path: str) -> str:
+def read_policy_text(path: str, what: str = "a policy file") -> str:
     """The text of the policy file at ``path``, or PolicyError.  Only a regular file of at
     most MAX_POLICY_BYTES is read: a FIFO would block check-config and a reload for ever
     (and with it the interval loop), /dev/zero or a huge file would exhaust memory."""
@@ -533,7 +556,7 @@ def read_policy_text(path: str) -> str:
             data += chunk
         if len(data) > MAX_POLICY_BYTES:
             raise PolicyError(path, None, None, f"larger than {format_size(MAX_POLICY_BYTES)}: "
-                              "not a policy file")
+                              f"not {what}")
     except OSError as e:
         raise PolicyError(path, None, None, f"cannot read: {e.strerror}") from None
     finally:
