@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mappings to list before aggregating the rest (default 20)")
     p.add_argument("--heatmap", metavar="FILE.png",
                    help="also draw the access heatmap (address x sample, with the node of "
-                   "each address range beside it) into this PNG file")
+                   "each address range beside it) into this PNG (or .svg, .pdf) file")
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser(
@@ -208,7 +208,7 @@ def _engine_main(mod):
 def main(argv: list[str] | None = None, *, kernel=None, out=None, err=None) -> int:
     """Entry point (console script ``tierd``).  ``kernel`` (a tierd.linux.Kernel or a fake),
     ``out`` and ``err`` are injectable for tests.  Returns the exit code."""
-    from tierd.linux import FeatureMissing, ProcessGone
+    from tierd.linux import FeatureMissing, ParseError, ProcessGone
     from tierd.policy import PolicyError
 
     out = out or sys.stdout
@@ -234,6 +234,9 @@ def main(argv: list[str] | None = None, *, kernel=None, out=None, err=None) -> i
         return EXIT_FAILURE
     except ProcessGone as e:
         print(f"tierd: {e}", file=err)
+        return EXIT_FAILURE
+    except ParseError as e:  # /proc or /sys text not as the kernel writes it
+        print(f"tierd: cannot understand {e}", file=err)
         return EXIT_FAILURE
     except PermissionError as e:
         where = f" ({e.filename})" if e.filename else ""
@@ -278,7 +281,7 @@ def cmd_status(args, kernel, out, err) -> int:
     import os
 
     from tierd.policy import Policy, load_policy
-    from tierd.status import NoDaemon, fetch, format_status, parse
+    from tierd.status import BadURL, NoDaemon, fetch, format_status, parse
 
     url = args.url
     if url is None:
@@ -292,6 +295,8 @@ def cmd_status(args, kernel, out, err) -> int:
         url = f"http://{'localhost' if host in ('0.0.0.0', '[::]') else host}:{port}/metrics"
     try:
         st = parse(fetch(url), url)
+    except BadURL as e:
+        raise UsageError(str(e)) from None
     except NoDaemon as e:
         print(f"tierd: {e}", file=err)
         return EXIT_FAILURE
@@ -561,8 +566,10 @@ def scan(kernel, pid: int, samples: int, interval: float, reader_name: str = "au
 def cmd_scan(args, kernel, out, err) -> int:
     from tierd.units import format_duration, format_size
 
-    k = _kernel(kernel)
     heat = getattr(args, "heatmap", None)
+    if heat is not None:
+        _check_heatmap_path(heat)  # before sampling: a bad name must not cost the whole scan
+    k = _kernel(kernel)
     res = scan(k, args.pid, args.samples, args.interval, args.reader, args.top,
                heat_rows=512 if heat else None)
     print(f"pid {res.pid} ({res.comm}): VmRSS {format_size(res.vm_rss)}, {res.nvmas} mappings",
@@ -618,6 +625,24 @@ def cmd_scan(args, kernel, out, err) -> int:
     if res.grid is not None:
         _write_heatmap(k, res, heat, out)
     return rc
+
+
+HEATMAP_FORMATS = (".png", ".svg", ".pdf")
+
+
+def _check_heatmap_path(path: str) -> None:
+    """UsageError unless ``path`` names a file of a supported format in an existing directory."""
+    import os
+
+    ext = os.path.splitext(path)[1].lower()
+    if os.path.isdir(path) or path.endswith("/"):
+        raise UsageError(f"--heatmap {path}: is a directory; give a file name such as heat.png")
+    if ext not in HEATMAP_FORMATS:
+        raise UsageError(f"--heatmap {path}: unsupported format {ext or '(no extension)'!r}; "
+                         f"use {', '.join(HEATMAP_FORMATS)}")
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        raise UsageError(f"--heatmap {path}: directory {parent} does not exist")
 
 
 def _write_heatmap(kernel, res: ScanResult, path: str, out) -> None:

@@ -12,7 +12,9 @@ Policy or the first error.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -495,6 +497,9 @@ def _typename(v) -> str:
     return {bool: "true/false", int: "a number", float: "a number", str: "a string"}.get(type(v), type(v).__name__)
 
 
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
 def _check_listen(v: str) -> str | None:
     """None if ``v`` is "" or HOST:PORT (IPv6 as [addr]:port), else the complaint."""
     if v == "":
@@ -503,10 +508,14 @@ def _check_listen(v: str) -> str | None:
     if not sep or not host:
         return f"{v!r} is not HOST:PORT (e.g. 127.0.0.1:9464), or \"\" to disable"
     if host.startswith("["):
-        if not host.endswith("]") or len(host) < 3:
+        try:
+            ipaddress.IPv6Address(host[1:-1] if host.endswith("]") else "-")
+        except ValueError:
             return f"bad IPv6 address in {v!r} (write [::1]:9464)"
-    elif ":" in host or any(c.isspace() for c in host):
+    elif ":" in host:
         return f"bad host in {v!r} (IPv6 addresses go in brackets: [::1]:9464)"
+    elif not _HOST.fullmatch(host):
+        return f"bad host in {v!r}: an IP address or a host name (letters, digits, - and .)"
     if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
         return f"port {port!r} is not a number in 1..65535"
     return None

@@ -749,6 +749,7 @@ class Daemon:
         self.clock = clock
         self.max_failed = max_failed
         self.failed = False  # set when run() gave up after max_failed failed intervals
+        self.interrupted = False  # stopped by SIGINT (Ctrl-C): tierd run exits 130
         self.pacer: IntervalController | None = None  # interval: auto
         self.heartbeat = heartbeat  # seconds between on_heartbeat calls while idle (None: never)
         engine.should_stop = self.stop.is_set
@@ -757,8 +758,12 @@ class Daemon:
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: stop after the current batch; SIGHUP: reload at the next tick."""
         signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        signal.signal(signal.SIGINT, self._interrupt)
         signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+
+    def _interrupt(self, *_) -> None:
+        self.interrupted = True
+        self.stop.set()
 
     def _notify(self, method: str, *args) -> None:
         for obs in self.observers:

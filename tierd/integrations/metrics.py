@@ -319,7 +319,7 @@ class MetricsServer(Observer):
         try:
             server = BoundedHTTPServer(
                 host, port, lambda: (CONTENT_TYPE_LATEST, generate_latest(self.registry)))
-        except (OSError, OverflowError, UnicodeError) as e:  # UnicodeError: an IDNA host
+        except (OSError, OverflowError, UnicodeError, ValueError) as e:  # Unicode: IDNA
             raise PolicyError(policy.source, key_line(policy.source, ("metrics", "listen")),
                               "metrics.listen",
                               f"cannot listen on {listen}: {getattr(e, 'strerror', None) or e}") from None
