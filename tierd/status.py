@@ -74,9 +74,11 @@ def split_url(url: str) -> tuple[str, int, str]:
     return u.hostname, port, (u.path or "/") + (f"?{u.query}" if u.query else "")
 
 
-def fetch(url: str, timeout: float = TIMEOUT, limit: int = MAX_RESPONSE) -> str:
-    """The body of GET ``url``, within ``timeout`` seconds in all and ``limit`` bytes, or
-    NoDaemon saying why not (BadURL if the URL itself is wrong)."""
+def fetch(url: str, timeout: float | None = None, limit: int | None = None) -> str:
+    """The body of GET ``url``, within ``timeout`` seconds in all (TIMEOUT) and ``limit``
+    bytes (MAX_RESPONSE), or NoDaemon saying why not (BadURL if the URL itself is wrong)."""
+    timeout = TIMEOUT if timeout is None else timeout
+    limit = MAX_RESPONSE if limit is None else limit
     host, port, path = split_url(url)
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     box: dict = {}
@@ -86,8 +88,8 @@ def fetch(url: str, timeout: float = TIMEOUT, limit: int = MAX_RESPONSE) -> str:
             conn.request("GET", path, headers={"Accept": "text/plain"})
             r = conn.getresponse()
             if r.status != 200:
-                box["error"] = NoDaemon(f"{url} answers HTTP {r.status} {r.reason}: not a tierd "
-                                        "metrics endpoint")
+                box["error"] = NoDaemon(f"{url} answers HTTP {r.status} {_one_line(r.reason)}: "
+                                        "not a tierd metrics endpoint")
                 return
             body = b""
             while chunk := r.read(65536):
@@ -98,7 +100,7 @@ def fetch(url: str, timeout: float = TIMEOUT, limit: int = MAX_RESPONSE) -> str:
                     return
             box["body"] = body
         except (OSError, http.client.HTTPException, ValueError) as e:
-            why = getattr(e, "strerror", None) or str(e) or type(e).__name__
+            why = getattr(e, "strerror", None) or _one_line(e)
             box["error"] = NoDaemon(f"no tierd answers at {url} ({why}): is the daemon running? "
                                     "(systemctl status tierd)")
 
@@ -147,7 +149,8 @@ def _pages(n: float) -> str:
     return f"{int(n)} ({format_size(int(n) * PAGE)})"
 
 
-def _one_line(e: Exception) -> str:
+def _one_line(e: object) -> str:
+    """What a server or parser said, as one line of at most 200 characters."""
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= 200 else text[:197] + "..."
 

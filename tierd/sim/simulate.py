@@ -90,7 +90,7 @@ class WorkloadError(ValueError):
 
 
 # Bounds of a workload (what the simulator, holding state per page, can run)
-MAX_WORKLOAD = 16 << 40  # bytes of all processes together
+MAX_WORKLOAD = 4 << 40  # bytes of all processes together (state is per page: 2^30 pages)
 MAX_MACHINE = 1 << 60  # bytes of a machine size (fast, slow, other)
 MAX_INTERVALS = 100_000
 MAX_SEED = (1 << 63) - 1
@@ -205,7 +205,7 @@ def _from_mapping(doc, where: str) -> WorkloadSpec:
     if not procs:
         raise WorkloadError(f"{where}: no process (give size=...)")
     if sum(p.size for p in procs) > MAX_WORKLOAD:
-        raise WorkloadError(f"{where}: processes: at most 16TiB in all (the simulator keeps "
+        raise WorkloadError(f"{where}: processes: at most 4TiB in all (the simulator keeps "
                             "state per page)")
     fast = size(machine.get("fast"), "fast")
     slow = machine.get("slow")
