@@ -283,6 +283,32 @@ def test_status_against_any_answer_is_a_report_or_a_sentence(raw_server, body):
         assert err == "" and out.startswith("tierd ")
 
 
+ODD = b"""# TYPE tierd_build info
+tierd_build_info{version="0.1.0",kernel="6.12",tracking="idle_bitmap"} 1.0
+tierd_intervals_total NaN
+tierd_last_interval_timestamp_seconds 1e300
+tierd_policy_last_reload_timestamp_seconds +Inf
+tierd_policy_reloads_total{result="success"} 1
+tierd_pages{target="a",node="0",hotness="99"} 5
+tierd_pages{target="a",node="0",hotness="\xc2\xb2"} 5
+tierd_pages{target="a",node="0",hotness="3"} 7
+tierd_pages{foo="x"} 1
+tierd_target_hot_threshold{target="a"} -Inf
+tierd_node_memory_free_bytes{node="0"} 1
+tierd_move_pages_failures_total{status="busy",extra="y"} 2
+"""
+
+
+def test_status_reads_legal_but_odd_text_as_a_report(raw_server):
+    """NaN, Inf, 1e300, unknown, missing and odd labels: ignored sample by sample (these were
+    ValueError, OverflowError and KeyError tracebacks)."""
+    raw_server.behave = lambda c: c.sendall(http_200(ODD))
+    rc, out, err = run(["status", "--url", raw_server.url])
+    assert rc == 0 and err == "", err
+    assert "no interval completed yet" in out
+    assert "a " in out and "busy 2" in out
+
+
 def trickle(c):
     c.sendall(b"HTTP/1.0 200 OK\r\n")
     while True:
