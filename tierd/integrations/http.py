@@ -77,20 +77,30 @@ class BoundedHTTPServer:
     # -- the serving thread ------------------------------------------------------------------
     def _serve(self) -> None:
         while not self._stop:
-            now = self.clock()
-            wait = min((c.deadline for c in self._conns.values()), default=now + 1.0) - now
-            for key, events in self._sel.select(max(0.0, min(wait, 1.0))):
-                if key.fileobj is self.sock:
-                    self._accept()
-                elif key.fileobj is self._wake_r:
+            try:
+                if self._once():
                     return
-                else:
-                    conn = self._conns.get(key.fileobj)
-                    if conn is not None:
-                        self._io(conn, events)
-            now = self.clock()
-            for conn in [c for c in self._conns.values() if c.deadline <= now]:
-                self._drop(conn)
+            except Exception:  # a bug here must not end the endpoint for good
+                log.exception("metrics: serving failed")
+                time.sleep(0.1)
+
+    def _once(self) -> bool:
+        """One wait and what it brought; True when asked to stop."""
+        now = self.clock()
+        wait = min((c.deadline for c in self._conns.values()), default=now + 1.0) - now
+        for key, events in self._sel.select(max(0.0, min(wait, 1.0))):
+            if key.fileobj is self.sock:
+                self._accept()
+            elif key.fileobj is self._wake_r:
+                return True
+            else:
+                conn = self._conns.get(key.fileobj)
+                if conn is not None:
+                    self._io(conn, events)
+        now = self.clock()
+        for conn in [c for c in self._conns.values() if c.deadline <= now]:
+            self._drop(conn)
+        return False
 
     def _accept(self) -> None:
         for _ in range(self.max_conns):  # bounded work per wake-up
