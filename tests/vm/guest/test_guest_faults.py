@@ -25,7 +25,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from tierd.linux import Kernel
 
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
@@ -95,13 +98,15 @@ def test_sigkill_during_migrations_loses_no_byte_and_no_page(bindir, tmp_path):
         assert resident(h) == pages
         killed_moving = 0
         t0 = time.monotonic()
+        kernel = Kernel()
+        addrs = h.layout().addrs()
         for i in range(KILLS):
-            if i % 2:  # the hot set moves: the next run has promotions and demotions to do
-                h.next_phase()
+            # every page back to the slow node: each run has the whole hot set to promote
+            kernel.move_pages(h.pid, addrs, np.full(addrs.size, 1, dtype=np.int32))
             tierd = Tierd(policy(["hs-kill"]), tmp_path / f"run{i}").start()
             try:
                 tierd.wait_intervals(1, 240)
-                time.sleep(rnd.uniform(0.0, 1.0))  # somewhere in the intervals that move
+                time.sleep(rnd.uniform(0.2, 1.2))  # somewhere in the intervals that move
                 moving = any(iv.promoted or iv.demoted for iv in tierd.intervals())
                 tierd.proc.send_signal(signal.SIGKILL)
                 tierd.proc.wait(30)
