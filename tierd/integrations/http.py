@@ -53,7 +53,15 @@ class BoundedHTTPServer:
                  max_conns: int = MAX_CONNS, timeout: float = TIMEOUT,
                  max_request: int = MAX_REQUEST, clock: Callable[[], float] = time.monotonic) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.create_server((host, port), family=family, backlog=128)
+        # not socket.create_server: its errors append "(while attempting to bind ...)"
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind((host, port))
+            self.sock.listen(128)
+        except BaseException:
+            self.sock.close()
+            raise
         self.sock.setblocking(False)
         self.render = render
         self.max_conns = max_conns

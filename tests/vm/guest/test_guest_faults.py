@@ -204,7 +204,8 @@ def test_metrics_port_taken_at_start_is_a_clear_error(tmp_path):
         out = subprocess.run([sys.executable, "-m", "tierd", "run", "--config", str(policy_file)],
                              capture_output=True, text=True, timeout=300, cwd=REPO)
     assert out.returncode == 2, out.stderr
-    assert f"metrics.listen: cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
+    assert (f"metrics.listen: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+            in out.stderr)
     assert "Traceback" not in out.stderr
     record(f"port taken: exit {out.returncode}, "
            f"\"{[line for line in out.stderr.splitlines() if 'metrics.listen' in line][0][-90:]}\"")
