@@ -53,6 +53,14 @@ class UsageError(Exception):
     """A bad argument value (exit code 2)."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is raised (main prints it as one line on ``err``, exit
+    2) instead of printed with the usage to sys.stderr and sys.exit."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 # ---------------------------------------------------------------------------------------------
 # argument parsing
 
@@ -69,18 +77,32 @@ def _duration_arg(text: str) -> float:
     return v
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, hi: int | None = None) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if v < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    if hi is not None and v > hi:
+        raise argparse.ArgumentTypeError(f"must be at most {hi}")
     return v
 
 
+MAX_SAMPLES = 65535  # scan's per-page access counter is uint16
+MAX_PID = 1 << 22  # PID_MAX_LIMIT
+
+
+def _samples_arg(text: str) -> int:
+    return _positive_int(text, MAX_SAMPLES)
+
+
+def _pid_arg(text: str) -> int:
+    return _positive_int(text, MAX_PID)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tierd",
         description="Keeps each process's hot pages on fast memory (DRAM) and its cold pages "
         "on the slow memory tier (CXL, PMEM), using per-page access bits and move_pages(2).",
@@ -111,9 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         "when move_pages cannot tell the pages' nodes.",
         epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--pid", type=_positive_int, required=True, help="process id")
-    p.add_argument("--samples", type=_positive_int, default=5, metavar="K",
-                   help="number of samples (default 5)")
+    p.add_argument("--pid", type=_pid_arg, required=True, help="process id")
+    p.add_argument("--samples", type=_samples_arg, default=5, metavar="K",
+                   help=f"number of samples (default 5, at most {MAX_SAMPLES})")
     p.add_argument("--interval", type=_duration_arg, default=1.0, metavar="S",
                    help='time between samples: "1s", "500ms", 2 (default 1s)')
     p.add_argument("--reader", choices=("auto", "idle_bitmap", "page_idle"), default="auto",
@@ -122,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mappings to list before aggregating the rest (default 20)")
     p.add_argument("--heatmap", metavar="FILE.png",
                    help="also draw the access heatmap (address x sample, with the node of "
-                   "each address range beside it) into this PNG file")
+                   "each address range beside it) into this PNG (or .svg, .pdf) file")
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser(
@@ -186,7 +208,7 @@ def _engine_main(mod):
 def main(argv: list[str] | None = None, *, kernel=None, out=None, err=None) -> int:
     """Entry point (console script ``tierd``).  ``kernel`` (a tierd.linux.Kernel or a fake),
     ``out`` and ``err`` are injectable for tests.  Returns the exit code."""
-    from tierd.linux import FeatureMissing, ProcessGone
+    from tierd.linux import FeatureMissing, ParseError, ProcessGone
     from tierd.policy import PolicyError
 
     out = out or sys.stdout
@@ -194,7 +216,10 @@ def main(argv: list[str] | None = None, *, kernel=None, out=None, err=None) -> i
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as e:  # argparse: --help/--version (0) or a usage error (2)
+    except UsageError as e:
+        print(e if str(e).startswith("tierd") else f"tierd: {e}", file=err)
+        return EXIT_USAGE
+    except SystemExit as e:  # argparse: --help/--version (0)
         return int(e.code or 0) if isinstance(e.code, int) else EXIT_USAGE
     try:
         return args.func(args, kernel, out, err)
@@ -209,6 +234,9 @@ def main(argv: list[str] | None = None, *, kernel=None, out=None, err=None) -> i
         return EXIT_FAILURE
     except ProcessGone as e:
         print(f"tierd: {e}", file=err)
+        return EXIT_FAILURE
+    except ParseError as e:  # /proc or /sys text not as the kernel writes it
+        print(f"tierd: cannot understand {e}", file=err)
         return EXIT_FAILURE
     except PermissionError as e:
         where = f" ({e.filename})" if e.filename else ""
@@ -253,7 +281,7 @@ def cmd_status(args, kernel, out, err) -> int:
     import os
 
     from tierd.policy import Policy, load_policy
-    from tierd.status import NoDaemon, fetch, format_status, parse
+    from tierd.status import BadURL, NoDaemon, fetch, format_status, parse
 
     url = args.url
     if url is None:
@@ -267,6 +295,8 @@ def cmd_status(args, kernel, out, err) -> int:
         url = f"http://{'localhost' if host in ('0.0.0.0', '[::]') else host}:{port}/metrics"
     try:
         st = parse(fetch(url), url)
+    except BadURL as e:
+        raise UsageError(str(e)) from None
     except NoDaemon as e:
         print(f"tierd: {e}", file=err)
         return EXIT_FAILURE
@@ -431,7 +461,7 @@ def scan(kernel, pid: int, samples: int, interval: float, reader_name: str = "au
             # A first sample resets the accessed state; the K that follow are counted.
             for w, n in zip(ws.tolist(), nw.tolist()):
                 reader.sample(pid, w, n)
-            cnt = [np.zeros(64 * n, dtype=np.uint8) for n in nw.tolist()]
+            cnt = [np.zeros(64 * n, dtype=np.uint16) for n in nw.tolist()]  # K <= MAX_SAMPLES
             pres = [np.zeros(64 * n, dtype=bool) for n in nw.tolist()]
             deadline = time.monotonic()
             for k in range(samples):
@@ -464,7 +494,7 @@ def scan(kernel, pid: int, samples: int, interval: float, reader_name: str = "au
             res.present_source = f"unknown (pagemap: {e.strerror})"
 
     vpn = np.concatenate(vpn_parts) if vpn_parts else np.zeros(0, np.uint64)
-    counts = np.concatenate(counts_parts) if counts_parts else np.zeros(vpn.size, np.uint8)
+    counts = np.concatenate(counts_parts) if counts_parts else np.zeros(vpn.size, np.uint16)
     K1 = samples + 1
 
     # Page -> VMA (maps are sorted by address and do not overlap).
@@ -536,8 +566,10 @@ def scan(kernel, pid: int, samples: int, interval: float, reader_name: str = "au
 def cmd_scan(args, kernel, out, err) -> int:
     from tierd.units import format_duration, format_size
 
-    k = _kernel(kernel)
     heat = getattr(args, "heatmap", None)
+    if heat is not None:
+        _check_heatmap_path(heat)  # before sampling: a bad name must not cost the whole scan
+    k = _kernel(kernel)
     res = scan(k, args.pid, args.samples, args.interval, args.reader, args.top,
                heat_rows=512 if heat else None)
     print(f"pid {res.pid} ({res.comm}): VmRSS {format_size(res.vm_rss)}, {res.nvmas} mappings",
@@ -593,6 +625,24 @@ def cmd_scan(args, kernel, out, err) -> int:
     if res.grid is not None:
         _write_heatmap(k, res, heat, out)
     return rc
+
+
+HEATMAP_FORMATS = (".png", ".svg", ".pdf")
+
+
+def _check_heatmap_path(path: str) -> None:
+    """UsageError unless ``path`` names a file of a supported format in an existing directory."""
+    import os
+
+    ext = os.path.splitext(path)[1].lower()
+    if os.path.isdir(path) or path.endswith("/"):
+        raise UsageError(f"--heatmap {path}: is a directory; give a file name such as heat.png")
+    if ext not in HEATMAP_FORMATS:
+        raise UsageError(f"--heatmap {path}: unsupported format {ext or '(no extension)'!r}; "
+                         f"use {', '.join(HEATMAP_FORMATS)}")
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        raise UsageError(f"--heatmap {path}: directory {parent} does not exist")
 
 
 def _write_heatmap(kernel, res: ScanResult, path: str, out) -> None:

@@ -12,7 +12,10 @@ Policy or the first error.
 from __future__ import annotations
 
 import difflib
+import ipaddress
+import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,7 +34,7 @@ from tierd.units import (
 )
 
 __all__ = [
-    "Amount", "Policy", "PolicyError", "TargetSpec", "load_policy", "parse_policy",
+    "Amount", "Policy", "PolicyError", "Regex", "TargetSpec", "load_policy", "parse_policy",
     "TRACKING_CHOICES",
 ]
 
@@ -39,6 +42,10 @@ TRACKING_CHOICES = ("auto", "idle_bitmap", "page_idle")
 HOTNESS_MAX = 15  # hotness is 0..15 (docs/design.md)
 WINDOW_MAX = 16  # at most 16 samples of history
 PAGE_SIZE = 4096
+MAX_BYTES = 1 << 60  # sizes and rates: more does not exist in one machine (1024PiB)
+MAX_BATCH = 1 << 30  # migration.batch: one move_pages call's page list stays small
+FRACTION_STEP = 1e-4  # percentages: 0.01% steps
+MIN_INTERVAL = 0.001  # 1ms: durations are whole milliseconds
 
 
 class PolicyError(ValueError):
@@ -57,6 +64,36 @@ class PolicyError(ValueError):
 
 
 @dataclass(frozen=True)
+class Regex:
+    """A selector's regular expression, matched by RE2 (google-re2): in time linear in the
+    text.  Any local user chooses their processes' command lines, and a backtracking engine
+    (Python's re) takes exponential time on patterns like ``(a+)+$``: 12 s for one lookup of
+    26 a's and a "!".  RE2 has no backreferences or lookaround; such a pattern is refused."""
+
+    pattern: str
+    compiled: object = field(compare=False, repr=False)
+
+    @classmethod
+    def compile(cls, pattern: str) -> Regex:
+        """Raises ValueError (with RE2's reason) if RE2 cannot compile ``pattern``."""
+        import re2
+
+        opts = re2.Options()
+        opts.log_errors = False  # the reason is in the exception; RE2 would print to stderr
+        try:
+            return cls(pattern, re2.compile(pattern, opts))
+        except re2.error as e:
+            why = e.args[0] if e.args else e
+            raise ValueError(why.decode(errors="replace") if isinstance(why, bytes) else str(why)) from None
+
+    def search(self, text: str):
+        try:
+            return self.compiled.search(text)
+        except UnicodeEncodeError:  # undecodable bytes of a command line (surrogate escapes)
+            return self.compiled.search(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+
+
+@dataclass(frozen=True)
 class TargetSpec:
     """Which processes one target covers and its share of the fast tier.
 
@@ -66,9 +103,9 @@ class TargetSpec:
 
     name: str
     pids: tuple[int, ...] = ()
-    comm: re.Pattern | None = None  # re.search on /proc/PID/comm
-    exe: re.Pattern | None = None  # re.search on the resolved /proc/PID/exe
-    cmdline: re.Pattern | None = None  # re.search on the NUL->space joined cmdline
+    comm: Regex | None = None  # search on /proc/PID/comm
+    exe: Regex | None = None  # search on the resolved /proc/PID/exe
+    cmdline: Regex | None = None  # search on the NUL->space joined cmdline
     cgroup: str | None = None  # cgroup v2 path; the subtree below it matches too
     min_rss: int = 0
     fast_share: Amount | None = None  # guaranteed part of the fast tier
@@ -170,13 +207,25 @@ class _Walker:
             self.fail(node, key, f"unreadable value {node.value!r}: {e}")
 
     def unit(self, node: yaml.Node, key: str, parse: Callable, what: str):
+        """A size, rate, percentage or duration, within what tierd can work with: sizes and
+        rates up to MAX_BYTES, percentages 0% or 0.01% .. 100% in steps of 0.01% (so that
+        every value accepted is printed back as written, never as "1e-07%")."""
         v = self.value(node, key)
         if v is None:
             self.fail(node, key, f"needs a {what}")
         try:
-            return parse(v)
+            out = parse(v)
         except UnitError as e:
             self.fail(node, key, str(e))
+        size = out.bytes if isinstance(out, Amount) else out if parse in (parse_size, parse_rate) else None
+        if size is not None and size > MAX_BYTES:
+            self.fail(node, key, f"{v!r} is more than {format_size(MAX_BYTES)}"
+                      f"{'/s' if parse is parse_rate else ''}")
+        frac = out.fraction if isinstance(out, Amount) else out if parse is parse_fraction else None
+        if frac and (frac < FRACTION_STEP or abs(frac / FRACTION_STEP - round(frac / FRACTION_STEP)) > 1e-6):
+            self.fail(node, key, f"{v!r}: a percentage is 0% or 0.01% .. 100%, with at most two "
+                      "decimals")
+        return out
 
     def string(self, node: yaml.Node, key: str) -> str:
         v = self.value(node, key)
@@ -193,12 +242,13 @@ class _Walker:
             self.fail(node, key, f"{v} is out of range ({rng})")
         return v
 
-    def regex(self, node: yaml.Node, key: str) -> re.Pattern:
+    def regex(self, node: yaml.Node, key: str) -> Regex:
         text = self.string(node, key)
         try:
-            return re.compile(text)
-        except (re.error, RecursionError, OverflowError) as e:
-            self.fail(node, key, f"bad regular expression {text!r}: {e}")
+            return Regex.compile(text)
+        except ValueError as e:
+            self.fail(node, key, f"bad regular expression {text!r}: {e} (RE2 syntax: no "
+                      "backreferences or lookaround)")
 
     def mapping(self, node: yaml.Node, prefix: str, allowed: tuple[str, ...]) -> dict:
         """{key: (key node, value node)}; unknown and repeated keys are errors."""
@@ -323,6 +373,9 @@ class _Walker:
                 kw["batch"] = self.unit(m["batch"][1], "migration.batch", parse_size, "size")
                 if kw["batch"] < PAGE_SIZE:
                     self.fail(m["batch"][1], "migration.batch", "must be at least one page (4KiB)")
+                if kw["batch"] > MAX_BATCH:
+                    self.fail(m["batch"][1], "migration.batch",
+                              f"must be at most {format_size(MAX_BATCH)} (pages per move_pages call)")
             if "retry_after" in m:
                 kw["retry_after"] = self.integer(m["retry_after"][1], "migration.retry_after", 1, 1 << 20)
         if "metrics" in top:
@@ -357,9 +410,13 @@ class _Walker:
         v = self.unit(n, key, parse_duration, "duration")
         if v <= 0:
             self.fail(n, key, "must be longer than 0s")
+        if v < MIN_INTERVAL:
+            self.fail(n, key, f"must be at least {format_duration(MIN_INTERVAL)}")
         if v > 86400:
             self.fail(n, key, "must be at most a day (24h)")
-        return v
+        if abs(v * 1000 - round(v * 1000)) > 1e-6:
+            self.fail(n, key, "must be a whole number of milliseconds")
+        return round(v * 1000) / 1000
 
     def auto_interval(self, top: dict, kw: dict) -> None:
         """The auto_interval section (only meaningful with ``interval: auto``)."""
@@ -440,6 +497,9 @@ def _typename(v) -> str:
     return {bool: "true/false", int: "a number", float: "a number", str: "a string"}.get(type(v), type(v).__name__)
 
 
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
 def _check_listen(v: str) -> str | None:
     """None if ``v`` is "" or HOST:PORT (IPv6 as [addr]:port), else the complaint."""
     if v == "":
@@ -448,10 +508,14 @@ def _check_listen(v: str) -> str | None:
     if not sep or not host:
         return f"{v!r} is not HOST:PORT (e.g. 127.0.0.1:9464), or \"\" to disable"
     if host.startswith("["):
-        if not host.endswith("]") or len(host) < 3:
+        try:
+            ipaddress.IPv6Address(host[1:-1] if host.endswith("]") else "-")
+        except ValueError:
             return f"bad IPv6 address in {v!r} (write [::1]:9464)"
-    elif ":" in host or any(c.isspace() for c in host):
+    elif ":" in host:
         return f"bad host in {v!r} (IPv6 addresses go in brackets: [::1]:9464)"
+    elif not _HOST.fullmatch(host):
+        return f"bad host in {v!r}: an IP address or a host name (letters, digits, - and .)"
     if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
         return f"port {port!r} is not a number in 1..65535"
     return None
@@ -477,13 +541,50 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
         raise PolicyError(source, None, "yaml", "nested too deeply") from None
 
 
-def load_policy(path: str) -> Policy:
-    """Read and validate the policy file at ``path``."""
+MAX_POLICY_BYTES = 1 << 20  # a policy is a few KiB; a bigger file is a mistake (or /dev/zero)
+
+
+def read_policy_text(path: str, what: str = "a policy file") -> str:
+    """The text of the policy file at ``path``, or PolicyError.  Only a regular file of at
+    most MAX_POLICY_BYTES is read: a FIFO would block check-config and a reload for ever
+    (and with it the interval loop), /dev/zero or a huge file would exhaust memory."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        # O_NONBLOCK: opening a FIFO without a writer returns at once, to be refused below
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise PolicyError(path, None, None, f"cannot read: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PolicyError(path, None, None, f"not a regular file ({_file_kind(st.st_mode)})")
+        data = b""
+        while len(data) <= MAX_POLICY_BYTES:  # st_size may lie (a file growing meanwhile)
+            chunk = os.read(fd, MAX_POLICY_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        if len(data) > MAX_POLICY_BYTES:
+            raise PolicyError(path, None, None, f"larger than {format_size(MAX_POLICY_BYTES)}: "
+                              f"not {what}")
+    except OSError as e:
+        raise PolicyError(path, None, None, f"cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise PolicyError(path, None, None, f"not UTF-8 text: {e.reason} at byte {e.start}") from None
-    return parse_policy(text, path)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a file"
+
+
+def load_policy(path: str) -> Policy:
+    """Read and validate the policy file at ``path``."""
+    return parse_policy(read_policy_text(path), path)

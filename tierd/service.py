@@ -132,7 +132,7 @@ def main(args: argparse.Namespace, *, kernel=None, env: Mapping[str, str] | None
     finally:
         server.close()
     log.info("tierd stopped")
-    return 1 if daemon.failed else 0
+    return 130 if daemon.interrupted else 1 if daemon.failed else 0
 
 
 def _hostport(addr: tuple[str, int]) -> str:

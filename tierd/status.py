@@ -4,13 +4,21 @@ The daemon exports everything worth showing as Prometheus metrics (tierd.integra
 so the status command is a client of that endpoint: no second protocol, no socket of its own,
 and it works for any user who can reach the (by default loopback) address.  ``parse`` turns
 the exposition text into a ``Status``; ``format_status`` into the lines printed.
+
+Whatever answers at that address is not trusted to be tierd: the fetch has a total deadline
+(a server that trickles or never ends cannot hold the command), the answer a size cap, the
+text goes through prometheus_client's exposition parser, and odd but legal content (NaN,
+Inf, unknown or missing labels) is ignored sample by sample rather than trusted.
 """
 
 from __future__ import annotations
 
+import http.client
+import math
+import socket
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -20,8 +28,17 @@ PAGE = 4096
 LEVELS = 16
 
 
+TIMEOUT = 5.0  # seconds for the whole exchange
+MAX_RESPONSE = 16 << 20  # bytes: a tierd scrape is tens of KiB, hundreds with many targets
+MAX_VALUE = 2.0 ** 63  # no counter, size or timestamp of tierd's is larger
+
+
 class NoDaemon(Exception):
     """Nothing (or not tierd) answers at the metrics address."""
+
+
+class BadURL(ValueError):
+    """The metrics URL cannot be asked (a usage error)."""
 
 
 @dataclass
@@ -36,18 +53,72 @@ class Status:
         return self.values.get(name, default)
 
     def by(self, name: str, *keys: str) -> dict:
-        """name's samples keyed by the given label values."""
-        return {tuple(dict(lv)[k] for k in keys): v for lv, v in self.labelled[name].items()}
+        """name's samples keyed by the given label values (samples lacking one left out)."""
+        out = {}
+        for lv, v in self.labelled[name].items():
+            d = dict(lv)
+            if all(k in d for k in keys):
+                out[tuple(d[k] for k in keys)] = v
+        return out
 
 
-def fetch(url: str, timeout: float = 5.0) -> str:
+def split_url(url: str) -> tuple[str, int, str]:
+    """(host, port, path) of an http:// URL, or BadURL."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.read().decode()
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise NoDaemon(f"no tierd answers at {url} ({getattr(reason, 'strerror', None) or reason}): "
-                       "is the daemon running? (systemctl status tierd)") from None
+        u = urllib.parse.urlsplit(url)
+        port = u.port or 80
+    except ValueError as e:
+        raise BadURL(f"bad URL {url!r}: {e}") from None
+    if u.scheme != "http" or not u.hostname:
+        raise BadURL(f"bad URL {url!r}: expected http://HOST:PORT/metrics")
+    return u.hostname, port, (u.path or "/") + (f"?{u.query}" if u.query else "")
+
+
+def fetch(url: str, timeout: float | None = None, limit: int | None = None) -> str:
+    """The body of GET ``url``, within ``timeout`` seconds in all (TIMEOUT) and ``limit``
+    bytes (MAX_RESPONSE), or NoDaemon saying why not (BadURL if the URL itself is wrong)."""
+    timeout = TIMEOUT if timeout is None else timeout
+    limit = MAX_RESPONSE if limit is None else limit
+    host, port, path = split_url(url)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    box: dict = {}
+
+    def get() -> None:
+        try:
+            conn.request("GET", path, headers={"Accept": "text/plain"})
+            r = conn.getresponse()
+            if r.status != 200:
+                box["error"] = NoDaemon(f"{url} answers HTTP {r.status} {_one_line(r.reason)}: "
+                                        "not a tierd metrics endpoint")
+                return
+            body = b""
+            while chunk := r.read(65536):
+                body += chunk
+                if len(body) > limit:
+                    box["error"] = NoDaemon(f"{url} sent more than {format_size(limit)}: not "
+                                            "tierd's metrics")
+                    return
+            box["body"] = body
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            why = getattr(e, "strerror", None) or _one_line(e)
+            box["error"] = NoDaemon(f"no tierd answers at {url} ({why}): is the daemon running? "
+                                    "(systemctl status tierd)")
+
+    worker = threading.Thread(target=get, name="tierd-status-fetch", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():  # trickling or endless: cut it off
+        sock = conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        raise NoDaemon(f"{url} did not answer within {timeout:g}s: is it tierd?")
+    conn.close()
+    if "error" in box:
+        raise box["error"]
+    return box["body"].decode("utf-8", errors="replace")
 
 
 def parse(text: str, url: str) -> Status:
@@ -57,12 +128,14 @@ def parse(text: str, url: str) -> Status:
     try:
         for fam in text_string_to_metric_families(text):
             for s in fam.samples:
+                if not math.isfinite(s.value) or abs(s.value) > MAX_VALUE:  # legal, but no
+                    continue  # count, size or time of tierd's
                 if s.labels:
                     st.labelled[s.name][tuple(sorted(s.labels.items()))] = s.value
                 else:
                     st.values[s.name] = s.value
-    except ValueError as e:
-        raise NoDaemon(f"{url} does not serve Prometheus metrics: {e}") from None
+    except Exception as e:  # the parser's errors on garbage are ValueError, IndexError ...
+        raise NoDaemon(f"{url} does not serve Prometheus metrics: {_one_line(e)}") from None
     builds = list(st.labelled.get("tierd_build_info", {}))
     if not builds:
         raise NoDaemon(f"{url} answers, but it is not tierd (no tierd_build_info)")
@@ -76,10 +149,19 @@ def _pages(n: float) -> str:
     return f"{int(n)} ({format_size(int(n) * PAGE)})"
 
 
+def _one_line(e: object) -> str:
+    """What a server or parser said, as one line of at most 200 characters."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def _ago(ts: float | None, now: float) -> str:
     if ts is None:
         return "never"
-    return time.strftime("%H:%M:%S", time.localtime(ts)) + f" ({max(0, now - ts):.0f}s ago)"
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(ts)) + f" ({max(0, now - ts):.0f}s ago)"
+    except (OverflowError, OSError, ValueError):  # a timestamp no clock shows
+        return f"an impossible time ({ts:g})"
 
 
 def classes(hist: list[float], hot: int, cold: int) -> tuple[float, float, float]:
@@ -154,7 +236,8 @@ def format_status(st: Status, now: float | None = None) -> list[str]:
     cold_t = st.by("tierd_target_cold_threshold", "target")
     hists: dict = defaultdict(lambda: [0.0] * LEVELS)
     for (target, node, level), v in pages.items():
-        hists[(target, node)][int(level)] += v
+        if level.isascii() and level.isdigit() and int(level) < LEVELS:  # other labels: not tierd's, ignored
+            hists[(target, node)][int(level)] += v
     targets = sorted({t for t, _ in hists} | {t for (t,) in procs})
     if targets:
         rows = [("target", "procs", "hot>=", "node", "hot", "warm", "cold")]

@@ -171,7 +171,7 @@ def format_size(n: int | float) -> str:
 
 def format_duration(seconds: float) -> str:
     if seconds >= 60 and seconds % 60 == 0:
-        return f"{seconds / 60:g}m"
+        return f"{seconds / 60:.10g}m"
     if seconds < 1:
-        return f"{seconds * 1000:g}ms"
-    return f"{seconds:g}s"
+        return f"{seconds * 1000:.10g}ms"
+    return f"{seconds:.10g}s"

@@ -313,3 +313,19 @@ def test_scan_does_not_read_a_word_shared_with_a_special_mapping(tmp_path):
     assert rc == 0, err
     assert set(reader.calls) == {HEAP // 4096 // 64}  # the heap's word only
     assert "(16 pages not read: their 64-page word is shared with a special mapping" in out
+
+
+def test_scan_counts_past_255_samples(tmp_path):
+    """The per-page counter once was uint8: 300 accesses in 300 samples read as 44."""
+    k = FakeKernel(scan_proc(tmp_path), FakeReader())
+    rc, out, err = run(["scan", "--pid", "500", "--samples", "300", "--interval", "1ms"], k)
+    assert rc == 0, err
+    row = table_row(out, "[heap]")
+    hist = [int(x) for x in row[5:]]
+    assert len(hist) == 301 and hist[300] == 8 and hist[1] == 8 and hist[0] == 48
+    assert sum(hist) == 64
+
+
+def test_scan_samples_beyond_the_counter_are_a_usage_error():
+    rc, out, err = run(["scan", "--pid", "1", "--samples", "70000"])
+    assert rc == 2 and out == "" and "--samples" in err and "Traceback" not in err

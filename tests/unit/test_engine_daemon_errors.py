@@ -257,3 +257,46 @@ def test_executor_adds_up_call_time_and_grows_batches_only_after_quick_calls():
     ex.batch["query"] = 16
     _, c = ex.query(1, np.arange(48, dtype=np.uint64))
     assert c.calls == 3  # 5.5 ms is not quick: the batch stays 16
+
+
+def test_unparsable_maps_drop_that_process_for_the_interval_warned_once(caplog):
+    from tierd.linux.errors import ParseError
+
+    k, a, eng = two_processes()
+    k.fail["maps"][PID + 1] = ParseError(f"/proc/{PID + 1}/maps", 3, "bad address range x-y")
+    access(a, [1])
+    with caplog.at_level(logging.INFO, logger="tierd"):
+        stats = [eng.step() for _ in range(3)]
+    assert warnings_(caplog) == [f"pid {PID + 1} (app): not sampled: /proc/{PID + 1}/maps:3: "
+                                 "bad address range x-y"]
+    assert stats[0].promoted == 1 and k.moves() == [(PID, [1], [0])]
+
+
+class _NumaProcFS:
+    """procfs for tierd.linux.nodes.NumaMapsNodes: the fake maps, numa_maps text per pid."""
+
+    def __init__(self, k, texts):
+        self.maps, self.texts = k.procfs.maps, texts
+
+    def read_text(self, pid, name):
+        assert name == "numa_maps"
+        return self.texts[pid]
+
+
+def test_bad_numa_maps_or_a_node_id_past_int16_leave_nodes_unknown_not_the_interval_failed():
+    from tierd.linux.nodes import NumaMapsNodes
+
+    k = FailingKernel()
+    a = k.add(FakeProc(PID, 64, node=1))
+    k.add(FakeProc(PID + 1, 64, base=BASE2, node=1))
+    texts = {PID: "zzz default N0=1\n",  # unparsable start address
+             PID + 1: f"{BASE2:x} default anon=64 N40000=64\n"}  # no such node id in int16
+    calls = []
+    source = NumaMapsNodes(_NumaProcFS(k, texts))
+    k._reader.nodes = lambda *a: calls.append(a[0]) or source.nodes(*a)
+    eng = engine(k, pids=(PID, PID + 1))
+    for _ in range(2):  # raised ParseError / OverflowError out of step() before
+        access(a, [1])
+        stats = eng.step()
+    assert PID in calls and PID + 1 in calls
+    assert stats.promoted == 1 and k.moves() == [(PID, [1], [0])]

@@ -89,3 +89,31 @@ def test_static_resolver_orders_by_target():
     specs = [TargetSpec("a"), TargetSpec("b")]
     assert [r.pid for r in StaticResolver(refs).resolve(specs)] == [1, 3]
     assert ProcessRef(1, 2.0, "a").key == (1, 2.0)
+
+
+_REDOS = r"""
+import subprocess, sys
+from tierd.engine.targets import PsutilResolver
+from tierd.policy import parse_policy
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "a" * 40 + "!"])
+try:
+    pol = parse_policy("targets:\n  - name: t\n    pids: [%d]\n    cmdline: '(a+)+$'\n" % child.pid)
+    print(len(PsutilResolver(self_pid=-1).resolve(pol.targets)))
+finally:
+    child.kill()
+"""
+
+
+def test_a_catastrophic_cmdline_regex_matches_in_linear_time():
+    """Any user picks a command line: `(a+)+$` against 40 a's and a "!" takes hours with a
+    backtracking engine (12 s at 26 a's, x2 per a), microseconds with RE2."""
+    r = subprocess.run([sys.executable, "-c", _REDOS], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0"  # ends in "!": no match
+
+
+def test_undecodable_command_line_bytes_are_searched_not_raised():
+    from tierd.policy import Regex
+
+    assert Regex.compile("x.y").search("x\udcffy")
+    assert not Regex.compile("^a$").search("b\udcff")

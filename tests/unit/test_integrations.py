@@ -483,3 +483,12 @@ def test_status_uses_the_policy_listen_address(tmp_path):
     err = io.StringIO()
     assert cli_main(["status", "--config", str(cfg)], out=io.StringIO(), err=err) == 2
     assert "metrics.listen is \"\"" in err.getvalue()
+
+
+def test_sigint_stops_the_daemon_with_exit_130(tmp_path, saved_signals, root_logging):
+    """README: 130 interrupted (Ctrl-C); SIGTERM (systemctl stop) is a clean 0."""
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(GOOD.format(pid=PID, listen=f"127.0.0.1:{free_port()}"))
+    for sig, rc in ((signal.SIGINT, 130), (signal.SIGTERM, 0)):
+        assert run_service(cfg, saved_signals, intervals=None,
+                           on_started=lambda d, s, sig=sig: os.kill(os.getpid(), sig)) == rc

@@ -12,7 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tierd.policy import Amount, Policy, PolicyError, TargetSpec, load_policy, parse_policy
+from tierd.policy import Amount, Policy, PolicyError, Regex, TargetSpec, load_policy, parse_policy
 
 ETC = os.path.join(os.path.dirname(__file__), "..", "..", "etc", "tierd.yaml")
 
@@ -67,7 +67,7 @@ def test_full_policy_values():
     assert p.source == "p.yaml"
     assert p.interval == 0.5 and p.tracking == "page_idle"
     db, web = p.targets
-    assert db == TargetSpec("db", comm=re.compile("^postgres$"), min_rss=1 << 30,
+    assert db == TargetSpec("db", comm=Regex.compile("^postgres$"), min_rss=1 << 30,
                             fast_share=Amount(fraction=0.25), fast_cap=Amount(fraction=0.5))
     assert web.pids == (100, 200) and web.exe.pattern == "/usr/bin/nginx"
     assert web.cmdline.search("nginx --port 80") and web.cgroup == "/system.slice/web.service"

@@ -50,6 +50,7 @@ from tierd.engine.gain import NEED_SHARES, GainModel, need
 from tierd.engine.pack import Pack, Packs
 from tierd.engine.state import CHUNK_WORDS, Extents, PageState, test_bits
 from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
+from tierd.linux.errors import ParseError
 
 log = logging.getLogger("tierd")
 
@@ -317,6 +318,11 @@ class Engine:
                 stats.dropped += 1
             except OSError as e:  # one process we cannot read (permissions, odd mapping)
                 log.warning("pid %d (%s): not sampled: %s", unit.ref.pid, unit.ref.target, e)
+            except ParseError as e:  # its maps did not parse: this process, this interval
+                first = "parse" not in unit.reader_errors
+                unit.reader_errors.add("parse")
+                log.log(logging.WARNING if first else logging.DEBUG,
+                        "pid %d (%s): not sampled: %s", unit.ref.pid, unit.ref.target, e)
         engine_s += self._sample_packs(node_ids, stats)
         t1 = self.clock()
         stats.sample_seconds = t1 - t0 - engine_s
@@ -640,7 +646,7 @@ class Engine:
         def nodes(pid: int, word_start: int, nwords: int) -> np.ndarray:
             try:
                 return nodes_of(pid, word_start, nwords)
-            except OSError as e:
+            except (OSError, ParseError, OverflowError) as e:  # Overflow: a node id past int16
                 log.debug("pid %d: nodes not read: %s", pid, e)
                 return np.full(nwords * 64, -1, dtype=np.int16)
 
@@ -910,6 +916,7 @@ class Daemon:
         self.clock = clock
         self.max_failed = max_failed
         self.failed = False  # set when run() gave up after max_failed failed intervals
+        self.interrupted = False  # stopped by SIGINT (Ctrl-C): tierd run exits 130
         self.pacer: IntervalController | None = None  # interval: auto
         self.heartbeat = heartbeat  # seconds between on_heartbeat calls while idle (None: never)
         engine.should_stop = self.stop.is_set
@@ -918,8 +925,12 @@ class Daemon:
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: stop after the current batch; SIGHUP: reload at the next tick."""
         signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        signal.signal(signal.SIGINT, self._interrupt)
         signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+
+    def _interrupt(self, *_) -> None:
+        self.interrupted = True
+        self.stop.set()
 
     def _notify(self, method: str, *args) -> None:
         for obs in self.observers:

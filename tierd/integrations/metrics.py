@@ -6,7 +6,8 @@ on the HTTP server's own thread, sees either the previous interval or this one, 
 without a lock and without ever waiting for the loop.  ``TierdCollector`` renders the latest
 snapshot; ``MetricsServer`` serves a registry holding it on the policy's ``metrics.listen``
 and re-binds on a reload that changes the address (binding first, so a bad address refuses
-the reload and the old endpoint keeps serving).
+the reload and the old endpoint keeps serving); it serves with tierd.integrations.http, whose
+connections are bounded in number, time and size (any local user can reach the port).
 
 Names follow the Prometheus conventions: ``tierd_`` prefix, base units (bytes, seconds),
 ``_total`` counters, ``_info`` for labels-only metrics.  Everything exported is listed in
@@ -329,8 +330,9 @@ class MetricsServer(Observer):
         self._pending = None  # (listen, server) bound by prepare, not yet switched to
 
     def _bind(self, policy):
-        from prometheus_client import start_http_server
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        from tierd.integrations.http import BoundedHTTPServer
         from tierd.policy import PolicyError
 
         listen = policy.metrics_listen
@@ -338,11 +340,12 @@ class MetricsServer(Observer):
             return None
         host, port = split_listen(listen)
         try:
-            server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        except OSError as e:
+            server = BoundedHTTPServer(
+                host, port, lambda: (CONTENT_TYPE_LATEST, generate_latest(self.registry)))
+        except (OSError, OverflowError, UnicodeError, ValueError) as e:  # Unicode: IDNA
             raise PolicyError(policy.source, key_line(policy.source, ("metrics", "listen")),
                               "metrics.listen",
-                              f"cannot listen on {listen}: {e.strerror or e}") from None
+                              f"cannot listen on {listen}: {getattr(e, 'strerror', None) or e}") from None
         return server
 
     def start(self, policy) -> None:
@@ -386,18 +389,18 @@ class MetricsServer(Observer):
 
 def _close(server) -> None:
     if server is not None:
-        server.shutdown()  # returns within serve_forever's 0.5 s poll
-        server.server_close()
+        server.close()
 
 
 def key_line(source: str, path: tuple[str, ...]) -> int | None:
     """The line of a key in a YAML file (for errors found after validation), or None."""
     import yaml
 
+    from tierd.policy import PolicyError, read_policy_text
+
     try:
-        with open(source, encoding="utf-8") as f:
-            node = yaml.compose(f.read(), Loader=yaml.SafeLoader)
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        node = yaml.compose(read_policy_text(source), Loader=yaml.SafeLoader)
+    except (PolicyError, yaml.YAMLError, RecursionError):
         return None
     for key in path:
         if not isinstance(node, yaml.MappingNode):

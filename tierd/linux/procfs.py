@@ -313,7 +313,7 @@ class ProcFS:
         return target[: -len(DELETED_SUFFIX)] if target.endswith(DELETED_SUFFIX) else target
 
     def meminfo(self) -> dict[str, int]:
-        with open(os.path.join(self.root, "meminfo")) as f:
+        with open(os.path.join(self.root, "meminfo"), encoding="utf-8", errors="surrogateescape") as f:
             return parse_meminfo(f.read())
 
     def pagemap(self, pid: int | str, vpn: int, npages: int) -> np.ndarray:

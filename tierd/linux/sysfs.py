@@ -242,7 +242,7 @@ class SysFS:
         return os.path.join(self.root, *parts)
 
     def _read(self, *parts: str) -> str:
-        with open(self._p(*parts)) as f:
+        with open(self._p(*parts), encoding="utf-8", errors="surrogateescape") as f:
             return f.read()
 
     def has_numa(self) -> bool:
@@ -312,7 +312,7 @@ class SysFS:
     def topology(self) -> Topology:
         """Read the topology now (MemFree changes: call again each interval)."""
         if not self.has_numa():
-            with open(os.path.join(self.proc, "meminfo")) as f:
+            with open(os.path.join(self.proc, "meminfo"), encoding="utf-8", errors="surrogateescape") as f:
                 mi = parse_meminfo(f.read())
             return Topology(
                 (Node(0, self.cpus_online(), mi.get("MemTotal", 0), mi.get("MemFree", 0), (10,), None),)

@@ -68,6 +68,7 @@ import errno
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field, replace
 
@@ -97,6 +98,14 @@ T_FAST, T_SLOW, ACCESS_LINES, T_MOVE = 80.0, 250.0, 16, 8000.0
 
 class WorkloadError(ValueError):
     """An invalid workload spec; the message says which key and why."""
+
+
+# Bounds of a workload (what the simulator, holding state per page, can run)
+MAX_WORKLOAD = 4 << 40  # bytes of all processes together (state is per page: 2^30 pages)
+MAX_MACHINE = 1 << 60  # bytes of a machine size (fast, slow, other)
+MAX_INTERVALS = 100_000
+MAX_SEED = (1 << 63) - 1
+MAX_ACCESSES = 1000.0  # accesses per page per interval
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,12 +154,13 @@ def parse_workload(text: str) -> WorkloadSpec:
     if os.path.isfile(text) or text.endswith((".yaml", ".yml")):
         import yaml
 
-        try:
-            with open(text) as f:
-                doc = yaml.safe_load(f) or {}
-        except OSError as e:
-            raise WorkloadError(f"{text}: {e.strerror or e}") from None
-        except yaml.YAMLError as e:
+        from tierd.policy import PolicyError, read_policy_text
+
+        try:  # a regular file of at most 1 MiB (a FIFO, /dev/zero or a directory refused)
+            doc = yaml.safe_load(read_policy_text(text, "a workload file")) or {}
+        except PolicyError as e:
+            raise WorkloadError(f"{text}: {e.message}") from None
+        except (yaml.YAMLError, RecursionError) as e:
             raise WorkloadError(f"{text}: not valid YAML: {e}") from None
         return _from_mapping(doc, text)
     kv: dict[str, str] = {}
@@ -179,6 +189,10 @@ def _from_mapping(doc, where: str) -> WorkloadSpec:
     if unknown:
         raise WorkloadError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     machine = doc.get("machine") or {}
+    if not isinstance(machine, dict):
+        raise WorkloadError(f"{where}: machine: expected a mapping of {', '.join(sorted(_MACHINE_KEYS))}")
+    if not isinstance(doc.get("processes") or [], list):
+        raise WorkloadError(f"{where}: processes: expected a list")
     if set(machine) - _MACHINE_KEYS:
         raise WorkloadError(f"{where}: machine: unknown key(s) {', '.join(sorted(set(machine) - _MACHINE_KEYS))}")
 
@@ -188,9 +202,12 @@ def _from_mapping(doc, where: str) -> WorkloadSpec:
                 raise WorkloadError(f"{where}: {key} is required")
             return default
         try:
-            return parse_size(v)
+            n = parse_size(v)
         except (UnitError, ValueError, TypeError) as e:
             raise WorkloadError(f"{where}: {key}: {e}") from None
+        if n > MAX_MACHINE:
+            raise WorkloadError(f"{where}: {key}: at most 1024PiB")
+        return n
 
     procs = []
     for i, p in enumerate(doc.get("processes") or []):
@@ -200,6 +217,9 @@ def _from_mapping(doc, where: str) -> WorkloadSpec:
         procs.append(_process(p, key, where, size))
     if not procs:
         raise WorkloadError(f"{where}: no process (give size=...)")
+    if sum(p.size for p in procs) > MAX_WORKLOAD:
+        raise WorkloadError(f"{where}: processes: at most 4TiB in all (the simulator keeps "
+                            "state per page)")
     fast = size(machine.get("fast"), "fast")
     slow = machine.get("slow")
     spec = WorkloadSpec(
@@ -236,7 +256,7 @@ def _below_one(v, what: str) -> float:
         f = parse_fraction(v) if isinstance(v, str) and v.endswith("%") else float(v)
         if not 0 <= f < 1:
             raise ValueError
-    except (ValueError, UnitError):
+    except (ValueError, TypeError, UnitError):
         raise WorkloadError(f"{what}: a fraction below 1") from None
     return f
 
@@ -250,12 +270,22 @@ def _onoff(v, key, where) -> bool:
 
 
 def _int(v, key, where) -> int:
+    """intervals (1 .. MAX_INTERVALS) or seed (0 .. MAX_SEED): a whole number, not 2.5."""
     try:
+        i = int(v, 10) if isinstance(v, str) else int(v) if not isinstance(v, (bool, float)) else None
+    except (TypeError, ValueError, OverflowError):
+        i = None
+    if i is None and isinstance(v, float) and v.is_integer():
         i = int(v)
-    except (TypeError, ValueError):
-        raise WorkloadError(f"{where}: {key}: expected a whole number, got {v!r}") from None
-    if i < 1 and key != "seed":
-        raise WorkloadError(f"{where}: {key}: must be at least 1")
+    if i is None:
+        raise WorkloadError(f"{where}: {key}: expected a whole number, got {v!r}")
+    return check_int(i, key, where)
+
+
+def check_int(i: int, key: str, where: str) -> int:
+    lo, hi = (0, MAX_SEED) if key == "seed" else (1, MAX_INTERVALS)
+    if not lo <= i <= hi:
+        raise WorkloadError(f"{where}: {key}: {i} is out of range ({lo}..{hi})")
     return i
 
 
@@ -280,10 +310,11 @@ def _process(p: dict, key: str, where: str, size) -> ProcessSpec:
     acc = str(p.get("accesses", "1x")).rstrip("x")
     try:
         accesses = float(acc)
-        if not accesses > 0:
+        if not 0 < accesses <= MAX_ACCESSES:
             raise ValueError
     except ValueError:
-        raise WorkloadError(f"{where}: {key}.accesses: expected a positive number like 2x") from None
+        raise WorkloadError(f"{where}: {key}.accesses: expected a positive number like 2x "
+                            f"(at most {MAX_ACCESSES:g}x)") from None
     layout = str(p.get("layout", "scatter"))
     if layout not in ("scatter", "contig"):
         raise WorkloadError(f"{where}: {key}.layout: scatter or contig")
@@ -293,6 +324,8 @@ def _process(p: dict, key: str, where: str, size) -> ProcessSpec:
     busy, churn = (_below_one(p.get(k, 0), f"{where}: {key}.{k}") for k in ("busy", "churn"))
     thp = p.get("thp", 0)
     thp = 1.0 if str(thp) in ("100%", "1", "1.0") else _below_one(thp, f"{where}: {key}.thp")
+    if not isinstance(p.get("target"), (str, type(None))):
+        raise WorkloadError(f"{where}: {key}.target: expected a target name")
     return ProcessSpec(s, dist, every, accesses, layout, init, busy, p.get("target"), churn, thp)
 
 
@@ -1179,17 +1212,16 @@ def main(args: argparse.Namespace) -> int:
     try:
         policy = load_policy(args.config)
     except PolicyError as e:
-        print(f"tierd simulate: {e}")
-        return 2
-    except OSError as e:
-        print(f"tierd simulate: cannot read {args.config}: {e.strerror or e}")
+        print(f"tierd simulate: {e}", file=sys.stderr)
         return 2
     try:
         spec = parse_workload(args.workload)
         if args.seed is not None:
-            spec = replace(spec, seed=args.seed)
+            spec = replace(spec, seed=check_int(args.seed, "seed", "--seed"))
+        if args.intervals is not None:
+            check_int(args.intervals, "intervals", "--intervals")
     except WorkloadError as e:
-        print(f"tierd simulate: workload: {e}")
+        print(f"tierd simulate: workload: {e}", file=sys.stderr)
         return 2
     from tierd.units import format_size
 
@@ -1215,7 +1247,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         rows, _ = simulate(policy, spec, args.intervals, on_row=show)
     except WorkloadError as e:
-        print(f"tierd simulate: workload: {e}")
+        print(f"tierd simulate: workload: {e}", file=sys.stderr)
         return 2
     s = summarize(rows, pages=pages)
     rec = ", ".join("-" if r is None else str(r) for r in s.recoveries) or "no phase change"
