@@ -34,7 +34,8 @@ def scan(deadline: float) -> None:
     while time.time() < deadline:
         for d in Path("/proc").glob("[0-9]*"):
             try:
-                if d.joinpath("comm").read_text().strip() not in ("idle_bitmap", "python", "python3"):
+                comm = d.joinpath("comm").read_text().strip()
+                if comm not in ("idle_bitmap", "python", "python3"):
                     continue
                 fd = os.open(d / "idle_bitmap", os.O_RDONLY)
             except OSError:

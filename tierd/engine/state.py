@@ -74,7 +74,8 @@ class Extents:
         # mapping (from_vmas); not part of equality: it describes what is *not* tracked
         self.edge_pages = int(edge_pages)
         empty = np.zeros(0, np.int64)
-        self.holes = (empty, empty) if holes is None else tuple(np.asarray(h, np.int64) for h in holes)
+        self.holes = ((empty, empty) if holes is None
+                      else tuple(np.asarray(h, np.int64) for h in holes))
         self.word_start = np.asarray(word_start, dtype=np.int64).ravel()
         self.nwords = np.asarray(nwords, dtype=np.int64).ravel()
         if self.word_start.shape != self.nwords.shape:

@@ -185,7 +185,8 @@ def probe(proc: str = "/proc", sys: str = "/sys", syscalls=None) -> Features:
             "boot Linux >= 6.1, or list fast/slow nodes under `nodes:` in the policy",
         )
     return Features(
-        idle_bitmap=idle_bitmap, idle_bitmap_scan=idle_bitmap_scan, page_idle=page_idle, pagemap_pfn=pagemap_pfn,
+        idle_bitmap=idle_bitmap, idle_bitmap_scan=idle_bitmap_scan, page_idle=page_idle,
+        pagemap_pfn=pagemap_pfn,
         kpageflags=kpageflags, move_pages=move, numa=numa, memory_tiers=memory_tiers,
         privileges=privileges, nodes=nodes, is_root=is_root, cap_sys_admin=admin,
         cap_sys_nice=nice,
@@ -250,8 +251,8 @@ def _probe_idle_bitmap(procfs: ProcFS, me: int, vpn: int) -> tuple[Feature, Feat
         # O_RDONLY: the probe must not clear our own Accessed bits (v3 reads never do).
         fd = procfs.open(me, "idle_bitmap", os.O_RDONLY)
     except (FileNotFoundError, ProcessGone):
-        return both(Feature("idle_bitmap", False, since,
-                            "no /proc/PID/idle_bitmap: this kernel does not carry tierd's patch", fix))
+        return both(Feature("idle_bitmap", False, since, "no /proc/PID/idle_bitmap: this kernel "
+                            "does not carry tierd's patch", fix))
     except OSError as e:
         return both(Feature("idle_bitmap", False, since,
                             f"cannot open /proc/self/idle_bitmap: {e.strerror}",

@@ -186,8 +186,10 @@ def untracked_holes(ws, nw, skip_starts, skip_ends) -> tuple[np.ndarray, np.ndar
     if ws.size == 0 or np.size(skip_starts) == 0:
         return none
     el, eh = ws * PAGES_PER_WORD, (ws + np.asarray(nw, np.int64)) * PAGES_PER_WORD
-    sl, sh = _merge((np.asarray(skip_starts, np.uint64).ravel() >> np.uint64(PAGE_SHIFT)).astype(np.int64),
-                    (np.asarray(skip_ends, np.uint64).ravel() >> np.uint64(PAGE_SHIFT)).astype(np.int64))
+    def pages(addrs) -> np.ndarray:
+        return (np.asarray(addrs, np.uint64).ravel() >> np.uint64(PAGE_SHIFT)).astype(np.int64)
+
+    sl, sh = _merge(pages(skip_starts), pages(skip_ends))
     cuts = np.unique(np.concatenate((el, eh, sl, sh)))
     lo, hi = cuts[:-1], cuts[1:]
     keep = _inside(lo, el, eh) & _inside(lo, sl, sh)
