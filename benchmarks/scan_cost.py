@@ -55,6 +55,17 @@ def region(size: int, huge: bool):
     return mm, view, base + skip
 
 
+def regions(size: int):
+    """(kind, view, start) of a 4 KiB-page region, then of a THP one, each freed after (the
+    caller's loop variable still holds the view, so the memory is dropped, not unmapped)."""
+    for huge in (False, True):
+        mm, view, start = region(size, huge)
+        if huge and anon_huge_kib() < (size >> 10) // 2:
+            print(f"warning: only {anon_huge_kib()} KiB of THP backs the region")
+        yield ("THP" if huge else "4KiB"), view, start
+        mm.madvise(mmap.MADV_DONTNEED)
+
+
 def anon_huge_kib() -> int:
     for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
         if line.startswith("AnonHugePages:"):
@@ -124,11 +135,7 @@ def guest(args) -> int:
     print(f"{'pages':>6} {'reader':>12} {'total s':>9} {'ns/page':>9} {'syscall s':>9} "
           f"{'ns/page':>9} {'accessed':>9}")
     rows = {}
-    for huge in (False, True):
-        mm, view, start = region(size, huge)
-        kind = "THP" if huge else "4KiB"
-        if huge and anon_huge_kib() < (size >> 10) // 2:
-            print(f"warning: only {anon_huge_kib()} KiB of THP backs the region")
+    for kind, view, start in regions(size):
         for touch in (True, False) if args.untouched else (True,):
             for name in ("idle_bitmap", "page_idle"):
                 total, sys_s, accessed = time_reader(kernel.reader(name), pid, start, size,
@@ -137,8 +144,6 @@ def guest(args) -> int:
                 rows[label, name] = total, sys_s
                 print(f"{label:>6} {name:>12} {total:9.4f} {total / pages * 1e9:9.1f} "
                       f"{sys_s:9.4f} {sys_s / pages * 1e9:9.1f} {accessed:9d}")
-        del view
-        mm.close()
     for kind in sorted({k for k, _ in rows}, key=lambda k: (k.startswith("THP"), k)):
         (st, ss), (it, is_) = rows[kind, "page_idle"], rows[kind, "idle_bitmap"]
         print(f"ratio {kind}: page_idle / idle_bitmap = {st / it:.1f}x end to end, "
@@ -146,11 +151,12 @@ def guest(args) -> int:
     return 0
 
 
-def host(args) -> int:
+def host(args, script: str = __file__, extra: tuple = ()) -> int:
+    """Boot the rig and run ``script --guest`` there with the common options and ``extra``."""
     from tierd import vmrig
 
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--guest",
-           "--size", args.size, "--reps", str(args.reps)] + (["--untouched"] * args.untouched)
+    cmd = [sys.executable, str(Path(script).resolve()), "--guest",
+           "--size", args.size, "--reps", str(args.reps), *extra]
     result = vmrig.run(cmd, kernel=Path(args.kernel) if args.kernel else None,
                        machine=vmrig.Machine(fast=args.fast, slow=args.slow), timeout=3600)
     sys.stdout.write(result.output)
@@ -159,18 +165,24 @@ def host(args) -> int:
     return result.returncode
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="1GiB")
-    parser.add_argument("--reps", type=int, default=5)
+def parser_for(doc: str, size: str, reps: int) -> argparse.ArgumentParser:
+    """The options every rig benchmark of the readers takes."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--size", default=size)
+    parser.add_argument("--reps", type=int, default=reps)
     parser.add_argument("--fast", default="1G")
     parser.add_argument("--slow", default="3G")
-    parser.add_argument("--untouched", action="store_true",
-                        help="also time samples with no page accessed in between")
     parser.add_argument("--kernel", help="kernel directory (default: kernel/build.sh's)")
     parser.add_argument("--guest", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main() -> int:
+    parser = parser_for(__doc__, "1GiB", 5)
+    parser.add_argument("--untouched", action="store_true",
+                        help="also time samples with no page accessed in between")
     args = parser.parse_args()
-    return guest(args) if args.guest else host(args)
+    return guest(args) if args.guest else host(args, extra=("--untouched",) * args.untouched)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,13 @@
 # rig and, for MINUTES, runs at the same time:
 #   - the idle_bitmap selftest in a loop (its cases fail when the other clearing readers below
 #     clear its bits: counted, not fatal);
-#   - clearing reads (dd on an O_RDWR descriptor) of the top TiB of the address space of every
-#     running selftest process, which races them against munmap, mprotect, THP splits,
-#     hugetlb faults, fork, exec and exit;
-#   - memory compaction every second (THP migration under the reads).
+#   - clearing IDLE_BITMAP_SCANs and reads of the top TiB of the address space of every
+#     running selftest and churn process (kernel/stress_guest.py scan), which races them
+#     against munmap, mprotect, THP splits, hugetlb faults, fork, exec and exit;
+#   - a churn process (stress_guest.py churn): THP faults, splits and collapses
+#     (MADV_COLLAPSE), mremap, fork/exit, move_pages between the two nodes;
+#   - page_idle bitmap readers (stress_guest.py page_idle);
+#   - memory compaction every second (THP migration under the walks).
 # Passes when the kernel log has no BUG, WARNING, lockdep or KASAN report and the guest is
 # still alive at the end.  Prints a summary; the log is in $cache/stress/.
 # Heavy: ~20 min to build from scratch on 2 cores, then MINUTES in QEMU.  Run it with nice.
@@ -72,13 +75,9 @@ st=$out/selftests/idle_bitmap
 end=\$(( \$(date +%s) + $minutes * 60 ))
 echo 32 > /proc/sys/vm/nr_hugepages
 ( while [ \$(date +%s) -lt \$end ]; do echo 1 > /proc/sys/vm/compact_memory; sleep 1; done ) &
-( while [ \$(date +%s) -lt \$end ]; do
-	for d in /proc/[0-9]*; do
-		grep -qs idle_bitmap \$d/comm || continue
-		# 1 TiB below 0x7f0000000000 + 1 TiB: where mmap puts things (64 MiB of records).
-		dd bs=1M skip=8128 count=64 of=/dev/null <>\$d/idle_bitmap 2>/dev/null
-	done
-done ) &
+py="$repo_root/.venv/bin/python $here/stress_guest.py"
+secs=\$(( $minutes * 60 ))
+\$py scan \$secs & \$py churn \$secs & \$py page_idle \$secs &
 runs=0; failed=0
 while [ \$(date +%s) -lt \$end ]; do
 	"\$st" > /mnt/out/last.tap 2>&1 || failed=\$((failed + 1))

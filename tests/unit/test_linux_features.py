@@ -36,7 +36,7 @@ def test_probe_on_fixture_tree(tmp_path):
     assert f.memory_tiers.available and "memory_tier67: nodes 1" in f.memory_tiers.detail
     assert f.privileges.available and f.cap_sys_admin and not f.cap_sys_nice
     # Every feature names the kernel version (or patch) that brought it.
-    assert all(x.since for x in f.all()) and len(f.all()) == 8
+    assert all(x.since for x in f.all()) and len(f.all()) == 9
     assert "4.3" in f.page_idle.since and "2.6.18" in f.move_pages.since
     assert "6.1" in f.memory_tiers.since and "4.2" in f.pagemap_pfn.since
 
@@ -95,9 +95,14 @@ def test_probe_idle_bitmap_checks_our_page(tmp_path):
     rec[1] = (1 << 3, 0)  # vpn 64+3 present
     (tmp_path / "56" / "idle_bitmap").write_bytes(rec.tobytes())
     procfs = ProcFS(str(tmp_path))
-    assert _probe_idle_bitmap(procfs, 56, 67).available
-    missing = _probe_idle_bitmap(procfs, 56, 68)
+    found, scan = _probe_idle_bitmap(procfs, 56, 67)
+    assert found.available
+    # A regular file answers the ioctl with ENOTTY, as a v2 kernel does: the v2 fallback.
+    assert not scan.available and "ENOTTY" in scan.detail and "v2" in scan.detail
+    assert "v3" in scan.since and "whole 64-page words" in scan.how_to_fix
+    missing, scan = _probe_idle_bitmap(procfs, 56, 68)
     assert not missing.available and "did not report" in missing.detail
+    assert not scan.available and "no idle_bitmap" in scan.detail
     # O_RDONLY probe: the file was not modified.
     assert (tmp_path / "56" / "idle_bitmap").read_bytes() == rec.tobytes()
 

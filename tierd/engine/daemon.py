@@ -533,7 +533,8 @@ class Engine:
         """Read the maps and access bits of one process into its state.  Returns the time
         spent in our own arithmetic (the rest is the kernel's)."""
         pid = unit.ref.pid
-        ext = Extents.from_vmas(self.kernel.procfs.maps(pid))
+        ext = Extents.from_vmas(self.kernel.procfs.maps(pid),
+                                getattr(self.reader, "page_granular", False))
         t0 = self.clock()
         if self.packs.wants(unit, ext, len(self.units)):  # sampled with its pack
             self.packs.stage(unit, ext, self.policy.window, node_ids, self.chunk_words)
@@ -593,10 +594,13 @@ class Engine:
         accessed sample buffers) at word ``base`` (0 for a process's own state, its segment
         for a pack member).  GONE propagates; any other error loses that range only."""
         present, accessed = buffers
-        for ws, nw, off in zip(ext.word_start.tolist(), ext.nwords.tolist(), ext.offset.tolist()):
+        for i, (ws, nw, off) in enumerate(zip(ext.word_start.tolist(), ext.nwords.tolist(),
+                                              ext.offset.tolist())):
             lo = base + off
+            holes = ext.holes_of(i)  # only for a page-granular reader (idle_bitmap v3)
             try:
-                p, a = self.reader.sample(pid, ws, nw)
+                p, a = (self.reader.sample(pid, ws, nw, skip=holes) if holes
+                        else self.reader.sample(pid, ws, nw))
             except GONE:
                 raise
             except OSError as e:  # this range only (e.g. unmapped between maps and read)

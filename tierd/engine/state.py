@@ -74,14 +74,19 @@ class Extents:
 
     ``offset[i]`` is the flat word index where extent i starts; flat page p maps to vpn
     ``64 * word_start[i] + (p - 64 * offset[i])`` for the extent i containing it.
+    ``holes`` (lo, hi): vpn ranges inside the words that belong to untracked mappings, which a
+    page-granular reader must leave alone (from_vmas(page_granular=True)).
     """
 
-    __slots__ = ("word_start", "nwords", "offset", "edge_pages")
+    __slots__ = ("word_start", "nwords", "offset", "edge_pages", "holes")
 
-    def __init__(self, word_start, nwords, edge_pages: int = 0) -> None:
+    def __init__(self, word_start, nwords, edge_pages: int = 0, holes=None) -> None:
         # pages of tracked VMAs left out because their word also holds pages of an untracked
         # mapping (from_vmas); not part of equality: it describes what is *not* tracked
         self.edge_pages = int(edge_pages)
+        empty = np.zeros(0, np.int64)
+        self.holes = ((empty, empty) if holes is None
+                      else tuple(np.asarray(h, np.int64) for h in holes))
         self.word_start = np.asarray(word_start, dtype=np.int64).ravel()
         self.nwords = np.asarray(nwords, dtype=np.int64).ravel()
         if self.word_start.shape != self.nwords.shape:
@@ -95,21 +100,38 @@ class Extents:
         np.cumsum(self.nwords, out=self.offset[1:])
 
     @classmethod
-    def from_vmas(cls, vmas: Iterable) -> Extents:
+    def from_vmas(cls, vmas: Iterable, page_granular: bool = False) -> Extents:
         """Extents of the mappings tierd can track: not the kernel's special mappings
         ([vdso], [vsyscall]...) and not PROT_NONE reservations (guard pages, reserved heaps:
-        never present, but possibly huge).  A word shared with such a mapping is left out
-        (tracked_extents(): a clearing read of it would clear the neighbour's Accessed bits
-        too); ``edge_pages`` counts the tracked pages lost that way."""
-        from tierd.linux.tracking import tracked_extents
+        never present, but possibly huge).
+
+        For a reader that clears whole words (idle_bitmap v2, page_idle) a word shared with
+        such a mapping is left out (tracked_extents(): clearing it would clear the
+        neighbour's Accessed bits too); ``edge_pages`` counts the tracked pages lost that way.
+        A ``page_granular`` reader (idle_bitmap v3) keeps those words and is told the
+        neighbour's pages in them (``holes``): nothing is lost, ``edge_pages`` is 0."""
+        from tierd.linux.tracking import extents, tracked_extents, untracked_holes
 
         vmas = [v for v in vmas if v.end > v.start]
         tracked = [not _special(v) and v.perms[:3] != "---" for v in vmas]
         keep = [v for v, t in zip(vmas, tracked) if t]
         skip = [v for v, t in zip(vmas, tracked) if not t]
-        ws, nw, edge = tracked_extents([v.start for v in keep], [v.end for v in keep],
-                                       [v.start for v in skip], [v.end for v in skip])
-        return cls(ws, nw, edge)
+        starts, ends = [v.start for v in keep], [v.end for v in keep]
+        sstarts, sends = [v.start for v in skip], [v.end for v in skip]
+        if page_granular:
+            ws, nw = extents(starts, ends)
+            return cls(ws, nw, 0, untracked_holes(ws, nw, sstarts, sends))
+        return cls(*tracked_extents(starts, ends, sstarts, sends))
+
+    def holes_of(self, i: int) -> list[tuple[int, int]]:
+        """The ``holes`` inside extent i, as (lo, hi) vpn pairs (usually none)."""
+        lo, hi = self.holes
+        if not lo.size:
+            return []
+        a = int(self.word_start[i]) * PAGES_PER_WORD
+        b = a + int(self.nwords[i]) * PAGES_PER_WORD
+        j, k = np.searchsorted(hi, a, side="right"), np.searchsorted(lo, b)
+        return list(zip(lo[j:k].tolist(), hi[j:k].tolist()))
 
     @property
     def words(self) -> int:

@@ -90,7 +90,7 @@ class Kernel:
             if missing is not None:
                 raise missing
         if name == "idle_bitmap":
-            return IdleBitmapReader(self.proc)
+            return IdleBitmapReader(self.proc, scan=feats.idle_bitmap_scan.available)
         return PageIdleReader(self.proc, self.sys)
 
     def thp(self):

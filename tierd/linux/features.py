@@ -7,6 +7,8 @@ Each ``Feature`` says whether it is usable here, since which kernel it exists, w
 | feature      | since                                   | needs                             |
 |--------------|-----------------------------------------|-----------------------------------|
 | idle_bitmap  | tierd kernel patch (kernel/patches)     | CAP_SYS_ADMIN                     |
+| idle_bitmap_ | tierd kernel patch v3: IDLE_BITMAP_SCAN | (as idle_bitmap); without it (v2) |
+|   scan       | ioctl, page-granular clearing           | whole-word clearing reads         |
 | page_idle    | Linux 4.3, CONFIG_IDLE_PAGE_TRACKING    | root (the bitmap is mode 0600)    |
 | pagemap_pfn  | Linux 2.6.25 pagemap; PFNs need         | CAP_SYS_ADMIN                     |
 |              | CAP_SYS_ADMIN since 4.2                 |                                   |
@@ -29,6 +31,7 @@ from tierd.linux.errors import FeatureMissing, ProcessGone
 from tierd.linux.procfs import PM_ENTRY_BYTES, ProcFS, decode_pagemap
 from tierd.linux.sysfs import SysFS, format_nodelist
 from tierd.linux.syscalls import PAGE_SIZE, Syscalls, touched_page
+from tierd.linux.tracking import idle_bitmap_scan
 
 # include/uapi/linux/capability.h
 CAP_SYS_PTRACE = 19
@@ -59,6 +62,7 @@ class Features:
     """What this kernel offers tierd, probed once at start-up."""
 
     idle_bitmap: Feature
+    idle_bitmap_scan: Feature
     page_idle: Feature
     pagemap_pfn: Feature
     kpageflags: Feature
@@ -153,7 +157,7 @@ def probe(proc: str = "/proc", sys: str = "/sys", syscalls=None) -> Features:
     with touched_page() as addr:
         vpn = addr // PAGE_SIZE
         pagemap_pfn, kpageflags = _probe_pagemap(procfs, proc, me, vpn, admin)
-        idle_bitmap = _probe_idle_bitmap(procfs, me, vpn)
+        idle_bitmap, idle_bitmap_scan = _probe_idle_bitmap(procfs, me, vpn)
         move = _probe_move_pages(syscalls, addr)
     page_idle = _probe_page_idle(sys)
 
@@ -181,7 +185,8 @@ def probe(proc: str = "/proc", sys: str = "/sys", syscalls=None) -> Features:
             "boot Linux >= 6.1, or list fast/slow nodes under `nodes:` in the policy",
         )
     return Features(
-        idle_bitmap=idle_bitmap, page_idle=page_idle, pagemap_pfn=pagemap_pfn,
+        idle_bitmap=idle_bitmap, idle_bitmap_scan=idle_bitmap_scan, page_idle=page_idle,
+        pagemap_pfn=pagemap_pfn,
         kpageflags=kpageflags, move_pages=move, numa=numa, memory_tiers=memory_tiers,
         privileges=privileges, nodes=nodes, is_root=is_root, cap_sys_admin=admin,
         cap_sys_nice=nice,
@@ -228,38 +233,75 @@ def _probe_pagemap(procfs: ProcFS, proc: str, me: int, vpn: int, admin: bool):
     return f, k
 
 
-def _probe_idle_bitmap(procfs: ProcFS, me: int, vpn: int) -> Feature:
+def _probe_idle_bitmap(procfs: ProcFS, me: int, vpn: int) -> tuple[Feature, Feature]:
+    """(idle_bitmap, idle_bitmap_scan): the file, and the v3 ioctl that clears at page
+    granularity (a v2 kernel answers ENOTTY; tierd then clears with O_RDWR reads)."""
     since = "tierd kernel patch (kernel/patches, not upstream)"
     fix = ("build and boot tierd's patched kernel: kernel/build.sh applies kernel/patches "
            "(CONFIG_PROC_IDLE_BITMAP)")
+    scan_since = "tierd kernel patch v3 (IDLE_BITMAP_SCAN ioctl on /proc/PID/idle_bitmap)"
+    scan_fix = ("boot a kernel with tierd's v3 patch (kernel/build.sh); on v2 tierd clears "
+                "whole 64-page words and leaves out those shared with untracked mappings")
+
+    def both(f: Feature) -> tuple[Feature, Feature]:
+        return f, Feature("idle_bitmap_scan", False, scan_since, f"no idle_bitmap: {f.detail}",
+                          f.how_to_fix)
+
     try:
-        # O_RDONLY only peeks: the probe must not clear our own Accessed bits.
+        # O_RDONLY: the probe must not clear our own Accessed bits (v3 reads never do).
         fd = procfs.open(me, "idle_bitmap", os.O_RDONLY)
     except (FileNotFoundError, ProcessGone):
-        return Feature("idle_bitmap", False, since,
-                       "no /proc/PID/idle_bitmap: this kernel does not carry tierd's patch", fix)
+        return both(Feature("idle_bitmap", False, since, "no /proc/PID/idle_bitmap: this kernel "
+                            "does not carry tierd's patch", fix))
     except OSError as e:
-        return Feature("idle_bitmap", False, since,
-                       f"cannot open /proc/self/idle_bitmap: {e.strerror}",
-                       "run tierd as root (CAP_SYS_ADMIN)")
+        return both(Feature("idle_bitmap", False, since,
+                            f"cannot open /proc/self/idle_bitmap: {e.strerror}",
+                            "run tierd as root (CAP_SYS_ADMIN)"))
     try:
         data = os.pread(fd, 16, 16 * (vpn // 64))
+        scan = _probe_scan(fd, vpn)
     except OSError as e:
-        return Feature("idle_bitmap", False, since,
-                       f"reading /proc/self/idle_bitmap failed: {e.strerror}",
-                       "run tierd as root (CAP_SYS_ADMIN)" if e.errno in (errno.EPERM, errno.EACCES)
-                       else fix)
+        return both(Feature("idle_bitmap", False, since,
+                            f"reading /proc/self/idle_bitmap failed: {e.strerror}",
+                            "run tierd as root (CAP_SYS_ADMIN)"
+                            if e.errno in (errno.EPERM, errno.EACCES) else fix))
     finally:
         os.close(fd)
     if len(data) == 16:
         present = int.from_bytes(data[:8], "little")
         if present >> (vpn % 64) & 1:
-            return Feature("idle_bitmap", True, since, "present and readable")
-        return Feature("idle_bitmap", False, since,
-                       "/proc/self/idle_bitmap did not report a page this process just wrote",
-                       "check the kernel patch version against tierd's (kernel/patches)")
-    return Feature("idle_bitmap", False, since, "/proc/self/idle_bitmap returned a short read",
-                   "check the kernel patch version against tierd's (kernel/patches)")
+            f = Feature("idle_bitmap", True, since, "present and readable")
+        else:
+            f = Feature("idle_bitmap", False, since,
+                        "/proc/self/idle_bitmap did not report a page this process just wrote",
+                        "check the kernel patch version against tierd's (kernel/patches)")
+    else:
+        f = Feature("idle_bitmap", False, since, "/proc/self/idle_bitmap returned a short read",
+                    "check the kernel patch version against tierd's (kernel/patches)")
+    if not f.available:
+        return both(f)
+    if scan is None:
+        return f, Feature("idle_bitmap_scan", False, scan_since,
+                          "IDLE_BITMAP_SCAN answers ENOTTY: a v2 kernel patch", scan_fix)
+    if not scan:
+        return f, Feature("idle_bitmap_scan", False, scan_since,
+                          "IDLE_BITMAP_SCAN did not report a page this process just wrote",
+                          "check the kernel patch version against tierd's (kernel/patches)")
+    return f, Feature("idle_bitmap_scan", True, scan_since,
+                      "page-granular clearing (IDLE_BITMAP_SCAN)")
+
+
+def _probe_scan(fd: int, vpn: int) -> bool | None:
+    """None if the kernel has no IDLE_BITMAP_SCAN (ENOTTY), else whether a report-only scan
+    of our own written page says present.  Other errors propagate."""
+    vec = np.zeros(2, dtype=np.uint64)
+    try:
+        n, _ = idle_bitmap_scan(fd, vpn * PAGE_SIZE, (vpn + 1) * PAGE_SIZE, vec, 0)
+    except OSError as e:
+        if e.errno == errno.ENOTTY:
+            return None
+        raise
+    return n == 1 and bool(int(vec[0]) >> (vpn % 64) & 1)
 
 
 def _probe_page_idle(sys: str) -> Feature:

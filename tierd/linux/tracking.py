@@ -6,8 +6,10 @@ result is two uint64 bitmaps, ``present`` and ``accessed``.  No per-page Python 
 step is a numpy operation over the whole range.
 
 - ``IdleBitmapReader``: /proc/PID/idle_bitmap from tierd's kernel patch (kernel/patches, not
-  upstream).  One pread per range; the kernel walks the page tables once, reports and clears
-  the Accessed bits (file opened O_RDWR) and flushes the TLB.
+  upstream).  One IDLE_BITMAP_SCAN ioctl per range (patch v3): the kernel walks the page tables
+  once, reports and clears the Accessed bits of exactly the pages of the range, at page
+  granularity, and flushes the TLB.  On a v2 kernel (no ioctl: ENOTTY) a pread of the file
+  opened O_RDWR reports and clears whole 64-page records instead.
 - ``PageIdleReader``: the stock interfaces, Linux 4.3+ with CONFIG_IDLE_PAGE_TRACKING (commit
   33c3fc71c8cf, "mm: introduce idle page tracking"): /proc/PID/pagemap gives the PFN of each
   present page (CAP_SYS_ADMIN, Linux 4.2+), /sys/kernel/mm/page_idle/bitmap has one bit per
@@ -26,8 +28,10 @@ step is a numpy operation over the whole range.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
+import struct
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -55,6 +59,14 @@ KPF_ZERO_PAGE = 24
 HEAD_SEARCH_ORDERS = np.arange(1, 14, dtype=np.uint64)
 HEAD_SEARCH_ORDERS.setflags(write=False)  # a constant
 
+# IDLE_BITMAP_SCAN (include/uapi/linux/fs.h of tierd's patch v3): struct idle_bitmap_scan_arg
+# is seven native u64s (size, flags, start, end, walk_end, vec, vec_len); the request is
+# _IOWR('f', 18, struct idle_bitmap_scan_arg).
+SCAN_ARG = struct.Struct("=7Q")
+IDLE_BITMAP_SCAN = (3 << 30) | (SCAN_ARG.size << 16) | (ord("f") << 8) | 18
+IDLE_BITMAP_SCAN_CLEAR = 1
+PAGE_SHIFT = 12
+
 # Ranges remembered per pid for the "first sample" rule before the memory is reset.
 SEEN_RANGES_MAX = 4096
 
@@ -70,7 +82,12 @@ class AccessReader(Protocol):
 
     def sample(self, pid: int, word_start: int, nwords: int) -> tuple[np.ndarray, np.ndarray]:
         """(present, accessed), each uint64[nwords]; accessed implies present; resets the
-        accessed state for the next sample.  Raises ProcessGone if the process exited."""
+        accessed state for the next sample.  Raises ProcessGone if the process exited.
+
+        A reader whose ``page_granular`` attribute is true also takes ``skip``, page ranges
+        [lo, hi) (virtual page numbers) inside the words that it must neither report nor
+        reset: the pages of mappings tierd does not track that share a word with tracked
+        ones (Extents.holes_of)."""
         ...
 
     def close(self, pid: int) -> None:
@@ -160,6 +177,51 @@ def tracked_extents(starts, ends, skip_starts=(), skip_ends=()) -> tuple[np.ndar
     return kws, kwe - kws, int(edge.sum())
 
 
+def untracked_holes(ws, nw, skip_starts, skip_ends) -> tuple[np.ndarray, np.ndarray]:
+    """Page ranges [lo, hi) (virtual page numbers, int64, merged, ascending) of the untracked
+    mappings [skip_starts, skip_ends) (byte addresses) that lie inside the words of the
+    extents (ws, nw): what a page-granular reader must leave alone in those words."""
+    none = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    ws = np.asarray(ws, np.int64)
+    if ws.size == 0 or np.size(skip_starts) == 0:
+        return none
+    el, eh = ws * PAGES_PER_WORD, (ws + np.asarray(nw, np.int64)) * PAGES_PER_WORD
+    def pages(addrs) -> np.ndarray:
+        return (np.asarray(addrs, np.uint64).ravel() >> np.uint64(PAGE_SHIFT)).astype(np.int64)
+
+    sl, sh = _merge(pages(skip_starts), pages(skip_ends))
+    cuts = np.unique(np.concatenate((el, eh, sl, sh)))
+    lo, hi = cuts[:-1], cuts[1:]
+    keep = _inside(lo, el, eh) & _inside(lo, sl, sh)
+    return _merge(lo[keep], hi[keep]) if keep.any() else none
+
+
+def idle_bitmap_scan(fd: int, start: int, end: int, vec: np.ndarray, flags: int) -> tuple[int, int]:
+    """One IDLE_BITMAP_SCAN ioctl over byte addresses [start, end) into ``vec`` (a writable,
+    C-contiguous uint64 array, two words per record, the first for start's 64 pages):
+    (records stored, walk_end).  OSError from the kernel propagates (ENOTTY: a v2 kernel)."""
+    arg = bytearray(SCAN_ARG.pack(SCAN_ARG.size, flags, start, end, 0, vec.ctypes.data,
+                                  vec.size // 2))
+    n = fcntl.ioctl(fd, IDLE_BITMAP_SCAN, arg, True)
+    return n, SCAN_ARG.unpack(arg)[4]
+
+
+def has_idle_bitmap_scan(proc: str = "/proc") -> bool:
+    """Whether this kernel's idle_bitmap has the IDLE_BITMAP_SCAN ioctl (patch v3): an empty
+    scan of our own file succeeds; ENOTTY (v2), no file or no rights: False."""
+    try:
+        fd = os.open(os.path.join(proc, "self", "idle_bitmap"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        idle_bitmap_scan(fd, 0, 0, np.zeros(2, dtype=np.uint64), 0)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def unpack_words(words: np.ndarray) -> np.ndarray:
     """uint64[n] bitmap words -> bool[64*n], index 64*w + j = bit j of word w."""
     w = np.ascontiguousarray(words, dtype="<u8")
@@ -237,24 +299,31 @@ class _Reopen(Exception):
 class IdleBitmapReader:
     """/proc/PID/idle_bitmap (tierd's kernel patch).  Keeps one O_RDWR descriptor per pid.
 
-    A range is read in preads of at most ``chunk_words`` words, split at multiples of
+    A range is read in steps of at most ``chunk_words`` words, split at multiples of
     ``chunk_words`` in the address space (not relative to the range), so with the default
-    (2**20, a multiple of HUGE_ALIGN_WORDS) no huge mapping is split between two reads.
+    (2**20, a multiple of HUGE_ALIGN_WORDS) no huge mapping is split between two steps.
     After the target calls execve() the descriptor refers to the old address space and reads
     fail with ESRCH: if /proc/PID still exists the file is opened again, once per sample.
 
-    A clearing read clears all 64 pages of a record: callers pass ranges from
+    ``scan`` (patch v3, features.idle_bitmap_scan): each step is an IDLE_BITMAP_SCAN ioctl
+    with IDLE_BITMAP_SCAN_CLEAR, which clears exactly the pages of its range, so the reader is
+    ``page_granular``: sample() takes the pages of untracked neighbours in the words
+    (``skip``) and scans around them.  Without it (patch v2) each step is a pread of the
+    O_RDWR descriptor, which clears all 64 pages of a record: callers then pass ranges from
     tracked_extents(), which leaves out the words shared with mappings tierd does not track
     (special mappings, PROT_NONE), so their pages keep their Accessed bits.
     """
 
     name = "idle_bitmap"
 
-    def __init__(self, proc: str = "/proc", chunk_words: int = 1 << 20) -> None:
+    def __init__(self, proc: str = "/proc", chunk_words: int = 1 << 20,
+                 scan: bool | None = None) -> None:
         if chunk_words <= 0:
             raise ValueError(f"chunk_words must be positive, not {chunk_words}")
         self.procfs = ProcFS(proc)
-        self.chunk_words = chunk_words  # 16 MiB of records per pread at most
+        self.chunk_words = chunk_words  # 16 MiB of records per step at most
+        # None: ask the kernel (features.idle_bitmap_scan is the full probe)
+        self.page_granular = has_idle_bitmap_scan(proc) if scan is None else bool(scan)
         self._fds: dict[int, int] = {}
         self._numa = NumaMapsNodes(self.procfs)
 
@@ -270,7 +339,8 @@ class IdleBitmapReader:
         fd = self._fds.get(pid)
         if fd is None:
             try:
-                # O_RDWR: reads clear the Accessed bits they report (O_RDONLY only peeks).
+                # O_RDWR: v2 reads clear the Accessed bits they report (O_RDONLY only
+                # peeks); v3 reads never clear, its ioctl works on either.
                 fd = self.procfs.open(pid, "idle_bitmap", os.O_RDWR)
             except FileNotFoundError:
                 raise FeatureMissing(
@@ -289,43 +359,79 @@ class IdleBitmapReader:
         edges = [word_start, *cuts, word_start + nwords]
         return [(a - word_start, b - a) for a, b in zip(edges[:-1], edges[1:])]
 
-    def sample(self, pid: int, word_start: int, nwords: int) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, pid: int, word_start: int, nwords: int,
+               skip=()) -> tuple[np.ndarray, np.ndarray]:
         self._numa.forget(pid)  # nodes() after this sample reads numa_maps afresh
+        if len(skip) and not self.page_granular:
+            raise ValueError("idle_bitmap v2 clears whole 64-page records: it cannot skip pages")
         if nwords <= 0:
             return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
         try:
-            return self._sample(pid, word_start, nwords)
+            return self._sample(pid, word_start, nwords, skip)
         except _Reopen:
             pass
         # execve(): a new address space behind the same pid.  Its first read reports the
         # accesses since it was mapped, as for any new range.  Once only.
         try:
-            return self._sample(pid, word_start, nwords)
+            return self._sample(pid, word_start, nwords, skip)
         except _Reopen:
             raise ProcessGone(pid, "idle_bitmap: ESRCH after opening again") from None
 
-    def _sample(self, pid: int, word_start: int, nwords: int) -> tuple[np.ndarray, np.ndarray]:
-        present = np.zeros(nwords, dtype=np.uint64)
-        idle = np.zeros(nwords, dtype=np.uint64)
+    def _gone(self, pid: int, e: OSError):
+        """An OSError of a read or scan: ESRCH is exec (_Reopen) or exit (ProcessGone)."""
+        if e.errno != errno.ESRCH:
+            raise e
+        self.close(pid)
+        if self.procfs.exists(pid):
+            raise _Reopen() from None
+        raise ProcessGone(pid, "idle_bitmap: ESRCH") from None
+
+    def _sample(self, pid: int, word_start: int, nwords: int, skip) -> tuple[np.ndarray, np.ndarray]:
+        rec = np.zeros((nwords, 2), dtype=np.uint64)  # (present, idle) per word, CPU order
         fd = self._fd(pid)
         for lo, n in self._splits(word_start, nwords):
+            if self.page_granular:
+                self._scan(fd, pid, word_start + lo, n, skip, rec[lo: lo + n])
+                continue
             try:
                 data = pread_full(fd, IDLE_RECORD_BYTES * n, IDLE_RECORD_BYTES * (word_start + lo))
             except OSError as e:
-                if e.errno != errno.ESRCH:
-                    raise
-                self.close(pid)
-                if self.procfs.exists(pid):
-                    raise _Reopen() from None
-                raise ProcessGone(pid, "idle_bitmap: ESRCH") from None
+                self._gone(pid, e)
             if not data and lo == 0 and _is_gone(self.procfs, pid, "idle_bitmap", IDLE_RECORD_BYTES):
                 self.close(pid)
                 raise ProcessGone(pid, "idle_bitmap: end of file")
             k = len(data) // IDLE_RECORD_BYTES
-            rec = np.frombuffer(data, dtype="<u8", count=2 * k).reshape(k, 2)
-            present[lo : lo + k] = rec[:, 0]
-            idle[lo : lo + k] = rec[:, 1]
+            rec[lo: lo + k] = np.frombuffer(data, dtype="<u8", count=2 * k).reshape(k, 2)
+        present, idle = rec[:, 0].copy(), rec[:, 1]
         return present, present & ~idle
+
+    def _scan(self, fd: int, pid: int, word: int, n: int, skip, out: np.ndarray) -> None:
+        """Clearing scans of words [word, word + n) less the ``skip`` page ranges, ORed into
+        ``out`` (uint64[n, 2]): scans of the pieces on either side of a skipped range each
+        store their whole edge record, zeros outside their range."""
+        lo_page, hi_page = word * PAGES_PER_WORD, (word + n) * PAGES_PER_WORD
+        cuts = [lo_page]
+        for a, b in skip:
+            a, b = max(int(a), lo_page), min(int(b), hi_page)
+            if a < b:
+                cuts += [a, b]
+        cuts.append(hi_page)
+        tmp = np.empty((n, 2), dtype="<u8")
+        for a, b in zip(cuts[::2], cuts[1::2]):
+            while a < b:
+                first = a // PAGES_PER_WORD - word
+                vec = tmp[: n - first]
+                try:
+                    k, walk_end = idle_bitmap_scan(fd, a << PAGE_SHIFT, b << PAGE_SHIFT, vec,
+                                                   IDLE_BITMAP_SCAN_CLEAR)
+                except OSError as e:
+                    self._gone(pid, e)
+                out[first: first + k] |= vec[:k]
+                end = walk_end >> PAGE_SHIFT
+                if end <= a:  # no progress: the kernel stored nothing (cannot happen here)
+                    raise OSError(errno.EIO, f"idle_bitmap scan of pid {pid} stopped at "
+                                  f"{walk_end:#x}")
+                a = end
 
     def close(self, pid: int) -> None:
         fd = self._fds.pop(pid, None)

@@ -1,10 +1,13 @@
-"""Inside the rig: tierd's clearing reads leave the Accessed bits of mappings it does not track.
+"""Inside the rig: tierd's clearing samples leave the Accessed bits of mappings it does not track.
 
-A clearing read acts on whole 64-page words (idle_bitmap records, page_idle's PFN words).
-Here two mappings share words with a PROT_NONE mapping between them, whose pages were
+Here two mappings share 64-page words with a PROT_NONE mapping between them, whose pages were
 accessed before it was protected (tierd does not track PROT_NONE).  The engine's path,
 Extents.from_vmas() over /proc/PID/maps and one reader.sample() per extent, must leave those
-bits set: a non-clearing O_RDONLY read of idle_bitmap still reports them accessed.
+bits set: a read of idle_bitmap (which never clears) still reports them accessed.
+
+page_idle marks whole PFN words, so tierd leaves out the shared words (edge_pages counts the
+tracked pages lost).  idle_bitmap v3 clears at page granularity (IDLE_BITMAP_SCAN): the
+shared words are tracked, only the neighbour's pages are skipped, and edge_pages is 0.
 """
 
 import ctypes
@@ -24,7 +27,7 @@ MADV_NOHUGEPAGE = 15
 
 
 def idle_bitmap_ro(word: int, nwords: int) -> tuple[np.ndarray, np.ndarray]:
-    """(present, idle) of records [word, word + nwords), read without clearing."""
+    """(present, idle) of records [word, word + nwords): a read, which never clears."""
     fd = os.open("/proc/self/idle_bitmap", os.O_RDONLY)
     try:
         rec = np.frombuffer(os.pread(fd, 16 * nwords, 16 * word), dtype="<u8").reshape(-1, 2)
@@ -59,24 +62,32 @@ def test_clearing_reads_leave_an_untracked_neighbours_accessed_bits(reader_name)
         neighbour = np.array([bits(36, 64), bits(0, 12)], dtype=np.uint64)  # pages 100..139
         assert (present & neighbour == neighbour).all() and not (idle & neighbour).any()
 
-        ext = Extents.from_vmas(kernel.procfs.maps(pid))
-        ours = [(int(w), int(n)) for w, n in zip(ext.word_start, ext.nwords)
+        granular = getattr(reader, "page_granular", False)
+        assert granular == (reader_name == "idle_bitmap")  # the v3 kernel's ioctl is used
+        ext = Extents.from_vmas(kernel.procfs.maps(pid), granular)
+        ours = [(i, int(w), int(n)) for i, (w, n) in enumerate(zip(ext.word_start, ext.nwords))
                 if w < w0 + 4 and w + n > w0]
         for _ in range(2):                               # two samples, as the engine does
-            for w, n in ours:
-                reader.sample(pid, w, n)
+            for i, w, n in ours:
+                holes = ext.holes_of(i)
+                reader.sample(pid, w, n, skip=holes) if holes else reader.sample(pid, w, n)
         # the neighbour's pages still read accessed through a non-clearing descriptor
         present, idle = idle_bitmap_ro(w0 + 1, 2)
         lost = int(np.bitwise_count(idle & neighbour).sum())
         assert (present & neighbour == neighbour).all() and lost == 0, \
             f"{lost} of 40 untracked pages lost their Accessed bits"
-        # while the tracked word 0 was sampled and cleared
-        present, idle = idle_bitmap_ro(w0, 1)
-        if reader_name == "idle_bitmap":
-            assert present[0] == idle[0] == np.uint64(2**64 - 1)
-        covered = {w for a, n in ours for w in range(a, a + n)}
+        covered = {w for _, a, n in ours for w in range(a, a + n)}
         assert w0 in covered and w0 + 3 in covered       # the tracked-only words
-        assert not covered & {w0 + 1, w0 + 2}            # the shared ones are left out
-        assert ext.edge_pages >= (100 - 64) + (192 - 140)
+        present, idle = idle_bitmap_ro(w0, 4)
+        full = np.uint64(2**64 - 1)
+        if not granular:
+            assert not covered & {w0 + 1, w0 + 2}        # the shared ones are left out
+            assert ext.edge_pages >= (100 - 64) + (192 - 140)
+            return
+        # v3: the shared words are tracked, their tracked pages sampled and cleared
+        assert {w0 + 1, w0 + 2} <= covered and ext.edge_pages == 0
+        assert (present == full).all()
+        tracked = np.array([full, ~neighbour[0], ~neighbour[1], full], dtype=np.uint64)
+        assert (idle == tracked).all(), [hex(int(x)) for x in idle]
     finally:
         reader.close_all()
