@@ -63,21 +63,36 @@ class PolicyError(ValueError):
         return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
 
 
+class RegexTimeout(Exception):
+    """A bounded match gave up (python3-regex engine only): the text does not match."""
+
+
 @dataclass(frozen=True)
 class Regex:
-    """A selector's regular expression, matched by RE2 (google-re2): in time linear in the
-    text.  Any local user chooses their processes' command lines, and a backtracking engine
-    (Python's re) takes exponential time on patterns like ``(a+)+$``: 12 s for one lookup of
-    26 a's and a "!".  RE2 has no backreferences or lookaround; such a pattern is refused."""
+    """A selector's regular expression.  Any local user chooses their processes' command
+    lines, and a backtracking engine (Python's re) takes exponential time on patterns like
+    ``(a+)+$``: 12 s for one lookup of 26 a's and a "!".
+
+    With google-re2 installed (pip) the match is RE2's, in time linear in the text; RE2 has
+    no backreferences or lookaround and such a pattern is refused.  Debian 12 packages no
+    Python binding of RE2, so the Debian package matches with python3-regex (mrab-regex)
+    instead, which checks a time bound while it backtracks: a match that takes longer than
+    ``MATCH_TIMEOUT`` raises RegexTimeout and counts as no match (the resolver says so once
+    and does not try that process again)."""
+
+    MATCH_TIMEOUT = 0.02  # s; mrab-regex checks it every few thousand steps (~0.2 s worst seen)
 
     pattern: str
     compiled: object = field(compare=False, repr=False)
+    bounded: bool = field(default=False, compare=False)  # True: python3-regex with a time bound
 
     @classmethod
     def compile(cls, pattern: str) -> Regex:
-        """Raises ValueError (with RE2's reason) if RE2 cannot compile ``pattern``."""
-        import re2
-
+        """Raises ValueError (with the engine's reason) if ``pattern`` does not compile."""
+        try:
+            import re2
+        except ImportError:
+            return cls._compile_bounded(pattern)
         opts = re2.Options()
         opts.log_errors = False  # the reason is in the exception; RE2 would print to stderr
         try:
@@ -86,7 +101,23 @@ class Regex:
             why = e.args[0] if e.args else e
             raise ValueError(why.decode(errors="replace") if isinstance(why, bytes) else str(why)) from None
 
+    @classmethod
+    def _compile_bounded(cls, pattern: str) -> Regex:
+        import regex
+
+        try:
+            return cls(pattern, regex.compile(pattern), bounded=True)
+        except (regex.error, OverflowError, RecursionError) as e:
+            raise ValueError(str(e)) from None
+
     def search(self, text: str):
+        """The first match or None; RegexTimeout when a bounded match gave up."""
+        if self.bounded:
+            try:
+                return self.compiled.search(text, timeout=self.MATCH_TIMEOUT)
+            except TimeoutError:
+                raise RegexTimeout(f"matching {self.pattern!r} took over "
+                                   f"{self.MATCH_TIMEOUT * 1000:.0f} ms") from None
         try:
             return self.compiled.search(text)
         except UnicodeEncodeError:  # undecodable bytes of a command line (surrogate escapes)

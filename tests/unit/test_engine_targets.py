@@ -112,6 +112,40 @@ def test_a_catastrophic_cmdline_regex_matches_in_linear_time():
     assert r.stdout.strip() == "0"  # ends in "!": no match
 
 
+_REDOS_BOUNDED = r"""
+import subprocess, sys
+import tierd.policy
+# The Debian package's engine: no Python RE2 binding in Debian 12, python3-regex instead.
+tierd.policy.Regex.compile = tierd.policy.Regex._compile_bounded
+from tierd.engine.targets import PsutilResolver
+from tierd.policy import parse_policy
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "a" * 60 + "!"])
+try:
+    pol = parse_policy("targets:\n  - name: t\n    pids: [%d]\n    cmdline: '(a|aa)+$'\n" % child.pid)
+    assert pol.targets[0].cmdline.bounded
+    r = PsutilResolver(self_pid=-1)
+    first = r.resolve(pol.targets)
+    tries = []
+    search = type(pol.targets[0].cmdline).search
+    type(pol.targets[0].cmdline).search = lambda self, text: tries.append(text) or search(self, text)
+    second = r.resolve(pol.targets)
+    print(len(first), len(second), len(tries))
+finally:
+    child.kill()
+"""
+
+
+def test_a_catastrophic_regex_is_bounded_without_re2(caplog):
+    """Without RE2 (the Debian package) a match gives up after a time bound, counts as no
+    match, and the process is not tried again: one bound per hostile process, not per
+    interval.  Unbounded, `(a|aa)+$` against 60 a's and a "!" backtracks for centuries."""
+    r = subprocess.run([sys.executable, "-c", _REDOS_BOUNDED], capture_output=True, text=True,
+                       timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["0", "0", "0"]  # no match, and no second try
+    assert "not tried again" in r.stderr
+
+
 def test_undecodable_command_line_bytes_are_searched_not_raised():
     from tierd.policy import Regex
 

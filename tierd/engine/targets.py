@@ -23,6 +23,8 @@ from typing import Protocol
 
 import psutil
 
+from tierd.policy import RegexTimeout
+
 log = logging.getLogger(__name__)
 
 GONE = (psutil.NoSuchProcess, psutil.ZombieProcess, ProcessLookupError, FileNotFoundError)
@@ -70,6 +72,10 @@ class PsutilResolver:
             self.procfs = kernel.procfs
         self.self_pid = os.getpid() if self_pid is None else self_pid
         self._warned: set[tuple[str, str]] = set()  # (target, reason) already logged
+        # (pid, create_time) of processes whose command line a bounded regex match gave up
+        # on (python3-regex only, see policy.Regex): not tried again while they live, so a
+        # hostile command line costs one time bound, not one per interval.
+        self._slow: set[tuple[int, float]] = set()
 
     def _warn_once(self, target: str, reason: str, pid: int, detail: str) -> None:
         if (target, reason) in self._warned:
@@ -92,10 +98,15 @@ class PsutilResolver:
         else:
             procs = list(psutil.process_iter())
         out: list[ProcessRef] = []
+        if self._slow:
+            live = {p.pid for p in procs}
+            self._slow = {k for k in self._slow if k[0] in live}
         for proc in sorted(procs, key=lambda p: p.pid):
             if proc.pid == self.self_pid:
                 continue
             try:
+                if self._slow and (proc.pid, proc.create_time()) in self._slow:
+                    continue
                 ref = self._match(proc, specs)
             except GONE:
                 continue
@@ -140,6 +151,10 @@ class PsutilResolver:
                 return ProcessRef(proc.pid, proc.create_time(), spec.name, str(get("comm") or ""))
         except GONE:
             raise
+        except RegexTimeout as e:
+            self._slow.add((proc.pid, proc.create_time()))
+            self._warn_once(spec.name, "slow match", proc.pid,
+                            f"{e}: not matched, and not tried again while this process lives")
         except psutil.Error as e:  # e.g. AccessDenied on create_time(): skip the process
             self._warn_once(spec.name, type(e).__name__, proc.pid,
                             f"skipped, cannot be checked against this target: {_describe(e)}")
