@@ -76,12 +76,9 @@ def test_tracked_extents_against_a_page_by_page_model(layout):
     assert edge == sum(1 for q in tracked_pages if q // 64 in skipped_words)
 
 
-def test_engine_reads_do_not_clear_an_untracked_neighbours_accessed_pages():
-    """Two adjacent mappings, the second PROT_NONE (not tracked) with pages whose Accessed
-    bits are set.  The engine's samples must leave them set: the fake reader clears every
-    page of the words it reads, so rounding the tracked mapping out to whole words (the old
-    extents()) clears them."""
-    k = FakeKernel()
+def two_samples_beside_a_prot_none_neighbour(k: FakeKernel):
+    """A 100-page tracked mapping and a 40-page PROT_NONE (untracked) neighbour whose pages
+    have their Accessed bits set, sampled twice by the engine: (proc, neighbour pages, engine)."""
     proc = k.add(FakeProc(PID, 100, base=BASE))
     neighbour = vma(100, 40, "---p")
     proc.vmas.append(neighbour)
@@ -95,6 +92,15 @@ def test_engine_reads_do_not_clear_an_untracked_neighbours_accessed_pages():
     proc.next_access |= nb | {proc.vpn(i) for i in range(0, 100, 7)}
     eng.step()
     eng.step()
+    return proc, nb, eng
+
+
+def test_engine_reads_do_not_clear_an_untracked_neighbours_accessed_pages():
+    """Two adjacent mappings, the second PROT_NONE (not tracked) with pages whose Accessed
+    bits are set.  The engine's samples must leave them set: the fake reader clears every
+    page of the words it reads, so rounding the tracked mapping out to whole words (the old
+    extents()) clears them."""
+    proc, nb, eng = two_samples_beside_a_prot_none_neighbour(FakeKernel())
     assert nb <= proc.next_access, f"{len(nb - proc.next_access)} untracked pages cleared"
     # the tracked pages that share word 1 with the neighbour are not tracked, and counted
     assert not {proc.vpn(i) for i in range(64)} & proc.next_access  # word 0 was read

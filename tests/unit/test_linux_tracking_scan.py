@@ -13,18 +13,16 @@ import os
 
 import numpy as np
 import pytest
-from engine_fakes import PAGE, FakeKernel, FakeProc, FakeReader
+from engine_fakes import PAGE, FakeKernel, FakeReader
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tierd.engine.daemon import Engine
 from tierd.engine.state import Extents
-from tierd.engine.targets import ProcessRef, StaticResolver
 from tierd.linux import tracking
 from tierd.linux.errors import ProcessGone
 from tierd.linux.procfs import Vma
 from tierd.linux.tracking import IDLE_BITMAP_SCAN, IdleBitmapReader, untracked_holes
-from tierd.policy import Policy, TargetSpec
+from test_linux_tracking_edges import two_samples_beside_a_prot_none_neighbour
 
 PID = 4242
 BASE = 0x7F00_0000_0000  # 64-page aligned
@@ -193,19 +191,7 @@ def test_engine_tracks_the_edge_words_with_a_page_granular_reader():
     neighbour's Accessed bits are left set."""
     k = FakeKernel()
     k._reader = PageGranularReader(k)
-    proc = k.add(FakeProc(PID, 100, base=BASE))
-    neighbour = vma(100, 40, "---p")
-    proc.vmas.append(neighbour)
-    nb = set(range(neighbour.start // PAGE, neighbour.end // PAGE))
-    for v in nb:
-        proc.node[v] = 1
-    policy = Policy(source="<test>", interval=1.0, targets=(TargetSpec(name="app", pids=(PID,)),),
-                    rate=1 << 30, batch=4 << 20, retry_after=4)
-    eng = Engine(k, policy, resolver=StaticResolver([ProcessRef(PID, 0.0, "app")]),
-                 clock=lambda: 0.0)
-    proc.next_access |= nb | {proc.vpn(i) for i in range(0, 100, 7)}
-    eng.step()
-    eng.step()
+    proc, nb, eng = two_samples_beside_a_prot_none_neighbour(k)
     assert nb <= proc.next_access, f"{len(nb - proc.next_access)} untracked pages cleared"
     assert not {proc.vpn(i) for i in range(100)} & proc.next_access  # words 0 and 1 read
     (unit,) = eng.units.values()
