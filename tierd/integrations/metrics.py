@@ -361,6 +361,26 @@ class TierdCollector:
         yield counter("tierd_exited_processes_total", value=t["exited"])
 
 
+def start_http_server(port: int, addr: str, registry):
+    """prometheus_client.start_http_server, which returns (server, thread) only since 0.17:
+    Debian 12's python3-prometheus-client is 0.16 (the .deb's dependency).  The same server
+    (prometheus_client's WSGI app and threading server) on the address's own family."""
+    import socket
+    import threading
+    from wsgiref.simple_server import make_server
+
+    from prometheus_client import make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+    httpd = make_server(addr, port, make_wsgi_app(registry), Server, handler_class=_SilentHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    return httpd, thread
+
+
 def split_listen(listen: str) -> tuple[str, int]:
     """"HOST:PORT" / "[V6]:PORT" (validated by the policy loader) -> (host, port)."""
     host, _, port = listen.rpartition(":")
@@ -381,8 +401,6 @@ class MetricsServer(Observer):
         self._pending = None  # (listen, server) bound by prepare, not yet switched to
 
     def _bind(self, policy):
-        from prometheus_client import start_http_server
-
         from tierd.policy import PolicyError
 
         listen = policy.metrics_listen
