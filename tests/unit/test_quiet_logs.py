@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
-import signal
 
 import numpy as np
 import pytest
 from engine_fakes import GIB, FakeKernel, FakeProc
+from test_integrations import saved_signals
 
 from tierd import service
 from tierd.cli import EXIT_UNAVAILABLE
@@ -26,12 +26,7 @@ PID = 4242
 POLICY = "interval: 1s\nmetrics:\n  listen: ''\ntargets:\n  - name: app\n    pids: [{pid}]\n"
 
 
-@pytest.fixture
-def signals():
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    yield
-    for s, h in saved.items():
-        signal.signal(s, h)
+signals = saved_signals  # service.main installs signal handlers: restore them
 
 
 def run_main(tmp_path, kernel, text=POLICY.format(pid=PID), intervals=1, env=None,

@@ -8,26 +8,16 @@ fix, and no restart loop.  (Not named test_*.py: the two-node boot must not coll
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from units import sh, show  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[3]
 VENV = Path(sys.executable).parent.parent
 RESTART_SEC = 2  # tierd.service's RestartSec=
-
-
-def sh(*args, check=True, timeout=300) -> subprocess.CompletedProcess:
-    r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(args)}: exit {r.returncode}\n{r.stdout}\n{r.stderr}")
-    return r
-
-
-def show(*props: str) -> dict:
-    out = sh("systemctl", "show", "tierd.service", *[f"--property={p}" for p in props]).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
 def tierd_journal() -> list[dict]:

@@ -13,30 +13,24 @@ from __future__ import annotations
 
 import glob
 import os
-import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from units import sh, show  # noqa: E402
+
 OUT = Path(os.environ.get("TIERD_VM_OUT", "/tmp"))
 POLICY = Path("/etc/tierd.yaml")
-ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
 
 pytestmark = pytest.mark.skipif(not Path("/run/systemd/system").is_dir(),
                                 reason="needs systemd as PID 1 (tests/vm/test_vm_systemd.py)")
 
 
-def sh(*args, check=True, timeout=300) -> subprocess.CompletedProcess:
-    r = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=ENV)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(args)}: exit {r.returncode}\n{r.stdout}\n{r.stderr}")
-    return r
-
-
-def show(*props: str) -> dict:
-    out = sh("systemctl", "show", "tierd.service", *[f"--property={p}" for p in props]).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+def apt(*args, timeout=600):
+    return sh("apt-get", *args, timeout=timeout, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
 def deb() -> str:
@@ -46,7 +40,7 @@ def deb() -> str:
 
 def test_apt_installs_the_package_enabled_not_started():
     t0 = time.monotonic()
-    r = sh("apt-get", "install", "-y", "--no-install-recommends", deb(), timeout=600)
+    r = apt("install", "-y", "--no-install-recommends", deb())
     print(f"[deb] apt-get install took {time.monotonic() - t0:.1f}s", flush=True)
     assert "tierd" in r.stdout
     assert sh("systemctl", "is-enabled", "tierd.service", check=False).stdout.strip() == "enabled"
@@ -74,14 +68,14 @@ def test_systemctl_start_runs_the_packaged_tierd():
 
 def test_apt_remove_stops_it_and_keeps_the_edited_policy():
     POLICY.write_text(POLICY.read_text() + "# edited by the operator\n")
-    sh("apt-get", "remove", "-y", "tierd", timeout=300)
+    apt("remove", "-y", "tierd")
     assert show("ActiveState")["ActiveState"] in ("inactive", "failed")
     assert not Path("/usr/bin/tierd").exists()
     assert POLICY.read_text().endswith("# edited by the operator\n")  # a conffile stays
 
 
 def test_apt_purge_removes_everything():
-    sh("apt-get", "purge", "-y", "tierd", timeout=300)
+    apt("purge", "-y", "tierd")
     assert not POLICY.exists()
     assert sh("dpkg-query", "-W", "tierd", check=False).returncode != 0 or \
         "not-installed" in sh("dpkg-query", "-W", "-f=${db:Status-Status}", "tierd", check=False).stdout

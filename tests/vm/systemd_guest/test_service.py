@@ -32,6 +32,9 @@ from tierd.linux import Kernel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "guest"))
 import hot_child  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from units import sh, show  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[3]
 VENV = Path(sys.executable).parent.parent
 OUT = Path(os.environ.get("TIERD_VM_OUT", "/tmp"))
@@ -55,18 +58,6 @@ migration:
   rate: 1GiB/s
 """
 BROKEN = GOOD.replace("migration:", "hotness:\n  window: 99\nmigration:")  # line 7
-
-
-def sh(*args, check=True, timeout=300) -> subprocess.CompletedProcess:
-    r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(args)}: exit {r.returncode}\n{r.stdout}\n{r.stderr}")
-    return r
-
-
-def show(*props: str) -> dict:
-    out = sh("systemctl", "show", "tierd.service", *[f"--property={p}" for p in props]).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
 def wait_for(pred, timeout: float, what: str, step: float = 1.0):
@@ -278,19 +269,24 @@ def test_a_steady_state_logs_one_info_line_per_interval(installed):
     assert not louder, louder
 
 
-def test_a_hung_daemon_is_killed_by_the_watchdog_and_restarted(installed):
-    before = show("MainPID", "NRestarts")
-    cursor = journal()[-1]["__CURSOR"]
-    HANG.write_text("")  # TIERD_DEBUG_HANG_FILE: the loop blocks at its next interval
-    t0 = time.monotonic()
-
-    def restarted():
+def restarted(before: dict):
+    """A predicate for wait_for: the service runs again, as a new process, restarted once
+    more than ``before`` (MainPID, NRestarts) says."""
+    def check():
         p = show("MainPID", "NRestarts", "ActiveState", "SubState")
         ok = (p["NRestarts"] != before["NRestarts"] and p["MainPID"] not in ("0", before["MainPID"])
               and (p["ActiveState"], p["SubState"]) == ("active", "running"))
         return p if ok else None
 
-    p = wait_for(restarted, WATCHDOG + 180, "a watchdog restart")
+    return check
+
+
+def test_a_hung_daemon_is_killed_by_the_watchdog_and_restarted(installed):
+    before = show("MainPID", "NRestarts")
+    cursor = journal()[-1]["__CURSOR"]
+    HANG.write_text("")  # TIERD_DEBUG_HANG_FILE: the loop blocks at its next interval
+    t0 = time.monotonic()
+    p = wait_for(restarted(before), WATCHDOG + 180, "a watchdog restart")
     log(f"watchdog restart after {time.monotonic() - t0:.1f}s: {before} -> {p}")
     assert int(p["NRestarts"]) == int(before["NRestarts"]) + 1
     msgs = [e.get("MESSAGE", "") for e in journal(cursor)]
@@ -306,14 +302,7 @@ def test_a_transient_failure_exits_1_and_is_restarted(installed):
     cursor = journal()[-1]["__CURSOR"]
     FAIL.write_text("")
     t0 = time.monotonic()
-
-    def restarted():
-        p = show("MainPID", "NRestarts", "ActiveState", "SubState")
-        ok = (p["NRestarts"] != before["NRestarts"] and p["MainPID"] not in ("0", before["MainPID"])
-              and (p["ActiveState"], p["SubState"]) == ("active", "running"))
-        return p if ok else None
-
-    p = wait_for(restarted, 240, "a restart after exit 1")
+    p = wait_for(restarted(before), 240, "a restart after exit 1")
     FAIL.unlink()
     log(f"restart after a transient failure: {time.monotonic() - t0:.1f}s, {p}")
     assert int(p["NRestarts"]) == int(before["NRestarts"]) + 1
