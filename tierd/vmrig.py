@@ -87,6 +87,11 @@ mkdir -p $r/mnt/out $r/oldroot
 mount -t 9p -o {share_opts} out $r/mnt/out
 rm -rf $r/etc/systemd/system/*.wants $r/etc/systemd/system/default.target
 : > $r/etc/fstab
+# libgcrypt (apt's hashes) picks its AVX+BMI2 SHA code on this CPU model (max with avx2=off
+# still has BMI2), and that code uses an AVX2 instruction (vpbroadcastd): SIGILL.  No real
+# CPU has BMI2 without AVX2; tell libgcrypt not to use BMI2 in the guest
+mkdir -p $r/etc/gcrypt
+echo intel-bmi2 > $r/etc/gcrypt/hwf.deny
 # systemd-tmpfiles --boot would empty /tmp, where the project may live (CI clones there),
 # and walks the host's trees over 9p for a minute: nothing here needs it
 for u in systemd-tmpfiles-setup.service systemd-tmpfiles-clean.timer; do
