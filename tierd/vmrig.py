@@ -92,6 +92,9 @@ rm -rf $r/etc/systemd/system/*.wants $r/etc/systemd/system/default.target
 # CPU has BMI2 without AVX2; tell libgcrypt not to use BMI2 in the guest
 mkdir -p $r/etc/gcrypt
 echo intel-bmi2 > $r/etc/gcrypt/hwf.deny
+# a container host's policy-rc.d ("exit 101": no service actions from packages) is not a
+# Debian machine's: without it a package's maintainer scripts start and stop services
+rm -f $r/usr/sbin/policy-rc.d
 # systemd-tmpfiles --boot would empty /tmp, where the project may live (CI clones there),
 # and walks the host's trees over 9p for a minute: nothing here needs it
 for u in systemd-tmpfiles-setup.service systemd-tmpfiles-clean.timer; do
