@@ -124,17 +124,9 @@ class Service:
         return r.stdout
 
     def intervals(self):
-        from workloads.harness import COST, LINE, Interval
+        from workloads.harness import parse_intervals
 
-        out = []
-        for line in self.text().splitlines():
-            m = LINE.search(line)
-            if m:
-                c = COST.search(line)
-                cost = (int(c[1]), int(c[2]), int(c[3])) if c else (0, 0, 0)
-                out.append(Interval(int(m[1]), int(m[2]), int(m[3]), "NOT SAMPLED" in line,
-                                    *cost))
-        return out
+        return parse_intervals(self.text())
 
     def first_interval(self) -> bool:
         """tierd has finished an interval, by its metrics (in-process: a journalctl per
