@@ -16,6 +16,13 @@ Contenders:
   tierd-TRACKER-running  tierd started first, as the systemd service would be; the workloads
                       start once it has run its first interval (time 0: their hot loops begin)
   tierd-TRACKER-5s    the shipped policy with a fixed `interval: 5s` instead of `auto`
+  tierd-service       the product as installed: the rig boots systemd as PID 1 and
+                      tierd runs as tierd.service, the shipped unit (its sandbox,
+                      capabilities and system call filter) installed by
+                      scripts/install-service.sh, /etc/tierd.yaml the shipped policy with
+                      the scenario's target selectors (the same policy as tierd-idle_bitmap),
+                      a drop-in only for what the rig needs (the checkout under /tmp bound
+                      into the unit's PrivateTmp); started when the workloads are running
   kernel              kernel.numa_balancing=2 (memory tiering mode) + demotion_enabled=1;
                       CPU: hint faults are taken in the workloads' own context, so the
                       figure is numa_hint_faults plus kswapd's CPU
@@ -53,7 +60,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-CONTENDERS = ("tierd-idle_bitmap", "tierd-page_idle", "kernel", "damon", "damon-young")
+CONTENDERS = ("tierd-idle_bitmap", "tierd-page_idle", "kernel", "damon", "damon-young",
+              "tierd-service")
 DAMON_SYSFS = Path("/sys/kernel/mm/damon/admin/kdamonds")
 STATS = ("nr_tried", "sz_tried", "nr_applied", "sz_applied", "qt_exceeds")
 MIB = 1 << 20
@@ -75,6 +83,79 @@ def write(path: str, value: str) -> None:
     Path(path).write_text(value)
 
 
+class Service:
+    """tierd as tierd.service (the tierd-service contender), with the interface of
+    workloads.harness.Tierd: start, intervals (from the journal), cpu, text, stop."""
+
+    def __init__(self, policy_text: str) -> None:
+        self.policy_text = policy_text
+        self._text = ""
+        self._pid = 0  # MainPID, asked again only once that process is gone
+
+    @staticmethod
+    def _sh(*args, check=True, timeout=300):
+        r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode:
+            raise RuntimeError(f"{' '.join(args)}: exit {r.returncode}: {r.stdout}{r.stderr}")
+        return r
+
+    def start(self):
+        venv = Path(sys.executable).parent.parent
+        self._sh(str(REPO / "scripts" / "install-service.sh"), "--venv", str(venv))
+        Path("/etc/tierd.yaml").write_text(self.policy_text)
+        dropin = Path("/etc/systemd/system/tierd.service.d")
+        dropin.mkdir(parents=True, exist_ok=True)
+        binds = "".join(f"BindReadOnlyPaths={p}\n" for p in sorted({REPO, venv})
+                        if Path("/tmp") in p.parents)
+        (dropin / "rig.conf").write_text("[Service]\n" + binds)
+        self._sh("systemctl", "daemon-reload")
+        # --no-block: the clock runs from here, as for `tierd run` (start-up is measured)
+        self._sh("systemctl", "start", "--no-block", "tierd.service")
+        return self
+
+    def pid(self) -> int:
+        if not self._pid or not Path(f"/proc/{self._pid}").exists():
+            r = self._sh("systemctl", "show", "-P", "MainPID", "tierd.service", check=False)
+            self._pid = int(r.stdout.strip() or 0)
+        return self._pid
+
+    def text(self) -> str:
+        r = self._sh("journalctl", "-u", "tierd.service", "-o", "cat", "--no-pager", check=False)
+        return r.stdout
+
+    def intervals(self):
+        from workloads.harness import parse_intervals
+
+        return parse_intervals(self.text())
+
+    def first_interval(self) -> bool:
+        """tierd has finished an interval, by its metrics (in-process: a journalctl per
+        poll, as the first version did, slows the emulated start-up being measured)."""
+        import re
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return False
+        m = re.search(r"^tierd_intervals_total (\S+)", text, re.M)
+        return bool(m and float(m[1]) >= 1)
+
+    def cpu(self) -> float:
+        from workloads.harness import cpu_seconds
+
+        pid = self.pid()
+        return cpu_seconds(pid) if pid else 0.0
+
+    def stop(self) -> int:
+        self._sh("systemctl", "stop", "tierd.service", check=False, timeout=120)
+        r = self._sh("systemctl", "show", "-P", "ExecMainStatus", "tierd.service", check=False)
+        status = self._sh("systemctl", "status", "--no-pager", "tierd.service", check=False)
+        self._text = self.text() + "\n" + status.stdout
+        return int(r.stdout.strip() or 0)
+
+
 class Mechanism:
     """Switch a contender on and off; ``cpu()`` is its CPU seconds so far."""
 
@@ -88,6 +169,9 @@ class Mechanism:
         self.intervals: list[dict] = []  # tierd's interval lines (moves, engine/sample cost)
         parts = name.split("-")
         self.tracking = parts[1] if parts[0] == "tierd" else None
+        self.service = name == "tierd-service"
+        if self.service:
+            self.tracking = "idle_bitmap"
         self.running = "running" in parts[2:]  # started before the workloads
         self.fixed = next((p for p in parts[2:] if p.endswith("s") and p[:-1].isdigit()), None)
 
@@ -95,7 +179,11 @@ class Mechanism:
         import workloads
         from workloads.harness import Tierd
 
-        if self.tracking:
+        if self.service:  # the shipped policy as tierd-idle_bitmap's, the metrics on
+            policy = workloads.policy_yaml(self.base, self.sc, tracking=self.tracking,
+                                           metrics=True)
+            self.tierd = Service(policy).start()
+        elif self.tracking:
             policy = workloads.policy_yaml(self.base, self.sc, tracking=self.tracking,
                                            interval=self.fixed)
             self.tierd = Tierd(policy, self.outdir).start()
@@ -116,6 +204,8 @@ class Mechanism:
 
     def started(self) -> bool:
         """tierd has finished its first interval (always True for the kernel's mechanisms)."""
+        if self.service:
+            return self.tierd.first_interval()
         return self.tierd is None or bool(self.tierd.intervals())
 
     def damon_stats(self) -> list[dict]:
@@ -140,7 +230,7 @@ class Mechanism:
     def stop(self) -> None:
         if self.tierd is not None:
             rc = self.tierd.stop()
-            self.log = self.tierd.text()
+            self.log = self.tierd._text if self.service else self.tierd.text()
             self.intervals = [dataclasses.asdict(i) for i in self.tierd.intervals()]
             if rc:
                 self.log += f"\n(tierd exited {rc})"
@@ -390,7 +480,8 @@ def host_main(args) -> int:
                 print(f"[{started}] {scn} {c}: booting (host load {load[0]:.2f} "
                       f"{load[1]:.2f} {load[2]:.2f})", flush=True)
                 res = vmrig.run(f"cd {REPO} && " + " ".join(cmd), kernel=kernel, out=out,
-                                timeout=args.duration * 4 + 900)
+                                timeout=args.duration * 4 + 900,
+                                systemd=c == "tierd-service")
                 load_end = os.getloadavg()
             except vmrig.VMError as e:
                 print(f"  VM failed: {e}", flush=True)

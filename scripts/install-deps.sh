@@ -15,6 +15,10 @@ if [ $kernel = 1 ]; then
 	       qemu-system-x86 linux-source-6.12 git perl)
 	# tests/integration: promtool and a Prometheus server check the /metrics endpoint
 	pkgs+=(prometheus)
+	# the Debian package: scripts/build-deb.sh builds it; tests/vm installs it with apt in the
+	# guest, whose root is this machine's, so its dependencies must be here already
+	pkgs+=(dpkg-dev debhelper dh-python lintian python3-numpy python3-yaml python3-psutil
+	       python3-prometheus-client python3-systemd)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

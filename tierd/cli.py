@@ -13,6 +13,8 @@ Exit codes (also in ``tierd --help``):
   1  runtime failure: the kernel lacks an interface (the message says which and how to get
      it), the process exited, permission denied, an I/O error
   2  usage or configuration error: bad arguments, an invalid policy file (FILE:LINE: KEY)
+  69 (tierd run) this host cannot tier: one class of memory only, or no access-tracking
+     interface (BSD EX_UNAVAILABLE; permanent: tierd.service does not restart on it, nor on 2)
   130 interrupted (Ctrl-C)
 """
 
@@ -32,12 +34,14 @@ from tierd import __version__
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 69  # tierd run: the host cannot tier (tierd.service: RestartPreventExitStatus)
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = """exit codes:
   0    success
   1    runtime failure (missing kernel interface, process gone, permission, I/O)
   2    usage or configuration error (bad arguments, invalid policy file)
+  69   tierd run: this host cannot tier (one class of memory, no access tracking)
   130  interrupted"""
 
 # Engine subcommands, registered only when their module imports (owned by tierd.engine).

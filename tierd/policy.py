@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 TRACKING_CHOICES = ("auto", "idle_bitmap", "page_idle")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 HOTNESS_MAX = 15  # hotness is 0..15 (docs/design.md)
 WINDOW_MAX = 16  # at most 16 samples of history
 PAGE_SIZE = 4096
@@ -168,6 +169,7 @@ class Policy:
     metrics_listen: str = "127.0.0.1:9464"
     huge_split: bool = True  # huge_pages.split: auto (True) | off (tierd/engine/huge.py)
     huge_dense: float = 0.5  # huge_pages.dense: a probe this hot is kept whole
+    log_level: str = "INFO"  # log_level: the daemon's logging threshold
 
     def target(self, name: str) -> TargetSpec:
         for t in self.targets:
@@ -195,6 +197,7 @@ class Policy:
             "metrics.listen": self.metrics_listen or "(disabled)",
             "huge_pages.split": "auto" if self.huge_split else "off",
             "huge_pages.dense": f"{self.huge_dense * 100:g}%",
+            "log_level": self.log_level,
         }
         if self.interval_auto:
             out["auto_interval.min"] = format_duration(self.interval_min)
@@ -338,7 +341,7 @@ class _Walker:
             return Policy(**kw)
         top = self.mapping(
             root, "", ("interval", "auto_interval", "tracking", "targets", "nodes", "fast_tier",
-                       "hotness", "migration", "metrics", "huge_pages"),
+                       "hotness", "migration", "metrics", "huge_pages", "log_level"),
         )
         if "interval" in top:
             n = top["interval"][1]
@@ -435,6 +438,12 @@ class _Walker:
                 kw["huge_dense"] = self.unit(n, "huge_pages.dense", parse_fraction, "percentage")
                 if kw["huge_dense"] <= 0:
                     self.fail(n, "huge_pages.dense", "must be above 0%")
+        if "log_level" in top:
+            n = top["log_level"][1]
+            v = self.string(n, "log_level")
+            if v.upper() not in LOG_LEVELS:
+                self.fail(n, "log_level", f"{v!r} is not one of {', '.join(LOG_LEVELS)}")
+            kw["log_level"] = v.upper()
         return Policy(**kw)
 
     def duration(self, n: yaml.Node, key: str) -> float:

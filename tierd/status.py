@@ -207,6 +207,12 @@ def format_status(st: Status, now: float | None = None) -> list[str]:
     out.append(f"processes: {int(st.get('tierd_processes', 0))} in "
                f"{int(st.get('tierd_targets', 0))} target(s); "
                f"{format_size(int(st.get('tierd_state_bytes', 0)))} of page state")
+    unmatched = int(st.get("tierd_targets_unmatched", 0))
+    if unmatched:
+        every = unmatched == int(st.get("tierd_targets", 0))
+        out.append(f"WARNING: {'the policy matches no process: ' if every else ''}{unmatched} "
+                   "target(s) matched no process for 12 intervals or more; check their "
+                   "selectors (tierd check-config; the log names them)")
 
     mem = st.by("tierd_node_memory_free_bytes", "node", "tier")
     total = st.by("tierd_node_memory_total_bytes", "node", "tier")

@@ -10,6 +10,10 @@ and a writable share from the host on /mnt/out, runs one command as root, record
 Used by tests/vm and benchmarks/, and from the command line::
 
     python -m tierd.vmrig [--kernel DIR] [--fast 512M --slow 1536M] -- COMMAND [ARG...]
+    python -m tierd.vmrig --one-node --systemd -- COMMAND   # a host that cannot tier
+
+``--one-node`` (``Machine(slow="0")``) boots one NUMA node with all the memory and no HMAT:
+the machine on which tierd must refuse to run (exit 69), tests/vm/test_vm_systemd.py.
 
 The command's output is printed and its exit code is ours; the kernel console goes to
 OUT/console.log.  Only software emulation is used: KVM on CI hosts is unreliable or absent.
@@ -83,6 +87,14 @@ mkdir -p $r/mnt/out $r/oldroot
 mount -t 9p -o {share_opts} out $r/mnt/out
 rm -rf $r/etc/systemd/system/*.wants $r/etc/systemd/system/default.target
 : > $r/etc/fstab
+# libgcrypt (apt's hashes) picks its AVX+BMI2 SHA code on this CPU model (max with avx2=off
+# still has BMI2), and that code uses an AVX2 instruction (vpbroadcastd): SIGILL.  No real
+# CPU has BMI2 without AVX2; tell libgcrypt not to use BMI2 in the guest
+mkdir -p $r/etc/gcrypt
+echo intel-bmi2 > $r/etc/gcrypt/hwf.deny
+# a container host's policy-rc.d ("exit 101": no service actions from packages) is not a
+# Debian machine's: without it a package's maintainer scripts start and stop services
+rm -f $r/usr/sbin/policy-rc.d
 # systemd-tmpfiles --boot would empty /tmp, where the project may live (CI clones there),
 # and walks the host's trees over 9p for a minute: nothing here needs it
 for u in systemd-tmpfiles-setup.service systemd-tmpfiles-clean.timer; do
@@ -126,7 +138,8 @@ class VMError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Machine:
-    """Size of the emulated machine.  Sizes are QEMU size strings ("512M", "2G")."""
+    """Size of the emulated machine.  Sizes are QEMU size strings ("512M", "2G"); a slow
+    size of "0" means no slow node: one NUMA node, one class of memory."""
 
     fast: str = "512M"
     slow: str = "1536M"
@@ -176,12 +189,15 @@ def qemu_command(kernel: Path, machine: Machine, init: str, out: Path,
     """The qemu-system-x86_64 argv for the two-tier rig."""
     m = machine
     total = _mib(m.fast) + _mib(m.slow)
+    two = _mib(m.slow) > 0
     hmat = []
     for node, lat, bw in ((0, m.fast_latency_ns, m.fast_bandwidth),
-                          (1, m.slow_latency_ns, m.slow_bandwidth)):
+                          (1, m.slow_latency_ns, m.slow_bandwidth))[: 2 if two else 0]:
         base = f"initiator=0,target={node},hierarchy=memory"
         hmat += ["-numa", f"hmat-lb,{base},data-type=access-latency,latency={lat}",
                  "-numa", f"hmat-lb,{base},data-type=access-bandwidth,bandwidth={bw}"]
+    slow_node = (["-object", f"memory-backend-ram,id=m1,size={m.slow}",
+                  "-numa", "node,nodeid=1,memdev=m1,initiator=0"] if two else [])
     return [
         "qemu-system-x86_64",
         # -cpu max: numpy's SIMD dispatch dies with SIGILL on QEMU's default CPU model.
@@ -189,12 +205,11 @@ def qemu_command(kernel: Path, machine: Machine, init: str, out: Path,
         # argsort (x86-simd-sort) return unsorted orders for 64-bit keys, which breaks
         # np.unique(return_inverse=True) and everything built on it.  Without AVX2 numpy
         # falls back to its SSE4.2 baseline, which sorts correctly (tests/vm/guest checks).
-        "-machine", "q35,hmat=on", "-cpu", "max,avx2=off", "-accel", "tcg",
+        "-machine", "q35,hmat=on" if two else "q35", "-cpu", "max,avx2=off", "-accel", "tcg",
         "-smp", str(m.cpus), "-m", f"{total}M",
         "-object", f"memory-backend-ram,id=m0,size={m.fast}",
-        "-object", f"memory-backend-ram,id=m1,size={m.slow}",
-        "-numa", f"node,nodeid=0,cpus=0-{m.cpus - 1},memdev=m0,initiator=0",
-        "-numa", "node,nodeid=1,memdev=m1,initiator=0",
+        "-numa", f"node,nodeid=0,cpus=0-{m.cpus - 1},memdev=m0" + (",initiator=0" if two else ""),
+        *slow_node,
         *hmat,
         "-kernel", str(kernel / "bzImage"),
         "-append", f"console=ttyS0 {ROOT_ARGS} init={init} panic=-1 loglevel=4 {append}",
@@ -322,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--console", action="store_true", help="echo the console to stderr")
     parser.add_argument("--systemd", action="store_true",
                         help="boot systemd as PID 1 and run the command as a service")
+    parser.add_argument("--one-node", action="store_true",
+                        help="one NUMA node with --fast memory (default 1G here) and no slow "
+                        "node: a host that cannot tier")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -329,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no command given")
     try:
         result = run(command, kernel=args.kernel,
-                     machine=Machine(fast=args.fast, slow=args.slow, cpus=args.cpus),
+                     machine=(Machine(fast="1G" if args.fast == Machine.fast else args.fast,
+                                      slow="0", cpus=args.cpus) if args.one_node
+                              else Machine(fast=args.fast, slow=args.slow, cpus=args.cpus)),
                      timeout=args.timeout, out=args.out, append=args.append,
                      echo=args.console, systemd=args.systemd)
     except VMError as exc:

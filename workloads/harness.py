@@ -61,6 +61,18 @@ class Interval:
     move_ms: int = 0  # inside move_pages
 
 
+def parse_intervals(text: str) -> list[Interval]:
+    """tierd's interval lines in a log (its stderr, or the journal of tierd.service)."""
+    out = []
+    for line in text.splitlines():
+        m = LINE.search(line)
+        if m:
+            c = COST.search(line)
+            cost = (int(c[1]), int(c[2]), int(c[3])) if c else (0, 0, 0)
+            out.append(Interval(int(m[1]), int(m[2]), int(m[3]), "NOT SAMPLED" in line, *cost))
+    return out
+
+
 class Tierd:
     """``python -m tierd run --config POLICY`` with its log in a file."""
 
@@ -91,15 +103,7 @@ class Tierd:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def intervals(self) -> list[Interval]:
-        out = []
-        for line in self.text().splitlines():
-            m = LINE.search(line)
-            if m:
-                c = COST.search(line)
-                cost = (int(c[1]), int(c[2]), int(c[3])) if c else (0, 0, 0)
-                out.append(Interval(int(m[1]), int(m[2]), int(m[3]), "NOT SAMPLED" in line,
-                                    *cost))
-        return out
+        return parse_intervals(self.text())
 
     def wait_intervals(self, n: int, timeout: float) -> list[Interval]:
         end = time.monotonic() + timeout

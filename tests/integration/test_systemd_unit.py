@@ -18,7 +18,7 @@ INSTALL = REPO / "scripts" / "install-service.sh"
 VENV = Path(sys.executable).parent.parent
 # systemd-analyze security's exposure for the unit (0 best .. 10), recorded in README.md;
 # a change that loosens the sandbox must update both.
-EXPOSURE = 2.5
+EXPOSURE = 2.6
 
 
 def analyze() -> str:

@@ -399,3 +399,48 @@ def test_probes_collapsed_back_before_judgement_are_not_judged():
     assert len(collapsed) >= 1  # the scenario happened
     assert eng.huge.tracker.verdict((PID, 0.0)) == "sparse"
     assert hot_fast >= 0.9 and cold_fast <= 0.10, (hot_fast, cold_fast)
+
+
+class NoCapSyscalls:
+    """process_madvise as the kernel answers without CAP_SYS_NICE (or a seccomp filter that
+    denies it, SystemCallErrorNumber=EPERM)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def process_madvise(self, pidfd, ranges, advice):
+        import errno
+
+        self.calls += 1
+        raise PermissionError(errno.EPERM, "process_madvise needs CAP_SYS_NICE")
+
+
+def test_a_missing_capability_is_one_warning_naming_the_drop_in_then_silence(tmp_path, caplog):
+    """Issue 19: under a unit without CAP_SYS_NICE, every other interval logged a split
+    warning per target.  Now: one WARNING that names the drop-in, then nothing."""
+    import os
+
+    from tierd.linux.thp import ThpSplitter
+
+    k = small_fast()
+    me = os.getpid()  # the real ThpSplitter opens a pidfd of the target: a live process
+    proc = k.add(ThpProc(me, NHUGE))
+    syscalls = NoCapSyscalls()
+    splitter = ThpSplitter(str(tmp_path / "proc"), str(tmp_path / "no-debugfs"), syscalls)
+    splitter.is_thp = k.splitter.is_thp  # THPs as the fake kernel has them
+    k.splitter = splitter
+    policy = Policy(source="<t>", interval=1.0, interval_auto=False, metrics_listen="",
+                    targets=(TargetSpec(name="app", pids=(me,)),))
+    eng = Engine(k, policy, resolver=StaticResolver([ProcessRef(me, 0.0, "app")]),
+                 clock=lambda: 0.0)
+    with caplog.at_level("DEBUG", logger="tierd"):
+        for _ in range(20):
+            proc.next_access |= {proc.vpn(i) for i in SPARSE}
+            eng.step()
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelname == "WARNING" and "wait on slow memory" not in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "CAP_SYS_NICE" in warnings[0] and "systemctl edit tierd" in warnings[0]
+    assert "CapabilityBoundingSet=CAP_SYS_NICE" in warnings[0]
+    assert "SystemCallFilter=process_madvise pidfd_open" in warnings[0]
+    assert syscalls.calls == 1 and len(proc.huge) == NHUGE  # not tried again, nothing split

@@ -116,3 +116,36 @@ def test_a_kernel_that_does_not_split_on_madvise_falls_back_to_debugfs(tmp_path)
     sp.split(me, np.array([512]))
     assert len(fake.calls) == 1  # not tried again
     assert "5.13" in sp.feature().since
+
+
+class DeniedMadvise:
+    def __init__(self):
+        self.calls = 0
+
+    def process_madvise(self, pidfd, ranges, advice):
+        import errno
+
+        self.calls += 1
+        raise PermissionError(errno.EPERM, "process_madvise needs CAP_SYS_NICE")
+
+
+def test_process_madvise_refused_without_debugfs_is_a_missing_feature_naming_the_fix(tmp_path):
+    me = os.getpid()
+    entries = {512: 100}
+    tree(tmp_path, entries, {100: THP_HEAD}, debugfs=False, pid=me)
+    fake = DeniedMadvise()
+    sp = ThpSplitter(str(tmp_path / "proc"), str(tmp_path / "debug"), fake)
+    with pytest.raises(FeatureMissing, match="CAP_SYS_NICE") as e:
+        sp.split(me, np.array([512]))
+    assert "systemctl edit tierd" in e.value.how_to_fix and "refused" in e.value.what
+    with pytest.raises(FeatureMissing):
+        sp.split(me, np.array([512]))
+    assert fake.calls == 1  # EPERM is for good: not asked again
+
+
+def test_process_madvise_refused_falls_back_to_debugfs_where_it_exists(tmp_path):
+    me = os.getpid()
+    _, f = tree(tmp_path, {512: 100}, {100: THP_HEAD}, pid=me)
+    sp = ThpSplitter(str(tmp_path / "proc"), str(tmp_path / "debug"), DeniedMadvise())
+    sp.split(me, np.array([512]))
+    assert sp.last_method == "debugfs" and f.read_text() == f"{me},0x200000,0x400000"

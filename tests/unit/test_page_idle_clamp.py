@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from engine_fakes import FakeKernel, FakeProc
 
-from tierd.engine.daemon import UNSAMPLED_WARN_EVERY, Engine, summary_line
+from tierd.engine.daemon import Engine, summary_line
+from tierd.logs import REPEAT_EVERY
 from tierd.engine.targets import ProcessRef, StaticResolver
 from tierd.linux import PageIdleReader
 from tierd.linux.tracking import KPF_LRU, popcount, unpack_words
@@ -243,7 +244,7 @@ def make_engine(kernel, clock):
     return eng, reader
 
 
-def test_unsampled_range_is_counted_warned_once_a_minute_and_keeps_its_pages(caplog):
+def test_unsampled_range_is_counted_warned_rate_limited_and_keeps_its_pages(caplog):
     k = FakeKernel()
     proc = k.add(FakeProc(PID, 128, node=1))
     now = [0.0]
@@ -256,7 +257,7 @@ def test_unsampled_range_is_counted_warned_once_a_minute_and_keeps_its_pages(cap
     reader.failing = True
     with caplog.at_level(logging.WARNING, logger="tierd"):
         stats = [eng.step() for _ in range(3)]
-        now[0] = UNSAMPLED_WARN_EVERY
+        now[0] = REPEAT_EVERY
         stats.append(eng.step())
     for s in stats:
         assert s.unsampled_ranges == 1 and s.unsampled_pages == 128
@@ -267,8 +268,8 @@ def test_unsampled_range_is_counted_warned_once_a_minute_and_keeps_its_pages(cap
         assert s.targets["app"].hist[0] < 128
         assert s.demoted == 0
     warnings = [r.getMessage() for r in caplog.records if "not sampled" in r.getMessage()]
-    assert len(warnings) == 2, warnings  # at 0 s and again once a minute has passed
-    assert "short write" in warnings[0] and "2 more since the last warning" in warnings[1]
+    assert len(warnings) == 2, warnings  # at 0 s and again once REPEAT_EVERY has passed
+    assert "short write" in warnings[0] and "2 more like this in the last 10 min" in warnings[1]
     assert "NOT SAMPLED 1 range(s) 512KiB" in summary_line(stats[0])
     reader.failing = False
     assert eng.step().unsampled_ranges == 0

@@ -38,6 +38,7 @@ migration:
   retry_after: 7
 metrics:
   listen: ''
+log_level: warning
 """
 
 
@@ -59,6 +60,7 @@ def test_summary_of_every_key():
         "metrics.listen": "(disabled)",
         "huge_pages.split": "auto",
         "huge_pages.dense": "50%",
+        "log_level": "WARNING",
         "targets[0]": "db: pids=[10, 11] comm=/^postgres$/ exe=/bin/postgres/ cmdline=/-D /var/lib/ "
                       "cgroup=/system.slice/db.service min_rss=64MiB fast_share=25% fast_cap=2GiB",
         "targets[1]": "batch: comm=/^job/",
@@ -168,7 +170,7 @@ EXACT = [
     ("targets:\n  - name: a\n    pids: [1]\n    fast_share: 1\n    fast_cap: 0\n",
      "p.yaml:5: targets[0].fast_cap: fast_cap (0B) is below fast_share (1B)"),
     ("5\n", "p.yaml:1: policy: expected a mapping of keys (interval, auto_interval, tracking, "
-     "targets, nodes, fast_tier, hotness, migration, metrics, huge_pages)"),
+     "targets, nodes, fast_tier, hotness, migration, metrics, huge_pages, log_level)"),
     ("migration:\n  rate:\n", "p.yaml:2: migration.rate: needs a rate"),
     ("targets:\n  - name: a\n    comm: x\n    min_rss:\n", "p.yaml:4: targets[0].min_rss: needs a size"),
     ("nodes:\n  fast: [0, 2]\n  slow: [2, 0, 1]\n",

@@ -20,6 +20,7 @@ sd_notify (READY=1, WATCHDOG=1, RELOADING=1) and the Prometheus exporter plug in
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import math
 import signal
@@ -51,6 +52,7 @@ from tierd.engine.pack import Pack, Packs
 from tierd.engine.state import CHUNK_WORDS, Extents, PageState, test_bits
 from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
 from tierd.linux.errors import ParseError
+from tierd.logs import RateLimiter
 
 log = logging.getLogger("tierd")
 
@@ -63,8 +65,10 @@ RECHECK_EVERY = 4
 RECHECK_DIV = 32
 RECHECK_MIN = 1 << 18
 NOTED_MAX = 1 << 16  # moved pages per process and direction whose next sample is looked at
-UNSAMPLED_WARN_EVERY = 60.0  # seconds between two "could not sample" warnings
-WAITING_WARN_EVERY = 60.0  # seconds between two "hot pages wait on slow" warnings
+# A target that has matched no process for this many intervals in a row is logged (once, until
+# it matches again) and counted in tierd_targets_unmatched (tierd status shows it): a policy
+# whose selectors match nothing would otherwise look like a healthy idle daemon.
+NO_MATCH_INTERVALS = 12
 SLICE_PAGES = 1 << 22  # pages selected and moved at a time: ~100 MB of temporaries at most
 SPEED_MIN_PAGES = 1024  # fewer pages in less than half the interval: call overhead, not speed
 DEFAULT_CONFIG = "/etc/tierd.yaml"
@@ -95,6 +99,7 @@ class TargetStats:
     # fast memory (pages) that would serve 90/95/99% of the target's accesses, from the
     # measured access rates (tierd.engine.gain.need); None before the first estimate
     need: tuple | None = None
+    unmatched_intervals: int = 0  # intervals in a row in which no process matched this target
 
 
 @dataclass
@@ -201,7 +206,6 @@ class Unit:
 
     ref: ProcessRef
     state: PageState | None = None
-    reader_errors: set = field(default_factory=set)  # errnos already warned about
 
 
 class Engine:
@@ -234,12 +238,12 @@ class Engine:
         self.huge: HugePages | None = None
         self._set_huge(policy)
         self._warned_single_tier = False
-        self._unsampled_warned_at: float | None = None
-        self._unsampled_suppressed = 0
-        self._waiting_warned_at: float | None = None
         # key -> ([promoted vpns], [demoted vpns], [their levels], [their levels]): the last
         # interval's moves, judged in the next sample (_judge_moves)
         self._noted: dict = {}
+        # repeated warnings: one line per (target, reason) per REPEAT_EVERY, with a count
+        self.warn = RateLimiter(log, clock=clock)
+        self.unmatched: dict[str, int] = {}  # target -> intervals in a row without a process
 
     # -- policy ------------------------------------------------------------------------------
     def set_policy(self, policy) -> None:
@@ -307,7 +311,9 @@ class Engine:
         stats.reclaimable = {n.id: getattr(n, "reclaimable", 0) for n in topo.nodes if n.has_memory}
         node_ids = tuple(n.id for n in topo.nodes if n.has_memory)
 
-        stats.dropped = self._sync(self.resolver.resolve(pol.targets))
+        refs = self.resolver.resolve(pol.targets)
+        self._count_unmatched(refs)
+        stats.dropped = self._sync(refs)
         engine_s = 0.0
         for key in list(self.units):
             unit = self.units[key]
@@ -317,12 +323,11 @@ class Engine:
                 self._drop(key)
                 stats.dropped += 1
             except OSError as e:  # one process we cannot read (permissions, odd mapping)
-                log.warning("pid %d (%s): not sampled: %s", unit.ref.pid, unit.ref.target, e)
+                self.warn.warning((unit.ref.target, "not sampled", _reason(e)),
+                                  "pid %d (%s): not sampled: %s", unit.ref.pid, unit.ref.target, e)
             except ParseError as e:  # its maps did not parse: this process, this interval
-                first = "parse" not in unit.reader_errors
-                unit.reader_errors.add("parse")
-                log.log(logging.WARNING if first else logging.DEBUG,
-                        "pid %d (%s): not sampled: %s", unit.ref.pid, unit.ref.target, e)
+                self.warn.warning((unit.ref.target, "not sampled", "parse"),
+                                  "pid %d (%s): not sampled: %s", unit.ref.pid, unit.ref.target, e)
         engine_s += self._sample_packs(node_ids, stats)
         t1 = self.clock()
         stats.sample_seconds = t1 - t0 - engine_s
@@ -391,15 +396,11 @@ class Engine:
             ts.need = need(cells, g.q)
 
     def _warn_waiting(self, stats: IntervalStats) -> None:
-        """Hot pages waiting on slow memory for room: a WARNING with the numbers, the first
-        time and then at most every WAITING_WARN_EVERY seconds while it lasts."""
+        """Hot pages waiting on slow memory for room: a WARNING with the numbers, rate-limited
+        per target (tierd.logs)."""
         pl = stats.plan
         if pl is None or not pl.waiting:
             return
-        now = self.clock()
-        if self._waiting_warned_at is not None and now - self._waiting_warned_at < WAITING_WARN_EVERY:
-            return
-        self._waiting_warned_at = now
         rooms = "; ".join(
             f"node {r.node}: {_size(r.free)} free + {_size(r.reclaimable)} reclaimable page "
             f"cache, keep_free {_size(r.floor)}" for r in pl.rooms)
@@ -411,9 +412,10 @@ class Engine:
                 sizing = ("; it would need " + ", ".join(
                     f"{_size(k)} for {int(f * 100)}%" for f, k in zip(NEED_SHARES, ts.need))
                     + " of its accesses")
-            log.warning("target %s: %s of hot pages (hotness >= %d) wait on slow memory: no room "
-                        "on the fast tier (%s); the target has %s there%s", name, _size(n),
-                        pl.hot.get(name, NO_THRESHOLD), rooms, fast, sizing)
+            self.warn.warning((name, "waiting"),
+                              "target %s: %s of hot pages (hotness >= %d) wait on slow memory: no "
+                              "room on the fast tier (%s); the target has %s there%s", name,
+                              _size(n), pl.hot.get(name, NO_THRESHOLD), rooms, fast, sizing)
 
     def _note_moves(self, key, st: PageState, pages, moved, reasons, levels) -> None:
         """Remember (a sample of) the pages promoted and displaced this interval, by vpn,
@@ -491,6 +493,22 @@ class Engine:
                     from_cls[was == nid] = i
                 st.set_node(p, st.hotness(p), from_cls, status[moved])
                 stats.stale += int(moved.sum())
+    def _count_unmatched(self, refs: Sequence[ProcessRef]) -> None:
+        """Intervals in a row in which each target matched no process; a target reaching
+        NO_MATCH_INTERVALS is logged once (all such targets of an interval in one line) until
+        it matches again."""
+        matched = {r.target for r in refs}
+        names = [t.name for t in self.policy.targets]
+        self.unmatched = {n: 0 if n in matched else self.unmatched.get(n, 0) + 1 for n in names}
+        now = [n for n in names if self.unmatched[n] == NO_MATCH_INTERVALS]
+        if not now:
+            return
+        shown = ", ".join(now[:5]) + (f" (and {len(now) - 5} more)" if len(now) > 5 else "")
+        whole = ("the policy matches no process at all: " if not matched
+                 and all(v >= NO_MATCH_INTERVALS for v in self.unmatched.values()) else "")
+        log.warning("%starget(s) %s matched no process for %d intervals: check their selectors "
+                    "in %s (tierd check-config shows them)", whole, shown, NO_MATCH_INTERVALS,
+                    self.policy.source)
 
     def _measure_speed(self, m: MoveCounts) -> None:
         """Running estimate of move_pages' speed (pages/s), from intervals that moved enough
@@ -614,30 +632,17 @@ class Engine:
 
     def _unsampled(self, unit: Unit, ws: int, nw: int, err: OSError, stats):
         """A range whose access bits could not be read: count it where operators look (the
-        interval line, IntervalStats/TargetStats.unsampled_*) and warn at most once a minute."""
+        interval line, IntervalStats/TargetStats.unsampled_*) and warn, rate-limited."""
         if stats is not None:
             ts = stats.targets.setdefault(unit.ref.target, TargetStats())
             for s in (stats, ts):
                 s.unsampled_ranges += 1
                 s.unsampled_pages += 64 * nw
-        # at WARNING the first time per process and errno (a reader that fails on every range,
-        # permissions or a broken interface, must not look like an idle process), then at
-        # most once a minute
-        first = err.errno not in unit.reader_errors
-        unit.reader_errors.add(err.errno)
-        now = self.clock()
-        if (first or self._unsampled_warned_at is None
-                or now - self._unsampled_warned_at >= UNSAMPLED_WARN_EVERY):
-            more = (f" (and {self._unsampled_suppressed} more since the last warning)"
-                    if self._unsampled_suppressed else "")
-            log.warning("pid %d (%s): range %#x (%s) not sampled: %s%s", unit.ref.pid,
-                        unit.ref.target, ws * 64 << 12, _size(64 * nw), err, more)
-            self._unsampled_warned_at = now
-            self._unsampled_suppressed = 0
-        else:
-            self._unsampled_suppressed += 1
-            log.debug("pid %d (%s): range %#x (%s) not sampled: %s", unit.ref.pid,
-                      unit.ref.target, ws * 64 << 12, _size(64 * nw), err)
+        # per (target, errno): a reader that fails on every range (permissions, a broken
+        # interface) is seen at once, then summed up every REPEAT_EVERY
+        self.warn.warning((unit.ref.target, "range not sampled", _reason(err)),
+                          "pid %d (%s): range %#x (%s) not sampled: %s", unit.ref.pid,
+                          unit.ref.target, ws * 64 << 12, _size(64 * nw), err)
 
     def _node_source(self):
         """The reader's ``nodes`` (None without one), failing soft: a page source that
@@ -734,7 +739,8 @@ class Engine:
                     stats.dropped += 1
                     break
                 except OSError as e:  # PermissionError, MovePagesError: this process, this time
-                    log.warning("pid %d (%s): move_pages: %s", unit.ref.pid, unit.ref.target, e)
+                    self.warn.warning((unit.ref.target, "move_pages", _reason(e)),
+                                      "pid %d (%s): move_pages: %s", unit.ref.pid, unit.ref.target, e)
                     if getattr(e, "status", None) is not None:  # what moved before the error
                         (stats.queries if query else stats.moves).add(e.counts)
                         done += e.counts.learned if query else e.counts.moved
@@ -794,8 +800,9 @@ class Engine:
                     stats.dropped += 1
                 else:  # PermissionError, MovePagesError: this process, this time
                     unit = self.units.get(m.key)
-                    log.warning("pid %d (%s): move_pages: %s", m.pid,
-                                unit.ref.target if unit else "?", e)
+                    target = unit.ref.target if unit else "?"
+                    self.warn.warning((target, "move_pages", _reason(e)),
+                                      "pid %d (%s): move_pages: %s", m.pid, target, e)
             (stats.queries if query else stats.moves).add(counts)
             done += counts.learned if query else counts.moved
             # folded in per (class, level): the pages of one cell are ascending in this
@@ -870,6 +877,9 @@ class Engine:
                     ts.fast_pages += int(h[i].sum())
             stats.nodes[UNKNOWN] = stats.nodes[UNKNOWN] + h[-1]
             ts.by_node[UNKNOWN] = ts.by_node.get(UNKNOWN, 0) + h[-1]
+        for name, n in self.unmatched.items():
+            if name in stats.targets:
+                stats.targets[name].unmatched_intervals = n
         if stats.plan is not None:
             for name, ts in stats.targets.items():
                 ts.hot = stats.plan.hot.get(name, NO_THRESHOLD)
@@ -882,6 +892,12 @@ class Engine:
         closer = getattr(self.reader, "close_all", None)
         if closer is not None:
             closer()
+
+
+def _reason(err: BaseException) -> str:
+    """The reason part of a rate-limit key: the errno's name, else the exception type."""
+    code = getattr(err, "errno", None)
+    return errno.errorcode.get(code, type(err).__name__) if code else type(err).__name__
 
 
 def _close(reader, pid: int) -> None:
@@ -923,6 +939,7 @@ class Daemon:
         self.interrupted = False  # stopped by SIGINT (Ctrl-C): tierd run exits 130
         self.pacer: IntervalController | None = None  # interval: auto
         self.heartbeat = heartbeat  # seconds between on_heartbeat calls while idle (None: never)
+        self.errors = RateLimiter(log, clock=clock)  # a traceback once per distinct error
         engine.should_stop = self.stop.is_set
         engine.executor.should_stop = self.stop.is_set
 
@@ -941,7 +958,7 @@ class Daemon:
             try:
                 getattr(obs, method)(*args)
             except Exception:  # an observer (metrics, notify) must not stop the daemon
-                log.exception("observer %s.%s failed", type(obs).__name__, method)
+                self.errors.exception("observer %s.%s failed", type(obs).__name__, method)
 
     def reload(self) -> bool:
         """Re-read the policy file; swap it in whole, or keep the old one on any error."""
@@ -986,7 +1003,7 @@ class Daemon:
         try:
             stats = self.engine.step()
         except Exception:
-            log.exception("interval %d failed", self.engine.seq)
+            self.errors.exception("interval %d failed", self.engine.seq)
             return None
         self._notify("on_interval", stats)
         return stats
@@ -1046,6 +1063,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"policy file (default {DEFAULT_CONFIG})")
     parser.add_argument("--intervals", type=int, default=None, metavar="N",
                         help="stop after N intervals (default: run until signalled)")
-    parser.add_argument("--log-level", default="INFO",
+    parser.add_argument("--log-level", default=None,
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-                        help="logging threshold (default INFO: one line per interval)")
+                        help="logging threshold (default: the policy's log_level, INFO: one "
+                        "line per interval)")

@@ -57,6 +57,7 @@ import numpy as np
 from tierd.engine.state import PageState
 from tierd.linux.errors import FeatureMissing
 from tierd.linux.thp import block_runs
+from tierd.logs import RateLimiter
 
 log = logging.getLogger("tierd")
 
@@ -76,6 +77,7 @@ SPLIT_BATCH = 4  # huge pages per split call between clock checks (~0.3 s under 
 @dataclass
 class _Proc:
     verdict: str | None = None  # None (not known) | "sparse" | "dense"
+    last: str | None = None  # the last verdict reached (kept across rechecks)
     verdict_at: int = 0
     probes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     probed_at: int = 0
@@ -107,10 +109,13 @@ class SplitTracker:
         if p.probes.size and now - p.probed_at >= self.watch:
             d = np.asarray(density(p.probes), dtype=float)
             sparse = float((d < self.dense).mean())
-            p.verdict = "sparse" if sparse >= 0.5 else "dense"
+            verdict = "sparse" if sparse >= 0.5 else "dense"
+            # INFO only when it changes: a recheck that confirms it is not news
+            log.log(logging.INFO if verdict != p.last else logging.DEBUG,
+                    "huge pages of %s: %s (probes %s dense)", key, verdict,
+                    "/".join(f"{x:.0%}" for x in d))
+            p.verdict = p.last = verdict
             p.verdict_at = now
-            log.info("huge pages of %s: %s (probes %s dense)", key, p.verdict,
-                     "/".join(f"{x:.0%}" for x in d))
             p.probes = none
         if p.verdict is not None and now - p.verdict_at >= self.recheck:
             p.verdict = None
@@ -235,6 +240,7 @@ class HugePages:
         self.held: dict = {}  # unit key -> blocks kept from moving this interval
         self.fast_nodes: tuple = ()  # split blocks there keep their history (forget_history)
         self.split_before: dict = {}  # unit key -> blocks (vpns) split at some point
+        self.warn = RateLimiter(log, clock=clock)  # per (target, reason)
         feat = splitter.feature()
         if not feat.available:
             self._disable(f"{feat.detail} ({feat.since}); to enable: {feat.how_to_fix}")
@@ -280,7 +286,9 @@ class HugePages:
                 self._disable(str(e))
                 break
             except OSError as e:  # this process, this time (e.g. EBUSY on the debugfs mutex)
-                log.warning("pid %d (%s): huge page split: %s", unit.ref.pid, unit.ref.target, e)
+                self.warn.warning((unit.ref.target, "huge page split", getattr(e, "errno", None)),
+                                  "pid %d (%s): huge page split: %s", unit.ref.pid,
+                                  unit.ref.target, e)
         return done
 
     def _drop_recollapsed(self, unit) -> None:
@@ -294,7 +302,7 @@ class HugePages:
             return
         again = p.probes[self.splitter.is_thp(unit.ref.pid, p.probes)]
         if again.size:
-            log.info("pid %d (%s): %d probe(s) are huge pages again (khugepaged): not judged",
+            log.debug("pid %d (%s): %d probe(s) are huge pages again (khugepaged): not judged",
                      unit.ref.pid, unit.ref.target, again.size)
             self.tracker.not_split(unit.ref.key, again)
 
@@ -309,7 +317,8 @@ class HugePages:
             self.splitter.split(pid, blocks[tried: tried + SPLIT_BATCH])
             tried += SPLIT_BATCH
         tried = min(tried, blocks.size)
-        log.info("pid %d (%s): splitting %d huge page(s) (%s)%s", pid, unit.ref.target, tried,
+        # DEBUG: the interval line already says "split N huge" (one INFO line per interval)
+        log.debug("pid %d (%s): splitting %d huge page(s) (%s)%s", pid, unit.ref.target, tried,
                  getattr(self.splitter, "last_method", "") or "split",
                  f"; {blocks.size - tried} wait for the next interval (time budget)"
                  if tried < blocks.size else "")

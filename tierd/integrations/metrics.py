@@ -13,21 +13,33 @@ Names follow the Prometheus conventions: ``tierd_`` prefix, base units (bytes, s
 ``_total`` counters, ``_info`` for labels-only metrics.  Everything exported is listed in
 ``METRICS`` (name -> help); tests check the scrape against it and contrib/grafana/ against
 the scrape.
+
+Cardinality is bounded whatever the policy and the host (README "Metrics"): no series per
+process (no pid label: processes come and go, and a series per pid grows without end); per
+target, the series of at most ``detail_targets(nodes)`` targets, those with the most resident
+pages, so that tierd_pages (16 hotness levels per target and node) stays within
+PAGES_SERIES_MAX, and the other targets summed into one, target="(other)"; every label value
+at most LABEL_MAX bytes (a longer one is cut and keeps a short hash, so two long names stay
+two series).  A scrape with 1,000 targets is about 1,200 series (tests/unit/test_metrics_bounds.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tierd import __version__
-from tierd.engine.daemon import Observer
+from tierd.engine.daemon import NO_MATCH_INTERVALS, Observer
 from tierd.engine.hotness import LEVELS
 from tierd.engine.placement import NO_THRESHOLD, PAGE_SIZE, UNKNOWN
 
 FAILURE_STATUSES = ("busy", "absent", "nomem", "denied", "other")
+LABEL_MAX = 200  # bytes in one label value
+PAGES_SERIES_MAX = 1024  # tierd_pages series at most (targets x node rows x 16 levels)
+OTHER = "(other)"  # the target label of the targets summed together
 
 # name (as scraped, without the _total/_info suffix rules applied twice) -> help text
 METRICS = {
@@ -74,6 +86,10 @@ METRICS = {
     "tierd_engine_seconds_total": "time in hotness, placement and selection (tierd's work)",
     "tierd_move_seconds_total": "time inside move_pages",
     "tierd_exited_processes_total": "managed processes that exited or stopped matching",
+    "tierd_targets_unmatched": "targets that have matched no process for "
+                               "NO_MATCH_INTERVALS (12) intervals in a row or more",
+    "tierd_targets_detailed": "targets with series of their own; the others are summed in "
+                              "target=\"(other)\"",
 }
 
 
@@ -113,16 +129,69 @@ class Snapshot:
     state_bytes: int = 0
     interval: float = 0.0
     configured_targets: int = 0
+    unmatched: int = 0  # targets without a process for NO_MATCH_INTERVALS intervals or more
+    detailed: int = 0  # targets with series of their own (the rest: OTHER)
+
+
+def cap_label(value: str, limit: int = LABEL_MAX) -> str:
+    """``value`` cut to at most ``limit`` bytes of UTF-8; a cut value ends with "~" and 8 hex
+    digits of its hash, so different long values stay different."""
+    raw = value.encode()
+    if len(raw) <= limit:
+        return value
+    head = raw[: limit - 9].decode(errors="ignore")
+    return f"{head}~{hashlib.sha1(raw).hexdigest()[:8]}"
+
+
+def name_list(names, limit: int = LABEL_MAX) -> str:
+    """Comma-separated names within ``limit`` bytes: as many as fit, then "(+N more)"."""
+    names = list(names)
+    text = ",".join(names)
+    if len(text.encode()) <= limit:
+        return text
+    out: list[str] = []
+    for i, n in enumerate(names):
+        if len(",".join(out + [n, f"(+{len(names) - i - 1} more)"]).encode()) > limit:
+            return cap_label(",".join(out + [f"(+{len(names) - i} more)"]), limit)
+        out.append(n)
+    return cap_label(text, limit)  # not reached: the whole list would have fit
 
 
 def policy_labels(policy) -> dict:
     """The policy's effective values as label pairs (tierd_policy_info), targets excluded
-    (they are tierd_target_* labels)."""
-    out = {"file": policy.source}
+    (they are tierd_target_* labels, and only their names, as many as fit, here)."""
+    out = {"file": cap_label(policy.source)}
     for k, v in policy.summary().items():
         if not k.startswith("targets["):
-            out[k.replace(".", "_")] = v
-    out["targets"] = ",".join(t.name for t in policy.targets)
+            out[k.replace(".", "_")] = cap_label(v)
+    out["targets"] = name_list(t.name for t in policy.targets)
+    return out
+
+
+def detail_targets(node_rows: int) -> int:
+    """Targets that get series of their own when ``node_rows`` nodes (with "unknown") are
+    shown: tierd_pages within PAGES_SERIES_MAX, counting OTHER."""
+    return max(1, PAGES_SERIES_MAX // (LEVELS * max(1, node_rows)) - 1)
+
+
+def bounded_targets(targets: dict, pages: dict, node_rows: int) -> dict:
+    """``targets`` (name -> TargetSnap) as exported: the ``detail_targets`` with the most
+    resident ``pages`` (name -> pages) under their own (capped) names, the rest summed into
+    OTHER (thresholds: none, a sum has no threshold)."""
+    top = detail_targets(node_rows)
+    if len(targets) <= top + 1:
+        return {cap_label(n): t for n, t in targets.items()}
+    order = sorted(targets, key=lambda n: (-pages.get(n, 0), n))
+    out = {cap_label(n): targets[n] for n in order[:top]}
+    rest = [targets[n] for n in order[top:]]
+    by_node: dict = {}
+    for t in rest:
+        for nid, h in t.by_node.items():
+            acc = by_node.get(nid)
+            by_node[nid] = h if acc is None else tuple(a + b for a, b in zip(acc, h))
+    out[OTHER] = TargetSnap(sum(t.processes for t in rest), NO_THRESHOLD, NO_THRESHOLD, by_node,
+                            sum(t.hot_fast for t in rest), sum(t.hot_slow for t in rest),
+                            sum(t.waiting for t in rest))  # need: per target only (not additive)
     return out
 
 
@@ -181,7 +250,9 @@ class MetricsObserver(Observer):
             self._failures[s] += getattr(stats.moves, s)
         fast = set(stats.fast)
         targets = {}
+        unmatched = 0
         for name, ts in stats.targets.items():
+            unmatched += ts.unmatched_intervals >= NO_MATCH_INTERVALS
             by_node = {nid: tuple(int(x) for x in h) for nid, h in ts.by_node.items()}
             hot_fast = hot_slow = 0
             if ts.hot < NO_THRESHOLD:
@@ -197,8 +268,11 @@ class MetricsObserver(Observer):
                   for nid, (tot, free) in stats.memory.items()}
         reclaimable = {nid: (b, memory[nid][2]) for nid, b in getattr(stats, "reclaimable", {}).items()
                        if nid in memory}
+        targets = bounded_targets(targets, {n: ts.pages for n, ts in stats.targets.items()},
+                                  len(stats.nodes) or len(memory) + 1)
         self._publish(
-            targets=targets, memory=memory, reclaimable=reclaimable,
+            targets=targets, memory=memory, reclaimable=reclaimable, unmatched=unmatched,
+            detailed=len(targets) - (OTHER in targets),
             intervals=(self.snapshot.intervals if self.snapshot else 0) + 1,
             last_started=stats.started, last_seconds=stats.seconds,
             last_promoted=stats.promoted, last_demoted=stats.demoted,
@@ -270,9 +344,11 @@ class TierdCollector:
                     [((n, tier), v) for n, t in sorted(s.targets.items())
                      for tier, v in (("fast", t.hot_fast), ("slow", t.hot_slow))])
         yield gauge("tierd_target_hot_threshold", ("target",),
-                    [((n,), t.hot) for n, t in sorted(s.targets.items())])
+                    [((n,), t.hot) for n, t in sorted(s.targets.items()) if n != OTHER])
         yield gauge("tierd_target_cold_threshold", ("target",),
-                    [((n,), t.cold) for n, t in sorted(s.targets.items())])
+                    [((n,), t.cold) for n, t in sorted(s.targets.items()) if n != OTHER])
+        yield gauge("tierd_targets_unmatched", value=s.unmatched)
+        yield gauge("tierd_targets_detailed", value=s.detailed)
         yield gauge("tierd_tracked_pages", value=s.tracked_pages)
         yield gauge("tierd_state_bytes", value=s.state_bytes)
         mem = sorted(s.memory.items())
@@ -308,6 +384,26 @@ class TierdCollector:
         yield counter("tierd_engine_seconds_total", value=t["engine_seconds"])
         yield counter("tierd_move_seconds_total", value=t["move_seconds"])
         yield counter("tierd_exited_processes_total", value=t["exited"])
+
+
+def start_http_server(port: int, addr: str, registry):
+    """prometheus_client.start_http_server, which returns (server, thread) only since 0.17:
+    Debian 12's python3-prometheus-client is 0.16 (the .deb's dependency).  The same server
+    (prometheus_client's WSGI app and threading server) on the address's own family."""
+    import socket
+    import threading
+    from wsgiref.simple_server import make_server
+
+    from prometheus_client import make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+    httpd = make_server(addr, port, make_wsgi_app(registry), Server, handler_class=_SilentHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    return httpd, thread
 
 
 def split_listen(listen: str) -> tuple[str, int]:

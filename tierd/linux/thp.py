@@ -55,6 +55,12 @@ SPLIT_SINCE = ("Linux 5.13 (debugfs split_huge_pages with a pid and address rang
 MADVISE_SINCE = "Linux 5.10 (process_madvise; MADV_COLD splits a partly covered THP since 5.4)"
 SPLIT_FIX = ("boot a kernel with CONFIG_DEBUG_FS=y (and CONFIG_TRANSPARENT_HUGEPAGE=y) and "
              "mount debugfs: mount -t debugfs none /sys/kernel/debug; run tierd as root")
+# process_madvise refused (EPERM): no CAP_SYS_NICE, or a seccomp filter without process_madvise
+# or pidfd_open.  The shipped tierd.service grants both; a drop-in or another unit may not.
+SPLIT_CAP_FIX = ("give tierd CAP_SYS_NICE and the process_madvise and pidfd_open system calls: "
+                 "under systemd a drop-in (systemctl edit tierd) with [Service] "
+                 "CapabilityBoundingSet=CAP_SYS_NICE and SystemCallFilter=process_madvise "
+                 "pidfd_open (the shipped tierd.service has both); or set huge_pages.split: off")
 
 
 class ThpSplitter:
@@ -68,6 +74,7 @@ class ThpSplitter:
         self.syscalls = syscalls  # tierd.linux.syscalls.Syscalls, or None: debugfs only
         self.madvise_works: bool | None = None if syscalls is not None else False
         self.last_method = ""  # how the last split was done (for logs and tests)
+        self.madvise_denied = ""  # why process_madvise was refused (EPERM), if it was
 
     def feature(self) -> Feature:
         """Whether splitting can work here; nothing is split.  process_madvise is taken as
@@ -122,14 +129,26 @@ class ThpSplitter:
         caller's to notice (``is_thp``)."""
         blocks = np.unique(np.asarray(block_vpns, dtype=np.int64))
         if self.madvise_works is not False and blocks.size:
-            calls = self._split_madvise(pid, blocks)
-            whole = self.is_thp(pid, blocks)
-            if self.madvise_works is None:
-                self.madvise_works = not whole.all()
-            if self.madvise_works:
-                self.last_method = "madvise"
-                return calls
-            blocks = blocks[whole]  # this kernel does not split that way: debugfs
+            try:
+                calls = self._split_madvise(pid, blocks)
+            except PermissionError as e:
+                # EPERM is about tierd, not this process (process_madvise's ptrace check on
+                # the target is EACCES): no later call will do better
+                self.madvise_works = False
+                self.madvise_denied = f"{e.strerror or e}"
+            else:
+                whole = self.is_thp(pid, blocks)
+                if self.madvise_works is None:
+                    self.madvise_works = not whole.all()
+                if self.madvise_works:
+                    self.last_method = "madvise"
+                    return calls
+                blocks = blocks[whole]  # this kernel does not split that way: debugfs
+        if self.madvise_denied and not self.debugfs_feature().available:
+            raise FeatureMissing("thp_split", SPLIT_CAP_FIX,
+                                 what=f"process_madvise was refused ({self.madvise_denied}): "
+                                 "tierd lacks CAP_SYS_NICE or may not make that system call, "
+                                 "and debugfs split_huge_pages is not there either")
         self.last_method = "debugfs"
         return self._split_debugfs(pid, blocks)
 

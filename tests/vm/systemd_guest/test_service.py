@@ -4,10 +4,11 @@ installed by scripts/install-service.sh, under the real service manager.
 One scenario, in file order (each test builds on the state the previous ones left):
 install -> verify -> start (READY=1) -> hot pages of another user's process move under the
 hardened unit -> metrics pass promtool, `tierd status` -> reload with a changed policy ->
-reload with a broken one (refused, FILE:LINE in the journal, old policy kept) -> a hung
-loop is killed by the watchdog and restarted -> a clean, fast stop -> the heatmap of the
-workload.  A drop-in adds only the test hook (TIERD_DEBUG_HANG_FILE) and a shorter
-WatchdogSec; the sandbox is the shipped one.
+reload with a broken one (refused, FILE:LINE in the journal, old policy kept) -> a steady
+state logs one INFO line per interval -> a hung loop is killed by the watchdog and restarted
+-> a transient failure (exit 1) is restarted, its traceback logged once -> a clean, fast stop
+-> the heatmap of the workload.  A drop-in adds only the test hooks (TIERD_DEBUG_HANG_FILE,
+TIERD_DEBUG_FAIL_FILE) and a shorter WatchdogSec; the sandbox is the shipped one.
 """
 
 from __future__ import annotations
@@ -31,11 +32,15 @@ from tierd.linux import Kernel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "guest"))
 import hot_child  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from units import sh, show  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[3]
 VENV = Path(sys.executable).parent.parent
 OUT = Path(os.environ.get("TIERD_VM_OUT", "/tmp"))
 POLICY = Path("/etc/tierd.yaml")
 HANG = Path("/run/tierd-hang")
+FAIL = Path("/run/tierd-fail")
 METRICS = "http://127.0.0.1:9464/metrics"
 WATCHDOG = 10  # WatchdogSec of the test drop-in
 NOBODY = 65534
@@ -53,18 +58,6 @@ migration:
   rate: 1GiB/s
 """
 BROKEN = GOOD.replace("migration:", "hotness:\n  window: 99\nmigration:")  # line 7
-
-
-def sh(*args, check=True, timeout=300) -> subprocess.CompletedProcess:
-    r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(args)}: exit {r.returncode}\n{r.stdout}\n{r.stderr}")
-    return r
-
-
-def show(*props: str) -> dict:
-    out = sh("systemctl", "show", "tierd.service", *[f"--property={p}" for p in props]).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
 def wait_for(pred, timeout: float, what: str, step: float = 1.0):
@@ -137,7 +130,8 @@ def installed():
     POLICY.write_text(GOOD.format(interval="1s"))
     dropin = Path("/etc/systemd/system/tierd.service.d")
     dropin.mkdir(parents=True, exist_ok=True)
-    conf = f"[Service]\nEnvironment=TIERD_DEBUG_HANG_FILE={HANG}\nWatchdogSec={WATCHDOG}s\n"
+    conf = (f"[Service]\nEnvironment=TIERD_DEBUG_HANG_FILE={HANG}\n"
+            f"Environment=TIERD_DEBUG_FAIL_FILE={FAIL}\nWatchdogSec={WATCHDOG}s\n")
     # A checkout under /tmp (CI clones there) is hidden by the unit's PrivateTmp: bind it into
     # the service's namespace, read-only, as an installation in /opt would be visible.
     for path in (REPO,) if REPO in VENV.parents else (REPO, VENV):
@@ -182,7 +176,8 @@ def test_the_sandbox_is_really_in_force(installed):
     assert not ignored, ignored
     pid = show("MainPID")["MainPID"]
     status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-    caps = (1 << 21) | (1 << 19) | (1 << 1)  # CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_DAC_OVERRIDE
+    # CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_DAC_OVERRIDE, CAP_SYS_NICE
+    caps = (1 << 21) | (1 << 19) | (1 << 1) | (1 << 23)
     assert int(status["CapBnd"], 16) == caps and int(status["CapEff"], 16) == caps, status
     assert status["NoNewPrivs"].strip() == "1"
     assert status["Seccomp"].strip() == "2", status["Seccomp"]  # filter mode
@@ -259,25 +254,66 @@ def test_a_broken_policy_is_refused_and_the_old_one_kept(installed):
     POLICY.write_text(GOOD.format(interval="2s"))  # a good file for the restart to come
 
 
-def test_a_hung_daemon_is_killed_by_the_watchdog_and_restarted(installed):
-    before = show("MainPID", "NRestarts")
-    cursor = journal()[-1]["__CURSOR"]
-    HANG.write_text("")  # TIERD_DEBUG_HANG_FILE: the loop blocks at its next interval
-    t0 = time.monotonic()
+def test_a_steady_state_logs_one_info_line_per_interval(installed):
+    def intervals():
+        return metric(scrape(), "tierd_intervals_total") or 0
 
-    def restarted():
+    cursor = journal()[-1]["__CURSOR"]
+    first = intervals()
+    wait_for(lambda: intervals() >= first + 5, 120, "5 more intervals", step=2)
+    mine = [e for e in journal(cursor) if e.get("SYSLOG_IDENTIFIER") == "tierd"]
+    info = [e for e in mine if e.get("PRIORITY") == "6"]
+    assert all("TIERD_INTERVAL" in e for e in info), [e["MESSAGE"] for e in info]
+    assert len(info) <= intervals() - first + 1
+    louder = [e["MESSAGE"] for e in mine if int(e.get("PRIORITY", 6)) < 6]
+    assert not louder, louder
+
+
+def restarted(before: dict):
+    """A predicate for wait_for: the service runs again, as a new process, restarted once
+    more than ``before`` (MainPID, NRestarts) says."""
+    def check():
         p = show("MainPID", "NRestarts", "ActiveState", "SubState")
         ok = (p["NRestarts"] != before["NRestarts"] and p["MainPID"] not in ("0", before["MainPID"])
               and (p["ActiveState"], p["SubState"]) == ("active", "running"))
         return p if ok else None
 
-    p = wait_for(restarted, WATCHDOG + 180, "a watchdog restart")
+    return check
+
+
+def test_a_hung_daemon_is_killed_by_the_watchdog_and_restarted(installed):
+    before = show("MainPID", "NRestarts")
+    cursor = journal()[-1]["__CURSOR"]
+    HANG.write_text("")  # TIERD_DEBUG_HANG_FILE: the loop blocks at its next interval
+    t0 = time.monotonic()
+    p = wait_for(restarted(before), WATCHDOG + 180, "a watchdog restart")
     log(f"watchdog restart after {time.monotonic() - t0:.1f}s: {before} -> {p}")
     assert int(p["NRestarts"]) == int(before["NRestarts"]) + 1
     msgs = [e.get("MESSAGE", "") for e in journal(cursor)]
     assert any("hanging the main loop on purpose" in m for m in msgs)
     assert any("Watchdog timeout" in m for m in msgs), msgs[-20:]
     HANG.unlink()
+
+
+def test_a_transient_failure_exits_1_and_is_restarted(installed):
+    """TIERD_DEBUG_FAIL_FILE: every interval fails; after 10 in a row tierd exits 1, which
+    is not in RestartPreventExitStatus=: systemd restarts it.  One traceback in the log."""
+    before = show("MainPID", "NRestarts")
+    cursor = journal()[-1]["__CURSOR"]
+    FAIL.write_text("")
+    t0 = time.monotonic()
+    p = wait_for(restarted(before), 240, "a restart after exit 1")
+    FAIL.unlink()
+    log(f"restart after a transient failure: {time.monotonic() - t0:.1f}s, {p}")
+    assert int(p["NRestarts"]) == int(before["NRestarts"]) + 1
+    entries = journal(cursor)
+    msgs = [e.get("MESSAGE", "") for e in entries]
+    assert any("status=1/FAILURE" in m for m in msgs), msgs[-20:]
+    mine = [e["MESSAGE"] for e in entries if e.get("SYSLOG_IDENTIFIER") == "tierd"]
+    failed = [m for m in mine if m.startswith("interval ") and " failed" in m]
+    assert len(failed) == 10, failed
+    assert sum("Traceback" in m for m in mine) == 1, failed
+    assert any("10 intervals in a row failed" in m for m in mine)
 
 
 def test_stop_is_clean_and_fast(installed):
