@@ -37,6 +37,11 @@ def test_sysfs_reads_reclaimable_from_node_meminfo():
                             "Node 0 Inactive(file): 5000 kB\nNode 0 Dirty: 500 kB\n"
                             "Node 0 Writeback: 100 kB\nNode 0 Shmem: 7000 kB\n")
     assert reclaimable_bytes(mi) == (8000 - 600) * 1024
+    # mapped file pages (libraries, program text) are in use: not room
+    mapped = parse_node_meminfo("Node 0 Active(file): 3000 kB\nNode 0 Inactive(file): 5000 kB\n"
+                                "Node 0 Mapped: 2500 kB\n")
+    assert reclaimable_bytes(mapped) == (8000 - 2500) * 1024
+    assert reclaimable_bytes({**mapped, "Mapped": 9000 * 1024}) == 0
 
 
 def test_hot_set_stays_on_a_fast_node_full_of_page_cache():

@@ -75,13 +75,18 @@ def parse_node_meminfo(text: str) -> dict[str, int]:
 
 
 def reclaimable_bytes(meminfo: dict[str, int]) -> int:
-    """Page cache a node can give back without I/O: its file LRU pages (Active(file) +
-    Inactive(file); shmem is on the anon lists, so not in them) minus Dirty and Writeback.
-    This is MemAvailable's page cache term (mm/show_mem.c si_mem_available) per node, less
-    the pages that need writeback first; the kernel watermarks it also subtracts lie inside
+    """Page cache a node can give back without I/O or harm: its file LRU pages (Active(file) +
+    Inactive(file); shmem is on the anon lists, so not in them) minus Dirty and Writeback,
+    and minus Mapped: pages some process maps (program text, libraries, mmapped files) are
+    in use, and reclaiming them for a promotion only makes their owners fault them back (the
+    kernel's reclaim itself protects mapped executable pages).  Mapped also counts mapped
+    shmem, which is not in the file lists, so this errs on the side of less room.  It is
+    MemAvailable's page cache term (mm/show_mem.c si_mem_available) per node, less what must
+    be written back first or is mapped; the kernel watermarks it also subtracts lie inside
     tierd's own keep_free floor."""
     file = meminfo.get("Active(file)", 0) + meminfo.get("Inactive(file)", 0)
-    return max(0, file - meminfo.get("Dirty", 0) - meminfo.get("Writeback", 0))
+    busy = meminfo.get("Dirty", 0) + meminfo.get("Writeback", 0) + meminfo.get("Mapped", 0)
+    return max(0, file - busy)
 
 
 def parse_distance(text: str) -> tuple[int, ...]:
