@@ -18,7 +18,7 @@ if [ $kernel = 1 ]; then
 	# the Debian package: scripts/build-deb.sh builds it; tests/vm installs it with apt in the
 	# guest, whose root is this machine's, so its dependencies must be here already
 	pkgs+=(dpkg-dev debhelper dh-python lintian python3-numpy python3-yaml python3-psutil
-	       python3-prometheus-client python3-systemd)
+	       python3-prometheus-client python3-systemd python3-regex)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
