@@ -553,7 +553,8 @@ def test_heatmap_path_is_checked_before_the_scan(tmp_path, path, message):
     ["scan", "--pid", "1", "--interval", "0"], ["scan", "--pid", "1", "--top", "0"],
     ["scan", "--pid", "1", "--reader", "x"], ["check-config"], ["check-config", "a", "b"],
     ["status", "--url"], ["topology", "--bogus"], ["simulate"], ["simulate", "--seed", "x"],
-    ["run", "--intervals", "x"], ["run", "--log-level", "LOUD"], ["--bogus"],
+    ["run", "--intervals", "x"], ["run", "--intervals", "0"], ["run", "--intervals", "-3"],
+    ["run", "--log-level", "LOUD"], ["--bogus"],
 ])
 def test_usage_errors_exit_2_with_one_sentence(argv):
     rc, out, err = run(argv)

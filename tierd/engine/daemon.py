@@ -1052,6 +1052,17 @@ class Daemon:
 # tierd run
 
 
+def _positive_int(text: str) -> int:
+    """argparse type for counts: 0 or a negative number would run nothing and exit 0."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Run the tiering daemon: every interval, sample the target processes' page accesses, "
@@ -1061,7 +1072,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
                         help=f"policy file (default {DEFAULT_CONFIG})")
-    parser.add_argument("--intervals", type=int, default=None, metavar="N",
+    parser.add_argument("--intervals", type=_positive_int, default=None, metavar="N",
                         help="stop after N intervals (default: run until signalled)")
     parser.add_argument("--log-level", default=None,
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
