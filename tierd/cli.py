@@ -651,6 +651,7 @@ def _check_heatmap_path(path: str) -> None:
 
 def _write_heatmap(kernel, res: ScanResult, path: str, out) -> None:
     from tierd.heatmap import render
+    from tierd.pages import PAGE_SIZE
     from tierd.units import format_duration, format_size
 
     try:
@@ -665,4 +666,4 @@ def _write_heatmap(kernel, res: ScanResult, path: str, out) -> None:
     except ModuleNotFoundError as e:
         raise UsageError(str(e)) from None
     print(f"heatmap: {path} ({res.grid.rows} rows of "
-          f"{format_size(int(res.grid.pages_per_row * 4096))}, {res.samples} samples)", file=out)
+          f"{format_size(int(res.grid.pages_per_row * PAGE_SIZE))}, {res.samples} samples)", file=out)

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-PAGE_SHIFT = 12
+from tierd.pages import PAGE_SHIFT, PAGE_SIZE
+
 ROWS = 512  # rows of the picture: enough to see structure, few enough to read labels
 
 
@@ -138,7 +139,8 @@ def render(grid: AccessGrid, path: str, title: str, labels: list[tuple[int, str]
                    origin="upper", extent=(0.5, grid.samples + 0.5, grid.rows, 0))
     unit = f" ({interval:g} s apart)" if interval else ""
     ax.set_xlabel(f"sample{unit}; grey: nothing resident")
-    ax.set_ylabel(f"address (resident ranges end to end; one row = {_size(grid.pages_per_row * 4096)})")
+    row = _size(grid.pages_per_row * PAGE_SIZE)
+    ax.set_ylabel(f"address (resident ranges end to end; one row = {row})")
     ax.set_title(title, fontsize=10, loc="left")
     ax.set_xticks(range(1, grid.samples + 1) if grid.samples <= 20
                   else np.linspace(1, grid.samples, 10).round().astype(int))

@@ -27,7 +27,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 
 import yaml
 
-from tierd.linux.pages import PAGE_SIZE
+from tierd.pages import PAGE_SIZE
 from tierd.units import (
     Amount,
     UnitError,

@@ -12,9 +12,8 @@ import numpy as np
 
 from tierd.linux.errors import FeatureMissing, MovePagesError, ParseError, ProcessGone
 from tierd.linux.features import Feature, Features, probe
+from tierd.pages import PAGE_SHIFT, PAGE_SIZE
 from tierd.linux.procfs import (
-    PAGE_SHIFT,
-    PAGE_SIZE,
     ProcFS,
     Vma,
     decode_pagemap,

@@ -28,9 +28,10 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from tierd.linux.errors import FeatureMissing, ProcessGone
+from tierd.pages import PAGE_SIZE
 from tierd.linux.procfs import PM_ENTRY_BYTES, ProcFS, decode_pagemap
 from tierd.linux.sysfs import SysFS, format_nodelist
-from tierd.linux.syscalls import PAGE_SIZE, Syscalls, touched_page
+from tierd.linux.syscalls import Syscalls, touched_page
 from tierd.linux.tracking import idle_bitmap_scan
 
 # include/uapi/linux/capability.h
