@@ -256,20 +256,19 @@ class _Walker:
         """True for auto, else the fixed interval's seconds."""
         return True if self.value(node, key) == "auto" else self.duration(node, key)
 
+    def ids(self, node: yaml.Node, key: str, lo: int, hi: int, empty: str = "empty list") -> tuple[int, ...]:
+        """One whole number or a list of them, each in lo..hi."""
+        if not isinstance(node, yaml.SequenceNode):
+            return (self.integer(node, key, lo, hi),)
+        if not node.value:
+            self.fail(node, key, empty)
+        return tuple(self.integer(x, f"{key}[{j}]", lo, hi) for j, x in enumerate(node.value))
+
     def nodes(self, node: yaml.Node, key: str) -> tuple[int, ...] | None:
-        """"auto"/empty -> None; a list of node ids, one id, or a kernel list "0,2-3"."""
-        if isinstance(node, yaml.SequenceNode):
-            ids = [self.integer(n, f"{key}[{i}]", 0, NODE_MAX) for i, n in enumerate(node.value)]
-            if not ids:
-                self.fail(node, key, "empty list (write auto, or leave the key out)")
-            if len(set(ids)) != len(ids):
-                self.fail(node, key, "a node is listed twice")
-            return tuple(sorted(ids))
-        v = self.value(node, key)
+        """"auto"/empty -> None; node ids, or a kernel list "0,2-3"."""
+        v = self.value(node, key) if isinstance(node, yaml.ScalarNode) else []
         if v is None or v == "auto":
             return None
-        if isinstance(v, int) and not isinstance(v, bool):
-            return (self.integer(node, key, 0, NODE_MAX),)
         if isinstance(v, str):
             from tierd.linux.sysfs import parse_nodelist  # pure parser, no file access
 
@@ -277,9 +276,13 @@ class _Walker:
                 ids = parse_nodelist(v)
             except ValueError:
                 ids = ()
-            if ids and max(ids) <= NODE_MAX:
-                return ids
-        self.fail(node, key, f"expected auto or a list of node ids, got {v!r}")
+            if not ids or max(ids) > NODE_MAX:
+                self.fail(node, key, f"expected auto or a list of node ids, got {v!r}")
+            return ids
+        ids = self.ids(node, key, 0, NODE_MAX, "empty list (write auto, or leave the key out)")
+        if len(set(ids)) != len(ids):
+            self.fail(node, key, "a node is listed twice")
+        return tuple(sorted(ids))
 
     def listen(self, node: yaml.Node, key: str) -> str:
         v = self.value(node, key)
@@ -290,13 +293,6 @@ class _Walker:
         if err:
             self.fail(node, key, err)
         return v
-
-    def pids(self, node: yaml.Node, key: str) -> tuple[int, ...]:
-        if not isinstance(node, yaml.SequenceNode):
-            return (self.integer(node, key, 1, PID_MAX),)
-        if not node.value:
-            self.fail(node, key, "empty list")
-        return tuple(self.integer(x, f"{key}[{j}]", 1, PID_MAX) for j, x in enumerate(node.value))
 
     def name(self, node: yaml.Node, key: str) -> str:
         v = self.string(node, key)
@@ -411,11 +407,13 @@ SECONDS = quantity(parse_duration, "duration", format_duration, above=(0, "longe
 DURATION = Kind(_Walker.duration, format_duration)  # whole milliseconds
 SIZE = quantity(parse_size, "size", format_size)
 PERCENT = quantity(parse_fraction, "percentage", format_fraction)
+SHARE = quantity(parse_fraction, "percentage", format_fraction, above=0)
 AMOUNT = quantity(parse_amount, "size or percentage", str)
 WATERMARK = quantity(parse_amount, "size or percentage", str, below=(1.0, "below 100%"))
 RATE = quantity(parse_rate, "rate", format_rate, at_least=PAGE_SIZE)
 REGEX = Kind(_Walker.regex, lambda v: f"/{v.pattern}/")
 NODES = Kind(_Walker.nodes, lambda v: "auto" if v is None else ",".join(map(str, v)))
+PIDS = Kind(lambda w, node, key: w.ids(node, key, 1, PID_MAX), lambda v: str(list(v)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -454,7 +452,7 @@ class TargetSpec:
     """
 
     name: str = key("name", Kind(_Walker.name), MISSING, "required, unique: names the target")
-    pids: tuple[int, ...] = key("pids", Kind(_Walker.pids, lambda v: str(list(v))), (), "process ids")
+    pids: tuple[int, ...] = key("pids", PIDS, (), "process ids")
     comm: Regex | None = key("comm", REGEX, None, "searched on /proc/PID/comm")
     exe: Regex | None = key("exe", REGEX, None, "searched on the resolved /proc/PID/exe")
     cmdline: Regex | None = key("cmdline", REGEX, None, "searched on the NUL->space joined cmdline")
@@ -478,8 +476,7 @@ class Policy:
                               "auto (tierd/engine/interval.py), or a fixed interval (sets interval)")
     interval_min: float = key("auto_interval.min", DURATION, 1.0, "shortest interval, while a change is under way")
     interval: float = key("auto_interval.max", DURATION, 5.0, "the fixed interval, or the longest with auto")
-    cpu_budget: float = key("auto_interval.cpu", quantity(parse_fraction, "percentage", format_fraction, above=0),
-                            0.10, "share of one CPU that sampling may use")
+    cpu_budget: float = key("auto_interval.cpu", SHARE, 0.10, "share of one CPU that sampling may use")
     tracking: str = key("tracking", choice(TRACKING_CHOICES), "auto", "kernel interface reporting accesses")
     targets: tuple[TargetSpec, ...] = key("targets", Kind(_Walker.targets), (), "the processes tierd manages")
     fast_nodes: tuple[int, ...] | None = key("nodes.fast", NODES, None, "None: auto (Topology.classify)")
@@ -503,8 +500,7 @@ class Policy:
                               "127.0.0.1:9464", "HOST:PORT of /metrics, \"\" disables")
     huge_split: bool = key("huge_pages.split", choice(("auto", "off"), (True, False), text=False), True,
                            "split sparsely hot huge pages (tierd/engine/huge.py)")
-    huge_dense: float = key("huge_pages.dense", quantity(parse_fraction, "percentage", format_fraction, above=0),
-                            0.5, "a probed huge page this hot is kept whole")
+    huge_dense: float = key("huge_pages.dense", SHARE, 0.5, "a probed huge page this hot is kept whole")
     log_level: str = key("log_level", choice(LOG_LEVELS, fold=True), "INFO", "the daemon's logging threshold")
 
     def target(self, name: str) -> TargetSpec:
