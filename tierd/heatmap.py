@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tierd.pages import PAGE_SHIFT, PAGE_SIZE
+from tierd.pages import PAGE_SHIFT, PAGE_SIZE, PAGES_PER_WORD
 
 ROWS = 512  # rows of the picture: enough to see structure, few enough to read labels
 
@@ -49,7 +49,7 @@ class AccessGrid:
 
     @property
     def pages_per_row(self) -> float:
-        return 64 * self.total_words / self.rows
+        return PAGES_PER_WORD * self.total_words / self.rows
 
     def _rows_of(self, extent: int, n: int) -> np.ndarray:
         w = self.offset[extent] + np.arange(n, dtype=np.int64)
@@ -104,7 +104,7 @@ class AccessGrid:
         w = -(-row * self.total_words // self.rows)  # first word of the row
         e = int(np.searchsorted(self.offset, w, side="right") - 1)
         e = min(e, len(self.nwords) - 1)
-        return int(self.word_start[e] + np.uint64(w - self.offset[e])) << (PAGE_SHIFT + 6)
+        return int(self.word_start[e] + np.uint64(w - self.offset[e])) * PAGES_PER_WORD << PAGE_SHIFT
 
 
 def _size(nbytes: float) -> str:

@@ -16,7 +16,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tierd.linux import FeatureMissing, IdleBitmapReader, PageIdleReader, ProcessGone
-from tierd.pages import KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_LRU, KPF_THP, KPF_ZERO_PAGE
 from tierd.linux.tracking import (
     AccessReader,
     extents,
@@ -24,6 +23,7 @@ from tierd.linux.tracking import (
     popcount,
     unpack_words,
 )
+from tierd.pages import KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_LRU, KPF_THP, KPF_ZERO_PAGE
 
 PRESENT = 1 << 63
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from tierd.linux.errors import ParseError
-from tierd.pages import PAGE_SIZE
 from tierd.linux.procfs import parse_meminfo
+from tierd.pages import PAGE_SIZE
 
 NODE_DIR = "devices/system/node"
 TIER_DIR = "devices/virtual/memory_tiering"

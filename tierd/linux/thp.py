@@ -45,8 +45,8 @@ import numpy as np
 
 from tierd.linux.errors import FeatureMissing, ProcessGone
 from tierd.linux.features import Feature
-from tierd.pages import HPAGE_PAGES, KPF_COMPOUND_HEAD, KPF_THP, PAGE_SHIFT
 from tierd.linux.procfs import ProcFS, decode_pagemap
+from tierd.pages import HPAGE_PAGES, KPF_COMPOUND_HEAD, KPF_THP, PAGE_SHIFT
 
 SPLIT_SINCE = ("Linux 5.13 (debugfs split_huge_pages with a pid and address range, "
                "CONFIG_DEBUG_FS, debugfs mounted)")

@@ -38,6 +38,8 @@ import numpy as np
 
 from tierd.linux.errors import FeatureMissing, ProcessGone
 from tierd.linux.nodes import NumaMapsNodes, PagemapNodes
+from tierd.linux.procfs import ProcFS, decode_pagemap, pread_full, read_pagemap
+from tierd.linux.sysfs import SysFS
 from tierd.pages import (
     KPF_COMPOUND_HEAD,
     KPF_COMPOUND_TAIL,
@@ -46,8 +48,6 @@ from tierd.pages import (
     PAGE_SIZE,
     PAGES_PER_WORD,
 )
-from tierd.linux.procfs import ProcFS, decode_pagemap, pread_full, read_pagemap
-from tierd.linux.sysfs import SysFS
 
 log = logging.getLogger("tierd")
 
