@@ -23,7 +23,7 @@ import os
 import re
 import stat
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields
 
 import yaml
 
