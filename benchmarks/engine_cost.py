@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from tierd.engine.hotness import LEVELS, weights  # noqa: E402
 from tierd.engine.state import CHUNK_WORDS, Extents, PageState  # noqa: E402
+from tierd.pages import PAGE_SIZE, PAGES_PER_WORD  # noqa: E402
 from tierd.units import format_size, parse_size  # noqa: E402
 
 ALL = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
@@ -117,7 +118,8 @@ def bench_naive(pages, window, nodes, pattern_words, samples, seed):
         counts = np.zeros((nodes, LEVELS), np.int64)
         for lo in range(0, pages, step):
             hi = min(pages, lo + step)
-            bits = np.unpackbits(acc_words[lo // 64: hi // 64].view(np.uint8), bitorder="little")
+            words = acc_words[lo // PAGES_PER_WORD: hi // PAGES_PER_WORD]
+            bits = np.unpackbits(words.view(np.uint8), bitorder="little")
             h = hist[lo:hi]
             np.left_shift(h, 1, out=h)
             np.bitwise_or(h, bits, out=h)
@@ -145,8 +147,8 @@ def main() -> int:
     args = ap.parse_args()
 
     size = parse_size(args.size)
-    words = size // 4096 // 64
-    pages = words * 64
+    words = size // PAGE_SIZE // PAGES_PER_WORD
+    pages = words * PAGES_PER_WORD
     print(f"# engine_cost: {format_size(size)} = {pages} pages ({words} words), window "
           f"{args.window}, {args.nodes} nodes, chunk {args.chunk_words} words")
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {cpu_model()}, {os.cpu_count()} CPUs, "
@@ -161,13 +163,13 @@ def main() -> int:
               f"{statistics.median(ns):.3f} ns/page ({min(times) * 1e3:.0f} ms/sample); state "
               f"{st.nbytes / 2**20:.0f} MiB = {st.bytes_per_page:.3f} bytes/page")
         del st
-    bpages = int(pages * args.baseline_fraction) // 64 * 64
+    bpages = int(pages * args.baseline_fraction) // PAGES_PER_WORD * PAGES_PER_WORD
     rng = np.random.default_rng(args.seed)
-    pats = [random_words(rng, bpages // 64) for _ in range(4)]
+    pats = [random_words(rng, bpages // PAGES_PER_WORD) for _ in range(4)]
     times = bench_naive(bpages, min(args.window, 8), args.nodes, pats, args.samples, args.seed)
     naive = [t / bpages * 1e9 for t in times]
     print(f"naive     dense  : min {min(naive):.3f} ns/page, median {statistics.median(naive):.3f} "
-          f"ns/page (on {format_size(bpages * 4096)}); state 2 bytes/page (uint8 history + int8 node)")
+          f"ns/page (on {format_size(bpages * PAGE_SIZE)}); state 2 bytes/page (uint8 history + int8 node)")
     d = results.get("dense")
     if d:
         print(f"ratio naive/bitsliced (dense, medians): {statistics.median(naive) / statistics.median(d):.1f}x")

@@ -32,8 +32,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tierd.pages import PAGE_SIZE  # noqa: E402
+
 MIB = 1 << 20
-PAGE = 4096
 
 CHILD = r"""
 import ctypes, mmap, signal, sys, time
@@ -106,8 +107,8 @@ def scenario(name, seconds, step, switch_at, size_mib=768, hot_mib=96):
     child, base, idx = spawn(size, hot, huge, 1)
     kids.append(child)
     targets.append(("app", child.pid))
-    pages = size // PAGE
-    addrs = base + np.arange(pages, dtype=np.uint64) * PAGE
+    pages = size // PAGE_SIZE
+    addrs = base + np.arange(pages, dtype=np.uint64) * PAGE_SIZE
     hotmask = np.zeros(pages, bool)
     hotmask[idx] = True
     pol = Path(tempfile.gettempdir()) / f"tierd-{name}.yaml"
@@ -138,7 +139,7 @@ def scenario(name, seconds, step, switch_at, size_mib=768, hot_mib=96):
             t = time.monotonic() - t0
             if name == "s3" and not switched and t >= switch_at:
                 child.send_signal(signal.SIGUSR1)
-                idx = np.sort(np.random.default_rng(2).choice(pages, hot // PAGE, replace=False))
+                idx = np.sort(np.random.default_rng(2).choice(pages, hot // PAGE_SIZE, replace=False))
                 hotmask = np.zeros(pages, bool)
                 hotmask[idx] = True
                 switched, first90, t_switch = True, None, t

@@ -30,9 +30,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tierd.pages import PAGE_SIZE, PAGES_PER_WORD  # noqa: E402
+
 MADV_HUGEPAGE = 14
 MADV_NOHUGEPAGE = 15
-PAGE = 4096
 HUGE = 2 << 20
 
 
@@ -51,7 +52,7 @@ def region(size: int, huge: bool):
     skip = (-base) % HUGE
     mm.madvise(MADV_HUGEPAGE if huge else MADV_NOHUGEPAGE, skip, size)
     view = buf[skip:skip + size]
-    view[::PAGE] = 1
+    view[::PAGE_SIZE] = 1
     return mm, view, base + skip
 
 
@@ -106,14 +107,14 @@ def time_reader(reader, pid, start, size, view, reps, touch=True):
     ``touch``: access every page before each sample (else none)."""
     import numpy as np
 
-    word_start = (start // PAGE) // 64
-    nwords = size // PAGE // 64
+    word_start = (start // PAGE_SIZE) // PAGES_PER_WORD
+    nwords = size // PAGE_SIZE // PAGES_PER_WORD
     reader.sample(pid, word_start, nwords)          # warm-up; page_idle: marks idle
     totals, kernel = [], []
     accessed_pages = 0
     for _ in range(reps):
         if touch:
-            view[::PAGE] += 1                        # every page accessed again
+            view[::PAGE_SIZE] += 1                        # every page accessed again
         with SyscallClock() as clock:
             t0 = time.perf_counter()
             present, accessed = reader.sample(pid, word_start, nwords)
@@ -128,7 +129,7 @@ def guest(args) -> int:
 
     kernel = Kernel()
     size = parse_size(args.size)
-    pages = size // PAGE
+    pages = size // PAGE_SIZE
     pid = os.getpid()
     print(f"scan_cost: {size >> 20} MiB = {pages} pages of 4 KiB, median of {args.reps}")
     print("total = tierd's reader end to end; syscalls = time inside its pread/pwrite calls")

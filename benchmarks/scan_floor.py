@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scan_cost import PAGE, SyscallClock, host, parse_size, parser_for, regions  # noqa: E402
+from scan_cost import PAGE_SIZE, PAGES_PER_WORD, SyscallClock, host, parse_size, parser_for, regions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -45,7 +45,7 @@ def guest(args) -> int:
     from tierd.linux.tracking import IDLE_BITMAP_SCAN_CLEAR, idle_bitmap_scan
 
     size = parse_size(args.size)
-    pages = size // PAGE
+    pages = size // PAGE_SIZE
     pid = os.getpid()
     kernel = Kernel()
     stock = kernel.reader("page_idle")
@@ -56,7 +56,7 @@ def guest(args) -> int:
     print(f"{'pages':>14} {'method':>10} {'ms':>9} {'ns/page':>9} {'x pagemap':>10}")
     ratios = {}
     for kind, view, start in regions(size):
-        word, nwords = start // PAGE // 64, pages // 64
+        word, nwords = start // PAGE_SIZE // PAGES_PER_WORD, pages // PAGES_PER_WORD
         vec = np.zeros(2 * nwords, dtype=np.uint64)
 
         def scan(flags):
@@ -65,7 +65,7 @@ def guest(args) -> int:
 
         def run(method):
             if method == "pagemap":
-                return len(os.pread(pm, 8 * pages, 8 * (start // PAGE)))
+                return len(os.pread(pm, 8 * pages, 8 * (start // PAGE_SIZE)))
             if method == "read":
                 return len(os.pread(ib, 16 * nwords, 16 * word))
             if method == "scan":
@@ -82,7 +82,7 @@ def guest(args) -> int:
             for _ in range(args.reps):
                 for m in METHODS:
                     if accessed:
-                        view[::PAGE] += 1             # every page accessed again
+                        view[::PAGE_SIZE] += 1             # every page accessed again
                     t0 = time.perf_counter()
                     got = run(m)
                     dt = time.perf_counter() - t0

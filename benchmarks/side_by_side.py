@@ -65,7 +65,6 @@ CONTENDERS = ("tierd-idle_bitmap", "tierd-page_idle", "kernel", "damon", "damon-
 DAMON_SYSFS = Path("/sys/kernel/mm/damon/admin/kdamonds")
 STATS = ("nr_tried", "sz_tried", "nr_applied", "sz_applied", "qt_exceeds")
 MIB = 1 << 20
-PAGE = 4096
 
 
 # -- guest side: one contender on one scenario ----------------------------------------------------

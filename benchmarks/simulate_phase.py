@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from simulate_zipf import POLICY  # noqa: E402
 
 from tierd.sim.simulate import parse_workload, simulate, summarize  # noqa: E402
+from tierd.pages import PAGE_SIZE  # noqa: E402
 from tierd.policy import parse_policy  # noqa: E402
 from tierd.units import parse_size  # noqa: E402
 
@@ -47,7 +48,7 @@ def main() -> int:
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     policy = parse_policy(POLICY.format(rate=args.rate, window=args.window), "simulate_phase.py")
-    pages = parse_size(args.size) // 4096
+    pages = parse_size(args.size) // PAGE_SIZE
     intervals = args.every * (args.changes + 1)
     print(f"# simulate_phase: {args.size}, fast {args.fast}, rate {args.rate}, window "
           f"{args.window}, hot set moves every {args.every} intervals, "

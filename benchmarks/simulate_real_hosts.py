@@ -28,6 +28,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 from tierd.engine import gain as gain_mod  # noqa: E402
+from tierd.pages import PAGE_SIZE  # noqa: E402
 from tierd.policy import load_policy  # noqa: E402
 from tierd.sim import simulate as sim  # noqa: E402
 
@@ -71,7 +72,7 @@ def run(name: str, policy, tail: int) -> str:
                                  if kind == "nodes" else None)
     s = sim.summarize(rows, tail=tail)
     steady = rows[-tail:]
-    moves = statistics.mean(r.moves for r in steady) / (spec.processes[0].size // 4096) * 100
+    moves = statistics.mean(r.moves for r in steady) / (spec.processes[0].size // PAGE_SIZE) * 100
     eat = statistics.mean(r.eat_ns for r in rows[5:])
     cols = [name, spec_text, f"{s.steady_ratio:.3f}", f"{moves:.3f}", f"{eat:.0f}"]
     if kind == "eat":
@@ -89,7 +90,7 @@ def run(name: str, policy, tail: int) -> str:
         cols.append("need est/true " + (" ".join(f"{e / t:.3f}" for e, t in zip(est, true))
                                         if est else "-"))
     elif name == "cache":
-        cols.append(f"page cache left {machine.cache[0] * 4096 >> 20} MiB")
+        cols.append(f"page cache left {machine.cache[0] * PAGE_SIZE >> 20} MiB")
     cols.append(f"{time.monotonic() - t0:.0f}s")
     return " | ".join(cols)
 

@@ -25,6 +25,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from tierd.sim.simulate import parse_workload, simulate, summarize  # noqa: E402
+from tierd.pages import PAGE_SIZE  # noqa: E402
 from tierd.policy import parse_policy  # noqa: E402
 from tierd.units import parse_size  # noqa: E402
 
@@ -52,7 +53,7 @@ def main() -> int:
     args = ap.parse_args()
     policy = parse_policy(POLICY.format(rate=args.rate, window=args.window), "simulate_zipf.py")
     spec = parse_workload(f"size={args.size},fast={args.fast},dist={args.dist},seed={args.seed}")
-    pages = parse_size(args.size) // 4096
+    pages = parse_size(args.size) // PAGE_SIZE
     print(f"# simulate_zipf: {args.size} {args.dist}, fast {args.fast}, rate {args.rate}, "
           f"window {args.window}, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
     print(f"{'int':>4} {'hit':>6} {'oracle':>6} {'ratio':>6} {'promoted':>9} {'demoted':>9} "

@@ -421,7 +421,8 @@ def scan(kernel, pid: int, samples: int, interval: float, reader_name: str = "au
          top: int = 20, sleep=time.sleep, heat_rows: int | None = None) -> ScanResult:
     """Sample ``pid`` and aggregate; raises ProcessGone etc.  Pure apart from the kernel.
     ``heat_rows``: also aggregate the samples into a heatmap grid of that many rows."""
-    from tierd.linux import FeatureMissing, PAGE_SHIFT, tracked_extents, unpack_words
+    from tierd.linux import FeatureMissing, tracked_extents, unpack_words
+    from tierd.pages import PAGE_SHIFT, PAGES_PER_WORD
 
     procfs = kernel.procfs
     comm = procfs.comm(pid)
@@ -465,8 +466,8 @@ def scan(kernel, pid: int, samples: int, interval: float, reader_name: str = "au
             # A first sample resets the accessed state; the K that follow are counted.
             for w, n in zip(ws.tolist(), nw.tolist()):
                 reader.sample(pid, w, n)
-            cnt = [np.zeros(64 * n, dtype=np.uint16) for n in nw.tolist()]  # K <= MAX_SAMPLES
-            pres = [np.zeros(64 * n, dtype=bool) for n in nw.tolist()]
+            cnt = [np.zeros(PAGES_PER_WORD * n, dtype=np.uint16) for n in nw.tolist()]  # K <= MAX_SAMPLES
+            pres = [np.zeros(PAGES_PER_WORD * n, dtype=bool) for n in nw.tolist()]
             deadline = time.monotonic()
             for k in range(samples):
                 deadline += interval
@@ -483,15 +484,15 @@ def scan(kernel, pid: int, samples: int, interval: float, reader_name: str = "au
             grid.finish()
         for j, w in enumerate(ws.tolist()):
             sel = np.flatnonzero(pres[j])
-            vpn_parts.append(np.uint64(64 * w) + sel.astype(np.uint64))
+            vpn_parts.append(np.uint64(PAGES_PER_WORD * w) + sel.astype(np.uint64))
             counts_parts.append(cnt[j][sel])
     else:
         try:
             from tierd.linux import decode_pagemap
 
             for w, n in zip(ws.tolist(), nw.tolist()):
-                present, _ = decode_pagemap(procfs.pagemap(pid, 64 * w, 64 * n))
-                vpn_parts.append(np.uint64(64 * w) + np.flatnonzero(present).astype(np.uint64))
+                present, _ = decode_pagemap(procfs.pagemap(pid, PAGES_PER_WORD * w, PAGES_PER_WORD * n))
+                vpn_parts.append(np.uint64(PAGES_PER_WORD * w) + np.flatnonzero(present).astype(np.uint64))
             res.present_source = "pagemap"
         except (FileNotFoundError, PermissionError) as e:
             vpn_parts = []
@@ -651,6 +652,7 @@ def _check_heatmap_path(path: str) -> None:
 
 def _write_heatmap(kernel, res: ScanResult, path: str, out) -> None:
     from tierd.heatmap import render
+    from tierd.pages import PAGE_SIZE
     from tierd.units import format_duration, format_size
 
     try:
@@ -665,4 +667,4 @@ def _write_heatmap(kernel, res: ScanResult, path: str, out) -> None:
     except ModuleNotFoundError as e:
         raise UsageError(str(e)) from None
     print(f"heatmap: {path} ({res.grid.rows} rows of "
-          f"{format_size(int(res.grid.pages_per_row * 4096))}, {res.samples} samples)", file=out)
+          f"{format_size(int(res.grid.pages_per_row * PAGE_SIZE))}, {res.samples} samples)", file=out)

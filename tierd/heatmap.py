@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-PAGE_SHIFT = 12
+from tierd.pages import PAGE_SHIFT, PAGE_SIZE, PAGES_PER_WORD
+
 ROWS = 512  # rows of the picture: enough to see structure, few enough to read labels
 
 
@@ -48,7 +49,7 @@ class AccessGrid:
 
     @property
     def pages_per_row(self) -> float:
-        return 64 * self.total_words / self.rows
+        return PAGES_PER_WORD * self.total_words / self.rows
 
     def _rows_of(self, extent: int, n: int) -> np.ndarray:
         w = self.offset[extent] + np.arange(n, dtype=np.int64)
@@ -103,7 +104,7 @@ class AccessGrid:
         w = -(-row * self.total_words // self.rows)  # first word of the row
         e = int(np.searchsorted(self.offset, w, side="right") - 1)
         e = min(e, len(self.nwords) - 1)
-        return int(self.word_start[e] + np.uint64(w - self.offset[e])) << (PAGE_SHIFT + 6)
+        return int(self.word_start[e] + np.uint64(w - self.offset[e])) * PAGES_PER_WORD << PAGE_SHIFT
 
 
 def _size(nbytes: float) -> str:
@@ -138,7 +139,8 @@ def render(grid: AccessGrid, path: str, title: str, labels: list[tuple[int, str]
                    origin="upper", extent=(0.5, grid.samples + 0.5, grid.rows, 0))
     unit = f" ({interval:g} s apart)" if interval else ""
     ax.set_xlabel(f"sample{unit}; grey: nothing resident")
-    ax.set_ylabel(f"address (resident ranges end to end; one row = {_size(grid.pages_per_row * 4096)})")
+    row = _size(grid.pages_per_row * PAGE_SIZE)
+    ax.set_ylabel(f"address (resident ranges end to end; one row = {row})")
     ax.set_title(title, fontsize=10, loc="left")
     ax.set_xticks(range(1, grid.samples + 1) if grid.samples <= 20
                   else np.linspace(1, grid.samples, 10).round().astype(int))

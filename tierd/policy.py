@@ -1,30 +1,39 @@
-"""The policy: schema (frozen dataclasses) and the YAML loader that validates all of it.
+"""The policy: one declaration of every key, and the YAML loader that validates all of it.
 
-The operator's documentation of every key is etc/tierd.yaml; the schema is docs/design.md
-("Policy schema").  The loader composes the YAML into a node tree (``yaml.compose``, safe
-tags only), so every value keeps its line; it then walks the tree against the schema and
-builds the whole ``Policy`` or raises ``PolicyError(source, line, key, message)``, whose
-string is "FILE:LINE: KEY: message" with KEY the dotted path (``targets[1].min_rss``, list
-indices from 0).  Nothing half-applies: a caller either gets a complete, validated, immutable
-Policy or the first error.
+Each field of ``Policy`` and ``TargetSpec`` is declared once, with ``key()``: its YAML path,
+its kind (type, unit, range), its default and a one-line doc.  That declaration drives loading,
+validation and ``Policy.summary()`` (what `tierd check-config` prints); etc/tierd.yaml is the
+operator's manual of every key (tests/unit/test_policy_schema.py checks that it documents
+exactly the declared keys).  The few rules between keys are at the end of ``_Walker.policy``.
+
+The loader composes the YAML into a node tree (``yaml.compose``, safe tags only), so every
+value keeps its line; it then walks the tree against the declared keys and builds the whole
+``Policy`` or raises ``PolicyError(source, line, key, message)``, whose string is
+"FILE:LINE: KEY: message" with KEY the dotted path (``targets[1].min_rss``, list indices from
+0).  Nothing half-applies: a caller either gets a complete, validated, immutable Policy or the
+first error.
 """
 
 from __future__ import annotations
 
 import difflib
 import ipaddress
+import operator
 import os
 import re
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 
 import yaml
 
+from tierd.pages import PAGE_SIZE
 from tierd.units import (
     Amount,
     UnitError,
     format_duration,
+    format_fraction,
+    format_rate,
     format_size,
     parse_amount,
     parse_duration,
@@ -34,19 +43,19 @@ from tierd.units import (
 )
 
 __all__ = [
-    "Amount", "Policy", "PolicyError", "Regex", "TargetSpec", "load_policy", "parse_policy",
-    "TRACKING_CHOICES",
+    "Amount", "Key", "Policy", "PolicyError", "Regex", "TargetSpec", "declared", "load_policy",
+    "parse_policy", "TRACKING_CHOICES",
 ]
 
 TRACKING_CHOICES = ("auto", "idle_bitmap", "page_idle")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-HOTNESS_MAX = 15  # hotness is 0..15 (docs/design.md)
+HOTNESS_MAX = 15  # hotness is 0..15 (tierd/engine/hotness.py)
 WINDOW_MAX = 16  # at most 16 samples of history
-PAGE_SIZE = 4096
-MAX_BYTES = 1 << 60  # sizes and rates: more does not exist in one machine (1024PiB)
 MAX_BATCH = 1 << 30  # migration.batch: one move_pages call's page list stays small
-FRACTION_STEP = 1e-4  # percentages: 0.01% steps
 MIN_INTERVAL = 0.001  # 1ms: durations are whole milliseconds
+MAX_INTERVAL = 86400  # a day
+PID_MAX = 1 << 22  # PID_MAX_LIMIT
+NODE_MAX = 4095  # highest node id accepted
 
 
 class PolicyError(ValueError):
@@ -125,107 +134,18 @@ class Regex:
             return self.compiled.search(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
 
 
-@dataclass(frozen=True)
-class TargetSpec:
-    """Which processes one target covers and its share of the fast tier.
-
-    A process matches if it satisfies every selector given (pids, comm, exe, cmdline, cgroup)
-    and has at least ``min_rss`` bytes resident.
-    """
-
-    name: str
-    pids: tuple[int, ...] = ()
-    comm: Regex | None = None  # search on /proc/PID/comm
-    exe: Regex | None = None  # search on the resolved /proc/PID/exe
-    cmdline: Regex | None = None  # search on the NUL->space joined cmdline
-    cgroup: str | None = None  # cgroup v2 path; the subtree below it matches too
-    min_rss: int = 0
-    fast_share: Amount | None = None  # guaranteed part of the fast tier
-    fast_cap: Amount | None = None  # at most this much of the fast tier
-
-
-@dataclass(frozen=True)
-class Policy:
-    """A complete, validated policy (defaults as documented in etc/tierd.yaml)."""
-
-    source: str = "<defaults>"
-    interval: float = 5.0  # fixed interval, or with interval_auto the longest one
-    interval_auto: bool = True  # interval: auto (tierd/engine/interval.py)
-    interval_min: float = 1.0  # auto_interval.min
-    cpu_budget: float = 0.10  # auto_interval.cpu, fraction of one CPU
-    tracking: str = "auto"
-    targets: tuple[TargetSpec, ...] = ()
-    fast_nodes: tuple[int, ...] | None = None  # None = auto (Topology.classify)
-    slow_nodes: tuple[int, ...] | None = None
-    keep_free: Amount = field(default=Amount(fraction=0.10))
-    demote_below: Amount = field(default=Amount(fraction=0.05))
-    window: int = 8
-    min_hot: int = 1
-    min_gain: float = 0.05  # hotness.min_gain (replaced hotness.hysteresis)
-    rate: int = 128 << 20
-    query_rate: int = 64 << 30  # migration.query_rate: address space per second to learn nodes of
-    batch: int = 4 << 20
-    retry_after: int = 4
-    metrics_listen: str = "127.0.0.1:9464"
-    huge_split: bool = True  # huge_pages.split: auto (True) | off (tierd/engine/huge.py)
-    huge_dense: float = 0.5  # huge_pages.dense: a probe this hot is kept whole
-    log_level: str = "INFO"  # log_level: the daemon's logging threshold
-
-    def target(self, name: str) -> TargetSpec:
-        for t in self.targets:
-            if t.name == name:
-                return t
-        raise KeyError(name)
-
-    def summary(self) -> dict[str, str]:
-        """Human-readable effective values, key path -> value (for `tierd check-config`)."""
-        auto = "auto"
-        out = {
-            "interval": ("auto" if self.interval_auto else format_duration(self.interval)),
-            "tracking": self.tracking,
-            "nodes.fast": auto if self.fast_nodes is None else ",".join(map(str, self.fast_nodes)),
-            "nodes.slow": auto if self.slow_nodes is None else ",".join(map(str, self.slow_nodes)),
-            "fast_tier.keep_free": str(self.keep_free),
-            "fast_tier.demote_below": str(self.demote_below),
-            "hotness.window": str(self.window),
-            "hotness.min_hot": str(self.min_hot),
-            "hotness.min_gain": f"{self.min_gain * 100:g}%",
-            "migration.rate": format_size(self.rate) + "/s",
-            "migration.query_rate": format_size(self.query_rate) + "/s",
-            "migration.batch": format_size(self.batch),
-            "migration.retry_after": f"{self.retry_after} intervals",
-            "metrics.listen": self.metrics_listen or "(disabled)",
-            "huge_pages.split": "auto" if self.huge_split else "off",
-            "huge_pages.dense": f"{self.huge_dense * 100:g}%",
-            "log_level": self.log_level,
-        }
-        if self.interval_auto:
-            out["auto_interval.min"] = format_duration(self.interval_min)
-            out["auto_interval.max"] = format_duration(self.interval)
-            out["auto_interval.cpu"] = f"{self.cpu_budget * 100:g}%"
-        for i, t in enumerate(self.targets):
-            sel = [f"pids={list(t.pids)}"] if t.pids else []
-            sel += [f"{k}=/{getattr(t, k).pattern}/" for k in ("comm", "exe", "cmdline") if getattr(t, k)]
-            sel += [f"cgroup={t.cgroup}"] if t.cgroup else []
-            extra = [f"min_rss={format_size(t.min_rss)}"] if t.min_rss else []
-            extra += [f"fast_share={t.fast_share}"] if t.fast_share else []
-            extra += [f"fast_cap={t.fast_cap}"] if t.fast_cap else []
-            out[f"targets[{i}]"] = f"{t.name}: " + " ".join(sel + extra)
-        return out
-
-
 # ---------------------------------------------------------------------------------------------
 # Loader
 
 
 class _Walker:
-    """Validates a composed YAML node tree against the schema."""
+    """Reads a composed YAML node tree against the declared keys; the methods below the generic
+    ones read the values of one kind each."""
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.constructor = yaml.constructor.SafeConstructor()
 
-    # -- errors and scalars ------------------------------------------------------------------
     def fail(self, node: yaml.Node, key: str, message: str):
         raise PolicyError(self.source, node.start_mark.line + 1, key, message)
 
@@ -240,40 +160,144 @@ class _Walker:
         except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:
             self.fail(node, key, f"unreadable value {node.value!r}: {e}")
 
-    def unit(self, node: yaml.Node, key: str, parse: Callable, what: str):
-        """A size, rate, percentage or duration, within what tierd can work with: sizes and
-        rates up to MAX_BYTES, percentages 0% or 0.01% .. 100% in steps of 0.01% (so that
-        every value accepted is printed back as written, never as "1e-07%")."""
-        v = self.value(node, key)
-        if v is None:
-            self.fail(node, key, f"needs a {what}")
-        try:
-            out = parse(v)
-        except UnitError as e:
-            self.fail(node, key, str(e))
-        size = out.bytes if isinstance(out, Amount) else out if parse in (parse_size, parse_rate) else None
-        if size is not None and size > MAX_BYTES:
-            self.fail(node, key, f"{v!r} is more than {format_size(MAX_BYTES)}"
-                      f"{'/s' if parse is parse_rate else ''}")
-        frac = out.fraction if isinstance(out, Amount) else out if parse is parse_fraction else None
-        if frac and (frac < FRACTION_STEP or abs(frac / FRACTION_STEP - round(frac / FRACTION_STEP)) > 1e-6):
-            self.fail(node, key, f"{v!r}: a percentage is 0% or 0.01% .. 100%, with at most two "
-                      "decimals")
-        return out
-
     def string(self, node: yaml.Node, key: str) -> str:
         v = self.value(node, key)
         if not isinstance(v, str):
             self.fail(node, key, f"expected a string, got {_typename(v)} (quote it)")
         return v
 
-    def integer(self, node: yaml.Node, key: str, lo: int, hi: int | None = None) -> int:
+    def integer(self, node: yaml.Node, key: str, lo: int, hi: int) -> int:
         v = self.value(node, key)
         if isinstance(v, bool) or not isinstance(v, int):
             self.fail(node, key, f"expected a whole number, got {_typename(v)}")
-        if v < lo or (hi is not None and v > hi):
-            rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-            self.fail(node, key, f"{v} is out of range ({rng})")
+        if not lo <= v <= hi:
+            self.fail(node, key, f"{v} is out of range ({lo}..{hi})")
+        return v
+
+    def mapping(self, node: yaml.Node, prefix: str, allowed: tuple[str, ...]) -> dict:
+        """{key: (key node, value node)}; unknown, removed and repeated keys are errors."""
+        where = prefix or "policy"
+        if not isinstance(node, yaml.MappingNode):
+            self.fail(node, where, f"expected a mapping of keys ({', '.join(allowed)})")
+        out: dict = {}
+        for knode, vnode in node.value:
+            k = self.value(knode, where + ".<key>" if prefix else "<key>")
+            path = f"{prefix}.{k}" if prefix else str(k)
+            if not isinstance(k, str):
+                self.fail(knode, path, "keys must be names")
+            if path in REMOVED:
+                self.fail(knode, path, REMOVED[path])
+            if k not in allowed:
+                close = difflib.get_close_matches(k, allowed, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                self.fail(knode, path, f"unknown key ({hint}known: {', '.join(allowed)})")
+            if k in out:
+                self.fail(knode, path, f"given twice (first on line {out[k][0].start_mark.line + 1})")
+            out[k] = (knode, vnode)
+        return out
+
+    def fields(self, node: yaml.Node, prefix: str, cls) -> tuple[dict, dict]:
+        """Reads the mapping ``node`` against the keys ``cls`` declares: ({field: value} of the
+        keys given, {path: value node, or key node of a section} of what is given; paths
+        relative to ``prefix``)."""
+        tree: dict = {}  # {name: (field, Key) or {name: (field, Key)}}, in declaration order
+        for f, k in declared(cls):
+            section, _, leaf = k.path.rpartition(".")
+            (tree.setdefault(section, {}) if section else tree)[leaf] = (f, k)
+        kw: dict = {}
+        given: dict = {}
+
+        def walk(node: yaml.Node, tree: dict, rel: str) -> None:
+            at = ".".join(filter(None, (prefix, rel)))
+            for k, (knode, vnode) in self.mapping(node, at, tuple(tree)).items():
+                path = f"{rel}.{k}" if rel else k
+                if isinstance(tree[k], dict):
+                    given[path] = knode
+                    walk(vnode, tree[k], path)
+                else:
+                    given[path] = vnode
+                    f, decl = tree[k]
+                    kw[f] = decl.kind.parse(self, vnode, f"{at}.{k}" if at else k)
+
+        walk(node, tree, "")
+        return kw, given
+
+    def policy(self, root: yaml.Node | None) -> Policy:
+        kw, given = self.fields(root, "", Policy) if root is not None else ({}, {})  # empty file: defaults
+        if kw.get("interval_auto", True) is not True:  # a fixed interval: that duration
+            kw["interval"], kw["interval_auto"] = kw["interval_auto"], False
+        p = Policy(source=self.source, **kw)
+        # the rules between keys, each reported on a key that breaks it
+        if "auto_interval" in given and not p.interval_auto:
+            self.fail(given["auto_interval"], "auto_interval", "applies only with `interval: auto` (the "
+                      "interval is fixed here): remove the section or set interval: auto")
+        if "auto_interval" in given and p.interval_min > p.interval:
+            k = "auto_interval.max" if "auto_interval.max" in given else "auto_interval.min"
+            self.fail(given[k], k, f"min ({format_duration(p.interval_min)}) must not exceed max "
+                      f"({format_duration(p.interval)})")
+        if p.keep_free.comparable(p.demote_below) and not p.demote_below <= p.keep_free:
+            k = "fast_tier.demote_below" if "fast_tier.demote_below" in given else "fast_tier.keep_free"
+            self.fail(given[k], k, f"demote_below ({p.demote_below}) must not exceed keep_free "
+                      f"({p.keep_free}): demotion starts below demote_below and stops once keep_free "
+                      "is free again")
+        both = sorted(set(p.fast_nodes or ()) & set(p.slow_nodes or ()))
+        if both:
+            self.fail(given["nodes.slow"], "nodes.slow", f"node(s) {both} are also listed as fast")
+        return p
+
+    # -- values of one kind each -----------------------------------------------------------------
+    def duration(self, node: yaml.Node, key: str) -> float:
+        v = SECONDS.parse(self, node, key)
+        if abs(v * 1000 - round(v * 1000)) > 1e-6:
+            self.fail(node, key, "must be a whole number of milliseconds")
+        return round(v * 1000) / 1000
+
+    def interval(self, node: yaml.Node, key: str) -> float | bool:
+        """True for auto, else the fixed interval's seconds."""
+        return True if self.value(node, key) == "auto" else self.duration(node, key)
+
+    def ids(self, node: yaml.Node, key: str, lo: int, hi: int, empty: str = "empty list") -> tuple[int, ...]:
+        """One whole number or a list of them, each in lo..hi."""
+        if not isinstance(node, yaml.SequenceNode):
+            return (self.integer(node, key, lo, hi),)
+        if not node.value:
+            self.fail(node, key, empty)
+        return tuple(self.integer(x, f"{key}[{j}]", lo, hi) for j, x in enumerate(node.value))
+
+    def nodes(self, node: yaml.Node, key: str) -> tuple[int, ...] | None:
+        """"auto"/empty -> None; node ids, or a kernel list "0,2-3"."""
+        v = self.value(node, key) if isinstance(node, yaml.ScalarNode) else []
+        if v is None or v == "auto":
+            return None
+        if isinstance(v, str):
+            from tierd.linux.sysfs import parse_nodelist  # pure parser, no file access
+
+            try:
+                ids = parse_nodelist(v)
+            except ValueError:
+                ids = ()
+            if not ids or max(ids) > NODE_MAX:
+                self.fail(node, key, f"expected auto or a list of node ids, got {v!r}")
+            return ids
+        ids = self.ids(node, key, 0, NODE_MAX, "empty list (write auto, or leave the key out)")
+        if len(set(ids)) != len(ids):
+            self.fail(node, key, "a node is listed twice")
+        return tuple(sorted(ids))
+
+    def listen(self, node: yaml.Node, key: str) -> str:
+        v = self.value(node, key)
+        v = "" if v is None or v is False else v
+        if not isinstance(v, str):
+            self.fail(node, key, f"expected \"HOST:PORT\" or \"\", got {v!r}")
+        err = _check_listen(v)
+        if err:
+            self.fail(node, key, err)
+        return v
+
+    def name(self, node: yaml.Node, key: str) -> str:
+        v = self.string(node, key)
+        if not v.strip():
+            self.fail(node, key, "must not be empty")
         return v
 
     def regex(self, node: yaml.Node, key: str) -> Regex:
@@ -284,251 +308,226 @@ class _Walker:
             self.fail(node, key, f"bad regular expression {text!r}: {e} (RE2 syntax: no "
                       "backreferences or lookaround)")
 
-    def mapping(self, node: yaml.Node, prefix: str, allowed: tuple[str, ...]) -> dict:
-        """{key: (key node, value node)}; unknown and repeated keys are errors."""
-        where = prefix or "policy"
-        if not isinstance(node, yaml.MappingNode):
-            self.fail(node, where, f"expected a mapping of keys ({', '.join(allowed)})")
-        out: dict = {}
-        for knode, vnode in node.value:
-            k = self.value(knode, where + ".<key>" if prefix else "<key>")
-            path = f"{prefix}.{k}" if prefix else str(k)
-            if not isinstance(k, str):
-                self.fail(knode, path, "keys must be names")
-            if k not in allowed:
-                close = difflib.get_close_matches(k, allowed, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                self.fail(knode, path, f"unknown key ({hint}known: {', '.join(allowed)})")
-            if k in out:
-                self.fail(knode, path, f"given twice (first on line {out[k][0].start_mark.line + 1})")
-            out[k] = (knode, vnode)
-        return out
+    def cgroup(self, node: yaml.Node, key: str) -> str:
+        v = self.string(node, key)
+        if not v.startswith("/"):
+            self.fail(node, key, "a cgroup v2 path starts with / (e.g. /system.slice/db.service)")
+        return v.rstrip("/") or "/"
 
-    def sequence(self, node: yaml.Node, key: str) -> list[yaml.Node]:
+    def targets(self, node: yaml.Node, key: str) -> tuple[TargetSpec, ...]:
+        if isinstance(node, yaml.ScalarNode) and self.value(node, key) is None:
+            return ()
         if not isinstance(node, yaml.SequenceNode):
             self.fail(node, key, "expected a list")
-        return list(node.value)
-
-    def node_list(self, node: yaml.Node, key: str) -> tuple[int, ...] | None:
-        """"auto"/empty -> None; a list of node ids, one id, or a kernel list "0,2-3"."""
-        if isinstance(node, yaml.SequenceNode):
-            ids = [self.integer(n, f"{key}[{i}]", 0, 4095) for i, n in enumerate(node.value)]
-            if not ids:
-                self.fail(node, key, "empty list (write auto, or leave the key out)")
-            if len(set(ids)) != len(ids):
-                self.fail(node, key, "a node is listed twice")
-            return tuple(sorted(ids))
-        v = self.value(node, key)
-        if v is None or v == "auto":
-            return None
-        if isinstance(v, int) and not isinstance(v, bool):
-            return (self.integer(node, key, 0, 4095),)
-        if isinstance(v, str):
-            from tierd.linux.sysfs import parse_nodelist  # pure parser, no file access
-
-            try:
-                ids = parse_nodelist(v)
-            except ValueError:
-                ids = ()
-            if ids and max(ids) <= 4095:
-                return ids
-        self.fail(node, key, f"expected auto or a list of node ids, got {v!r}")
-
-    # -- the schema ----------------------------------------------------------------------------
-    def policy(self, root: yaml.Node | None) -> Policy:
-        kw: dict = {"source": self.source}
-        if root is None:  # empty file: all defaults
-            return Policy(**kw)
-        top = self.mapping(
-            root, "", ("interval", "auto_interval", "tracking", "targets", "nodes", "fast_tier",
-                       "hotness", "migration", "metrics", "huge_pages", "log_level"),
-        )
-        if "interval" in top:
-            n = top["interval"][1]
-            if self.value(n, "interval") == "auto":
-                kw["interval_auto"] = True
-            else:
-                kw["interval"] = self.duration(n, "interval")
-                kw["interval_auto"] = False
-        if "auto_interval" in top:
-            self.auto_interval(top, kw)
-        if "tracking" in top:
-            n = top["tracking"][1]
-            v = self.string(n, "tracking")
-            if v not in TRACKING_CHOICES:
-                self.fail(n, "tracking", f"{v!r} is not one of {', '.join(TRACKING_CHOICES)}")
-            kw["tracking"] = v
-        if "targets" in top:
-            kw["targets"] = self.targets(top["targets"][1])
-        if "nodes" in top:
-            nodes = self.mapping(top["nodes"][1], "nodes", ("fast", "slow"))
-            fast = self.node_list(nodes["fast"][1], "nodes.fast") if "fast" in nodes else None
-            slow = self.node_list(nodes["slow"][1], "nodes.slow") if "slow" in nodes else None
-            if fast and slow and set(fast) & set(slow):
-                both = sorted(set(fast) & set(slow))
-                self.fail(nodes["slow"][1], "nodes.slow", f"node(s) {both} are also listed as fast")
-            kw["fast_nodes"], kw["slow_nodes"] = fast, slow
-        if "fast_tier" in top:
-            ft = self.mapping(top["fast_tier"][1], "fast_tier", ("keep_free", "demote_below"))
-            for k in ft:
-                a = self.unit(ft[k][1], f"fast_tier.{k}", parse_amount, "size or percentage")
-                if a.fraction is not None and a.fraction >= 1.0:
-                    self.fail(ft[k][1], f"fast_tier.{k}", "must be below 100%")
-                kw[k] = a
-            keep, demote = kw.get("keep_free", Policy.keep_free), kw.get("demote_below", Policy.demote_below)
-            if keep.comparable(demote) and not demote <= keep:
-                n = ft["demote_below"][1] if "demote_below" in ft else ft["keep_free"][1]
-                k = "demote_below" if "demote_below" in ft else "keep_free"
-                self.fail(n, f"fast_tier.{k}",
-                          f"demote_below ({demote}) must not exceed keep_free ({keep}): demotion "
-                          "starts below demote_below and stops once keep_free is free again")
-        if "hotness" in top:
-            h = self.mapping(top["hotness"][1], "hotness", ("window", "min_hot", "min_gain", "hysteresis"))
-            if "hysteresis" in h:  # refused rather than aliased: a level count is not a gain
-                self.fail(h["hysteresis"][0], "hotness.hysteresis",
-                          "replaced by hotness.min_gain (a percentage, default 5%): pages are now "
-                          "displaced by measured access rates, not by a level difference; "
-                          "remove hysteresis (see etc/tierd.yaml)")
-            if "window" in h:
-                kw["window"] = self.integer(h["window"][1], "hotness.window", 1, WINDOW_MAX)
-            if "min_hot" in h:
-                kw["min_hot"] = self.integer(h["min_hot"][1], "hotness.min_hot", 0, HOTNESS_MAX)
-            if "min_gain" in h:
-                kw["min_gain"] = self.unit(h["min_gain"][1], "hotness.min_gain", parse_fraction,
-                                           "percentage")
-        if "migration" in top:
-            m = self.mapping(top["migration"][1], "migration", ("rate", "query_rate", "batch", "retry_after"))
-            for k in ("rate", "query_rate"):
-                if k in m:
-                    kw[k] = self.unit(m[k][1], f"migration.{k}", parse_rate, "rate")
-                    if kw[k] < PAGE_SIZE:
-                        self.fail(m[k][1], f"migration.{k}", "must be at least 4KiB/s")
-            if "batch" in m:
-                kw["batch"] = self.unit(m["batch"][1], "migration.batch", parse_size, "size")
-                if kw["batch"] < PAGE_SIZE:
-                    self.fail(m["batch"][1], "migration.batch", "must be at least one page (4KiB)")
-                if kw["batch"] > MAX_BATCH:
-                    self.fail(m["batch"][1], "migration.batch",
-                              f"must be at most {format_size(MAX_BATCH)} (pages per move_pages call)")
-            if "retry_after" in m:
-                kw["retry_after"] = self.integer(m["retry_after"][1], "migration.retry_after", 1, 1 << 20)
-        if "metrics" in top:
-            mm = self.mapping(top["metrics"][1], "metrics", ("listen",))
-            if "listen" in mm:
-                n = mm["listen"][1]
-                v = self.value(n, "metrics.listen")
-                if v is None or v is False:
-                    v = ""
-                if not isinstance(v, str):
-                    self.fail(n, "metrics.listen", f"expected \"HOST:PORT\" or \"\", got {v!r}")
-                err = _check_listen(v)
-                if err:
-                    self.fail(n, "metrics.listen", err)
-                kw["metrics_listen"] = v
-        if "huge_pages" in top:
-            hp = self.mapping(top["huge_pages"][1], "huge_pages", ("split", "dense"))
-            if "split" in hp:
-                n = hp["split"][1]
-                v = self.value(n, "huge_pages.split")
-                if v not in ("auto", "off", False):  # YAML 1.1 reads a bare off as false
-                    self.fail(n, "huge_pages.split", f"{v!r} is not one of auto, off")
-                kw["huge_split"] = v == "auto"
-            if "dense" in hp:
-                n = hp["dense"][1]
-                kw["huge_dense"] = self.unit(n, "huge_pages.dense", parse_fraction, "percentage")
-                if kw["huge_dense"] <= 0:
-                    self.fail(n, "huge_pages.dense", "must be above 0%")
-        if "log_level" in top:
-            n = top["log_level"][1]
-            v = self.string(n, "log_level")
-            if v.upper() not in LOG_LEVELS:
-                self.fail(n, "log_level", f"{v!r} is not one of {', '.join(LOG_LEVELS)}")
-            kw["log_level"] = v.upper()
-        return Policy(**kw)
-
-    def duration(self, n: yaml.Node, key: str) -> float:
-        v = self.unit(n, key, parse_duration, "duration")
-        if v <= 0:
-            self.fail(n, key, "must be longer than 0s")
-        if v < MIN_INTERVAL:
-            self.fail(n, key, f"must be at least {format_duration(MIN_INTERVAL)}")
-        if v > 86400:
-            self.fail(n, key, "must be at most a day (24h)")
-        if abs(v * 1000 - round(v * 1000)) > 1e-6:
-            self.fail(n, key, "must be a whole number of milliseconds")
-        return round(v * 1000) / 1000
-
-    def auto_interval(self, top: dict, kw: dict) -> None:
-        """The auto_interval section (only meaningful with ``interval: auto``)."""
-        knode, node = top["auto_interval"]
-        if not kw.get("interval_auto", Policy.interval_auto):
-            self.fail(knode, "auto_interval", "applies only with `interval: auto` (the interval "
-                      "is fixed here): remove the section or set interval: auto")
-        a = self.mapping(node, "auto_interval", ("min", "max", "cpu"))
-        if "min" in a:
-            kw["interval_min"] = self.duration(a["min"][1], "auto_interval.min")
-        if "max" in a:
-            kw["interval"] = self.duration(a["max"][1], "auto_interval.max")
-        if "cpu" in a:
-            n = a["cpu"][1]
-            kw["cpu_budget"] = self.unit(n, "auto_interval.cpu", parse_fraction, "percentage")
-            if kw["cpu_budget"] <= 0:
-                self.fail(n, "auto_interval.cpu", "must be above 0%")
-        lo, hi = kw.get("interval_min", Policy.interval_min), kw.get("interval", Policy.interval)
-        if lo > hi:
-            k = "max" if "max" in a else "min"
-            self.fail(a[k][1], f"auto_interval.{k}",
-                      f"min ({format_duration(lo)}) must not exceed max ({format_duration(hi)})")
-
-    def targets(self, node: yaml.Node) -> tuple[TargetSpec, ...]:
-        if isinstance(node, yaml.ScalarNode) and self.value(node, "targets") is None:
-            return ()
-        out = []
-        names: dict[str, int] = {}
-        for i, tnode in enumerate(self.sequence(node, "targets")):
-            p = f"targets[{i}]"
-            t = self.mapping(tnode, p, ("name", "pids", "comm", "exe", "cmdline", "cgroup",
-                                        "min_rss", "fast_share", "fast_cap"))
-            if "name" not in t:
+        out: list[TargetSpec] = []
+        for i, tnode in enumerate(node.value):
+            p = f"{key}[{i}]"
+            kw, given = self.fields(tnode, p, TargetSpec)
+            if "name" not in kw:
                 self.fail(tnode, f"{p}.name", "every target needs a name")
-            kw: dict = {}
-            n = t["name"][1]
-            kw["name"] = self.string(n, f"{p}.name")
-            if not kw["name"].strip():
-                self.fail(n, f"{p}.name", "must not be empty")
-            if kw["name"] in names:
-                self.fail(n, f"{p}.name", f"{kw['name']!r} is already the name of targets[{names[kw['name']]}]")
-            names[kw["name"]] = i
-            if "pids" in t:
-                pn = t["pids"][1]
-                if isinstance(pn, yaml.SequenceNode):
-                    pids = [self.integer(x, f"{p}.pids[{j}]", 1, 1 << 22) for j, x in enumerate(pn.value)]
-                else:
-                    pids = [self.integer(pn, f"{p}.pids", 1, 1 << 22)]  # PID_MAX_LIMIT = 2**22
-                if not pids:
-                    self.fail(pn, f"{p}.pids", "empty list")
-                kw["pids"] = tuple(pids)
-            for k in ("comm", "exe", "cmdline"):
-                if k in t:
-                    kw[k] = self.regex(t[k][1], f"{p}.{k}")
-            if "cgroup" in t:
-                cn = t["cgroup"][1]
-                cg = self.string(cn, f"{p}.cgroup")
-                if not cg.startswith("/"):
-                    self.fail(cn, f"{p}.cgroup", "a cgroup v2 path starts with / (e.g. /system.slice/db.service)")
-                kw["cgroup"] = cg.rstrip("/") or "/"
-            if not any(k in t for k in ("pids", "comm", "exe", "cmdline", "cgroup")):
-                self.fail(tnode, p, "needs at least one selector: pids, comm, exe, cmdline or cgroup")
-            if "min_rss" in t:
-                kw["min_rss"] = self.unit(t["min_rss"][1], f"{p}.min_rss", parse_size, "size")
-            for k in ("fast_share", "fast_cap"):
-                if k in t:
-                    kw[k] = self.unit(t[k][1], f"{p}.{k}", parse_amount, "size or percentage")
-            share, cap = kw.get("fast_share"), kw.get("fast_cap")
+            t = TargetSpec(**kw)
+            first = next((j for j, o in enumerate(out) if o.name == t.name), None)
+            if first is not None:
+                self.fail(given["name"], f"{p}.name", f"{t.name!r} is already the name of {key}[{first}]")
+            if not any(s in kw for s in SELECTORS):
+                self.fail(tnode, p, f"needs at least one selector: {', '.join(SELECTORS[:-1])} or "
+                          f"{SELECTORS[-1]}")
+            share, cap = t.fast_share, t.fast_cap
             if share and cap and share.comparable(cap) and not share <= cap:
-                self.fail(t["fast_cap"][1], f"{p}.fast_cap", f"fast_cap ({cap}) is below fast_share ({share})")
-            out.append(TargetSpec(**kw))
+                self.fail(given["fast_cap"], f"{p}.fast_cap", f"fast_cap ({cap}) is below fast_share ({share})")
+            out.append(t)
         return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kinds of value
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How one key's value is read from its YAML node and shown back as the operator would write
+    it.  ``parse(walker, node, key)`` reports a bad value with ``walker.fail`` (FILE:LINE: KEY)."""
+
+    parse: Callable
+    show: Callable = str
+
+
+def integer(lo: int, hi: int, unit: str = "") -> Kind:
+    """A whole number in lo..hi, shown with its unit ("7 intervals")."""
+    return Kind(lambda w, node, key: w.integer(node, key, lo, hi), lambda v: f"{v} {unit}".rstrip())
+
+
+Bound = float | tuple[float, str] | None  # a limit, or a limit and how the error says it
+
+
+def quantity(read: Callable, what: str, fmt: Callable, *, above: Bound = None, at_least: Bound = None,
+             below: Bound = None, at_most: Bound = None) -> Kind:
+    """A value in the units of tierd/units.py (``read``, its parser, also bounds it: at most
+    1024PiB, percentages in 0.01% steps) within the bounds given; the bounds of a size or
+    percentage (Amount) apply to its percentage.  ``what`` names it when it is missing."""
+
+    def parse(w: _Walker, node: yaml.Node, key: str):
+        v = w.value(node, key)
+        if v is None:
+            w.fail(node, key, f"needs a {what}")
+        try:
+            out = read(v)
+        except UnitError as e:
+            w.fail(node, key, str(e))
+        x = out.fraction if isinstance(out, Amount) else out
+        for bound, outside, says in ((above, operator.le, "above"), (at_least, operator.lt, "at least"),
+                                     (below, operator.ge, "below"), (at_most, operator.gt, "at most")):
+            limit, words = bound if isinstance(bound, tuple) else (bound, None)
+            if limit is not None and x is not None and outside(x, limit):
+                w.fail(node, key, f"must be {words or says + ' ' + fmt(limit)}")
+        return out
+
+    return Kind(parse, fmt)
+
+
+def choice(names: tuple[str, ...], values: tuple | None = None, *, text: bool = True,
+           fold: bool = False) -> Kind:
+    """One of ``names``; the field holds the matching one of ``values`` (default: the name).
+    ``text``: only a string (else any scalar: YAML 1.1 reads a bare off as false); ``fold``:
+    case-insensitive, held in upper case."""
+    values = values or names
+
+    def parse(w: _Walker, node: yaml.Node, key: str):
+        v = w.string(node, key) if text else w.value(node, key)
+        name = v.upper() if fold else "off" if v is False else v
+        if name not in names:
+            w.fail(node, key, f"{v!r} is not one of {', '.join(names)}")
+        return values[names.index(name)]
+
+    return Kind(parse, lambda v: names[values.index(v)])
+
+
+SECONDS = quantity(parse_duration, "duration", format_duration, above=(0, "longer than 0s"),
+                   at_least=MIN_INTERVAL, at_most=(MAX_INTERVAL, "at most a day (24h)"))
+DURATION = Kind(_Walker.duration, format_duration)  # whole milliseconds
+SIZE = quantity(parse_size, "size", format_size)
+PERCENT = quantity(parse_fraction, "percentage", format_fraction)
+SHARE = quantity(parse_fraction, "percentage", format_fraction, above=0)
+AMOUNT = quantity(parse_amount, "size or percentage", str)
+WATERMARK = quantity(parse_amount, "size or percentage", str, below=(1.0, "below 100%"))
+RATE = quantity(parse_rate, "rate", format_rate, at_least=PAGE_SIZE)
+REGEX = Kind(_Walker.regex, lambda v: f"/{v.pattern}/")
+NODES = Kind(_Walker.nodes, lambda v: "auto" if v is None else ",".join(map(str, v)))
+PIDS = Kind(lambda w, node, key: w.ids(node, key, 1, PID_MAX), lambda v: str(list(v)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema: one declaration per key
+
+
+@dataclass(frozen=True)
+class Key:
+    """A policy key: its dotted YAML path (within a targets entry, for TargetSpec), its kind
+    and a one-line doc (the manual is etc/tierd.yaml)."""
+
+    path: str
+    kind: Kind
+    doc: str
+
+
+def key(path: str, kind: Kind, default, doc: str):
+    """Declares a field of Policy or TargetSpec as a policy key (``default`` MISSING: required)."""
+    return field(default=default, metadata={"key": Key(path, kind, doc)})
+
+
+def declared(cls) -> tuple[tuple[str, Key], ...]:
+    """(field name, Key) of every key ``cls`` (Policy or TargetSpec) declares, in order."""
+    return tuple((f.name, f.metadata["key"]) for f in fields(cls) if "key" in f.metadata)
+
+
+SELECTORS = ("pids", "comm", "exe", "cmdline", "cgroup")  # a target needs at least one
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Which processes one target covers and its share of the fast tier.
+
+    A process matches if it satisfies every selector given (pids, comm, exe, cmdline, cgroup)
+    and has at least ``min_rss`` bytes resident.
+    """
+
+    name: str = key("name", Kind(_Walker.name), MISSING, "required, unique: names the target")
+    pids: tuple[int, ...] = key("pids", PIDS, (), "process ids")
+    comm: Regex | None = key("comm", REGEX, None, "searched on /proc/PID/comm")
+    exe: Regex | None = key("exe", REGEX, None, "searched on the resolved /proc/PID/exe")
+    cmdline: Regex | None = key("cmdline", REGEX, None, "searched on the NUL->space joined cmdline")
+    cgroup: str | None = key("cgroup", Kind(_Walker.cgroup), None, "cgroup v2 path, with the subtree below")
+    min_rss: int = key("min_rss", SIZE, 0, "bytes; processes with less resident memory are left alone")
+    fast_share: Amount | None = key("fast_share", AMOUNT, None, "guaranteed part of the fast tier")
+    fast_cap: Amount | None = key("fast_cap", AMOUNT, None, "at most this much of the fast tier")
+
+    def summary(self) -> str:
+        """"name: key=value ..." of the keys given."""
+        given = [(k, getattr(self, f)) for f, k in declared(TargetSpec) if f != "name"]
+        return " ".join([f"{self.name}:"] + [f"{k.path}={k.kind.show(v)}" for k, v in given if v])
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A complete, validated policy (its defaults are what etc/tierd.yaml shows)."""
+
+    source: str = "<defaults>"  # the file it was loaded from
+    interval_auto: bool = key("interval", Kind(_Walker.interval, lambda v: "auto"), True,
+                              "auto (tierd/engine/interval.py), or a fixed interval (sets interval)")
+    interval_min: float = key("auto_interval.min", DURATION, 1.0, "shortest interval, while a change is under way")
+    interval: float = key("auto_interval.max", DURATION, 5.0, "the fixed interval, or the longest with auto")
+    cpu_budget: float = key("auto_interval.cpu", SHARE, 0.10, "share of one CPU that sampling may use")
+    tracking: str = key("tracking", choice(TRACKING_CHOICES), "auto", "kernel interface reporting accesses")
+    targets: tuple[TargetSpec, ...] = key("targets", Kind(_Walker.targets), (), "the processes tierd manages")
+    fast_nodes: tuple[int, ...] | None = key("nodes.fast", NODES, None, "None: auto (Topology.classify)")
+    slow_nodes: tuple[int, ...] | None = key("nodes.slow", NODES, None, "None: auto (Topology.classify)")
+    keep_free: Amount = key("fast_tier.keep_free", WATERMARK, Amount(fraction=0.10),
+                            "promotion never takes a fast node's free memory below this")
+    demote_below: Amount = key("fast_tier.demote_below", WATERMARK, Amount(fraction=0.05),
+                               "free memory below this: demote until keep_free is free")
+    window: int = key("hotness.window", integer(1, WINDOW_MAX), 8, "samples of history kept per page")
+    min_hot: int = key("hotness.min_hot", integer(0, HOTNESS_MAX), 1, "colder pages are never promoted")
+    min_gain: float = key("hotness.min_gain", PERCENT, 0.05, "gain a displacing page must bring (engine/gain.py)")
+    rate: int = key("migration.rate", RATE, 128 << 20, "bytes moved per second at most")
+    query_rate: int = key("migration.query_rate", RATE, 64 << 30, "address space per second to learn nodes of")
+    batch: int = key("migration.batch", quantity(
+        parse_size, "size", format_size, at_least=(PAGE_SIZE, "at least one page (4KiB)"),
+        at_most=(MAX_BATCH, f"at most {format_size(MAX_BATCH)} (pages per move_pages call)")),
+        4 << 20, "bytes of pages per move_pages call")
+    retry_after: int = key("migration.retry_after", integer(1, 1 << 20, "intervals"), 4,
+                           "intervals a refused page waits (doubling per failure)")
+    metrics_listen: str = key("metrics.listen", Kind(_Walker.listen, lambda v: v or "(disabled)"),
+                              "127.0.0.1:9464", "HOST:PORT of /metrics, \"\" disables")
+    huge_split: bool = key("huge_pages.split", choice(("auto", "off"), (True, False), text=False), True,
+                           "split sparsely hot huge pages (tierd/engine/huge.py)")
+    huge_dense: float = key("huge_pages.dense", SHARE, 0.5, "a probed huge page this hot is kept whole")
+    log_level: str = key("log_level", choice(LOG_LEVELS, fold=True), "INFO", "the daemon's logging threshold")
+
+    def target(self, name: str) -> TargetSpec:
+        for t in self.targets:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def summary(self) -> dict[str, str]:
+        """Human-readable effective values, key path -> value (for `tierd check-config`)."""
+        out = {}
+        for f, k in declared(Policy):
+            if k.path == "targets":
+                out.update((f"targets[{i}]", t.summary()) for i, t in enumerate(self.targets))
+            elif self.interval_auto or not k.path.startswith("auto_interval."):
+                out[k.path] = k.kind.show(getattr(self, f))
+        if not self.interval_auto:
+            out["interval"] = format_duration(self.interval)
+        return out
+
+
+# Keys that were renamed or replaced: the error says what to write instead.
+REMOVED = {
+    "hotness.hysteresis": "replaced by hotness.min_gain (a percentage, default 5%): pages are now "
+                          "displaced by measured access rates, not by a level difference; remove "
+                          "hysteresis (see etc/tierd.yaml)",
+}
 
 
 def _typename(v) -> str:

@@ -22,9 +22,9 @@ import urllib.parse
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from tierd.pages import PAGE_SIZE
 from tierd.units import format_size
 
-PAGE = 4096
 LEVELS = 16
 
 
@@ -146,7 +146,7 @@ def parse(text: str, url: str) -> Status:
 
 
 def _pages(n: float) -> str:
-    return f"{int(n)} ({format_size(int(n) * PAGE)})"
+    return f"{int(n)} ({format_size(int(n) * PAGE_SIZE)})"
 
 
 def _one_line(e: object) -> str:
@@ -258,8 +258,8 @@ def format_status(st: Status, now: float | None = None) -> list[str]:
                     continue
                 rows.append((t if first else "", str(int(procs.get((t,), 0))) if first else "",
                              ("-" if ht >= LEVELS else str(ht)) if first else "", nd,
-                             format_size(int(h) * PAGE), format_size(int(w) * PAGE),
-                             format_size(int(c) * PAGE)))
+                             format_size(int(h) * PAGE_SIZE), format_size(int(w) * PAGE_SIZE),
+                             format_size(int(c) * PAGE_SIZE)))
                 first = False
             if first:
                 rows.append((t, str(int(procs.get((t,), 0))), "-", "-", "-", "-", "-"))

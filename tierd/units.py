@@ -3,8 +3,10 @@
 - size: "4KiB", "256MiB", "1.5GiB", "512B", or a plain integer (bytes).  Binary (IEC) units
   only: "MB", "M", "kB", "G" are refused as ambiguous rather than guessed.
 - duration: "500ms", "5s", "2m", "1h", or a plain number (seconds).
-- fraction: "10%", "2.5%" -> 0.1, 0.025 (0% .. 100%).
+- fraction: "10%", "2.5%" -> 0.1, 0.025 (0%, or 0.01% .. 100% in steps of 0.01%).
 - rate: "128MiB/s" (a size per second; also "/ms", "/m"), or a plain integer (bytes/s).
+- Sizes and rates are at most MAX_BYTES (1024PiB, per second): more does not exist in one
+  machine.  The limits make every value accepted print back as written (never "1e-07%").
 - Amount: a size or a percentage of some total, resolved later against that total.
 
 Errors are ``UnitError`` (a ValueError) with a message fit for the operator; policy.py adds
@@ -25,6 +27,8 @@ AMBIGUOUS_SIZE = MappingProxyType({
     "GB": "GiB", "T": "TiB", "TB": "TiB",
 })
 DURATION_UNITS = MappingProxyType({"ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0})
+MAX_BYTES = 1 << 60  # sizes and rates (per second): 1024PiB
+FRACTION_STEP = 1e-4  # percentages: 0.01% steps
 
 _NUM_UNIT = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z%]*)\s*\Z")
 
@@ -51,7 +55,14 @@ def _check_plain(value, what: str):
 
 
 def parse_size(value: str | int) -> int:
-    """Bytes from "256MiB" / "4KiB" / 4096."""
+    """Bytes from "256MiB" / "4KiB" / 4096, at most MAX_BYTES."""
+    n = _bytes(value)
+    if n > MAX_BYTES:
+        raise UnitError(f"{value!r} is more than {format_size(MAX_BYTES)}")
+    return n
+
+
+def _bytes(value: str | int) -> int:
     _check_plain(value, "size")
     if isinstance(value, (int, float)):
         if not math.isfinite(value) or value != int(value):
@@ -99,11 +110,15 @@ def parse_fraction(value: str) -> float:
         raise UnitError(f"{value!r} is not a percentage (e.g. \"10%\")")
     if num > 100:
         raise UnitError(f"{value!r} is more than 100%")
-    return num / 100.0
+    frac = num / 100.0
+    if frac and (frac < FRACTION_STEP or abs(frac / FRACTION_STEP - round(frac / FRACTION_STEP)) > 1e-6):
+        raise UnitError(f"{value!r}: a percentage is 0% or 0.01% .. 100%, with at most two decimals")
+    return frac
 
 
 def parse_rate(value: str | int) -> int:
-    """Bytes per second from "128MiB/s" (or a plain integer of bytes per second)."""
+    """Bytes per second from "128MiB/s" (or a plain integer of bytes per second), at most
+    MAX_BYTES per second."""
     _check_plain(value, "rate")
     if isinstance(value, str):
         size, sep, per = value.partition("/")
@@ -112,8 +127,12 @@ def parse_rate(value: str | int) -> int:
         per = per.strip()
         if per not in DURATION_UNITS:
             raise UnitError(f"unknown time unit {per!r} in rate {value!r} (use /s)")
-        return int(parse_size(size) / DURATION_UNITS[per])
-    return parse_size(value)
+        n = int(_bytes(size) / DURATION_UNITS[per])
+    else:
+        n = _bytes(value)
+    if n > MAX_BYTES:
+        raise UnitError(f"{value!r} is more than {format_rate(MAX_BYTES)}")
+    return n
 
 
 @dataclass(frozen=True)
@@ -150,7 +169,7 @@ class Amount:
     def __str__(self) -> str:
         if self.bytes is not None:
             return format_size(self.bytes)
-        return f"{self.fraction * 100:g}%"  # type: ignore[operator]
+        return format_fraction(self.fraction)  # type: ignore[arg-type]
 
 
 def parse_amount(value: str | int) -> Amount:
@@ -167,6 +186,16 @@ def format_size(n: int | float) -> str:
         if abs(n) >= SIZE_UNITS[unit]:
             return f"{n / SIZE_UNITS[unit]:.4g}{unit}"
     return f"{int(n)}B"
+
+
+def format_rate(n: int | float) -> str:
+    """128 << 20 -> "128MiB/s"."""
+    return format_size(n) + "/s"
+
+
+def format_fraction(f: float) -> str:
+    """0.1 -> "10%"."""
+    return f"{f * 100:g}%"
 
 
 def format_duration(seconds: float) -> str:

@@ -13,8 +13,7 @@ import numpy as np
 from tierd.linux.errors import ProcessGone
 from tierd.linux.procfs import Vma
 from tierd.linux.sysfs import Node, Topology
-
-PAGE = 4096
+from tierd.pages import PAGE_SIZE as PAGE
 GIB = 1 << 30
 
 

@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 from tierd.engine.hotness import LEVELS, hotness_reference
 from tierd.engine.state import Extents, PageState, page_bits, words_to_pages
 from tierd.linux.procfs import Vma
-
-PAGE = 4096
+from tierd.pages import PAGE_SIZE as PAGE
 
 
 def vma(start_page, npages, perms="rw-p", path=""):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tierd.linux.errors import FeatureMissing, ProcessGone
-from tierd.linux.thp import KPF_COMPOUND_HEAD, KPF_THP, ThpSplitter, block_runs
+from tierd.linux.thp import ThpSplitter, block_runs
+from tierd.pages import KPF_COMPOUND_HEAD, KPF_THP
 
 PID = 4242
 PRESENT = 1 << 63

@@ -17,17 +17,13 @@ from hypothesis import strategies as st
 
 from tierd.linux import FeatureMissing, IdleBitmapReader, PageIdleReader, ProcessGone
 from tierd.linux.tracking import (
-    KPF_COMPOUND_HEAD,
-    KPF_COMPOUND_TAIL,
-    KPF_LRU,
-    KPF_THP,
-    KPF_ZERO_PAGE,
     AccessReader,
     extents,
     pack_bits,
     popcount,
     unpack_words,
 )
+from tierd.pages import KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_LRU, KPF_THP, KPF_ZERO_PAGE
 
 PRESENT = 1 << 63
 

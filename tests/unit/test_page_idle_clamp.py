@@ -24,7 +24,8 @@ from tierd.engine.daemon import Engine, summary_line
 from tierd.logs import REPEAT_EVERY
 from tierd.engine.targets import ProcessRef, StaticResolver
 from tierd.linux import PageIdleReader
-from tierd.linux.tracking import KPF_LRU, popcount, unpack_words
+from tierd.linux.tracking import popcount, unpack_words
+from tierd.pages import KPF_LRU
 from tierd.policy import Policy, TargetSpec
 
 PRESENT = 1 << 63

@@ -7,11 +7,11 @@
   demotion requests within the migration budget;
 - ``executor``: move_pages in short batches, per-status accounting;
 - ``targets``: policy target selectors -> processes (psutil);
-- ``daemon``: ``Engine`` (one interval), ``Daemon`` (loop, signals, reload), ``tierd run``;
-- ``simulate``: a simulated machine and workloads behind the same Kernel facade,
-  ``tierd simulate``.
+- ``daemon``: ``Engine`` (one interval), ``Daemon`` (loop, signals, reload), ``tierd run``.
 
-The engine reaches the kernel only through a Kernel-like object (docs/design.md).
+The engine reaches the kernel only through a Kernel-like object (docs/design.md).  The
+simulator (tierd.sim, ``tierd simulate``) is one such object: a user of the engine, which
+never imports it.
 """
 
 from tierd.engine.daemon import Daemon, Engine, IntervalStats, Observer

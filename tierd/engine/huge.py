@@ -58,11 +58,10 @@ from tierd.engine.state import PageState
 from tierd.linux.errors import FeatureMissing
 from tierd.linux.thp import block_runs
 from tierd.logs import RateLimiter
+from tierd.pages import HPAGE_PAGES, HPAGE_WORDS
 
 log = logging.getLogger("tierd")
 
-HPAGE_PAGES = 512
-HPAGE_WORDS = HPAGE_PAGES // 64
 PROBE_MAX = 8  # huge pages split to find out whether a process's hot huge pages are sparse
 WATCH = 2  # samples of a split probe before it is judged
 RECHECK_SAMPLES = 120  # a verdict holds this many samples, then candidates are probed again

@@ -61,8 +61,8 @@ import numpy as np
 
 from tierd.engine.hotness import LEVELS, weights
 from tierd.engine.state import TOP_LEVELS
+from tierd.pages import PAGE_SIZE
 
-PAGE_SIZE = 4096
 NO_THRESHOLD = LEVELS  # "nothing is hot": no page has hotness 16
 UNKNOWN = -1  # node id of pages whose node is not known
 FALLBACK_HYSTERESIS = 2  # level rule without an estimate: victims this much colder at least

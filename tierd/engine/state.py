@@ -47,9 +47,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from tierd.engine.hotness import LEVELS, MOEBIUS, HistogramKernel, hotness_reference
+from tierd.pages import PAGES_PER_WORD
 
-PAGE_SHIFT = 12
-PAGES_PER_WORD = 64
 CHUNK_WORDS = 16384  # 1Mi pages = 4 GiB of address space per chunk (fewer numpy calls)
 BACKOFF_MAX_DOUBLINGS = 8  # retry_after * 2**8 intervals at most
 # access-rate estimates (``est``) are counted on a rotating slice of each chunk: 1/EST_DIV of

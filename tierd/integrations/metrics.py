@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from tierd import __version__
 from tierd.engine.daemon import NO_MATCH_INTERVALS, Observer
 from tierd.engine.hotness import LEVELS
-from tierd.engine.placement import NO_THRESHOLD, PAGE_SIZE, UNKNOWN
+from tierd.engine.placement import NO_THRESHOLD, UNKNOWN
+from tierd.pages import PAGE_SIZE
 
 FAILURE_STATUSES = ("busy", "absent", "nomem", "denied", "other")
 LABEL_MAX = 200  # bytes in one label value

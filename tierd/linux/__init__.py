@@ -13,8 +13,6 @@ import numpy as np
 from tierd.linux.errors import FeatureMissing, MovePagesError, ParseError, ProcessGone
 from tierd.linux.features import Feature, Features, probe
 from tierd.linux.procfs import (
-    PAGE_SHIFT,
-    PAGE_SIZE,
     ProcFS,
     Vma,
     decode_pagemap,
@@ -45,6 +43,7 @@ from tierd.linux.tracking import (
     tracked_extents,
     unpack_words,
 )
+from tierd.pages import PAGE_SHIFT, PAGE_SIZE
 
 __all__ = [
     "AccessReader", "Feature", "FeatureMissing", "Features", "IdleBitmapReader", "Kernel",

@@ -30,8 +30,9 @@ import numpy as np
 from tierd.linux.errors import FeatureMissing, ProcessGone
 from tierd.linux.procfs import PM_ENTRY_BYTES, ProcFS, decode_pagemap
 from tierd.linux.sysfs import SysFS, format_nodelist
-from tierd.linux.syscalls import PAGE_SIZE, Syscalls, touched_page
-from tierd.linux.tracking import idle_bitmap_scan
+from tierd.linux.syscalls import Syscalls, touched_page
+from tierd.linux.tracking import IDLE_RECORD_BYTES, idle_bitmap_scan
+from tierd.pages import PAGE_SIZE, PAGES_PER_WORD
 
 # include/uapi/linux/capability.h
 CAP_SYS_PTRACE = 19
@@ -258,7 +259,7 @@ def _probe_idle_bitmap(procfs: ProcFS, me: int, vpn: int) -> tuple[Feature, Feat
                             f"cannot open /proc/self/idle_bitmap: {e.strerror}",
                             "run tierd as root (CAP_SYS_ADMIN)"))
     try:
-        data = os.pread(fd, 16, 16 * (vpn // 64))
+        data = os.pread(fd, IDLE_RECORD_BYTES, IDLE_RECORD_BYTES * (vpn // PAGES_PER_WORD))
         scan = _probe_scan(fd, vpn)
     except OSError as e:
         return both(Feature("idle_bitmap", False, since,

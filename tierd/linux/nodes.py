@@ -34,8 +34,8 @@ import numpy as np
 
 from tierd.linux.errors import ParseError
 from tierd.linux.procfs import ProcFS, decode_pagemap, read_pagemap
+from tierd.pages import PAGES_PER_WORD
 
-PAGES_PER_WORD = 64
 RELOAD_SECONDS = 60.0  # memory blocks are read again at most this often (hotplug is rare)
 _NODE_RE = re.compile(r"N(\d+)=(\d+)$")
 

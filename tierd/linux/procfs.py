@@ -27,9 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tierd.linux.errors import ParseError, ProcessGone
-
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
+from tierd.pages import PAGE_SHIFT
 
 # /proc/PID/pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
 PM_PFN_MASK = np.uint64((1 << 55) - 1)

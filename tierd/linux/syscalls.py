@@ -23,6 +23,7 @@ from types import MappingProxyType
 import numpy as np
 
 from tierd.linux.errors import FeatureMissing, MovePagesError, ProcessGone
+from tierd.pages import PAGE_SIZE
 
 # include/uapi/linux/mempolicy.h
 MPOL_MF_MOVE = 1 << 1  # move pages owned by this process only (not shared with others)
@@ -40,7 +41,6 @@ PROCESS_MADVISE_NR = MappingProxyType({"x86_64": 440, "aarch64": 440, "arm64": 4
 MADV_COLD = 20  # include/uapi/asm-generic/mman-common.h
 UIO_MAXIOV = 1024  # iovecs per process_madvise call
 
-PAGE_SIZE = mmap.PAGESIZE
 # Status of a page the kernel reported nothing about: a value no kernel writes (it writes
 # node ids >= 0 and small -errno).  See ``Syscalls.move_pages``.
 UNREPORTED = np.int32(-(1 << 29))

@@ -25,6 +25,7 @@ import numpy as np
 
 from tierd.linux.errors import ParseError
 from tierd.linux.procfs import parse_meminfo
+from tierd.pages import PAGE_SIZE
 
 NODE_DIR = "devices/system/node"
 TIER_DIR = "devices/virtual/memory_tiering"
@@ -209,13 +210,13 @@ def parse_block_size(text: str) -> int:
         v = int(text.strip(), 16)
     except ValueError:
         raise ParseError("block_size_bytes", 1, f"not a hexadecimal number: {text.strip()!r}") from None
-    if v <= 0 or v % 4096:
+    if v <= 0 or v % PAGE_SIZE:
         raise ParseError("block_size_bytes", 1, f"{v} is not a positive multiple of the page size")
     return v
 
 
 def parse_memory_blocks(block_size_text: str, node_blocks: dict[int, Iterable[str]],
-                        page_size: int = 4096) -> MemoryMap:
+                        page_size: int = PAGE_SIZE) -> MemoryMap:
     """MemoryMap from block_size_bytes and, per node, the names of its ``nodeN`` directory
     entries (``memoryM`` ones are its blocks; other names are ignored)."""
     pages = parse_block_size(block_size_text) // page_size

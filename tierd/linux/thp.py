@@ -45,11 +45,9 @@ import numpy as np
 
 from tierd.linux.errors import FeatureMissing, ProcessGone
 from tierd.linux.features import Feature
-from tierd.linux.procfs import PAGE_SHIFT, ProcFS, decode_pagemap
+from tierd.linux.procfs import ProcFS, decode_pagemap
+from tierd.pages import HPAGE_PAGES, KPF_COMPOUND_HEAD, KPF_THP, PAGE_SHIFT
 
-HPAGE_PAGES = 512  # a PMD-sized THP on x86-64: 2 MiB of 4 KiB pages
-KPF_COMPOUND_HEAD = 15
-KPF_THP = 22
 SPLIT_SINCE = ("Linux 5.13 (debugfs split_huge_pages with a pid and address range, "
                "CONFIG_DEBUG_FS, debugfs mounted)")
 MADVISE_SINCE = "Linux 5.10 (process_madvise; MADV_COLD splits a partly covered THP since 5.4)"

@@ -40,18 +40,18 @@ from tierd.linux.errors import FeatureMissing, ProcessGone
 from tierd.linux.nodes import NumaMapsNodes, PagemapNodes
 from tierd.linux.procfs import ProcFS, decode_pagemap, pread_full, read_pagemap
 from tierd.linux.sysfs import SysFS
+from tierd.pages import (
+    KPF_COMPOUND_HEAD,
+    KPF_COMPOUND_TAIL,
+    KPF_ZERO_PAGE,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PAGES_PER_WORD,
+)
 
 log = logging.getLogger("tierd")
 
-PAGES_PER_WORD = 64
 IDLE_RECORD_BYTES = 16  # idle_bitmap: (present u64 LE, idle u64 LE) per 64 pages
-
-# include/uapi/linux/kernel-page-flags.h
-KPF_LRU = 5
-KPF_COMPOUND_HEAD = 15
-KPF_COMPOUND_TAIL = 16
-KPF_THP = 22
-KPF_ZERO_PAGE = 24
 
 # A tail's head is at the tail's PFN rounded down to the folio size (folios are naturally
 # aligned).  Orders searched: up to 13 covers PMD-sized THP with 4K (9), 16K (11) pages and
@@ -65,13 +65,12 @@ HEAD_SEARCH_ORDERS.setflags(write=False)  # a constant
 SCAN_ARG = struct.Struct("=7Q")
 IDLE_BITMAP_SCAN = (3 << 30) | (SCAN_ARG.size << 16) | (ord("f") << 8) | 18
 IDLE_BITMAP_SCAN_CLEAR = 1
-PAGE_SHIFT = 12
 
 # Ranges remembered per pid for the "first sample" rule before the memory is reset.
 SEEN_RANGES_MAX = 4096
 
 # sysfs binary attributes transfer at most PAGE_SIZE per read/write (fs/kernfs/file.c).
-SYSFS_IO_MAX = 4096
+SYSFS_IO_MAX = PAGE_SIZE
 
 
 @runtime_checkable

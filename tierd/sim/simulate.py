@@ -76,11 +76,10 @@ import numpy as np
 
 from tierd.engine.daemon import Engine
 from tierd.engine.targets import ProcessRef, StaticResolver
+from tierd.pages import HPAGE_PAGES, HPAGE_WORDS, PAGE_SHIFT, PAGE_SIZE, PAGES_PER_WORD
 
 log = logging.getLogger("tierd.simulate")
 
-PAGE = 4096
-PAGE_SHIFT = 12
 FAST, SLOW = 0, 1
 BASE_VPN = 0x7F00_0000_0000 >> PAGE_SHIFT  # first process's mapping; 64-page aligned
 CHUNK = 1 << 24  # ranks/pages per vectorized step: bounds temporaries to ~100 MB
@@ -293,7 +292,7 @@ def _process(p: dict, key: str, where: str, size) -> ProcessSpec:
     from tierd.units import UnitError
 
     s = size(p.get("size"), f"{key}.size")
-    if s < PAGE * 64:
+    if s < PAGE_SIZE * PAGES_PER_WORD:
         raise WorkloadError(f"{where}: {key}.size: at least 256KiB")
     dist = str(p.get("dist", "zipf:1.1"))
     try:
@@ -435,10 +434,6 @@ def _make_dist(text: str, n: int) -> Distribution:
     raise ValueError(f"unknown distribution {text!r} (uniform, zipf:S, hotset:F[:Q])")
 
 
-HPAGE = 512  # pages of a huge page (2 MiB on x86-64)
-HPAGE_WORDS = HPAGE // 64
-
-
 def _mulmod(x: np.ndarray, a: int, n: int) -> np.ndarray:
     """(x * a) mod n for uint64 x < n < 2**48, without overflow (16-bit split of a)."""
     x = x.astype(np.uint64)
@@ -460,19 +455,19 @@ class SimProcess:
         self.nfast = nfast  # nodes 0 .. nfast-1 are fast
         self.spec = spec
         self.rng = rng
-        self.npages = spec.size // PAGE
+        self.npages = spec.size // PAGE_SIZE
         if self.npages >= 1 << 47:
             raise WorkloadError("size too large for the simulator (at most 512 PiB)")
         self.base_vpn = base_vpn
-        self.words = -(-self.npages // 64)
+        self.words = -(-self.npages // PAGES_PER_WORD)
         self.dist = _make_dist(spec.dist, self.npages)
         self.rate = spec.accesses * self.npages  # accesses per interval
         self.node = np.full(self.npages, nfast, dtype=np.int8)  # the first slow node
         self.present = np.full(self.words, np.uint64(0xFFFF_FFFF_FFFF_FFFF))
-        if self.npages % 64:
-            self.present[-1] = np.uint64((1 << (self.npages % 64)) - 1)
+        if self.npages % PAGES_PER_WORD:
+            self.present[-1] = np.uint64((1 << (self.npages % PAGES_PER_WORD)) - 1)
         self.accessed = np.zeros(self.words, dtype=np.uint64)
-        self._mark = np.zeros(self.words * 64, dtype=bool)
+        self._mark = np.zeros(self.words * PAGES_PER_WORD, dtype=bool)
         # interval of each page's last move + 1 (0: never moved), modulo 255: one byte a page
         self.moved_at = np.zeros(self.npages, dtype=np.uint8)
         self.phase = 0
@@ -482,7 +477,7 @@ class SimProcess:
         self.head = self.dist.count_ge(HEAD_LAMBDA / self.rate)
         self.fast_weight = 0.0
         # huge pages: whole 512-page blocks, chosen at random (thp of them)
-        nblocks = self.npages // HPAGE
+        nblocks = self.npages // HPAGE_PAGES
         self.huge = rng.random(nblocks) < spec.thp if spec.thp and nblocks else None
 
     # rank <-> page: page = (a * rank + b) mod n
@@ -569,10 +564,10 @@ class SimProcess:
 
     def set_present(self, lo: int, hi: int, on: bool) -> None:
         """Pages lo..hi (64-aligned lo) present or not (freed: node ABSENT)."""
-        w0, w1 = lo // 64, -(-hi // 64)
+        w0, w1 = lo // PAGES_PER_WORD, -(-hi // PAGES_PER_WORD)
         self.present[w0:w1] = np.uint64(0xFFFF_FFFF_FFFF_FFFF) if on else np.uint64(0)
-        if on and self.npages % 64 and w1 == self.words:
-            self.present[-1] = np.uint64((1 << (self.npages % 64)) - 1)
+        if on and self.npages % PAGES_PER_WORD and w1 == self.words:
+            self.present[-1] = np.uint64((1 << (self.npages % PAGES_PER_WORD)) - 1)
 
     def place_initially(self, runs) -> None:
         """First touch: ``runs`` is a list of (node, pages), in address order."""
@@ -593,9 +588,9 @@ class SimMachine:
         nf, ns = spec.fast_nodes, spec.slow_nodes
         self.fast_ids = tuple(range(nf))
         self.slow_ids = tuple(range(nf, nf + ns))
-        self.capacity = {n: spec.fast // PAGE // nf for n in self.fast_ids}
-        self.capacity.update({n: spec.slow_size // PAGE // ns for n in self.slow_ids})
-        self.other = spec.other // PAGE
+        self.capacity = {n: spec.fast // PAGE_SIZE // nf for n in self.fast_ids}
+        self.capacity.update({n: spec.slow_size // PAGE_SIZE // ns for n in self.slow_ids})
+        self.other = spec.other // PAGE_SIZE
         self.used = {n: 0 for n in self.capacity}
         self.used[FAST] = self.other
         self.cache = {n: 0 for n in self.capacity}  # clean page cache per node (pages)
@@ -605,7 +600,7 @@ class SimMachine:
             pid = 1000 + i
             proc = SimProcess(pid, ps, vpn, np.random.default_rng(self.rng.integers(1 << 62)), nf)
             self.procs[pid] = proc
-            vpn += (proc.words * 64 + (1 << 18))  # a gap between processes' mappings
+            vpn += (proc.words * PAGES_PER_WORD + (1 << 18))  # a gap between processes' mappings
         # initial placement: first touch fills the fast nodes up to the kernel's reserve, in
         # order, then the slow ones
         for proc in self.procs.values():
@@ -646,7 +641,7 @@ class SimMachine:
         """A reader of files adds up to ``cache`` of page cache to each fast node, into the
         free memory above the kernel's reserve (it reclaims older cache to go on: the node
         stays full of cache)."""
-        add = self.spec.cache // PAGE
+        add = self.spec.cache // PAGE_SIZE
         for n in self.fast_ids:
             self.cache[n] += max(0, min(add, self.free(n) - self.reserve(n)))
     def reserve(self, node: int) -> int:
@@ -686,10 +681,10 @@ class SimMachine:
                     proc.fast_weight += float(proc.weight_of_pages(np.arange(at, at + k)).sum())
                 at += k
             proc.freed = None
-        n = int(proc.npages * proc.spec.churn) // 64 * 64
+        n = int(proc.npages * proc.spec.churn) // PAGES_PER_WORD * PAGES_PER_WORD
         if n <= 0:
             return
-        lo = int(proc.rng.integers(0, (proc.npages - n) // 64 + 1)) * 64
+        lo = int(proc.rng.integers(0, (proc.npages - n) // PAGES_PER_WORD + 1)) * PAGES_PER_WORD
         hi = lo + n
         sl = proc.node[lo:hi]
         on_fast = np.flatnonzero(self.is_fast(sl)) + lo
@@ -825,7 +820,7 @@ class SimMachine:
         if proc.huge is not None:
             # a huge page moves once, as a whole, to the destination of its first request;
             # its other requested pages share that outcome
-            blk = pg // HPAGE
+            blk = pg // HPAGE_PAGES
             hb = (blk < proc.huge.size) & proc.huge[np.minimum(blk, proc.huge.size - 1)]
             hidx = np.flatnonzero(hb)
             _, first, inv = np.unique(blk[hidx], return_index=True, return_inverse=True)
@@ -844,7 +839,7 @@ class SimMachine:
             size = np.ones(idx.size, np.int64)
             if lead is not None:
                 is_lead = np.isin(idx, lead)
-                size[is_lead] = HPAGE
+                size[is_lead] = HPAGE_PAGES
             room = self.reclaim(d, int(size.sum()))  # page cache there gives way
             fits = np.cumsum(size) <= room
             ok, full = idx[fits], idx[~fits]
@@ -856,8 +851,8 @@ class SimMachine:
             if ok.size:
                 moved = pg[ok]
                 if lead is not None and is_lead[fits].any():  # whole huge pages
-                    heads = moved[is_lead[fits]] // HPAGE * HPAGE
-                    whole = (heads[:, None] + np.arange(HPAGE)).ravel()
+                    heads = moved[is_lead[fits]] // HPAGE_PAGES * HPAGE_PAGES
+                    whole = (heads[:, None] + np.arange(HPAGE_PAGES)).ravel()
                     dragged += whole.size
                     moved = np.concatenate((moved[~is_lead[fits]], whole))
                 src = proc.node[moved].astype(np.int64)
@@ -910,8 +905,8 @@ class SimMachine:
 
         ids = self.fast_ids + self.slow_ids
         return Topology(tuple(
-            Node(n, (n,) if n < nf else (), self.capacity[n] * PAGE, self.free(n) * PAGE,
-                 tuple(dist(n, m) for m in ids), None, self.cache[n] * PAGE)
+            Node(n, (n,) if n < nf else (), self.capacity[n] * PAGE_SIZE, self.free(n) * PAGE_SIZE,
+                 tuple(dist(n, m) for m in ids), None, self.cache[n] * PAGE_SIZE)
             for n in ids))
 
 
@@ -931,7 +926,7 @@ class SimReader:
             raise ProcessGone(pid)
         present = np.zeros(nwords, dtype=np.uint64)
         accessed = np.zeros(nwords, dtype=np.uint64)
-        lo = word_start - proc.base_vpn // 64
+        lo = word_start - proc.base_vpn // PAGES_PER_WORD
         a, b = max(lo, 0), min(lo + nwords, proc.words)
         if a < b:
             present[a - lo: b - lo] = proc.present[a:b]
@@ -960,7 +955,7 @@ class SimProcFS:
 
         proc = self._proc(pid)
         start = proc.base_vpn << PAGE_SHIFT
-        return (Vma(start, start + proc.npages * PAGE, "rw-p", 0, "00:00", 0, "[anon:sim]"),)
+        return (Vma(start, start + proc.npages * PAGE_SIZE, "rw-p", 0, "00:00", 0, "[anon:sim]"),)
 
     def comm(self, pid):
         self._proc(pid)
@@ -999,7 +994,7 @@ class SimSplitter:
             from tierd.linux.errors import ProcessGone
 
             raise ProcessGone(pid)
-        blk = (np.asarray(block_vpns, dtype=np.int64) - proc.base_vpn) // HPAGE
+        blk = (np.asarray(block_vpns, dtype=np.int64) - proc.base_vpn) // HPAGE_PAGES
         if proc.huge is None:
             return proc, blk, np.zeros(blk.size, dtype=bool)
         ok = (blk >= 0) & (blk < proc.huge.size)
@@ -1095,7 +1090,7 @@ def fast_capacity_pages(spec: WorkloadSpec, policy) -> int:
     keep_free floor and other users (the same budget the engine computes)."""
     per_node = spec.fast // spec.fast_nodes
     floor = spec.fast_nodes * policy.keep_free.resolve(per_node)  # keep_free is per fast node
-    return max(0, (spec.fast - floor - spec.other) // PAGE)
+    return max(0, (spec.fast - floor - spec.other) // PAGE_SIZE)
 
 
 def simulate(policy, spec: WorkloadSpec, intervals: int | None = None, on_row=None,
@@ -1225,11 +1220,11 @@ def main(args: argparse.Namespace) -> int:
         return 2
     from tierd.units import format_size
 
-    pages = sum(p.size for p in spec.processes) // PAGE
+    pages = sum(p.size for p in spec.processes) // PAGE_SIZE
     cap = fast_capacity_pages(spec, policy)
-    print(f"simulating {len(spec.processes)} process(es), {format_size(pages * PAGE)} "
+    print(f"simulating {len(spec.processes)} process(es), {format_size(pages * PAGE_SIZE)} "
           f"({pages} pages); fast node {format_size(spec.fast)}, usable by the workload "
-          f"{format_size(cap * PAGE)}; policy {policy.source}: window {policy.window}, "
+          f"{format_size(cap * PAGE_SIZE)}; policy {policy.source}: window {policy.window}, "
           f"rate {format_size(policy.rate)}/s x {policy.interval:g}s")
     if not args.quiet:
         print(f"{'interval':>8} {'hit':>6} {'oracle':>6} {'ratio':>6} {'promoted':>9} "
