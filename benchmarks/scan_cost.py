@@ -20,6 +20,7 @@ Emulation (TCG) inflates absolute times several-fold; the ratio is the figure of
 """
 
 import argparse
+import fcntl
 import mmap
 import os
 import statistics
@@ -75,8 +76,9 @@ def anon_huge_kib() -> int:
 
 
 class SyscallClock:
-    """Time spent inside os.pread/os.pwrite, i.e. in the kernel's read/write handlers of the
-    files the readers use, separated from the readers' user-space (numpy) work."""
+    """Time spent inside os.pread/os.pwrite/fcntl.ioctl, i.e. in the kernel's handlers of the
+    files the readers use (v3's idle_bitmap samples with the IDLE_BITMAP_SCAN ioctl), separated
+    from the readers' user-space (numpy) work."""
 
     def __init__(self):
         self.seconds = 0.0
@@ -92,14 +94,14 @@ class SyscallClock:
         return timed
 
     def __enter__(self):
-        for name in ("pread", "pwrite"):
-            self._saved[name] = getattr(os, name)
-            setattr(os, name, self._wrap(self._saved[name]))
+        for mod, name in ((os, "pread"), (os, "pwrite"), (fcntl, "ioctl")):
+            self._saved[mod, name] = getattr(mod, name)
+            setattr(mod, name, self._wrap(self._saved[mod, name]))
         return self
 
     def __exit__(self, *exc):
-        for name, fn in self._saved.items():
-            setattr(os, name, fn)
+        for (mod, name), fn in self._saved.items():
+            setattr(mod, name, fn)
 
 
 def time_reader(reader, pid, start, size, view, reps, touch=True):
@@ -132,7 +134,7 @@ def guest(args) -> int:
     pages = size // PAGE_SIZE
     pid = os.getpid()
     print(f"scan_cost: {size >> 20} MiB = {pages} pages of 4 KiB, median of {args.reps}")
-    print("total = tierd's reader end to end; syscalls = time inside its pread/pwrite calls")
+    print("total = tierd's reader end to end; syscalls = time inside its pread/pwrite/ioctl calls")
     print(f"{'pages':>6} {'reader':>12} {'total s':>9} {'ns/page':>9} {'syscall s':>9} "
           f"{'ns/page':>9} {'accessed':>9}")
     rows = {}
