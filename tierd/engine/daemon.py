@@ -47,7 +47,7 @@ from tierd.engine.placement import (
     plan,
     plan_queries,
 )
-from tierd.engine.gain import NEED_SHARES, GainModel, need
+from tierd.engine.gain import NEED_SHARES, GainModel, group_rate, need
 from tierd.engine.pack import Pack, Packs
 from tierd.engine.state import CHUNK_WORDS, Extents, PageState, test_bits
 from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
@@ -451,7 +451,7 @@ class Engine:
                 flat = st.extents.flat_of(np.concatenate(noted[i])[:paired])
                 lv = np.concatenate(noted[2 + i])[:paired][flat >= 0]
                 flat = flat[flat >= 0]
-                gained += sign * int(test_bits(st.hist[st.head], flat).sum())
+                gained += sign * group_rate(flat.size, int(test_bits(st.hist[st.head], flat).sum()))
                 pages += flat.size
                 expected += self.gain.expected(lv, []) if sign > 0 else self.gain.expected([], lv)
         self._noted.clear()
