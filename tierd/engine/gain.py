@@ -197,9 +197,10 @@ class GainModel:
 
 
     def moved(self, gained: float, expected: float, pages: int, margin: float) -> None:
-        """What the last interval's moves bought: ``gained`` accesses per sample (the
-        promoted pages' in this sample minus the demoted ones', as ``group_rate``s),
-        against ``expected``, over ``pages`` pages moved.  Sets ``pace``."""
+        """What the last interval's moves bought: ``gained`` accesses (the promoted pages'
+        in this sample minus the demoted ones': accessed bits, or ``group_rate``s for moves
+        ranked by the top counter), against ``expected``, over ``pages`` pages moved.
+        Sets ``pace``."""
         self.paid = DECAY * self.paid + gained
         self.paid_expected = DECAY * self.paid_expected + expected
         self.paid_pages = DECAY * self.paid_pages + pages
@@ -222,18 +223,21 @@ class GainModel:
         return min(move_budget, PROBE_PAGES) if self.stopped % PROBE_EVERY == 0 else 0
 
 
-    def expected(self, slow_level: np.ndarray, fast_level: np.ndarray) -> float:
-        """Accesses per sample (rates, see ``rate``) the last estimate expects of pages
-        promoted from these (extended) levels minus pages demoted from these."""
+    def expected(self, slow_level: np.ndarray, fast_level: np.ndarray, rates: bool = False) -> float:
+        """Accesses per sample the last estimate expects of pages promoted from these
+        (extended) levels minus pages demoted from these: access probabilities, or with
+        ``rates`` the accesses behind them (see ``rate``; for moves ranked by the top
+        counter, whose pages are accessed in nearly every sample)."""
         g = self.last
+        conv = rate if rates else (lambda x: x)
 
         def q(tier, lv):
             lv = np.asarray(lv, dtype=np.int64)
             if g is None:
-                return rate(np.minimum(lv, LEVELS - 1) / (LEVELS - 1.0))
+                return conv(np.minimum(lv, LEVELS - 1) / (LEVELS - 1.0))
             if g.ext is not None:
-                return rate(g.ext.q[tier][np.minimum(lv, g.ext.q.shape[1] - 1)])
-            return rate(g.q[tier][np.minimum(lv, LEVELS - 1)])
+                return conv(g.ext.q[tier][np.minimum(lv, g.ext.q.shape[1] - 1)])
+            return conv(g.q[tier][np.minimum(lv, LEVELS - 1)])
 
         return float(q(SLOW, slow_level).sum() - q(FAST, fast_level).sum())
 
@@ -339,7 +343,7 @@ def zipf_fit(hist: np.ndarray, window: int = 8) -> tuple[float, int] | None:
         return b, model.tv(s_grid, b, obs)
 
     s_grid = np.linspace(FIT_S[0], FIT_S[1], 31)
-    for _ in range(2):
+    for _ in range(3):  # exponent to 0.1, 0.01, 0.001
         b, d = best_b(s_grid)
         i = int(np.argmin(d))
         best = (s_grid[i], b[i], d[i])
