@@ -393,7 +393,7 @@ class Engine:
             cells = np.zeros((2, LEVELS))
             for nid, h in ts.by_node.items():
                 cells[0 if nid in fast else 1] += np.asarray(h, dtype=np.float64)
-            ts.need = need(cells, g.q)
+            ts.need = need(cells, g.q, window=self.policy.window)
 
     def _warn_waiting(self, stats: IntervalStats) -> None:
         """Hot pages waiting on slow memory for room: a WARNING with the numbers, rate-limited
