@@ -369,8 +369,15 @@ class _ZipfModel:
         """Total variation distance from ``obs`` of the histograms for the pairs
         (s[i], log_b[i]): exponent, log rate at the last rank."""
         lam = np.exp(np.minimum(log_b[:, None] - s[:, None] * self.logm, 4.0))
-        p = -np.expm1(-lam)[..., None]
-        bk = p ** self.k * (1 - p) ** (self.window - self.k)  # [pairs, bins, k]
+        p = -np.expm1(-lam)
+        w = self.window
+        pk = np.empty(p.shape + (w + 1,))  # p^k (1 - p)^(w - k), by running products
+        qk = np.empty_like(pk)
+        pk[..., 0] = qk[..., w] = 1.0
+        for i in range(w):
+            np.multiply(pk[..., i], p, out=pk[..., i + 1])
+            np.multiply(qk[..., w - i], 1 - p, out=qk[..., w - i - 1])
+        bk = pk * qk  # [pairs, bins, k]
         pred = np.tensordot(bk, self.width, axes=([1], [0])) @ self.c  # [pairs, 16]
         return 0.5 * np.abs(pred - obs).sum(axis=-1)
 
