@@ -24,6 +24,8 @@ def policy():
     "size=1GiB,fast=64MiB,dist=zipf:0.7",  # 16x the fast tier
     "size=1GiB,fast=64MiB,dist=zipf:1.1",
     "size=1GiB,fast=128MiB,dist=zipf:0.7",  # 8x
+    "size=2GiB,fast=32MiB,dist=zipf:1.1",  # 64x: the boundary page is accessed in 97.5% of
+    # the samples; before its swaps were judged by access rate, 0.86
 ])
 def test_hot_set_bigger_than_the_fast_tier_fills_it_with_the_hottest(policy, spec):
     """Old code: the top level overflows, nothing is hot, hit/oracle 0.14 (zipf 0.7)."""
@@ -94,12 +96,15 @@ def test_need_reads_the_miss_ratio_curve_from_rates():
 @pytest.mark.parametrize("spec, shares", [
     ("size=1GiB,fast=256MiB,dist=uniform", (0, 1, 2)),
     ("size=1GiB,fast=256MiB,dist=hotset:10%,accesses=0.2", (0, 2)),
-    ("size=1GiB,fast=256MiB,dist=zipf:0.7,accesses=0.1", (1, 2)),
+    ("size=1GiB,fast=256MiB,dist=zipf:0.7,accesses=0.1", (0, 1, 2)),
+    ("size=4GiB,fast=1GiB,dist=zipf:1.1", (0, 1, 2)),
 ])
-def test_need_matches_the_true_curve_where_rates_can_be_read(policy, spec, shares):
-    """Within 10% of the true curve where pages are accessed about once a sample or less.
-    (Pages accessed many times per sample all read as 'accessed': a zipf 1.1 head makes the
-    90% need look 7x bigger than it is; see benchmarks/README.md.)"""
+def test_need_matches_the_true_curve(policy, spec, shares):
+    """Within 10% of the true curve.  Old code: pages accessed many times per sample all
+    read as 'accessed' (at most 6.9 a sample): zipf 1.1's 90% need 7x too big, zipf 0.7's
+    18% (the skew inside the coldest level); now both from the power-law fit of the
+    hotness histogram (gain.zipf_fit).  The hot set (one rate, no power law) is read from
+    its cells as before; its 95% point falls inside a level (0.76 of the true need)."""
     rows, machine = simulate(policy, parse_workload(spec + ",intervals=16"))
     proc = next(iter(machine.procs.values()))
     est = rows[-1].need
@@ -109,8 +114,9 @@ def test_need_matches_the_true_curve_where_rates_can_be_read(policy, spec, share
 
 
 def test_huge_pages_split_on_the_fast_tier_are_not_the_first_victims(policy):
-    """Every block a huge page, 4x the fast tier: huge.py splits them 128 per interval; a hot
-    huge page split on the fast tier keeps its history until its own shows the cold
-    subpages (started over at hotness 0 it was displaced at once: 0.70 here, 0.24 at 16 GiB)."""
+    """Every block a huge page, 4x the fast tier: huge.py splits them (1024 per interval;
+    128 before, 0.84 here at 30 intervals, 0.56 at 16 GiB); a hot huge page split on the
+    fast tier keeps its history until its own shows the cold subpages (started over at
+    hotness 0 it was displaced at once: 0.70 here, 0.24 at 16 GiB)."""
     rows, _ = simulate(policy, parse_workload("size=8GiB,fast=2GiB,dist=zipf:1.1,thp=1,seed=7,intervals=30"))
-    assert summarize(rows).steady_ratio >= 0.80
+    assert summarize(rows).steady_ratio >= 0.90

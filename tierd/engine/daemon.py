@@ -47,7 +47,7 @@ from tierd.engine.placement import (
     plan,
     plan_queries,
 )
-from tierd.engine.gain import NEED_SHARES, GainModel, need
+from tierd.engine.gain import NEED_SHARES, GainModel, group_rate, need
 from tierd.engine.pack import Pack, Packs
 from tierd.engine.state import CHUNK_WORDS, Extents, PageState, test_bits
 from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
@@ -393,7 +393,7 @@ class Engine:
             cells = np.zeros((2, LEVELS))
             for nid, h in ts.by_node.items():
                 cells[0 if nid in fast else 1] += np.asarray(h, dtype=np.float64)
-            ts.need = need(cells, g.q)
+            ts.need = need(cells, g.q, window=self.policy.window)
 
     def _warn_waiting(self, stats: IntervalStats) -> None:
         """Hot pages waiting on slow memory for room: a WARNING with the numbers, rate-limited
@@ -445,15 +445,20 @@ class Engine:
             # displacements count only as far as they made room for promotions (a demotion
             # whose promotion was cancelled for lack of room is no swap)
             paired = sum(a.size for a in noted[0])
+            # promotions ranked by the top counter (a hot set bigger than the fast tier):
+            # judged in accesses, not accessed bits (gain.py, "Overflow")
+            rates = bool(noted[2]) and bool((np.concatenate(noted[2]) >= LEVELS).any())
             for i, sign in ((0, 1), (1, -1)):
                 if not noted[i] or not paired:
                     continue
                 flat = st.extents.flat_of(np.concatenate(noted[i])[:paired])
                 lv = np.concatenate(noted[2 + i])[:paired][flat >= 0]
                 flat = flat[flat >= 0]
-                gained += sign * int(test_bits(st.hist[st.head], flat).sum())
+                acc = int(test_bits(st.hist[st.head], flat).sum())
+                gained += sign * (group_rate(flat.size, acc) if rates else acc)
                 pages += flat.size
-                expected += self.gain.expected(lv, []) if sign > 0 else self.gain.expected([], lv)
+                expected += (self.gain.expected(lv, [], rates) if sign > 0
+                             else self.gain.expected([], lv, rates))
         self._noted.clear()
         self.gain.moved(gained, expected, pages, self.policy.min_gain)
 

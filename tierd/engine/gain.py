@@ -48,16 +48,22 @@ Overflow.  When the top level holds more pages than the fast tier (tierd/engine/
 its pages are ranked by their top counter (samples in a row at level 15, PageState.top):
 ``est_top`` counts them per counter value the same way, and ``Gain.ext`` is the estimate over
 the extended levels 0..14, 15 (level-15 pages without a counter), 16..30 (level 15 with
-counter 1..15), built and tested like the 16-level one.
+counter 1..15), built and tested like the 16-level one.  There pages are accessed in nearly
+every sample, and a probability near 1 hides what a swap buys (0.95 and 0.999 are 3 and 7
+accesses a sample: 0.05 apart, not more than min_gain, and a 64x hot set stopped at 0.86 of
+the best placement): ``Gain.ext`` compares the rates behind the probabilities (``rate``,
+standard errors by the delta method), and moves ranked by the top counter are judged in
+rates too (``group_rate``: the pages' share accessed in the next sample, as a rate).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
-from tierd.engine.hotness import LEVELS
+from tierd.engine.hotness import LEVELS, hotness_reference
 
 FAST, SLOW = 0, 1
 Z = 2.0  # standard errors of the estimated gain that must lie above the margin
@@ -80,11 +86,18 @@ class Gain:
     se: np.ndarray  # [2, 16]
     margin: float
     ext: Gain | None = None  # over the extended levels (see the module docstring), if counted
+    rates: bool = False  # compare access rates, not probabilities (see "Overflow")
 
     def allows(self, slow_level: int, fast_level: int) -> bool:
         """May a slow page at ``slow_level`` displace a fast page at ``fast_level``?"""
-        d = self.q[SLOW, slow_level] - self.q[FAST, fast_level]
-        err = Z * float(np.hypot(self.se[SLOW, slow_level], self.se[FAST, fast_level]))
+        s, f = (SLOW, slow_level), (FAST, fast_level)
+        if self.rates:  # rate -ln(1 - q), its standard error by the delta method
+            qs, qf = min(self.q[s], Q_MAX), min(self.q[f], Q_MAX)
+            d = np.log1p(-qf) - np.log1p(-qs)
+            err = Z * float(np.hypot(self.se[s] / (1 - qs), self.se[f] / (1 - qf)))
+        else:
+            d = self.q[s] - self.q[f]
+            err = Z * float(np.hypot(self.se[s], self.se[f]))
         return bool(d > self.margin + err)
 
     def victim_levels(self, slow_level: int) -> int:
@@ -190,8 +203,9 @@ class GainModel:
 
     def moved(self, gained: float, expected: float, pages: int, margin: float) -> None:
         """What the last interval's moves bought: ``gained`` accesses (the promoted pages'
-        in this sample minus the demoted ones'), against ``expected``, over ``pages`` pages
-        moved.  Sets ``pace``."""
+        in this sample minus the demoted ones': accessed bits, or ``group_rate``s for moves
+        ranked by the top counter), against ``expected``, over ``pages`` pages moved.
+        Sets ``pace``."""
         self.paid = DECAY * self.paid + gained
         self.paid_expected = DECAY * self.paid_expected + expected
         self.paid_pages = DECAY * self.paid_pages + pages
@@ -214,18 +228,21 @@ class GainModel:
         return min(move_budget, PROBE_PAGES) if self.stopped % PROBE_EVERY == 0 else 0
 
 
-    def expected(self, slow_level: np.ndarray, fast_level: np.ndarray) -> float:
+    def expected(self, slow_level: np.ndarray, fast_level: np.ndarray, rates: bool = False) -> float:
         """Accesses per sample the last estimate expects of pages promoted from these
-        (extended) levels minus pages demoted from these."""
+        (extended) levels minus pages demoted from these: access probabilities, or with
+        ``rates`` the accesses behind them (see ``rate``; for moves ranked by the top
+        counter, whose pages are accessed in nearly every sample)."""
         g = self.last
+        conv = rate if rates else (lambda x: x)
 
         def q(tier, lv):
             lv = np.asarray(lv, dtype=np.int64)
             if g is None:
-                return np.minimum(lv, LEVELS - 1) / (LEVELS - 1.0)
+                return conv(np.minimum(lv, LEVELS - 1) / (LEVELS - 1.0))
             if g.ext is not None:
-                return g.ext.q[tier][np.minimum(lv, g.ext.q.shape[1] - 1)]
-            return g.q[tier][np.minimum(lv, LEVELS - 1)]
+                return conv(g.ext.q[tier][np.minimum(lv, g.ext.q.shape[1] - 1)])
+            return conv(g.q[tier][np.minimum(lv, LEVELS - 1)])
 
         return float(q(SLOW, slow_level).sum() - q(FAST, fast_level).sum())
 
@@ -234,21 +251,55 @@ NEED_SHARES = (0.90, 0.95, 0.99)
 Q_MAX = 0.999  # access probabilities are read as rates up to -ln(1 - Q_MAX) = 6.9 per sample
 
 
-def need(pages: np.ndarray, q: np.ndarray, shares=NEED_SHARES) -> tuple[int, ...] | None:
+def rate(q):
+    """Accesses per sample behind an access probability per sample (Poisson: q = 1 -
+    exp(-rate)), capped at Q_MAX.  Near 0 the two agree; near 1 a difference in q hides
+    the difference in accesses that a move buys (a page accessed 4 times a sample and one
+    accessed 7 times both read q ~ 1)."""
+    return -np.log1p(-np.minimum(q, Q_MAX))
+
+
+def group_rate(pages: int, accessed: int) -> float:
+    """Accesses per sample of ``pages`` pages of which ``accessed`` were accessed in one
+    sample, all together (pages x the rate of their share accessed)."""
+    return pages * float(rate(accessed / pages)) if pages else 0.0
+
+
+FIT_BINS = 64  # log-spaced rank bins of the model's histogram
+FIT_TV = 0.02  # the fit stands for the curve when its level histogram is this close (TV)
+FIT_S = (0.0, 3.0)  # exponents searched
+GOLDEN = (5 ** 0.5 - 1) / 2
+
+
+def need(pages: np.ndarray, q: np.ndarray, shares=NEED_SHARES, window: int = 8) -> tuple[int, ...] | None:
     """The miss-ratio curve read at ``shares``: pages of fast memory that would serve that
-    share of a target's accesses, from its pages per (tier, level) cell ``pages`` [2, L] and
-    the measured access probability per sample of each cell ``q`` [2, L].  A cell's access
-    rate is -ln(1 - q) per page and sample (the Poisson rate behind the probability); the
-    hottest cells are taken first, the last one in part.  None without accesses.  The rate
-    of pages accessed many times per sample cannot be told from one bit per sample (it is
-    read as at most 6.9): a heavily skewed target's need is then overestimated."""
-    n = np.asarray(pages, dtype=np.float64).ravel()
-    rate = -np.log1p(-np.minimum(np.asarray(q, dtype=np.float64).ravel(), Q_MAX))
-    acc = n * rate
+    share of a target's accesses, from its pages per (tier, level) cell ``pages`` [2, 16]
+    and the measured access probability per sample of each cell ``q`` [2, 16].  None
+    without accesses.
+
+    One Accessed bit per sample cannot tell a page accessed 5 times a sample from one
+    accessed 500 times, and in a skewed target those pages take most of the accesses (zipf
+    1.1, 16 GiB: 83% of them; read as "at most 6.9 a sample" each, the 90% need came out 18x
+    too big).  So the curve comes from a fit where one fits: rates following a power law
+    in rank, rate = A rank^-s (Zipf; s = 0 is a flat target), chosen so that the hotness
+    histogram they would produce (``zipf_fit``: each page's ``window`` samples, the level
+    weights of tierd.engine.hotness) matches the target's.  Where no power law matches it
+    (total variation above FIT_TV: e.g. a hot set of one rate with a cold rest), the cells
+    are read as they are: each cell's rate is -ln(1 - q) per page and sample (the Poisson
+    rate behind the probability), the hottest cells first, the last one in part; there
+    rates above 6.9 a sample read as 6.9, so a saturated target's need is overestimated."""
+    n = np.asarray(pages, dtype=np.float64)
+    fit = zipf_fit(n.reshape(-1, n.shape[-1]).sum(axis=0), window)
+    if fit is not None:
+        s, total = fit
+        return tuple(int(np.ceil(_power_inverse(0, total, s, f))) for f in shares)
+    n = n.ravel()
+    r = rate(np.asarray(q, dtype=np.float64).ravel())
+    acc = n * r
     total = acc.sum()
     if total <= 0:
         return None
-    order = np.argsort(-rate, kind="stable")
+    order = np.argsort(-r, kind="stable")
     cum_acc = np.cumsum(acc[order])
     cum_pages = np.cumsum(n[order])
     out = []
@@ -256,9 +307,100 @@ def need(pages: np.ndarray, q: np.ndarray, shares=NEED_SHARES) -> tuple[int, ...
         i = min(int(np.searchsorted(cum_acc, f * total)), order.size - 1)
         before_acc = cum_acc[i - 1] if i else 0.0
         before_pages = cum_pages[i - 1] if i else 0.0
-        r = rate[order[i]]
-        out.append(int(np.ceil(before_pages + ((f * total - before_acc) / r if r > 0 else 0))))
+        ri = r[order[i]]
+        out.append(int(np.ceil(before_pages + ((f * total - before_acc) / ri if ri > 0 else 0))))
     return tuple(out)
+
+
+@functools.lru_cache(maxsize=4)
+def level_matrix(window: int) -> np.ndarray:
+    """[window + 1, 16]: C[k, v] = sampled histories of the window with k accesses whose
+    hotness is v (tierd.engine.hotness.weights)."""
+    bits = (np.arange(1 << window)[None, :] >> np.arange(window)[:, None]) & 1
+    lv = hotness_reference(bits, window)
+    c = np.zeros((window + 1, LEVELS))
+    np.add.at(c, (bits.sum(axis=0), lv), 1)
+    return c
+
+
+def zipf_fit(hist: np.ndarray, window: int = 8) -> tuple[float, int] | None:
+    """(s, pages) of the power law rate = A rank^-s whose expected hotness histogram is
+    closest to ``hist`` (pages per level), if it is within FIT_TV; else None.  Searched on
+    a grid of s and of the rate at the boundary rank, coarse then fine."""
+    hist = np.asarray(hist, dtype=np.float64)
+    total = int(round(hist.sum()))
+    if total < 2 or hist.size != LEVELS or not hist[1:].any():
+        return None
+    obs = hist / hist.sum()
+    model = _ZipfModel(total, window)
+    def best_b(s_grid):
+        """For each exponent, the log rate at the last rank that fits best (golden-section
+        search: the distance is unimodal in it) and that distance."""
+        lo, hi = np.full(s_grid.size, -16.0), np.full(s_grid.size, 6.0)
+        for _ in range(28):
+            m1, m2 = hi - GOLDEN * (hi - lo), lo + GOLDEN * (hi - lo)
+            worse = model.tv(s_grid, m1, obs) > model.tv(s_grid, m2, obs)
+            lo, hi = np.where(worse, m1, lo), np.where(worse, hi, m2)
+        b = (lo + hi) / 2
+        return b, model.tv(s_grid, b, obs)
+
+    s_grid = np.linspace(FIT_S[0], FIT_S[1], 31)
+    for _ in range(3):  # exponent to 0.1, 0.01, 0.001
+        b, d = best_b(s_grid)
+        i = int(np.argmin(d))
+        best = (s_grid[i], b[i], d[i])
+        step = s_grid[1] - s_grid[0]
+        s_grid = np.linspace(max(FIT_S[0], best[0] - step), min(FIT_S[1], best[0] + step), 21)
+    return (float(best[0]), total) if best[2] <= FIT_TV else None
+
+
+class _ZipfModel:
+    """Expected hotness histograms (shares of the pages per level) of ``total`` pages whose
+    rates follow rate = b (rank / total)^-s, over log-spaced rank bins."""
+
+    def __init__(self, total: int, window: int) -> None:
+        self.c = level_matrix(window)
+        self.k = np.arange(window + 1)
+        self.window = window
+        edges = np.unique(np.geomspace(1, total + 1, FIT_BINS + 1).astype(np.int64))
+        self.width = np.diff(edges).astype(np.float64) / total
+        # the rank whose rate is the bin's mean rate is near its log-midpoint
+        self.logm = np.log(np.sqrt(edges[:-1] * (edges[1:] - 1.0)) / total)
+
+    def tv(self, s: np.ndarray, log_b: np.ndarray, obs: np.ndarray) -> np.ndarray:
+        """Total variation distance from ``obs`` of the histograms for the pairs
+        (s[i], log_b[i]): exponent, log rate at the last rank."""
+        lam = np.exp(np.minimum(log_b[:, None] - s[:, None] * self.logm, 4.0))
+        p = -np.expm1(-lam)
+        w = self.window
+        pk = np.empty(p.shape + (w + 1,))  # p^k (1 - p)^(w - k), by running products
+        qk = np.empty_like(pk)
+        pk[..., 0] = qk[..., w] = 1.0
+        for i in range(w):
+            np.multiply(pk[..., i], p, out=pk[..., i + 1])
+            np.multiply(qk[..., w - i], 1 - p, out=qk[..., w - i - 1])
+        bk = pk * qk  # [pairs, bins, k]
+        pred = np.tensordot(bk, self.width, axes=([1], [0])) @ self.c  # [pairs, 16]
+        return 0.5 * np.abs(pred - obs).sum(axis=-1)
+
+
+def _power_integral(lo, hi, s: float):
+    """Sum of r^-s over the ranks (lo, hi], as the integral from lo + 1/2 to hi + 1/2."""
+    a, b = np.asarray(lo, dtype=np.float64) + 0.5, np.asarray(hi, dtype=np.float64) + 0.5
+    if abs(s - 1) < 1e-9:
+        return np.log(b / a)
+    return (b ** (1 - s) - a ** (1 - s)) / (1 - s)
+
+
+def _power_inverse(lo: float, hi: float, s: float, part: float) -> float:
+    """The rank r in (lo, hi] where the sum of r^-s from lo reaches ``part`` of the range's."""
+    a, b = lo + 0.5, hi + 0.5
+    if abs(s - 1) < 1e-9:
+        r = a * (b / a) ** part
+    else:
+        e = 1 - s
+        r = (a ** e + part * (b ** e - a ** e)) ** (1 / e)
+    return float(min(max(r - 0.5, lo), hi))
 
 
 def _tiers(est: np.ndarray, fast_cls, slow_cls) -> tuple[np.ndarray, np.ndarray]:
@@ -277,7 +419,8 @@ def _extended(n, a, tn, ta, margin: float) -> Gain:
         rest = np.maximum(x[:, top:] - tx[:, 1:].sum(axis=1, keepdims=True), 0)
         return np.concatenate([x[:, :top], rest, tx[:, 1:]], axis=1)
 
-    return estimate(ext(n, tn), ext(a, ta), margin)
+    g = estimate(ext(n, tn), ext(a, ta), margin)
+    return Gain(g.q, g.se, margin, rates=True)
 
 
 def mispredicts(g: Gain, n: np.ndarray, a: np.ndarray) -> bool:

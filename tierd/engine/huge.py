@@ -65,7 +65,9 @@ log = logging.getLogger("tierd")
 PROBE_MAX = 8  # huge pages split to find out whether a process's hot huge pages are sparse
 WATCH = 2  # samples of a split probe before it is judged
 RECHECK_SAMPLES = 120  # a verdict holds this many samples, then candidates are probed again
-MAX_SPLIT_BLOCKS = 128  # huge pages split per process and interval (256 MiB)
+# huge pages split per process and interval (2 GiB; the time share bounds it too): 128 took
+# 64 intervals to split a 16 GiB process whose blocks are all huge pages (issue 16)
+MAX_SPLIT_BLOCKS = 1024
 SCAN_BLOCKS = 1 << 16  # blocks examined per numpy pass (bounded temporaries)
 CHECK_BLOCKS = 4 * MAX_SPLIT_BLOCKS  # hottest candidates asked about per interval (2 preads each)
 ALL = np.uint64(0xFFFF_FFFF_FFFF_FFFF)

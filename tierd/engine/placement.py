@@ -520,7 +520,11 @@ def _extended(units: Sequence[UnitCounts], ranked: np.ndarray) -> np.ndarray:
     ``ranked`` processes their level-15 pages spread over the top sub-levels by counter
     (pages in backoff taken from the lowest counters: they are few, and selection skips
     them anyway)."""
-    mov = np.stack([u.hist if u.movable is None else u.movable for u in units]).astype(np.int64)
+    # movable = hist minus the pages in backoff, whose hotness and node are read now while
+    # hist is the last commit's: a cell can come out negative, and a negative victim count
+    # would stall the displacement loop (k <= 0 pages taken, for ever)
+    mov = np.maximum(np.stack([u.hist if u.movable is None else u.movable for u in units]), 0)
+    mov = mov.astype(np.int64)
     out = np.zeros(mov.shape[:2] + (EXT_LEVELS,), dtype=np.int64)
     out[:, :, :LEVELS] = mov
     for i in np.flatnonzero(ranked).tolist():

@@ -66,9 +66,9 @@ METRICS = {
                                            "Inactive(file) - Dirty - Writeback): room a "
                                            "promotion gets by reclaim",
     "tierd_target_fast_need_bytes": "fast memory that would serve a share (0.9, 0.95, 0.99) of "
-                                    "a target's accesses, from the measured access rates (a "
-                                    "miss-ratio curve; overestimated for pages accessed many "
-                                    "times per sample)",
+                                    "a target's accesses (a miss-ratio curve, from a power-law "
+                                    "fit of its hotness histogram, else from the measured "
+                                    "access rates)",
     "tierd_target_hot_waiting_bytes": "hot pages of a target left on slow memory because the "
                                       "fast tier had no room",
     "tierd_intervals_total": "intervals completed",
