@@ -180,8 +180,9 @@ class Skewed:
         where = self.nodes()
         on, present = np.isin(where, fast), where >= 0
         if self.hot is None:  # the hottest pages that fit where first touch put this process
-            self.hot = np.zeros(self.n, bool)
-            self.hot[np.argsort(self.weight)[::-1][: int(on.sum())]] = True
+            hot = np.zeros(self.n, bool)  # filled before it is shared (the sampling thread)
+            hot[np.argsort(self.weight)[::-1][: int(on.sum())]] = True
+            self.hot = hot
         ratio, k = self.score(fast, where)
         self.scores.append((time.monotonic(), ratio, k))
         hot = self.hot
