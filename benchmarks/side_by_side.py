@@ -2,11 +2,17 @@
 """tierd against the kernel's NUMA-balancing tiering and DAMON, on the same workloads.
 
 Run on the host (as root); one QEMU boot of the rig per contender and scenario, one VM at a
-time.  In each boot the scenario's workloads (workloads/, SCENARIOS S1-S5) start with their
+time.  In each boot the scenario's workloads (workloads/, SCENARIOS S1-S7) start with their
 memory on the slow node 1, the contender is switched on, and every --period seconds the
 ground truth is recorded: the workloads' hot pages on the fast node 0 (their own list,
 placed by move_pages queries), cold pages there, node 0's free memory, the workloads' own
 access rate (hot-page reads per second) and the mechanism's CPU time.
+
+S6 and S7 are issue 16's real-host conditions (workloads.real_hosts, also
+tests/vm/guest/test_guest_real_hosts.py): S6 a reader keeps node 0 full of clean page cache
+(it is no target); S7 a skewed (zipf 1.1) process twice node 0, whose "hot set" is the hottest
+pages that fit in its pages on node 0 at the start, and whose score over time (weight on
+the fast node against the best possible for as many pages) is printed under its table.
 
 Contenders:
   tierd-idle_bitmap   tierd run, shipped etc/tierd.yaml + one comm selector per process,
@@ -353,8 +359,12 @@ def guest_main(args) -> int:
         if thp:
             result.setdefault("thp", []).append(
                 (round(time.monotonic() - t0, 1), sum(thp_kib(p.pid) for p in measured) // 1024))
+        skew = [p for p in measured if hasattr(p, "scores")]
+        if skew:  # S7: weight on fast / best possible, from the full placements
+            result["skew"] = [(round(t - t0, 1), round(r, 4), k) for t, r, k in skew[0].scores]
         mech.stop()
-        result["intact"] = all(p.verify() for p in procs)
+        # None: a workload with no data to check (workloads.real_hosts)
+        result["intact"] = all(v for v in (p.verify() for p in procs) if v is not None)
     except BaseException as e:
         result["error"] = repr(e)
         raise
@@ -544,6 +554,11 @@ def print_tables(results) -> None:
             pts = [f"{s['t'] - t0:.0f}:{100 * s['hot_fast'] / max(1, s['hot']):.0f}"
                    for s in r["samples"][::max(1, len(r["samples"]) // 12)]]
             print(f"  {r['contender']:18} " + " ".join(pts))
+            if r.get("skew"):
+                print(f"  {'':18} weight on fast / best possible for as many pages (s: ratio "
+                      "pages): " + " ".join(f"{t:.0f}:{x:.3f} {k}" for t, x, k in
+                                            r["skew"][::max(1, len(r["skew"]) // 8)]
+                                            + r["skew"][-1:]))
             if r.get("thp"):
                 print(f"  {'':18} THP MiB (s: MiB): "
                       + " ".join(f"{t:.0f}:{m}" for t, m in r["thp"][::max(1, len(r['thp']) // 8)]))
@@ -560,7 +575,7 @@ def print_tables(results) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--scenarios", default="S1,S2,S3,S4,S5")
+    ap.add_argument("--scenarios", default="S1,S2,S3,S4,S5,S6,S7")
     ap.add_argument("--contenders", default="all", help=f"comma list of {CONTENDERS} or all")
     ap.add_argument("--duration", type=float, default=180)
     ap.add_argument("--period", type=float, default=5)

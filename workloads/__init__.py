@@ -12,7 +12,7 @@ queries of our own (``node_of``), independent of the mechanism under test:
   fast node.
 - ``churn.c``: maps, unmaps, forks and exits while tracked; verifies its data at exit.
 
-Scenarios built from these are in ``SCENARIOS`` (the side-by-side benchmark's S1-S5, the live
+Scenarios built from these are in ``SCENARIOS`` (the side-by-side benchmark's S1-S7, the live
 demo's workload); ``start_scenario`` starts one.
 
 Usage::
@@ -289,7 +289,7 @@ def churn(bindir: Path, duration: float, name: str = "churn", pause_us: int = 50
                             stdout=subprocess.PIPE, text=True)
 
 
-# -- scenarios (the benchmark's S1-S5; sizes for the rig: node 0 = 512 MiB fast) ---------------
+# -- scenarios (the benchmark's S1-S7; sizes for the rig: node 0 = 512 MiB fast) ---------------
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
@@ -306,6 +306,9 @@ class Spec:
     fast_cap: str | None = None
     measured: bool = True  # counted in "% hot on fast" (a filler is not)
     fill_free_mib: int | None = None  # size = start node's MemFree minus this (a filler)
+    # "hotset" (hotset.c), or workloads.real_hosts': "pagecache" (a PageCacheReader, no
+    # target of the policy) or "skew" (a Skewed process of size_mib, zipf 1.1)
+    kind: str = "hotset"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,8 +320,9 @@ class Scenario:
 
 
 def scenarios(scale: float = 1.0) -> dict[str, Scenario]:
-    """S1-S5 at ``scale`` (1.0: the issue's 768 MiB process with a 96 MiB hot set; the VM
-    tests use smaller scales to stay within minutes)."""
+    """S1-S7 at ``scale`` (1.0: the issue's 768 MiB process with a 96 MiB hot set; the VM
+    tests use smaller scales to stay within minutes).  S6 and S7 are issue 16's real-host
+    conditions (workloads.real_hosts)."""
     def mib(x):
         return max(2, int(x * scale) // 2 * 2)
     big, hot = mib(768), mib(96)
@@ -337,14 +341,29 @@ def scenarios(scale: float = 1.0) -> dict[str, Scenario]:
         "S5": Scenario("S5", "two targets with fast_share / fast_cap",
                        (Spec("hs-a", mib(384), mib(192), seed=3, fast_share="30%"),
                         Spec("hs-b", mib(384), mib(192), seed=4, fast_cap="15%"))),
+        "S6": Scenario("S6", "fast node kept full of page cache (a reader looping over a 1 GiB "
+                       "zram device); hot set starts on the slow node",
+                       (Spec("pcreader", 0, 0, start_node=0, measured=False, kind="pagecache"),
+                        Spec("hs-s6", big, hot))),
+        "S7": Scenario("S7", "skewed (zipf 1.1) 4 KiB hot set, 2x the fast node; first touch "
+                       "filled node 0 at random, then node 1",
+                       (Spec("skew", mib(1024), 0, start_node=None, kind="skew"),)),
     }
 
 
 def start_scenario(sc: Scenario, bindir: Path, outdir: Path, pause_us: int = 20000) -> list[Hotset]:
     """Start every process of a scenario (in order: a filler first takes the fast node)."""
+    from workloads.real_hosts import PageCacheReader, Skewed
+
     procs = []
     try:
         for s in sc.specs:
+            if s.kind == "pagecache":
+                procs.append(PageCacheReader(s.name).start())
+                continue
+            if s.kind == "skew":
+                procs.append(Skewed(outdir, s.size_mib, name=s.name, seed=16).start())
+                continue
             size = s.size_mib
             if s.fill_free_mib is not None:
                 size = node_meminfo(s.start_node or 0) // (1 << 20) - s.fill_free_mib
@@ -371,6 +390,8 @@ def policy_yaml(base: str, sc: Scenario, interval: str | None = None,
     doc = yaml.safe_load(base)
     doc["targets"] = []
     for s in sc.specs:
+        if s.kind == "pagecache":  # another process: not a target
+            continue
         t = {"name": s.name, "comm": f"^{s.name}$"}
         if s.fast_share:
             t["fast_share"] = s.fast_share

@@ -71,3 +71,34 @@ def test_policy_yaml_is_the_shipped_policy_plus_selectors():
 def test_parse_report_rejects_a_truncated_list():
     with pytest.raises(workloads.WorkloadError):
         workloads.parse_report("pid 1\nbase 0x1000\npages 4\nthp 0\nphase 0\nhot 2\n3\n")
+
+
+def test_skewed_scores_its_pages_against_the_hottest_that_fit(tmp_path):
+    from workloads.real_hosts import Skewed
+
+    with Skewed(tmp_path, 4, name="skew-unit") as w:
+        assert Path(f"/proc/{w.pid}/comm").read_text().strip() == "skew-unit"
+        node = int(w.nodes()[0])
+        p = w.placement(fast=(node,))  # one node here: every page is "fast"
+        assert (p.hot, p.hot_fast, p.cold, p.absent) == (1024, 1024, 0, 0)
+        assert w.score(fast=(node,)) == (pytest.approx(1.0), 1024)
+        order = np.argsort(w.weight)  # coldest first
+        where = np.full(1024, node + 1)
+        where[order[-100:]] = node  # the 100 hottest on "fast": the best for 100 pages
+        assert w.score(fast=(node,), where=where) == (pytest.approx(1.0), 100)
+        where[:] = node + 1
+        where[order[:100]] = node  # the 100 coldest: far below the best
+        ratio, k = w.score(fast=(node,), where=where)
+        assert k == 100 and ratio < 0.2
+        workloads._wait(lambda: w.touches()[0] > 0, 60, "touches")
+
+
+def test_real_host_scenarios_target_the_workload_not_the_page_cache_reader():
+    import yaml
+
+    base = (Path(workloads.SRC).parent / "etc" / "tierd.yaml").read_text()
+    sc = workloads.scenarios()
+    doc = yaml.safe_load(workloads.policy_yaml(base, sc["S6"]))
+    assert [t["comm"] for t in doc["targets"]] == ["^hs-s6$"]
+    doc = yaml.safe_load(workloads.policy_yaml(base, sc["S7"]))
+    assert [t["comm"] for t in doc["targets"]] == ["^skew$"] and sc["S7"].specs[0].size_mib == 1024

@@ -208,17 +208,26 @@ def test_cold_pages_are_demoted_under_pressure_and_keep_free_is_held(bindir, tmp
 
 def test_phase_change_promotes_the_new_set_and_demotes_the_old(bindir, tmp_path):
     """Once the first hot set is on node 0, a process that is no target takes node 0 down to
-    keep_free + half a hot set free; then the hot set moves: the new set can reach the fast
-    node only if the old one is demoted."""
-    hot_mib = 16
-    spec = Spec("hs-phase", 64, hot_mib)
+    keep_free + a quarter of a hot set free; then the hot set moves: the new set can reach
+    the fast node only if the old one is demoted.
+
+    The room the filler leaves is only what it is when the filler starts: the other processes
+    on node 0 (pytest and tierd: Python and numpy, whose large arrays are madvised
+    MADV_HUGEPAGE, on a kernel with THP "always" and khugepaged) take and give back memory in
+    2 MiB huge pages, and were seen to move node 0's free memory by -10 to +6 MiB between the
+    filler's start and the end of the phase change.  With a 16 MiB hot set and half of it as
+    room, -10 MiB left the target too little to hold the new set (86%), and +6 MiB let most
+    of it in without demoting the old set (95% of the old set still fast).  A 48 MiB hot set
+    with 12 MiB of room tolerates about 14 MiB either way."""
+    hot_mib = 48
+    spec = Spec("hs-phase", 2 * hot_mib, hot_mib)  # two phases: the hot set moves to the rest
     filler = None
     try:
         with Tierd(policy([spec]), tmp_path) as tierd, \
-                Hotset(bindir, tmp_path, size_mib=64, hot_mib=hot_mib, start_node=1,
+                Hotset(bindir, tmp_path, size_mib=2 * hot_mib, hot_mib=hot_mib, start_node=1,
                        name="hs-phase", seed=11) as w:
             converge(tierd, [w], intervals=INTERVALS_TO_95 + 4)  # + tierd's start-up
-            filler = fill_fast_node(bindir, tmp_path, hot_mib * MIB // 2, "other", 3)
+            filler = fill_fast_node(bindir, tmp_path, hot_mib * MIB // 4, "other", 3)
             s = _phase_change(tierd, w)
         assert tierd.returncode == 0
         clean_log(tierd)
@@ -232,14 +241,10 @@ def _phase_change(tierd, w):
     """Move the hot set; returns (intervals to 95% of the new set, % of the old left fast)."""
     old = w.layout().hot
     new = w.next_phase().hot
-    # 80%, not 95%: in the full guest run (after the selftest and the fault tests) the last
-    # ~1.4 MiB of the old set on node 0 has been refused by move_pages (EACCES/EPERM,
-    # "denied") while no room was left, so the new set stopped at 86%; run alone it reaches
-    # 95%.  Not yet explained: see the session's closing note (issues 16/17).
-    took, _ = converge(tierd, [w], fraction=0.8, intervals=3 * INTERVALS_TO_95, timeout=360)
+    took, _ = converge(tierd, [w], intervals=3 * INTERVALS_TO_95, timeout=360)
     where = w.nodes()
     old_fast = float((where[old] == 0).mean())
-    assert (where[new] == 0).mean() >= 0.8
+    assert (where[new] == 0).mean() >= 0.95
     assert old_fast <= 0.6, f"{old_fast:.0%} of the old hot set still on the fast node"
     assert w.verify()
     return took, 100 * old_fast
