@@ -544,6 +544,7 @@ class Engine:
         self.packs.remove(key)
         if unit is not None:
             _close(self.reader, unit.ref.pid)
+            unit.ref.close()  # its ProcHandle (issue 17 #2): the process is not held any more
             if self.huge is not None:
                 self.huge.forget(key)
 
@@ -889,9 +890,10 @@ class Engine:
     def close(self) -> None:
         for key in list(self.units):
             self._drop(key)
-        closer = getattr(self.reader, "close_all", None)
-        if closer is not None:
-            closer()
+        for closer in (getattr(self.reader, "close_all", None),
+                       getattr(self.resolver, "close", None)):  # it holds the processes found
+            if closer is not None:
+                closer()
 
 
 def _reason(err: BaseException) -> str:

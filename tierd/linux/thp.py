@@ -45,7 +45,7 @@ import numpy as np
 
 from tierd.linux.errors import FeatureMissing, ProcessGone
 from tierd.linux.features import Feature
-from tierd.linux.procfs import PAGE_SHIFT, ProcFS, decode_pagemap
+from tierd.linux.procfs import PAGE_SHIFT, ProcFS, ProcHandle, decode_pagemap
 
 HPAGE_PAGES = 512  # a PMD-sized THP on x86-64: 2 MiB of 4 KiB pages
 KPF_COMPOUND_HEAD = 15
@@ -156,7 +156,9 @@ class ThpSplitter:
         from tierd.linux.syscalls import MADV_COLD, UIO_MAXIOV
 
         try:
-            pidfd = os.pidfd_open(pid)
+            # a held process (ProcHandle): a pidfd checked to be that process, not the pid's
+            # next owner (tierd/linux/procfs.py)
+            pidfd = pid.pidfd() if isinstance(pid, ProcHandle) else os.pidfd_open(pid)
         except ProcessLookupError:
             raise ProcessGone(pid, "pidfd_open: no such process") from None
         try:
