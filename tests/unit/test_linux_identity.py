@@ -202,6 +202,17 @@ def test_a_zombie_is_not_held(tmp_path):
     assert open_fds() == before
 
 
+def test_a_process_with_an_unparsable_stat_is_skipped_not_an_error(tmp_path, monkeypatch):
+    mkproc(tmp_path, 54, start=5)
+    d = mkproc(tmp_path, 55, start=6)
+    r, _ = resolver(tmp_path, monkeypatch)
+    assert [x.pid for x in r.resolve(SPECS)] == [54, 55]
+    (d / "stat").write_bytes(b"55 (app")  # held, then garbled: not vouched for any more
+    assert [x.pid for x in r.resolve(SPECS)] == [54]
+    assert [x.pid for x in r.resolve(SPECS)] == [54]  # and not held again while garbled
+    r.close()
+
+
 # -- exec ----------------------------------------------------------------------------------------
 
 

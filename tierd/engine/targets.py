@@ -34,6 +34,7 @@ from typing import Protocol
 
 import psutil
 
+from tierd.linux.errors import ParseError
 from tierd.linux.procfs import ProcFS, ProcHandle
 from tierd.policy import RegexTimeout
 
@@ -163,7 +164,7 @@ class PsutilResolver:
             h = self.procfs.open_process(pid)
         except GONE:
             return None
-        except OSError as e:  # e.g. EACCES on a hardened /proc: skip it, as psutil would
+        except (OSError, ParseError) as e:  # EACCES on a hardened /proc, a garbled stat: skip it
             log.debug("pid %d: not held: %s", pid, e)
             return None
         if generation and h.starttime == old.starttime:

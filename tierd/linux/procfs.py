@@ -357,7 +357,7 @@ class ProcHandle(int):
         """Still this process, and not a zombie (a zombie has no memory left)."""
         try:
             st = self.stat()
-        except ProcessGone:
+        except (ProcessGone, ParseError):  # an unreadable stat cannot vouch for it either
             return False
         return st.starttime == self.starttime and st.state not in ("Z", "X")
 
