@@ -141,12 +141,14 @@ def main(args: argparse.Namespace, *, kernel=None, env: Mapping[str, str] | None
         log.error("this host cannot tier: %s", e)
         return EXIT_UNAVAILABLE
     try:
-        fast, slow = engine.kernel.topology().classify(policy.fast_nodes, policy.slow_nodes)
+        topo = engine.kernel.topology()
+        fast, slow = topo.classify(policy.fast_nodes, policy.slow_nodes)
     except ValueError as e:  # the policy's node lists do not fit this machine
         log.error("%s: %s", policy.source, e)
         engine.close()
         return 2
-    why = cannot_tier(policy, fast, slow)
+    # a listed node that can come online later is waited for (the engine warns), not fatal
+    why = None if topo.offline(policy.fast_nodes, policy.slow_nodes) else cannot_tier(policy, fast, slow)
     if why is not None:
         log.error("%s", why)
         engine.close()

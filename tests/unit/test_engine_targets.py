@@ -33,7 +33,8 @@ def test_own_process_by_pid_comm_cmdline_and_cgroup():
     refs = r.resolve(specs)
     mine = [x for x in refs if x.pid == ME]
     assert [(x.target, x.name) for x in mine] == [("by-pid", comm)]  # first target wins
-    assert mine[0].start == psutil.Process(ME).create_time()
+    assert mine[0].start == ProcFS().stat(ME).starttime  # clock ticks since boot
+    r.close()
     spec = TargetSpec("cmd", pids=(ME,), cmdline=re.compile("pytest|python"))
     assert [x.pid for x in r.resolve([spec])] == [ME]
 
@@ -71,7 +72,7 @@ def test_process_vanishing_mid_scan_is_skipped(monkeypatch):
 def test_kernel_procfs_gone_is_skipped():
     from tierd.linux.errors import ProcessGone
 
-    class Gone:
+    class Gone(ProcFS):
         def comm(self, pid):
             raise ProcessGone(pid)
 

@@ -69,7 +69,7 @@ def test_unexpected_psutil_error_skips_the_process_and_warns_once(monkeypatch, c
     def broken(self):
         raise psutil.Error("odd /proc entry")
 
-    monkeypatch.setattr(psutil.Process, "create_time", broken)
+    monkeypatch.setattr(psutil.Process, "memory_info", broken)
     r = PsutilResolver(self_pid=-1)
     with caplog.at_level(logging.WARNING, logger="tierd"):
         for _ in range(2):
@@ -83,7 +83,7 @@ def test_process_exiting_is_still_quiet(monkeypatch, caplog):
     def gone(self):
         raise psutil.NoSuchProcess(self.pid)
 
-    monkeypatch.setattr(psutil.Process, "create_time", gone)
+    monkeypatch.setattr(psutil.Process, "memory_info", gone)
     with caplog.at_level(logging.DEBUG, logger="tierd"):
         assert PsutilResolver(self_pid=-1).resolve([TargetSpec("app", pids=(ME,))]) == []
     assert warnings_(caplog) == []

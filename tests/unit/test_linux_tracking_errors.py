@@ -53,7 +53,8 @@ def test_idle_bitmap_gone_names_the_pid_and_why(tmp_path, monkeypatch):
     monkeypatch.setattr(tracking, "pread_full", esrch)
     with pytest.raises(ProcessGone) as ei:
         IdleBitmapReader(str(tmp_path)).sample(15, 0, 1)
-    assert ei.value.pid == 15 and str(ei.value) == "process 15 has exited (idle_bitmap: ESRCH after opening again)"
+    assert ei.value.pid == 15 and str(ei.value) == (
+        "process 15 has exited (idle_bitmap: ESRCH; or it called execve(): a new process to tierd)")
 
 
 def test_page_idle_missing_files_name_feature_and_fix(tmp_path):

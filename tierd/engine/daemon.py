@@ -52,6 +52,7 @@ from tierd.engine.pack import Pack, Packs
 from tierd.engine.state import CHUNK_WORDS, Extents, PageState, test_bits
 from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
 from tierd.linux.errors import ParseError
+from tierd.linux.sysfs import format_nodelist
 from tierd.logs import RateLimiter
 
 log = logging.getLogger("tierd")
@@ -244,6 +245,7 @@ class Engine:
         # repeated warnings: one line per (target, reason) per REPEAT_EVERY, with a count
         self.warn = RateLimiter(log, clock=clock)
         self.unmatched: dict[str, int] = {}  # target -> intervals in a row without a process
+        self._memory_nodes: tuple[int, ...] | None = None  # last interval's, for _classify
 
     # -- policy ------------------------------------------------------------------------------
     def set_policy(self, policy) -> None:
@@ -305,7 +307,7 @@ class Engine:
         stats = IntervalStats(seq=self.seq, started=time.time(), interval=self.covered)
         t0 = self.clock()
         topo = self.kernel.topology()
-        fast, slow = topo.classify(pol.fast_nodes, pol.slow_nodes)
+        fast, slow = self._classify(topo)
         stats.fast, stats.slow = tuple(fast), tuple(slow)
         stats.memory = {n.id: (n.mem_total, n.mem_free) for n in topo.nodes if n.has_memory}
         stats.reclaimable = {n.id: getattr(n, "reclaimable", 0) for n in topo.nodes if n.has_memory}
@@ -383,6 +385,35 @@ class Engine:
         self._fill_need(stats, fast)
         self._warn_waiting(stats)
         return stats
+
+    def _classify(self, topo) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """This interval's fast and slow nodes (issue 17 #7).  Memory nodes come and go
+        (hotplug, CXL): a node the policy lists that is not online with memory is left out
+        and a node that comes online is classified like any other, each a WARNING
+        (rate-limited), never an error: an error here failed every interval until the
+        daemon gave up, and the restart refused the policy."""
+        pol = self.policy
+        fast, slow = topo.classify(pol.fast_nodes, pol.slow_nodes, strict=False)
+        mem = tuple(n.id for n in topo.nodes if n.has_memory)
+        offline = topo.offline(pol.fast_nodes, pol.slow_nodes)
+        if offline:
+            self.warn.warning(("nodes", "offline", offline),
+                              "node(s) %s listed in the policy's nodes.fast/nodes.slow are not "
+                              "online with memory: left out until they are (fast node(s) %s, slow "
+                              "node(s) %s)", format_nodelist(offline), format_nodelist(fast),
+                              format_nodelist(slow))
+        was = self._memory_nodes
+        if was is not None and mem != was:
+            came, went = sorted(set(mem) - set(was)), sorted(set(was) - set(mem))
+            self.warn.warning(("nodes", "changed", mem),
+                              "memory nodes changed: %s%s; now fast node(s) %s, slow node(s) %s, "
+                              "unused %s", f"online {format_nodelist(came)}" if came else "",
+                              (", " if came and went else "") + (
+                                  f"offline {format_nodelist(went)}" if went else ""),
+                              format_nodelist(fast), format_nodelist(slow),
+                              format_nodelist(set(mem) - set(fast) - set(slow)))
+        self._memory_nodes = mem
+        return fast, slow
 
     def _fill_need(self, stats: IntervalStats, fast) -> None:
         """Each target's miss-ratio curve read at 90/95/99% (TargetStats.need)."""
@@ -549,6 +580,7 @@ class Engine:
         self.packs.remove(key)
         if unit is not None:
             _close(self.reader, unit.ref.pid)
+            unit.ref.close()  # its ProcHandle (issue 17 #2): the process is not held any more
             if self.huge is not None:
                 self.huge.forget(key)
 
@@ -894,9 +926,10 @@ class Engine:
     def close(self) -> None:
         for key in list(self.units):
             self._drop(key)
-        closer = getattr(self.reader, "close_all", None)
-        if closer is not None:
-            closer()
+        for closer in (getattr(self.reader, "close_all", None),
+                       getattr(self.resolver, "close", None)):  # it holds the processes found
+            if closer is not None:
+                closer()
 
 
 def _reason(err: BaseException) -> str:

@@ -2,9 +2,20 @@
 
 A process belongs to a target when it satisfies every selector the target gives (pids, comm,
 exe and cmdline regexes, cgroup v2 subtree) and has at least ``min_rss`` resident; a process
-matching several targets belongs to the first in policy order.  Processes are identified by
-(pid, start time), so a recycled pid is a new process.  tierd itself and processes without
-resident memory (kernel threads) are never targets.
+matching several targets belongs to the first in policy order.  tierd itself and processes
+without resident memory (kernel threads) are never targets.
+
+Identity: a process is held from the moment it is looked at by a ProcHandle
+(tierd/linux/procfs.py: its /proc/PID directory descriptor and its start time in clock ticks
+since boot, from stat), and a matched one stays held across intervals while it lives; every
+file tierd reads of it later (maps, numa_maps, idle_bitmap, pagemap) is opened through it,
+so a recycled pid is a new process and never shows tierd the old one's files.  The key
+(pid, start ticks, exec generation) does not depend on the wall clock (psutil >= 7.0.1's
+create_time() adds a boot time computed afresh from it, so a clock step changed it), and
+execve() - a new address space - makes a new key (ProcHandle.execed).  Selectors that psutil
+reads by pid (exe, cmdline, rss) are read between opening the handle and checking that its
+process still lives: a pid cannot be reused while its process exists, so they were this
+process's.
 
 Processes exit at any moment: psutil.NoSuchProcess / ZombieProcess and the kernel boundary's
 ProcessGone while looking at one simply mean it is not a target (any more).  AccessDenied
@@ -23,6 +34,8 @@ from typing import Protocol
 
 import psutil
 
+from tierd.linux.errors import ParseError
+from tierd.linux.procfs import ProcFS, ProcHandle
 from tierd.policy import RegexTimeout
 
 log = logging.getLogger(__name__)
@@ -32,7 +45,11 @@ GONE = (psutil.NoSuchProcess, psutil.ZombieProcess, ProcessLookupError, FileNotF
 
 @dataclass(frozen=True)
 class ProcessRef:
-    """One target process.  ``key`` (pid, start time) is stable for the process's life."""
+    """One target process.  ``pid`` is the ProcHandle holding it (an int: the pid) when the
+    PsutilResolver found it, a plain pid from StaticResolver (tests, the simulator).
+    ``key`` (pid, start time) is stable for the process's life; after an execve() it is
+    (pid, start time, exec generation): a new process.  ``close()`` releases what the handle
+    holds (idempotent)."""
 
     pid: int
     start: float
@@ -40,8 +57,13 @@ class ProcessRef:
     name: str = ""
 
     @property
-    def key(self) -> tuple[int, float]:
-        return (self.pid, self.start)
+    def key(self) -> tuple:
+        generation = getattr(self.pid, "generation", 0)
+        return (int(self.pid), self.start, generation) if generation else (int(self.pid), self.start)
+
+    def close(self) -> None:
+        if isinstance(self.pid, ProcHandle):
+            self.pid.close()
 
 
 class Resolver(Protocol):
@@ -64,18 +86,16 @@ class PsutilResolver:
     differ from comm for long names."""
 
     def __init__(self, kernel=None, self_pid: int | None = None) -> None:
-        if kernel is None:
-            from tierd.linux.procfs import ProcFS
-
-            self.procfs = ProcFS()
-        else:
-            self.procfs = kernel.procfs
+        self.procfs = ProcFS() if kernel is None else kernel.procfs
         self.self_pid = os.getpid() if self_pid is None else self_pid
         self._warned: set[tuple[str, str]] = set()  # (target, reason) already logged
-        # (pid, create_time) of processes whose command line a bounded regex match gave up
+        # (pid, start ticks) of processes whose command line a bounded regex match gave up
         # on (python3-regex only, see policy.Regex): not tried again while they live, so a
         # hostile command line costs one time bound, not one per interval.
-        self._slow: set[tuple[int, float]] = set()
+        self._slow: set[tuple[int, int]] = set()
+        # pid -> the handle of the process returned for it last time: kept while it matches
+        # (its history's identity), closed when it no longer does or is gone
+        self._held: dict[int, ProcHandle] = {}
 
     def _warn_once(self, target: str, reason: str, pid: int, detail: str) -> None:
         if (target, reason) in self._warned:
@@ -86,6 +106,7 @@ class PsutilResolver:
 
     def resolve(self, specs: Sequence) -> list[ProcessRef]:
         if not specs:
+            self.close()
             return []
         if all(s.pids for s in specs):  # only explicit pids: no need to list every process
             pids = sorted({p for s in specs for p in s.pids})
@@ -101,22 +122,62 @@ class PsutilResolver:
         if self._slow:
             live = {p.pid for p in procs}
             self._slow = {k for k in self._slow if k[0] in live}
-        for proc in sorted(procs, key=lambda p: p.pid):
-            if proc.pid == self.self_pid:
-                continue
-            try:
-                if self._slow and (proc.pid, proc.create_time()) in self._slow:
+        held, self._held = self._held, {}
+        try:
+            for proc in sorted(procs, key=lambda p: p.pid):
+                if proc.pid == self.self_pid:
                     continue
-                ref = self._match(proc, specs)
-            except GONE:
-                continue
-            if ref is not None:
-                out.append(ref)
+                h = self._hold(proc.pid, held.pop(proc.pid, None))
+                if h is None:
+                    continue
+                ref = None
+                try:
+                    if (proc.pid, h.starttime) not in self._slow:
+                        ref = self._match(proc, h, specs)
+                except GONE:
+                    pass
+                if ref is not None and h.alive():  # psutil read this process's attributes
+                    h.watch_mm()
+                    self._held[proc.pid] = h
+                    out.append(ref)
+                else:
+                    h.close()
+        finally:
+            for h in held.values():  # gone, or no longer listed
+                h.close()
         order = {s.name: i for i, s in enumerate(specs)}
         out.sort(key=lambda r: (order[r.target], r.pid))
         return out
 
-    def _match(self, proc: psutil.Process, specs: Sequence) -> ProcessRef | None:
+    def _hold(self, pid: int, old: ProcHandle | None) -> ProcHandle | None:
+        """The handle of the process now holding ``pid``: ``old`` while it is still that
+        process with the same address space, else a new one (None if there is none).  After
+        execve() the new handle is the next generation: a new key, a new process to tierd."""
+        generation = 0
+        if old is not None and not old.closed:
+            if old.alive():
+                if not old.execed():
+                    return old
+                generation = old.generation + 1
+            old.close()
+        try:
+            h = self.procfs.open_process(pid)
+        except GONE:
+            return None
+        except (OSError, ParseError) as e:  # EACCES on a hardened /proc, a garbled stat: skip it
+            log.debug("pid %d: not held: %s", pid, e)
+            return None
+        if generation and h.starttime == old.starttime:
+            h.generation = generation
+        return h
+
+    def close(self) -> None:
+        """Release every held process."""
+        held, self._held = self._held, {}
+        for h in held.values():
+            h.close()
+
+    def _match(self, proc: psutil.Process, h: ProcHandle, specs: Sequence) -> ProcessRef | None:
         cache: dict[str, object] = {}
         denied: dict[str, Exception] = {}
         spec = None
@@ -124,7 +185,7 @@ class PsutilResolver:
         def get(attr: str):
             if attr not in cache:
                 try:
-                    cache[attr] = self._attr(proc, attr)
+                    cache[attr] = self._attr(proc, h, attr)
                 except (psutil.AccessDenied, PermissionError) as e:
                     cache[attr], denied[attr] = None, e
             if attr in denied:  # this target's selector cannot be checked: it will not match
@@ -148,29 +209,30 @@ class PsutilResolver:
                 rss = get("rss")
                 if not rss or rss < spec.min_rss:
                     continue
-                return ProcessRef(proc.pid, proc.create_time(), spec.name, str(get("comm") or ""))
+                return ProcessRef(h, h.starttime, spec.name, str(get("comm") or ""))
         except GONE:
             raise
         except RegexTimeout as e:
-            self._slow.add((proc.pid, proc.create_time()))
+            self._slow.add((proc.pid, h.starttime))
             self._warn_once(spec.name, "slow match", proc.pid,
                             f"{e}: not matched, and not tried again while this process lives")
-        except psutil.Error as e:  # e.g. AccessDenied on create_time(): skip the process
+        except psutil.Error as e:  # an unexpected one: skip the process
             self._warn_once(spec.name, type(e).__name__, proc.pid,
                             f"skipped, cannot be checked against this target: {_describe(e)}")
         return None
 
-    def _attr(self, proc: psutil.Process, attr: str):
+    def _attr(self, proc: psutil.Process, h: ProcHandle, attr: str):
         """One attribute; raises psutil.AccessDenied / PermissionError when it cannot be read
-        (``_match`` then treats it as not matching, and says so)."""
+        (``_match`` then treats it as not matching, and says so).  comm and cgroup are read
+        through the handle, the rest by pid (see the module docstring)."""
         if attr == "comm":
-            return self.procfs.comm(proc.pid)
+            return self.procfs.comm(h)
         if attr == "exe":
             return proc.exe() or None
         if attr == "cmdline":
             return " ".join(proc.cmdline())
         if attr == "cgroup":
-            return self.procfs.cgroup(proc.pid)
+            return self.procfs.cgroup(h)
         if attr == "rss":
             return proc.memory_info().rss
         raise ValueError(attr)

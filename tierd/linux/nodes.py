@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tierd.linux.errors import ParseError
-from tierd.linux.procfs import ProcFS, decode_pagemap, read_pagemap
+from tierd.linux.procfs import ProcFS, decode_pagemap, proc_key, read_pagemap
 from tierd.pages import PAGES_PER_WORD
 
 RELOAD_SECONDS = 60.0  # memory blocks are read again at most this often (hotplug is rare)
@@ -107,22 +107,26 @@ def fill_spans(spans, word_start: int, nwords: int) -> np.ndarray:
 
 class NumaMapsNodes:
     """``nodes(pid, word_start, nwords)`` from /proc/PID/numa_maps (read once per pid until
-    ``forget(pid)``: the engine asks for several ranges of a process in a row)."""
+    ``forget(pid)``: the engine asks for several ranges of a process in a row).  ``pid`` may
+    be a ProcHandle: then both files are read through the held /proc/PID directory."""
 
     def __init__(self, procfs: ProcFS) -> None:
         self.procfs = procfs
         self._spans: dict[int, list] = {}
 
     def nodes(self, pid: int, word_start: int, nwords: int) -> np.ndarray:
-        spans = self._spans.get(pid)
+        spans = self._spans.get(proc_key(pid))
         if spans is None:
             numa = parse_numa_maps(self.procfs.read_text(pid, "numa_maps"),
-                                   f"/proc/{pid}/numa_maps")
-            spans = self._spans[pid] = single_node_spans(self.procfs.maps(pid), numa)
+                                   f"/proc/{int(pid)}/numa_maps")
+            spans = self._spans[proc_key(pid)] = single_node_spans(self.procfs.maps(pid), numa)
         return fill_spans(spans, word_start, nwords)
 
     def forget(self, pid: int) -> None:
-        self._spans.pop(pid, None)
+        self._spans.pop(proc_key(pid), None)
+
+    def clear(self) -> None:
+        self._spans.clear()
 
 
 class PagemapNodes:

@@ -5,11 +5,27 @@ the files under ``root`` (``/proc`` on a real machine, a fixture tree in unit te
 the ways a process can vanish under us (ENOENT on open, ESRCH on read, end-of-file where data
 was due) to ``ProcessGone``.
 
+Process identity (``ProcHandle``, from ``ProcFS.open_process``): a pid names whoever holds it
+now, so a process tierd tracks is held from the moment it is found by a descriptor of its
+/proc/PID directory, and every file of it is opened relative to that descriptor.  When the
+process is reaped its directory empties for good, so opening through the descriptor fails
+(ENOENT: ProcessGone) instead of opening the files of a process that got the pid later.  Its
+identity is (pid, start time in clock ticks since boot, from stat): neither a wall-clock
+step nor anything else changes it while the process lives.  execve() keeps pid, start time
+and directory, so it is seen by the address space changing: files such as pagemap bind the
+mm at open (proc_mem_open) and read nothing once that mm is gone, while the process lives
+on (``ProcHandle.watch_mm``, ``ProcHandle.execed``).  Everything that takes a pid here also
+takes a ProcHandle, which is an int (the pid) so that pid-taking code elsewhere (move_pages,
+fakes, log formats) takes it unchanged.
+
 Formats, as printed by Linux (fs/proc/task_mmu.c, fs/proc/array.c, kernel/cgroup/cgroup.c):
 - maps: ``start-end perms offset major:minor inode   path``; the path is padded to a column
   and may contain spaces; ``seq_path`` escapes only ``\\n`` (as ``\\012``); a file unlinked
   while mapped gets the suffix `` (deleted)``; pseudo paths are ``[heap]``, ``[stack]``,
   ``[vdso]``, ``[vvar]``, ``[vsyscall]``, ``[anon:NAME]`` (5.17, PR_SET_VMA_ANON_NAME) ...
+- stat: ``pid (comm) state ppid ...`` (fs/proc/array.c, do_task_stat); comm is up to 15
+  bytes of anything, spaces and ``)`` included, so it ends at the last ``)``; field 22 is
+  the start time in clock ticks since boot.
 - status: ``Key:\\tvalue``; memory values carry `` kB`` (which means KiB).
 - cgroup: ``hierarchy-ID:controllers:path``; the cgroup v2 line is ``0::/path``.
 - pagemap: one u64 per virtual page (bit 63 present, 62 swapped, 61 file/shared-anon,
@@ -201,6 +217,35 @@ def parse_cgroup(text: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class ProcStat:
+    """The fields of /proc/PID/stat tierd uses."""
+
+    pid: int
+    comm: str
+    state: str  # R, S, D, Z (zombie), X (dead), ...
+    ppid: int
+    starttime: int  # clock ticks after boot (field 22): a process's birth, never stepped
+
+
+def parse_stat(data: bytes) -> ProcStat:
+    """Parse /proc/PID/stat bytes.  comm may hold spaces and parentheses: it runs from the
+    first " (" to the last ")".  Raises ParseError on anything else."""
+    head, sep, rest = data.rpartition(b")")
+    pid_s, sep2, comm = head.partition(b" (")
+    fields = rest.split()
+    if not sep or not sep2 or len(fields) < 20:
+        raise ParseError("stat", 1, f"expected 'pid (comm) state ... starttime', got {data[:80]!r}")
+    try:
+        pid, ppid, start = int(pid_s), int(fields[1]), int(fields[19])
+    except ValueError as e:
+        raise ParseError("stat", 1, f"bad number: {e}") from None
+    if pid < 0 or start < 0:
+        raise ParseError("stat", 1, "negative pid or start time")
+    return ProcStat(pid, comm.decode("utf-8", "surrogateescape"),
+                    fields[0].decode("ascii", "replace"), ppid, start)
+
+
 def parse_cmdline(data: bytes) -> tuple[str, ...]:
     """argv from /proc/PID/cmdline (NUL-separated, NUL-terminated; empty for kernel threads)."""
     if not data:
@@ -237,6 +282,131 @@ def pread_full(fd: int, length: int, offset: int, chunk: int = 0) -> bytes:
     return b"".join(parts)
 
 
+def _read_fd(fd: int) -> bytes:
+    """Everything from ``fd`` (closed afterwards)."""
+    parts = []
+    try:
+        while data := os.read(fd, 1 << 16):
+            parts.append(data)
+    finally:
+        os.close(fd)
+    return b"".join(parts)
+
+
+def _no_entry(e: OSError) -> bool:
+    return e.errno in (errno.ENOENT, errno.ESRCH, errno.ENOTDIR)
+
+
+class ProcHandle(int):
+    """One process, held: its /proc/PID directory descriptor and its identity (see the
+    module docstring).  An int equal to the pid; ``key`` (pid, start time, generation) is the
+    identity to store things under (``proc_key``): two handles of the same pid compare equal
+    as ints.  ``generation`` counts the execve() calls tierd has seen (set by whoever
+    replaces a handle after ``execed``).  ``close()`` releases the descriptors, idempotent.
+    """
+
+    dirfd: int | None
+    mm_fd: int | None
+
+    def __new__(cls, pid: int, dirfd: int, starttime: int, generation: int = 0) -> ProcHandle:
+        self = super().__new__(cls, pid)
+        self.dirfd = dirfd
+        self.starttime = starttime
+        self.generation = generation
+        self.mm_fd = None
+        return self
+
+    @property
+    def pid(self) -> int:
+        return int(self)
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (int(self), self.starttime, self.generation)
+
+    @property
+    def closed(self) -> bool:
+        return self.dirfd is None
+
+    def __str__(self) -> str:  # the pid, as for an int (paths, messages)
+        return int.__repr__(self)
+
+    def __repr__(self) -> str:
+        return f"ProcHandle(pid={int(self)}, start={self.starttime}, gen={self.generation}" + (
+            ", closed)" if self.closed else ")")
+
+    def open(self, name: str, flags: int = os.O_RDONLY) -> int:
+        """os.open of NAME in the process's directory; OSError as the kernel gives it
+        (ENOENT once the process is reaped), ProcessGone once closed."""
+        if self.dirfd is None:
+            raise ProcessGone(int(self), "its handle was closed")
+        return os.open(name, flags | os.O_CLOEXEC, dir_fd=self.dirfd)
+
+    def stat(self) -> ProcStat:
+        """Its stat, read through the held directory; ProcessGone once reaped or closed."""
+        try:
+            return parse_stat(_read_fd(self.open("stat")))
+        except OSError as e:
+            if _no_entry(e):
+                raise ProcessGone(int(self), "its /proc directory is gone") from None
+            raise
+
+    def alive(self) -> bool:
+        """Still this process, and not a zombie (a zombie has no memory left)."""
+        try:
+            st = self.stat()
+        except (ProcessGone, ParseError):  # an unreadable stat cannot vouch for it either
+            return False
+        return st.starttime == self.starttime and st.state not in ("Z", "X")
+
+    def watch_mm(self) -> None:
+        """Open the address-space witness (pagemap, bound to the mm at open) for ``execed``.
+        Without it (no permission, a fixture without pagemap) exec is not detected here;
+        readers still see their own descriptors fail (ProcessGone)."""
+        if self.mm_fd is None and self.dirfd is not None:
+            try:
+                self.mm_fd = self.open("pagemap")
+            except OSError:
+                pass
+
+    def execed(self) -> bool:
+        """True if the address space watched since ``watch_mm`` is gone while the process
+        lives on: it called execve().  One 8-byte read (pagemap entry 0, below every task's
+        end: it reads empty only once the mm has no users)."""
+        if self.mm_fd is None:
+            return False
+        try:
+            gone = not os.pread(self.mm_fd, 8, 0)
+        except OSError as e:
+            gone = e.errno == errno.ESRCH
+        return gone and self.alive()
+
+    def pidfd(self) -> int:
+        """A pidfd of this process (pidfd_open, Linux 5.3), for process_madvise: opened by
+        pid, then checked: if this process still lives after the open, the pid was not
+        reused in between, so the pidfd is this process's.  The caller closes it."""
+        try:
+            fd = os.pidfd_open(int(self))
+        except ProcessLookupError:
+            raise ProcessGone(int(self), "pidfd_open: no such process") from None
+        if not self.alive():
+            os.close(fd)
+            raise ProcessGone(int(self), "exited before its pidfd was checked")
+        return fd
+
+    def close(self) -> None:
+        for attr in ("mm_fd", "dirfd"):
+            fd = getattr(self, attr)
+            setattr(self, attr, None)
+            if fd is not None:
+                os.close(fd)
+
+
+def proc_key(pid):
+    """What to key per-process data on: a ProcHandle's identity, or a plain pid."""
+    return pid.key if isinstance(pid, ProcHandle) else pid
+
+
 class ProcFS:
     """Reads /proc below ``root``.  Stateless apart from the root; safe to share."""
 
@@ -247,20 +417,43 @@ class ProcFS:
         return os.path.join(self.root, str(pid), name) if name else os.path.join(self.root, str(pid))
 
     def exists(self, pid: int) -> bool:
+        """The process is there: for a ProcHandle, that very process (not a zombie)."""
+        if isinstance(pid, ProcHandle):
+            return pid.alive()
         return os.path.isdir(self.path(pid))
+
+    def open_process(self, pid: int) -> ProcHandle:
+        """Hold process ``pid``: its /proc/PID directory descriptor (O_PATH) and start time.
+        ProcessGone if there is no such process, or only a zombie."""
+        try:
+            dirfd = os.open(self.path(pid), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            if _no_entry(e):
+                raise ProcessGone(pid, "no /proc entry") from None
+            raise
+        h = ProcHandle(pid, dirfd, 0)
+        try:
+            st = h.stat()
+            if st.state in ("Z", "X"):
+                raise ProcessGone(pid, "a zombie")
+        except BaseException:
+            h.close()
+            raise
+        h.starttime = st.starttime
+        return h
 
     def _gone_or_raise(self, pid: int | str, e: OSError) -> None:
         """Re-raise ``e`` as ProcessGone if the process is gone, else unchanged."""
         if e.errno == errno.ESRCH or (
-            e.errno == errno.ENOENT and pid != "self" and not os.path.isdir(self.path(pid))
+            e.errno == errno.ENOENT and pid != "self" and not self.exists(pid)
         ):
             raise ProcessGone(os.getpid() if pid == "self" else int(pid), e.strerror or "") from None
         raise e
 
     def read_bytes(self, pid: int | str, name: str) -> bytes:
+        fd = self.open(pid, name)
         try:
-            with open(self.path(pid, name), "rb") as f:
-                return f.read()
+            return _read_fd(fd)
         except OSError as e:
             self._gone_or_raise(pid, e)
             raise  # unreachable: keeps type checkers happy
@@ -269,8 +462,11 @@ class ProcFS:
         return self.read_bytes(pid, name).decode("utf-8", "surrogateescape")
 
     def open(self, pid: int | str, name: str, flags: int = os.O_RDONLY) -> int:
-        """os.open of /proc/PID/NAME with O_CLOEXEC; ProcessGone if the process is gone."""
+        """os.open of /proc/PID/NAME with O_CLOEXEC (through the held directory for a
+        ProcHandle); ProcessGone if the process is gone."""
         try:
+            if isinstance(pid, ProcHandle):
+                return pid.open(name, flags)
             return os.open(self.path(pid, name), flags | os.O_CLOEXEC)
         except OSError as e:
             self._gone_or_raise(pid, e)
@@ -279,6 +475,9 @@ class ProcFS:
     def pids(self) -> tuple[int, ...]:
         """All process ids (thread-group leaders), ascending."""
         return tuple(sorted(int(n) for n in os.listdir(self.root) if n.isascii() and n.isdigit()))
+
+    def stat(self, pid: int | str) -> ProcStat:
+        return parse_stat(self.read_bytes(pid, "stat"))
 
     def maps(self, pid: int | str) -> tuple[Vma, ...]:
         return parse_maps(self.read_text(pid, "maps"))
@@ -302,9 +501,14 @@ class ProcFS:
         """Resolved /proc/PID/exe, without a " (deleted)" suffix (binary replaced by an
         upgrade); None for kernel threads, which have no exe.  PermissionError if not allowed."""
         try:
-            target = os.readlink(self.path(pid, "exe"))
+            if isinstance(pid, ProcHandle):
+                if pid.dirfd is None:
+                    raise ProcessGone(int(pid), "its handle was closed")
+                target = os.readlink("exe", dir_fd=pid.dirfd)
+            else:
+                target = os.readlink(self.path(pid, "exe"))
         except OSError as e:
-            if e.errno == errno.ENOENT and os.path.isdir(self.path(pid)):
+            if e.errno == errno.ENOENT and self.exists(pid):
                 return None  # kernel thread: the link exists but does not resolve
             self._gone_or_raise(pid, e)
             raise

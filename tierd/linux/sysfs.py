@@ -2,6 +2,9 @@
 
 Sources (all text, parsed by the pure functions here):
 - ``devices/system/node/online``: online node list ("0-1"); ``has_memory`` as a fallback.
+- ``devices/system/node/possible``: every node that can ever come online (firmware's SRAT
+  and CXL windows, node_possible_map); a node listed in the policy that is possible but
+  offline now (hot-unplugged, not yet onlined) is left out, not refused.
 - ``devices/system/node/nodeN/{cpulist,meminfo,distance}``: CPUs, "Node N MemTotal: X kB"
   lines, and the SLIT distance row (drivers/base/node.c).
 - ``devices/virtual/memory_tiering/memory_tierN/nodelist``: memory tiers, since Linux 6.1
@@ -124,9 +127,11 @@ class Node:
 
 @dataclass(frozen=True)
 class Topology:
-    """The machine's NUMA nodes (ascending ids) as read at one moment."""
+    """The machine's NUMA nodes (ascending ids) as read at one moment; ``possible``: the
+    node ids that can ever be online (None: not known)."""
 
     nodes: tuple[Node, ...]
+    possible: tuple[int, ...] | None = None
 
     def node(self, id: int) -> Node:
         for n in self.nodes:
@@ -142,7 +147,7 @@ class Topology:
     def has_tiers(self) -> bool:
         return any(n.tier is not None for n in self.nodes)
 
-    def classify(self, fast="auto", slow="auto") -> tuple[tuple[int, ...], tuple[int, ...]]:
+    def classify(self, fast="auto", slow="auto", strict: bool = True) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(fast node ids, slow node ids).
 
         ``fast``/``slow`` are "auto" (or None) or explicit node id sequences from the policy;
@@ -151,24 +156,34 @@ class Topology:
         tiers, the nodes in the numerically lowest tier are fast and the rest slow; otherwise
         (no tiers, or one tier for all: tiers give no information) nodes with CPUs are fast
         and memory-only nodes slow.  Nodes without memory (CPU-only) are in neither list.  One
-        memory node: it is fast and there is no slow tier.  Raises ValueError for an explicit
-        id that is not an online node with memory, or a node in both lists.
+        memory node: it is fast and there is no slow tier.
+
+        A listed node that is not online with memory now is left out of its list: memory
+        comes and goes (hotplug, CXL), and the next call classifies again.  ``strict`` (a
+        policy being loaded) raises ValueError for a listed id that can never be online
+        here: not in ``possible``, or, that not known, not online with memory now.  A node
+        in both lists is a ValueError either way.
         """
         mem = [n for n in self.nodes if n.has_memory]
         mem_ids = tuple(n.id for n in mem)
         fast_ids = None if fast in ("auto", None) else tuple(sorted(set(int(i) for i in fast)))
         slow_ids = None if slow in ("auto", None) else tuple(sorted(set(int(i) for i in slow)))
         for label, ids in (("fast", fast_ids), ("slow", slow_ids)):
-            bad = [i for i in ids or () if i not in mem_ids]
-            if bad:
+            bad = [i for i in ids or () if i not in mem_ids
+                   and (self.possible is None or i not in self.possible)]
+            if bad and strict:
+                can = ("" if self.possible is None
+                       else f"; nodes that can come online: {format_nodelist(self.possible)}")
                 raise ValueError(
                     f"{label} node(s) {format_nodelist(bad)} are not online nodes with memory "
-                    f"(those are: {format_nodelist(mem_ids)})"
+                    f"(those are: {format_nodelist(mem_ids)}{can})"
                 )
-        if fast_ids is not None and slow_ids is not None:
+        if fast_ids is not None and slow_ids is not None and set(fast_ids) & set(slow_ids):
             both = set(fast_ids) & set(slow_ids)
-            if both:
-                raise ValueError(f"node(s) {format_nodelist(both)} listed as both fast and slow")
+            raise ValueError(f"node(s) {format_nodelist(both)} listed as both fast and slow")
+        fast_ids = None if fast_ids is None else tuple(i for i in fast_ids if i in mem_ids)
+        slow_ids = None if slow_ids is None else tuple(i for i in slow_ids if i in mem_ids)
+        if fast_ids is not None and slow_ids is not None:
             return fast_ids, slow_ids
         if fast_ids is not None:
             return fast_ids, tuple(i for i in mem_ids if i not in fast_ids)
@@ -185,6 +200,12 @@ class Topology:
         if not fast_ids:  # memory-only everywhere (odd VMs): nothing to rank, all fast
             fast_ids = mem_ids
         return fast_ids, tuple(i for i in mem_ids if i not in fast_ids)
+
+    def offline(self, *lists) -> tuple[int, ...]:
+        """The ids of the given node lists ("auto"/None: none) not online with memory now."""
+        mem_ids = {n.id for n in self.nodes if n.has_memory}
+        return tuple(sorted({int(i) for ids in lists if ids not in ("auto", None)
+                             for i in ids} - mem_ids))
 
 
 @dataclass(frozen=True)
@@ -294,13 +315,24 @@ class SysFS:
         except FileNotFoundError:
             return tuple(range(os.cpu_count() or 1))
 
-    def _node(self, nid: int, tier_of: dict[int, int]) -> Node:
+    def possible_nodes(self) -> tuple[int, ...] | None:
+        """Ids of every node that can ever be online (None: no ``possible`` file)."""
+        try:
+            return parse_nodelist(self._read(NODE_DIR, "possible")) or None
+        except FileNotFoundError:
+            return None
+
+    def _node(self, nid: int, tier_of: dict[int, int]) -> Node | None:
+        """Node ``nid``, or None if it went offline while being read (no meminfo)."""
         d = f"node{nid}"
         try:
             cpus = parse_nodelist(self._read(NODE_DIR, d, "cpulist"))
         except FileNotFoundError:
             cpus = ()
-        meminfo = parse_node_meminfo(self._read(NODE_DIR, d, "meminfo"))
+        try:
+            meminfo = parse_node_meminfo(self._read(NODE_DIR, d, "meminfo"))
+        except FileNotFoundError:  # offlined between reading ``online`` and here
+            return None
         try:
             distances = parse_distance(self._read(NODE_DIR, d, "distance"))
         except FileNotFoundError:
@@ -324,7 +356,8 @@ class SysFS:
                 (Node(0, self.cpus_online(), mi.get("MemTotal", 0), mi.get("MemFree", 0), (10,), None),)
             )
         tier_of = {nid: tid for tid, nids in self.memory_tiers().items() for nid in nids}
-        return Topology(tuple(self._node(nid, tier_of) for nid in self.online_nodes()))
+        nodes = (self._node(nid, tier_of) for nid in self.online_nodes())
+        return Topology(tuple(n for n in nodes if n is not None), self.possible_nodes())
 
     def memory_map(self) -> MemoryMap:
         """PFN -> node from the memory blocks (empty without memory hotplug sysfs)."""

@@ -45,7 +45,7 @@ import numpy as np
 
 from tierd.linux.errors import FeatureMissing, ProcessGone
 from tierd.linux.features import Feature
-from tierd.linux.procfs import ProcFS, decode_pagemap
+from tierd.linux.procfs import ProcFS, ProcHandle, decode_pagemap
 from tierd.pages import HPAGE_PAGES, KPF_COMPOUND_HEAD, KPF_THP, PAGE_SHIFT
 
 SPLIT_SINCE = ("Linux 5.13 (debugfs split_huge_pages with a pid and address range, "
@@ -154,7 +154,9 @@ class ThpSplitter:
         from tierd.linux.syscalls import MADV_COLD, UIO_MAXIOV
 
         try:
-            pidfd = os.pidfd_open(pid)
+            # a held process (ProcHandle): a pidfd checked to be that process, not the pid's
+            # next owner (tierd/linux/procfs.py)
+            pidfd = pid.pidfd() if isinstance(pid, ProcHandle) else os.pidfd_open(pid)
         except ProcessLookupError:
             raise ProcessGone(pid, "pidfd_open: no such process") from None
         try:

@@ -27,6 +27,7 @@ step is a numpy operation over the whole range.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import fcntl
 import logging
@@ -38,7 +39,7 @@ import numpy as np
 
 from tierd.linux.errors import FeatureMissing, ProcessGone
 from tierd.linux.nodes import NumaMapsNodes, PagemapNodes
-from tierd.linux.procfs import ProcFS, decode_pagemap, pread_full, read_pagemap
+from tierd.linux.procfs import ProcFS, decode_pagemap, pread_full, proc_key, read_pagemap
 from tierd.linux.sysfs import SysFS
 from tierd.pages import (
     KPF_COMPOUND_HEAD,
@@ -66,8 +67,9 @@ SCAN_ARG = struct.Struct("=7Q")
 IDLE_BITMAP_SCAN = (3 << 30) | (SCAN_ARG.size << 16) | (ord("f") << 8) | 18
 IDLE_BITMAP_SCAN_CLEAR = 1
 
-# Ranges remembered per pid for the "first sample" rule before the memory is reset.
-SEEN_RANGES_MAX = 4096
+# Disjoint word runs remembered per process for the "first sample" rule (Covered) before
+# the memory is reset: a process whose sampled ranges never merge cannot grow it for ever.
+COVERED_RUNS_MAX = 1 << 16
 
 # sysfs binary attributes transfer at most PAGE_SIZE per read/write (fs/kernfs/file.c).
 SYSFS_IO_MAX = PAGE_SIZE
@@ -257,6 +259,48 @@ def _spans(sorted_idx: np.ndarray, gap: int) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
+class Covered:
+    """Disjoint word runs [lo, hi) a reader has sampled (and so marked idle) before, sorted.
+
+    The page_idle "first sample" rule asks which words of a range are new; runs merge as
+    ranges touch, so a process costs one run per separate stretch of address space it has
+    (a few hundred), not one per range ever read.  Bounded: past COVERED_RUNS_MAX runs it
+    starts over (every word reads as new once, as after a restart)."""
+
+    __slots__ = ("lo", "hi")
+
+    def __init__(self) -> None:
+        self.lo: list[int] = []
+        self.hi: list[int] = []
+
+    def missing(self, a: int, b: int) -> list[tuple[int, int]]:
+        """The runs of [a, b) not covered, ascending."""
+        out = []
+        i = bisect.bisect_right(self.hi, a)  # first run ending after a
+        while a < b:
+            if i == len(self.lo) or self.lo[i] >= b:
+                out.append((a, b))
+                break
+            if self.lo[i] > a:
+                out.append((a, self.lo[i]))
+            a = max(a, self.hi[i])
+            i += 1
+        return out
+
+    def add(self, a: int, b: int) -> None:
+        """Cover [a, b), merging with the runs it touches or overlaps."""
+        if a >= b:
+            return
+        i = bisect.bisect_left(self.hi, a)  # first run that ends at or after a: touches
+        j = bisect.bisect_right(self.lo, b)  # runs before j start at or before b
+        if i < j:
+            a, b = min(a, self.lo[i]), max(b, self.hi[j - 1])
+        self.lo[i:j] = [a]
+        self.hi[i:j] = [b]
+        if len(self.lo) > COVERED_RUNS_MAX:
+            self.lo, self.hi = [a], [b]
+
+
 def _open_feature(path: str, flags: int, feature: str, how_to_fix: str, why: str) -> int:
     """Open a kernel interface file; its absence is a FeatureMissing naming the fix."""
     try:
@@ -291,10 +335,6 @@ def _is_gone(procfs: ProcFS, pid: int, name: str, entry: int) -> bool:
 HUGE_ALIGN_WORDS = 4096
 
 
-class _Reopen(Exception):
-    """idle_bitmap read ESRCH but /proc/PID is still there: the target exec'd, open again."""
-
-
 class IdleBitmapReader:
     """/proc/PID/idle_bitmap (tierd's kernel patch).  Keeps one O_RDWR descriptor per pid.
 
@@ -302,7 +342,10 @@ class IdleBitmapReader:
     ``chunk_words`` in the address space (not relative to the range), so with the default
     (2**20, a multiple of HUGE_ALIGN_WORDS) no huge mapping is split between two steps.
     After the target calls execve() the descriptor refers to the old address space and reads
-    fail with ESRCH: if /proc/PID still exists the file is opened again, once per sample.
+    fail with ESRCH: that is ProcessGone too, never a new open by pid (which cannot tell exec
+    from a reused pid); a new address space is a new process to tierd.  Given a ProcHandle
+    (tierd/linux/procfs.py) every file is opened through the held /proc/PID directory, so
+    the files of a process that got the pid later are never read.
 
     ``scan`` (patch v3, features.idle_bitmap_scan): each step is an IDLE_BITMAP_SCAN ioctl
     with IDLE_BITMAP_SCAN_CLEAR, which clears exactly the pages of its range, so the reader is
@@ -335,7 +378,7 @@ class IdleBitmapReader:
         return self._numa.nodes(pid, word_start, nwords)
 
     def _fd(self, pid: int) -> int:
-        fd = self._fds.get(pid)
+        fd = self._fds.get(proc_key(pid))
         if fd is None:
             try:
                 # O_RDWR: v2 reads clear the Accessed bits they report (O_RDONLY only
@@ -347,7 +390,7 @@ class IdleBitmapReader:
                     "build and boot the patched kernel: kernel/build.sh applies kernel/patches",
                     what="/proc/PID/idle_bitmap does not exist (tierd kernel patch, not upstream)",
                 ) from None
-            self._fds[pid] = fd
+            self._fds[proc_key(pid)] = fd
         return fd
 
     def _splits(self, word_start: int, nwords: int) -> list[tuple[int, int]]:
@@ -365,25 +408,14 @@ class IdleBitmapReader:
             raise ValueError("idle_bitmap v2 clears whole 64-page records: it cannot skip pages")
         if nwords <= 0:
             return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
-        try:
-            return self._sample(pid, word_start, nwords, skip)
-        except _Reopen:
-            pass
-        # execve(): a new address space behind the same pid.  Its first read reports the
-        # accesses since it was mapped, as for any new range.  Once only.
-        try:
-            return self._sample(pid, word_start, nwords, skip)
-        except _Reopen:
-            raise ProcessGone(pid, "idle_bitmap: ESRCH after opening again") from None
+        return self._sample(pid, word_start, nwords, skip)
 
     def _gone(self, pid: int, e: OSError):
-        """An OSError of a read or scan: ESRCH is exec (_Reopen) or exit (ProcessGone)."""
+        """An OSError of a read or scan: ESRCH is exit or execve(), both ProcessGone."""
         if e.errno != errno.ESRCH:
             raise e
         self.close(pid)
-        if self.procfs.exists(pid):
-            raise _Reopen() from None
-        raise ProcessGone(pid, "idle_bitmap: ESRCH") from None
+        raise ProcessGone(pid, "idle_bitmap: ESRCH; or it called execve(): a new process to tierd") from None
 
     def _sample(self, pid: int, word_start: int, nwords: int, skip) -> tuple[np.ndarray, np.ndarray]:
         rec = np.zeros((nwords, 2), dtype=np.uint64)  # (present, idle) per word, CPU order
@@ -433,13 +465,15 @@ class IdleBitmapReader:
                 a = end
 
     def close(self, pid: int) -> None:
-        fd = self._fds.pop(pid, None)
+        self._numa.forget(pid)
+        fd = self._fds.pop(proc_key(pid), None)
         if fd is not None:
             os.close(fd)
 
     def close_all(self) -> None:
-        for pid in list(self._fds):
-            self.close(pid)
+        for key in list(self._fds):
+            self.close(key)
+        self._numa.clear()
 
     def __enter__(self):
         return self
@@ -477,7 +511,7 @@ class PageIdleReader:
         self.merge_gap_pfns = merge_gap_pfns
         self.chunk_words = chunk_words  # 1M pages = 8 MiB of pagemap per pread at most
         self._fds: dict[int, int] = {}
-        self._seen: dict[int, set[tuple[int, int]]] = {}
+        self._covered: dict[object, Covered] = {}  # proc_key -> words marked idle before
         self._bitmap_fd: int | None = None
         self._kpf_fd: int | None = None
         self._pfn_nodes = PagemapNodes(self.procfs, SysFS(sys, proc).memory_map)
@@ -488,9 +522,9 @@ class PageIdleReader:
 
     # -- file descriptors ------------------------------------------------------------------
     def _pagemap_fd(self, pid: int) -> int:
-        fd = self._fds.get(pid)
+        fd = self._fds.get(proc_key(pid))
         if fd is None:
-            fd = self._fds[pid] = self.procfs.open(pid, "pagemap")
+            fd = self._fds[proc_key(pid)] = self.procfs.open(pid, "pagemap")
         return fd
 
     def _bitmap(self) -> int:
@@ -574,14 +608,14 @@ class PageIdleReader:
             uw, first = np.unique(w, return_index=True)
             if uw.size:
                 self._write_words(self._bitmap(), uw, np.bitwise_or.reduceat(m, first))
-        seen = self._seen.setdefault(pid, set())
-        if len(seen) > SEEN_RANGES_MAX:  # extents drift as VMAs grow: bound the bookkeeping
-            seen.clear()
-        if (word_start, nwords) not in seen:
-            # Nothing was marked idle for this range before: report every present page as
-            # accessed (the contract), whatever stale idle flags the bitmap holds.
-            seen.add((word_start, nwords))
-            accessed = present.copy()
+        # Words of the range that no sample marked idle before: their present pages read
+        # accessed (the contract), whatever stale idle flags the bitmap holds.  Kept per word,
+        # not per range, so a mapping that grows, shrinks or merges with a neighbour keeps
+        # the history of the words it had.
+        covered = self._covered.setdefault(proc_key(pid), Covered())
+        for a, b in covered.missing(word_start, word_start + nwords):
+            accessed[a - word_start: b - word_start] = present[a - word_start: b - word_start]
+        covered.add(word_start, word_start + nwords)
         return present, accessed
 
     def _sample(self, pid: int, word_start: int, nwords: int) -> tuple[np.ndarray, ...]:
@@ -693,15 +727,15 @@ class PageIdleReader:
                         self.bitmap_path, words.tolist()[:4], int(words[0]) * 64)
 
     def close(self, pid: int) -> None:
-        self._seen.pop(pid, None)
-        fd = self._fds.pop(pid, None)
+        self._covered.pop(proc_key(pid), None)
+        fd = self._fds.pop(proc_key(pid), None)
         if fd is not None:
             os.close(fd)
 
     def close_all(self) -> None:
-        for pid in list(self._fds):
-            self.close(pid)
-        self._seen.clear()
+        for key in list(self._fds):
+            self.close(key)
+        self._covered.clear()
         for attr in ("_bitmap_fd", "_kpf_fd"):
             fd = getattr(self, attr)
             if fd is not None:

@@ -213,19 +213,32 @@ def test_idle_bitmap_zero_page_is_not_present(kernel):
     assert present.tolist() == [1 << 5]
 
 
-def test_idle_bitmap_reader_follows_the_target_through_exec(kernel, tmp_path):
-    """After execve() the open descriptor reads ESRCH; /proc/PID is still there, so the reader
-    opens the file again instead of reporting the process gone."""
+def test_exec_is_a_new_process_to_the_reader_and_the_resolver(kernel, tmp_path):
+    """After execve() the open idle_bitmap descriptor reads ESRCH.  Opening the file again by
+    pid (what the reader did before issue 17) cannot tell exec from a reused pid, so the
+    reader reports the process gone; the resolver sees the address space change (its pagemap
+    witness reads nothing) and gives the process a new key, and reads through its new handle
+    see the new address space."""
+    from tierd.engine.targets import PsutilResolver
+    from tierd.linux import ProcessGone
+    from tierd.policy import TargetSpec
+
     ready = tmp_path / "ready"
     after = "import sys, time; open(sys.argv[1], 'w').close(); time.sleep(60)"
     code = ("import os, sys\n"
+            "print('up', flush=True)\n"
             "sys.stdin.read(1)\n"
             f"os.execv(sys.executable, [sys.executable, '-c', {after!r}, {str(ready)!r}])\n")
-    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE)
     reader = IdleBitmapReader()
+    resolver = PsutilResolver(self_pid=-1)
+    spec = [TargetSpec("t", pids=(child.pid,))]
     try:
+        assert child.stdout.readline() == b"up\n"  # its interpreter runs (Popen's exec done)
+        [a] = resolver.resolve(spec)
         word = 0x400000 // PAGE // 64                      # any range: the file must read
-        reader.sample(child.pid, word, 1)
+        reader.sample(a.pid, word, 1)
         child.stdin.write(b"x")
         child.stdin.close()
         for _ in range(600):
@@ -233,10 +246,15 @@ def test_idle_bitmap_reader_follows_the_target_through_exec(kernel, tmp_path):
                 break
             time.sleep(0.1)
         assert ready.exists(), "the child did not exec"
-        present, accessed = reader.sample(child.pid, word, 1)   # no ProcessGone
+        with pytest.raises(ProcessGone, match="execve"):
+            reader.sample(a.pid, word, 1)
+        [b] = resolver.resolve(spec)
+        assert b.key != a.key and b.key[:2] == a.key[:2] and a.pid.closed
+        present, accessed = reader.sample(b.pid, word, 1)  # the new address space
         assert present.shape == (1,) and not (accessed & ~present).any()
     finally:
         reader.close_all()
+        resolver.close()
         child.kill()
         child.wait()
 
