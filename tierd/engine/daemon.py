@@ -48,8 +48,8 @@ from tierd.engine.placement import (
     plan_queries,
 )
 from tierd.engine.gain import NEED_SHARES, GainModel, need
-from tierd.engine.pack import Pack, Packs
-from tierd.engine.state import CHUNK_WORDS, Extents, PageState, test_bits
+from tierd.engine.pack import Pack, Packs, Tracked
+from tierd.engine.state import CHUNK_WORDS, TOP_LEVELS, Extents, PageState, test_bits
 from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
 from tierd.linux.errors import ParseError
 from tierd.logs import RateLimiter
@@ -200,14 +200,6 @@ def summary_line(s: IntervalStats) -> str:
     return ", ".join(parts)
 
 
-@dataclass
-class Unit:
-    """One target process and its page state."""
-
-    ref: ProcessRef
-    state: PageState | None = None
-
-
 class Engine:
     """One interval of tiering work per ``step()`` (see the module docstring)."""
 
@@ -229,8 +221,8 @@ class Engine:
         self.chunk_words = chunk_words
         self.reader = kernel.reader(policy.tracking)
         self.executor = Executor(kernel, policy.batch // PAGE_SIZE, should_stop=should_stop, clock=clock)
-        self.units: dict[tuple, Unit] = {}
-        self.packs = Packs()  # small processes in shared state (tierd/engine/pack.py)
+        self.units: dict[tuple, Tracked] = {}  # every tracked process, by identity
+        self.packs = Packs()  # their shared page states (tierd/engine/pack.py)
         self.seq = 0
         self.gain = GainModel()  # access-rate estimates per (tier, level), across intervals
         self.interval: float | None = None  # set by the Daemon's pacing; None: policy.interval
@@ -258,18 +250,18 @@ class Engine:
         self.reader = reader
         self.executor.set_batch(policy.batch // PAGE_SIZE)
         self._set_huge(policy)
-        for u in self.units.values():
-            if u.state is not None:
-                u.state.set_window(policy.window)
         for pk in self.packs:
             pk.state.set_window(policy.window)
         if reader is not old_reader:
             for u in self.units.values():
-                _close(old_reader, u.ref.pid)
+                u.reader = reader
+            _close_all(old_reader)  # every pid's descriptors and the reader's own
 
     def _set_huge(self, policy) -> None:
         """Huge page splitting (huge_pages.split), where the kernel facade offers it."""
         if not policy.huge_split or not hasattr(self.kernel, "thp"):
+            if self.huge is not None:  # turned off: its holds must not outlive it
+                self.huge.release_all(self.units.values())
             self.huge = None
         elif self.huge is None:
             self.huge = HugePages(self.kernel.thp(), policy.huge_dense, clock=self.clock)
@@ -308,7 +300,7 @@ class Engine:
         fast, slow = topo.classify(pol.fast_nodes, pol.slow_nodes)
         stats.fast, stats.slow = tuple(fast), tuple(slow)
         stats.memory = {n.id: (n.mem_total, n.mem_free) for n in topo.nodes if n.has_memory}
-        stats.reclaimable = {n.id: getattr(n, "reclaimable", 0) for n in topo.nodes if n.has_memory}
+        stats.reclaimable = {n.id: n.reclaimable for n in topo.nodes if n.has_memory}
         node_ids = tuple(n.id for n in topo.nodes if n.has_memory)
 
         refs = self.resolver.resolve(pol.targets)
@@ -318,7 +310,7 @@ class Engine:
         for key in list(self.units):
             unit = self.units[key]
             try:
-                engine_s += self._sample(unit, node_ids, stats)
+                engine_s += self._stage(unit, node_ids)
             except GONE:
                 self._drop(key)
                 stats.dropped += 1
@@ -328,24 +320,22 @@ class Engine:
             except ParseError as e:  # its maps did not parse: this process, this interval
                 self.warn.warning((unit.ref.target, "not sampled", "parse"),
                                   "pid %d (%s): not sampled: %s", unit.ref.pid, unit.ref.target, e)
-        engine_s += self._sample_packs(node_ids, stats)
+        engine_s += self._sample(node_ids, stats)
         t1 = self.clock()
         stats.sample_seconds = t1 - t0 - engine_s
 
-        live = [u for u in self.units.values() if u.state is not None and u.state.samples]
-        stats.primed = sum(u.state.samples == 1 for u in live)
-        for u in live:
-            u.state.expire(self.seq, pol.retry_after)
+        live = [u for u in self.units.values() if u.samples and u.seg is not None]
+        stats.primed = sum(u.samples == 1 for u in live)
         for pk in self.packs:
             pk.state.expire(self.seq, pol.retry_after)
             pk.version += 1
         self._judge_moves(live)
         if fast and slow and live:
-            self._recheck(live, stats)
+            self._recheck(stats)
             queries = plan_queries(self._counts(live), self.query_budget)
             self._execute(queries, stats, query=True)
             counts = self._counts(live)
-            gain = self._gain(live, node_ids, fast, slow)
+            gain = self._gain(node_ids, fast, slow)
             budget = self.move_budget
             pl = plan(counts, node_ids, topo, fast, slow, pol, budget, gain,
                       self.gain.promotion_budget(budget) / max(1, budget))
@@ -356,9 +346,8 @@ class Engine:
             # byte budget covers; splitting gets at most SPLIT_SHARE of it (huge.py).
             begun = self.clock()
             if self.huge is not None:  # splits sparsely hot THPs, holds back undecided ones
-                stats.split = self.huge.step(
-                    [u for u in live if not getattr(u.state, "packed", False)], pl, pol,
-                    self.reader, deadline=begun + SPLIT_SHARE * self.covered)
+                stats.split = self.huge.step(live, pl, pol, self.reader,
+                                             deadline=begun + SPLIT_SHARE * self.covered)
             # demotions first: they make the room the promotions were planned into; then
             # promote only into the room there is now (a failed demotion cancels its pair).
             self.executor.begin(begun + self.covered)
@@ -378,7 +367,7 @@ class Engine:
         stats.move_seconds = stats.moves.seconds + stats.queries.seconds
         stats.engine_seconds = engine_s + (t2 - t1) - stats.move_seconds
         stats.seconds = t2 - t0
-        live = [u for u in live if u.ref.key in self.units]  # minus those that exited meanwhile
+        live = [u for u in live if u.pack is not None]  # minus those that exited meanwhile
         self._fill_stats(stats, live, node_ids, fast)
         self._fill_need(stats, fast)
         self._warn_waiting(stats)
@@ -417,19 +406,19 @@ class Engine:
                               "room on the fast tier (%s); the target has %s there%s", name,
                               _size(n), pl.hot.get(name, NO_THRESHOLD), rooms, fast, sizing)
 
-    def _note_moves(self, key, st: PageState, pages, moved, reasons, levels) -> None:
-        """Remember (a sample of) the pages promoted and displaced this interval, by vpn,
-        with the (extended) level they were moved at, for ``_judge_moves`` to look at in
-        the next sample."""
-        noted = self._noted.setdefault(key, ([], [], [], []))
+    def _note_moves(self, unit: Tracked, pages, moved, reasons, levels) -> None:
+        """Remember (a sample of) the pages promoted and displaced this interval, by real
+        vpn, with the (extended) level they were moved at, for ``_judge_moves`` to look at
+        in the next sample."""
+        noted = self._noted.setdefault(unit.key, ([], [], [], []))
         for i, reason in enumerate(("promote", "demote")):
             have = sum(a.size for a in noted[i])
             sel = np.flatnonzero(moved & (reasons == reason))[: max(0, NOTED_MAX - have)]
             if sel.size:
-                noted[i].append(st.extents.vpn_of(pages[sel]).astype(np.int64))
+                noted[i].append(unit.vpn_of(pages[sel]).astype(np.int64))
                 noted[2 + i].append(levels[sel])
 
-    def _judge_moves(self, live: Sequence[Unit]) -> None:
+    def _judge_moves(self, live: Sequence[Tracked]) -> None:
         """Did last interval's moves pay?  The accesses its promoted pages got in this
         sample minus its demoted pages', to the gain model's pace (tierd/engine/gain.py,
         "Thrash")."""
@@ -438,7 +427,7 @@ class Engine:
         gained = pages = 0
         expected = 0.0
         for u in live:
-            noted = self._noted.get(u.ref.key)
+            noted = self._noted.get(u.key)
             if noted is None:
                 continue
             st = u.state
@@ -448,7 +437,7 @@ class Engine:
             for i, sign in ((0, 1), (1, -1)):
                 if not noted[i] or not paired:
                     continue
-                flat = st.extents.flat_of(np.concatenate(noted[i])[:paired])
+                flat = u.flat_of(np.concatenate(noted[i])[:paired])
                 lv = np.concatenate(noted[2 + i])[:paired][flat >= 0]
                 flat = flat[flat >= 0]
                 gained += sign * int(test_bits(st.hist[st.head], flat).sum())
@@ -457,42 +446,43 @@ class Engine:
         self._noted.clear()
         self.gain.moved(gained, expected, pages, self.policy.min_gain)
 
-    def _recheck(self, live: Sequence[Unit], stats: IntervalStats) -> None:
-        """Ask the kernel again where a rotating slice of every process's known pages are
-        and follow what it moved behind tierd's back (not packed processes: they are small
-        and come and go).  Bounded: RECHECK_DIV of the query budget, shared by size."""
+    def _recheck(self, stats: IntervalStats) -> None:
+        """Ask the kernel again where a rotating slice of every pack's known pages are and
+        follow what it moved behind tierd's back.  Bounded: RECHECK_DIV of the query
+        budget, shared by size."""
         if self.seq % RECHECK_EVERY:
             return
-        units = [u for u in live if not getattr(u.state, "packed", False)]
-        total = sum(u.state.words for u in units) * 64
+        total = sum(pk.state.words for pk in self.packs) * 64
         if not total:
             return
         budget = RECHECK_EVERY * max(RECHECK_MIN, self.query_budget // RECHECK_DIV)
         share = min(1.0, budget / total)
-        for u in units:
-            st = u.state
+        for pk in self.packs:
+            st = pk.state
             pages = st.recheck_pages(max(1, math.ceil(st.words * share)))
-            if pages.size == 0:
-                continue
-            try:
-                status, counts = self.executor.query(u.ref.pid, st.extents.vpn_of(pages) << np.uint64(12))
-            except GONE:
-                continue  # dropped at the next sample
-            except OSError as e:
-                log.debug("pid %d: recheck: %s", u.ref.pid, e)
-                continue
-            stats.queries.calls += counts.calls
-            stats.queries.seconds += counts.seconds
-            stats.rechecked += pages.size
-            known = st.node_of(pages)
-            moved = (status >= 0) & (status != known)
-            if moved.any():
-                p, was = pages[moved], known[moved]
-                from_cls = np.full(p.size, st.unknown, dtype=np.int64)
-                for i, nid in enumerate(st.node_ids):
-                    from_cls[was == nid] = i
-                st.set_node(p, st.hotness(p), from_cls, status[moved])
-                stats.stale += int(moved.sum())
+            for m, a, b in pk.members_of(pages):
+                mine = pages[a:b]
+                try:
+                    status, counts = self.executor.query(m.pid, m.vpn_of(mine) << np.uint64(12))
+                except GONE:
+                    continue  # dropped at the next sample
+                except OSError as e:
+                    log.debug("pid %d: recheck: %s", m.pid, e)
+                    continue
+                stats.queries.calls += counts.calls
+                stats.queries.seconds += counts.seconds
+                stats.rechecked += mine.size
+                known = st.node_of(mine)
+                moved = (status >= 0) & (status != known)
+                if moved.any():
+                    p, was = mine[moved], known[moved]
+                    from_cls = np.full(p.size, st.unknown, dtype=np.int64)
+                    for i, nid in enumerate(st.node_ids):
+                        from_cls[was == nid] = i
+                    st.set_node(p, st.hotness(p), from_cls, status[moved])
+                    stats.stale += int(moved.sum())
+                    pk.version += 1
+
     def _count_unmatched(self, refs: Sequence[ProcessRef]) -> None:
         """Intervals in a row in which each target matched no process; a target reaching
         NO_MATCH_INTERVALS is logged once (all such targets of an interval in one line) until
@@ -536,50 +526,31 @@ class Engine:
             if k in self.units:
                 self.units[k].ref = r  # the target may be renamed by a reload
             else:
-                self.units[k] = Unit(r)
+                self.units[k] = Tracked(r)
         return len(gone)
 
     def _drop(self, key) -> None:
         unit = self.units.pop(key, None)
-        self.packs.remove(key)
         if unit is not None:
-            _close(self.reader, unit.ref.pid)
-            if self.huge is not None:
-                self.huge.forget(key)
+            unit.close()
+        self._noted.pop(key, None)
 
-    def _sample(self, unit: Unit, node_ids, stats: IntervalStats | None = None) -> float:
-        """Read the maps and access bits of one process into its state.  Returns the time
-        spent in our own arithmetic (the rest is the kernel's)."""
-        pid = unit.ref.pid
-        ext = Extents.from_vmas(self.kernel.procfs.maps(pid),
-                                getattr(self.reader, "page_granular", False))
+    def _stage(self, unit: Tracked, node_ids) -> float:
+        """Read the maps of one process and stage its extents in its pack (joining one if
+        new).  Returns the time spent in our own arithmetic."""
+        ext = Extents.from_vmas(self.kernel.procfs.maps(unit.pid), getattr(self.reader, "page_granular", False))
         t0 = self.clock()
-        if self.packs.wants(unit, ext, len(self.units)):  # sampled with its pack
-            self.packs.stage(unit, ext, self.policy.window, node_ids, self.chunk_words)
-            return self.clock() - t0
-        if self.packs.member(unit.ref.key) is not None:  # grew out of its pack
-            self.packs.leave(unit)
-        if unit.state is None:
-            unit.state = PageState(ext, self.policy.window, node_ids, self.chunk_words)
-        else:
-            unit.state.set_node_ids(node_ids)
-            unit.state.remap(ext)
-        ours = self.clock() - t0
-        st = unit.state
-        self._read(unit, pid, ext, 0, st, st.sample_buffers(), stats)
-        t0 = self.clock()
-        st.commit()
-        nodes_of = self._node_source()
-        if nodes_of is not None:
-            self._learn_nodes(unit, nodes_of)
-        return ours + self.clock() - t0
+        unit.reader, unit.huge = self.reader, self.huge
+        self.packs.stage(unit, ext, self.policy.window, node_ids, self.chunk_words)
+        return self.clock() - t0
 
-    def _sample_packs(self, node_ids, stats: IntervalStats) -> float:
-        """Sample every pack's members into its shared state and commit it once
-        (tierd/engine/pack.py).  Returns the time spent in our own arithmetic."""
+    def _sample(self, node_ids, stats: IntervalStats) -> float:
+        """Sample every pack's members into its shared state and commit it once.  Returns
+        the time spent in our own arithmetic."""
         ours = 0.0
         nodes_of = self._node_source()
-        for pk in list(self.packs):
+        self.packs.prune()
+        for pk in self.packs:
             t0 = self.clock()
             pk.layout(node_ids)
             ours += self.clock() - t0
@@ -589,7 +560,7 @@ class Engine:
                 if m.seg is None:
                     continue
                 try:
-                    self._read(self.units.get(m.key), m.pid, m.ext, m.off, st, buffers, stats)
+                    self._read(m, st, buffers, stats)
                 except GONE:  # its pages vanish from the pack with this commit
                     present[m.off: m.off + m.ext.words] = 0
                     accessed[m.off: m.off + m.ext.words] = 0
@@ -599,26 +570,27 @@ class Engine:
             st.commit()
             for m in pk.members.values():
                 m.samples += 1
-                m.staged = False
             pk.version += 1
             if nodes_of is not None:
                 st.learn_nodes([(m.pid, m.ext, m.off) for m in pk.members.values() if m.seg is not None],
                                nodes_of, getattr(self.reader, "nodes_scope", "range"))
             ours += self.clock() - t0
+        self.packs.prune()
         return ours
 
-    def _read(self, unit: Unit, pid: int, ext: Extents, base: int, st, buffers, stats) -> None:
-        """Read the access bits of ``ext``'s ranges into ``buffers`` (a state's present and
-        accessed sample buffers) at word ``base`` (0 for a process's own state, its segment
-        for a pack member).  GONE propagates; any other error loses that range only."""
+    def _read(self, unit: Tracked, st: PageState, buffers, stats) -> None:
+        """Read the access bits of ``unit``'s ranges into ``buffers`` (its pack's present and
+        accessed sample buffers) at its segment.  GONE propagates; any other error loses
+        that range only."""
         present, accessed = buffers
+        ext = unit.ext
         for i, (ws, nw, off) in enumerate(zip(ext.word_start.tolist(), ext.nwords.tolist(),
                                               ext.offset.tolist())):
-            lo = base + off
+            lo = unit.off + off
             holes = ext.holes_of(i)  # only for a page-granular reader (idle_bitmap v3)
             try:
-                p, a = (self.reader.sample(pid, ws, nw, skip=holes) if holes
-                        else self.reader.sample(pid, ws, nw))
+                p, a = (self.reader.sample(unit.pid, ws, nw, skip=holes) if holes
+                        else self.reader.sample(unit.pid, ws, nw))
             except GONE:
                 raise
             except OSError as e:  # this range only (e.g. unmapped between maps and read)
@@ -630,14 +602,13 @@ class Engine:
             present[lo: lo + nw] = p
             accessed[lo: lo + nw] = a
 
-    def _unsampled(self, unit: Unit, ws: int, nw: int, err: OSError, stats):
+    def _unsampled(self, unit: Tracked, ws: int, nw: int, err: OSError, stats):
         """A range whose access bits could not be read: count it where operators look (the
         interval line, IntervalStats/TargetStats.unsampled_*) and warn, rate-limited."""
-        if stats is not None:
-            ts = stats.targets.setdefault(unit.ref.target, TargetStats())
-            for s in (stats, ts):
-                s.unsampled_ranges += 1
-                s.unsampled_pages += 64 * nw
+        ts = stats.targets.setdefault(unit.ref.target, TargetStats())
+        for s in (stats, ts):
+            s.unsampled_ranges += 1
+            s.unsampled_pages += 64 * nw
         # per (target, errno): a reader that fails on every range (permissions, a broken
         # interface) is seen at once, then summed up every REPEAT_EVERY
         self.warn.warning((unit.ref.target, "range not sampled", _reason(err)),
@@ -661,32 +632,22 @@ class Engine:
 
         return nodes
 
-    def _learn_nodes(self, unit: Unit, nodes_of) -> None:
-        """A reader that knows each page's node (``nodes(pid, word_start, nwords)`` -> int16
-        per page, -1 unknown: pagemap PFNs and the sysfs memory blocks, or numa_maps) saves
-        the move_pages queries: pages of unknown node learn it here."""
-        st = unit.state
-        st.learn_nodes([(unit.ref.pid, st.extents, 0)], nodes_of,
-                       getattr(self.reader, "nodes_scope", "range"))
-
     @staticmethod
-    def _counts(units: Sequence[Unit]) -> list[UnitCounts]:
+    def _counts(units: Sequence[Tracked]) -> list[UnitCounts]:
         """Histograms per process; movable: minus pages in retry backoff, and nothing before
         a second sample (the first one carries no recency: no page has history yet)."""
         out = []
         for u in units:
-            h = u.state.histograms()
-            movable = h - u.state.backoff_histograms() if u.state.samples >= 2 else np.zeros_like(h)
-            top = None if getattr(u.state, "packed", False) or not u.state.has_top else u.state.top_histograms
-            out.append(UnitCounts(u.ref.key, u.ref.target, h, movable, top))
+            h = u.histograms()
+            movable = h - u.backoff_histograms() if u.samples >= 2 else np.zeros_like(h)
+            top = u.top_histograms if u.state.has_top else None
+            out.append(UnitCounts(u.key, u.ref.target, h, movable, top))
         return out
 
-    def _gain(self, units: Sequence[Unit], node_ids, fast, slow):
+    def _gain(self, node_ids, fast, slow):
         """This interval's access-rate estimates (tierd.engine.gain), or None: the level
         rule."""
-        states = ([u.state for u in units if u.state.node_ids == tuple(node_ids)
-                   and not getattr(u.state, "packed", False)]
-                  + [pk.state for pk in self.packs if pk.state.node_ids == tuple(node_ids)])
+        states = [pk.state for pk in self.packs if pk.state.node_ids == tuple(node_ids)]
         est = sum([st.est for st in states])
         if not isinstance(est, np.ndarray):
             return None
@@ -697,96 +658,41 @@ class Engine:
                                 [cls[n] for n in slow if n in cls], self.policy.min_gain, est_top)
 
     def _execute(self, requests: Sequence[Request], stats: IntervalStats, query: bool = False) -> int:
-        """Select the pages for ``requests`` and run move_pages on them, process by process
-        (in the order of each process's first request), at most SLICE_PAGES pages at a time
+        """Select the pages for ``requests`` and run move_pages on them, pack by pack (in
+        the order of each pack's first request), at most SLICE_PAGES pages at a time
         (bounded memory at any scale).  Returns the pages moved (for queries: learned)."""
-        by_unit: dict = {}
+        by_pack: dict = {}
         for r in requests:
-            by_unit.setdefault(r.unit, []).append(r)
-        done = 0
-        packs_done: set = set()
-        for key, reqs in by_unit.items():
-            pk = self.packs.where.get(key)
-            if pk is not None:  # the whole pack at once, at its first member's turn
-                if id(pk) not in packs_done:
-                    packs_done.add(id(pk))
-                    done += self._execute_pack(pk, by_unit, stats, query)
-                continue
-            unit = self.units.get(key)
-            if unit is None or unit.state is None:
-                continue
-            st = unit.state
-            cls = [st.class_of(r.node) for r in reqs]
-            left = [r.count for r in reqs]
-            while any(left) and not self.should_stop():
-                # a selected page leaves its (class, level) when it moves, is learned, fails
-                # (backoff) or is absent, so the next slice finds the next pages
-                sel = st.select([(c, r.level, n) for c, r, n in zip(cls, reqs, left)], limit=SLICE_PAGES)
-                sizes = [p.size for p in sel]
-                if not sum(sizes):
-                    break
-                pages = np.concatenate(sel)
-                addrs = st.extents.vpn_of(pages) << np.uint64(12)
-                try:
-                    if query:
-                        status, counts = self.executor.query(unit.ref.pid, addrs)
-                        dest = None
-                    else:
-                        dest = np.repeat(np.array([r.dest for r in reqs], np.int32), sizes)
-                        status, counts = self.executor.move(unit.ref.pid, addrs, dest)
-                except GONE:
-                    self._drop(key)
-                    stats.dropped += 1
-                    break
-                except OSError as e:  # PermissionError, MovePagesError: this process, this time
-                    self.warn.warning((unit.ref.target, "move_pages", _reason(e)),
-                                      "pid %d (%s): move_pages: %s", unit.ref.pid, unit.ref.target, e)
-                    if getattr(e, "status", None) is not None:  # what moved before the error
-                        (stats.queries if query else stats.moves).add(e.counts)
-                        done += e.counts.learned if query else e.counts.moved
-                        self._apply(st, pages, np.repeat([r.level for r in reqs], sizes),
-                                    np.repeat(cls, sizes), e.status, None if query else
-                                    np.repeat(np.array([r.dest for r in reqs], np.int32), sizes))
-                    break
-                (stats.queries if query else stats.moves).add(counts)
-                done += counts.learned if query else counts.moved
-                self._apply(st, pages, np.repeat([r.level for r in reqs], sizes),
-                            np.repeat(cls, sizes), status, dest)
-                if not query:
-                    self._note_moves(key, st, pages, status == dest,
-                                     np.repeat([r.reason for r in reqs], sizes),
-                                     np.repeat([r.level for r in reqs], sizes))
-                left = [n - k for n, k in zip(left, sizes)]
-                if counts.not_tried:
-                    break
-        return done
+            unit = self.units.get(r.unit)
+            if unit is not None and unit.pack is not None and unit.seg is not None:
+                by_pack.setdefault(id(unit.pack), (unit.pack, []))[1].append((unit, r))
+        return sum(self._execute_pack(pk, reqs, stats, query) for pk, reqs in by_pack.values())
 
-    def _execute_pack(self, pk: Pack, by_unit: dict, stats: IntervalStats, query: bool) -> int:
+    def _execute_pack(self, pk: Pack, reqs: list, stats: IntervalStats, query: bool) -> int:
         """``_execute`` for the members of one pack: one selection over the shared state per
         slice, the members' move_pages calls in one executor pass, one fold of all results."""
         st = pk.state
-        reqs = [(m, r) for key, rs in by_unit.items() if (m := pk.members.get(key)) is not None
-                and m.seg is not None for r in rs]
         reqs.sort(key=lambda x: x[0].seg)  # stable: each member's requests stay in order
         seg = np.array([m.seg for m, _ in reqs], dtype=np.int64)
         cls = np.array([st.class_of(r.node) for _, r in reqs], dtype=np.int64)
         level = np.array([r.level for _, r in reqs], dtype=np.int64)
         dests = np.array([r.dest for _, r in reqs], dtype=np.int32)
+        reasons = np.array([r.reason for _, r in reqs])
         left = np.array([r.count for _, r in reqs], dtype=np.int64)
+        members = {m.seg: m for m, _ in reqs}
         done = 0
         while left.any() and not self.should_stop():
-            # by member (segment), then request
+            # a selected page leaves its (class, level) when it moves, is learned, fails
+            # (backoff) or is absent, so the next slice finds the next pages
             pages, sizes = st.select_segments(seg, cls, level, left, limit=SLICE_PAGES)
             if not sizes.sum():
                 break
-            addrs = pk.real_addresses(pages)
             dest = None if query else np.repeat(dests, sizes)
             # one job per member: its requests are adjacent
             per = np.bincount(seg, weights=sizes, minlength=int(seg.max()) + 1).astype(np.int64)
-            who = [m for m in sorted({m.seg: m for m, _ in reqs}.values(), key=lambda m: m.seg)
-                   if per[m.seg]]
-            bounds = np.concatenate(([0], np.cumsum([per[m.seg] for m in who])))
-            jobs = [(m.pid, addrs[a:b], None if dest is None else dest[a:b])
+            who = [members[s] for s in sorted(members) if per[s]]
+            bounds = np.concatenate(([0], np.cumsum([per[m.seg] for m in who]))).astype(np.int64)
+            jobs = [(m.pid, m.vpn_of(pages[a:b]) << np.uint64(12), None if dest is None else dest[a:b])
                     for m, a, b in zip(who, bounds[:-1].tolist(), bounds[1:].tolist())]
             status, counts, errors = self.executor.run_many(jobs, query=query)
             ran = np.ones(pages.size, dtype=bool)
@@ -799,16 +705,14 @@ class Engine:
                     self._drop(m.key)
                     stats.dropped += 1
                 else:  # PermissionError, MovePagesError: this process, this time
-                    unit = self.units.get(m.key)
-                    target = unit.ref.target if unit else "?"
-                    self.warn.warning((target, "move_pages", _reason(e)),
-                                      "pid %d (%s): move_pages: %s", m.pid, target, e)
+                    self.warn.warning((m.ref.target, "move_pages", _reason(e)),
+                                      "pid %d (%s): move_pages: %s", m.pid, m.ref.target, e)
             (stats.queries if query else stats.moves).add(counts)
             done += counts.learned if query else counts.moved
             # folded in per (class, level): the pages of one cell are ascending in this
             # order (requests by segment, each segment's slices of the cell in address
             # order), so each fold is one sorted run with scalar level and class
-            kid = cls * LEVELS + level
+            kid = cls * (LEVELS + TOP_LEVELS) + level
             page_kid = np.repeat(kid, sizes)
             for k in np.unique(kid[sizes > 0]).tolist():
                 mine = page_kid == k
@@ -816,8 +720,14 @@ class Engine:
                     mine &= ran
                 sel = np.flatnonzero(mine)
                 if sel.size:
-                    self._apply(st, pages[sel], k % LEVELS, k // LEVELS, status[sel],
-                                None if dest is None else dest[sel])
+                    self._apply(st, pages[sel], k % (LEVELS + TOP_LEVELS), k // (LEVELS + TOP_LEVELS),
+                                status[sel], None if dest is None else dest[sel])
+            if not query:
+                moved = (status == dest) & ran
+                page_reason, page_level = np.repeat(reasons, sizes), np.repeat(level, sizes)
+                for m, a, b in zip(who, bounds[:-1].tolist(), bounds[1:].tolist()):
+                    if m.key in self.units:
+                        self._note_moves(m, pages[a:b], moved[a:b], page_reason[a:b], page_level[a:b])
             pk.version += 1
             left -= sizes
             if counts.not_tried:
@@ -856,13 +766,9 @@ class Engine:
         # summed per (target, node layout) first: hundreds of packed processes, few numpy calls
         groups: dict = {}
         for u in live:
-            st = u.state
-            g = groups.setdefault((u.ref.target, st.node_ids), [])
-            g.append(st.histograms())
-            stats.tracked_pages += st.pages
-            if not getattr(st, "packed", False):
-                stats.state_bytes += st.nbytes
-        stats.state_bytes += sum(pk.state.nbytes for pk in self.packs)
+            groups.setdefault((u.ref.target, u.state.node_ids), []).append(u.histograms())
+            stats.tracked_pages += u.pages
+        stats.state_bytes = sum(pk.state.nbytes for pk in self.packs)
         for (target, ids), hs in groups.items():
             h = np.sum(hs, axis=0) if len(hs) > 1 else hs[0]
             ts = stats.targets.setdefault(target, TargetStats())
@@ -889,24 +795,20 @@ class Engine:
     def close(self) -> None:
         for key in list(self.units):
             self._drop(key)
-        closer = getattr(self.reader, "close_all", None)
-        if closer is not None:
-            closer()
+        _close_all(self.reader)
+
+
+def _close_all(reader) -> None:
+    """Close everything a reader holds (a fake or simulated reader may hold nothing)."""
+    close_all = getattr(reader, "close_all", None)
+    if close_all is not None:
+        close_all()
 
 
 def _reason(err: BaseException) -> str:
     """The reason part of a rate-limit key: the errno's name, else the exception type."""
     code = getattr(err, "errno", None)
     return errno.errorcode.get(code, type(err).__name__) if code else type(err).__name__
-
-
-def _close(reader, pid: int) -> None:
-    close = getattr(reader, "close", None)
-    if close is not None:
-        try:
-            close(pid)
-        except OSError:
-            pass
 
 
 class Daemon:

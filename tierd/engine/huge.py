@@ -147,11 +147,13 @@ class SplitTracker:
 # Reading blocks out of a PageState
 
 
-def _blocks(st: PageState):
+def _blocks(st: PageState, lo: int = 0, hi: int | None = None):
     """(flat word start of each aligned block's slice, first vpn) per extent piece: the
-    2 MiB-aligned blocks lying wholly inside one extent, in passes of SCAN_BLOCKS."""
+    2 MiB-aligned blocks lying wholly inside one extent (of extents lo..hi: one process's
+    in a pack), in passes of SCAN_BLOCKS."""
     ext = st.extents
-    for ws, nw, off in zip(ext.word_start.tolist(), ext.nwords.tolist(), ext.offset[:-1].tolist()):
+    for ws, nw, off in zip(ext.word_start[lo:hi].tolist(), ext.nwords[lo:hi].tolist(),
+                           ext.offset[:-1][lo:hi].tolist()):
         first = -(-ws // HPAGE_WORDS) * HPAGE_WORDS
         nb = (ws + nw - first) // HPAGE_WORDS
         for b0 in range(0, max(0, nb), SCAN_BLOCKS):
@@ -160,7 +162,7 @@ def _blocks(st: PageState):
             yield off + (w0 - ws), w0 * 64, k
 
 
-def uniform_hot_blocks(st: PageState) -> tuple[np.ndarray, np.ndarray]:
+def uniform_hot_blocks(st: PageState, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(first vpn, hotness) of the fully present 2 MiB blocks that look like one Accessed
     bit now (the newest sample is all set or all clear) and had every page accessed in some
     sample of the window, hottest first.  Only the newest sample must be uniform: a range
@@ -168,7 +170,7 @@ def uniform_hot_blocks(st: PageState) -> tuple[np.ndarray, np.ndarray]:
     seen (and held back) at once."""
     vpns, flats = [], []
     rows = st.history_rows()
-    for fw, vpn0, k in _blocks(st):
+    for fw, vpn0, k in _blocks(st, lo, hi):
         sl = slice(fw, fw + k * HPAGE_WORDS)
         full = (st.present[sl].reshape(k, HPAGE_WORDS) == ALL).all(axis=1)
         h = rows[0][sl].reshape(k, HPAGE_WORDS)
@@ -262,20 +264,21 @@ class HugePages:
         done = 0
         for unit in units:
             st = unit.state
-            if st is None or not st.samples:
+            if st is None or not unit.samples or unit.seg is None:
                 continue
             key = unit.ref.key
+            base = unit.base_vpn  # real vpn + base = the pack's (synthetic) vpn
             self._release(unit)
             fits = plan.hot.get(unit.ref.target, policy.min_hot) <= policy.min_hot
             try:
                 cand = np.zeros(0, np.int64)
                 if not fits or self.tracker.verdict(key) == "sparse":
-                    vpns = uniform_hot_blocks(st)[0][:CHECK_BLOCKS]
+                    vpns = uniform_hot_blocks(st, unit.ext_lo, unit.ext_hi)[0][:CHECK_BLOCKS] - base
                     if vpns.size:
                         cand = vpns[self.splitter.is_thp(unit.ref.pid, vpns)]
                 self._drop_recollapsed(unit)
-                todo = self.tracker.decide(key, st.samples, cand, fits,
-                                           lambda b, st=st: density(st, b, self.tracker.watch))
+                todo = self.tracker.decide(key, unit.samples, cand, fits,
+                                           lambda b, st=st: density(st, b + base, self.tracker.watch))
                 split = self._split(unit, todo, reader) if todo.size else todo
                 done += split.size
                 if self.tracker.verdict(key) != "dense" and cand.size:
@@ -284,6 +287,7 @@ class HugePages:
                 continue
             except FeatureMissing as e:
                 self._disable(str(e))
+                self.release_all(units)
                 break
             except OSError as e:  # this process, this time (e.g. EBUSY on the debugfs mutex)
                 self.warn.warning((unit.ref.target, "huge page split", getattr(e, "errno", None)),
@@ -298,7 +302,7 @@ class HugePages:
         not judged.  (Seen in the rig: 5 of 8 probes re-collapsed, verdict "dense", 42% of
         the cold pages dragged to the fast node.)"""
         p = self.tracker.procs.get(unit.ref.key)
-        if p is None or not p.probes.size or unit.state.samples - p.probed_at < self.tracker.watch:
+        if p is None or not p.probes.size or unit.samples - p.probed_at < self.tracker.watch:
             return
         again = p.probes[self.splitter.is_thp(unit.ref.pid, p.probes)]
         if again.size:
@@ -339,15 +343,15 @@ class HugePages:
         # without telling tierd: it starts over wherever it is
         before = self.split_before.get(unit.ref.key, np.zeros(0, np.int64))
         again = np.isin(blocks, before)
-        forget_history(unit.state, blocks[again])
-        forget_history(unit.state, blocks[~again], self.fast_nodes)
+        forget_history(unit.state, blocks[again] + unit.base_vpn)
+        forget_history(unit.state, blocks[~again] + unit.base_vpn, self.fast_nodes)
         self.split_before[unit.ref.key] = np.union1d(before, blocks)
         return blocks
 
     def _hold(self, unit, blocks: np.ndarray) -> None:
         """Keep ``blocks`` out of this interval's moves (their backoff bits; selection skips
         pages in backoff)."""
-        fw = _flat_words(unit.state, blocks)
+        fw = _flat_words(unit.state, blocks + unit.base_vpn)
         fw = fw[fw >= 0]
         if fw.size:
             self.held[unit.ref.key] = blocks  # by vpn: the extents may change before release
@@ -359,7 +363,7 @@ class HugePages:
         st = unit.state
         if blocks is None or st is None:
             return
-        fw = _flat_words(st, blocks)
+        fw = _flat_words(st, blocks + unit.base_vpn)
         fw = fw[fw >= 0]
         words = (fw[:, None] + np.arange(HPAGE_WORDS)).ravel()
         words = words[words < st.words]  # the address space may have shrunk
@@ -370,6 +374,13 @@ class HugePages:
             inside = np.isin(flat // 64, words)
             np.bitwise_or.at(st.backoff, flat[inside] // 64,
                              np.left_shift(np.uint64(1), (flat[inside] % 64).astype(np.uint64)))
+
+    def release_all(self, units) -> None:
+        """Lift every hold now (splitting turned off by a reload, or the kernel interface
+        lost): held blocks must not stay out of the moves for ever."""
+        for unit in units:
+            self._release(unit)
+        self.held.clear()
 
     def forget(self, key) -> None:
         self.tracker.forget(key)

@@ -263,10 +263,10 @@ class MetricsObserver(Observer):
                     elif nid != UNKNOWN:
                         hot_slow += n
             targets[name] = TargetSnap(ts.processes, ts.hot, ts.cold, by_node, hot_fast, hot_slow,
-                                       getattr(ts, "waiting", 0), getattr(ts, "need", None))
+                                       ts.waiting, ts.need)
         memory = {nid: (tot, free, "fast" if nid in fast else "slow" if nid in stats.slow else "none")
                   for nid, (tot, free) in stats.memory.items()}
-        reclaimable = {nid: (b, memory[nid][2]) for nid, b in getattr(stats, "reclaimable", {}).items()
+        reclaimable = {nid: (b, memory[nid][2]) for nid, b in stats.reclaimable.items()
                        if nid in memory}
         targets = bounded_targets(targets, {n: ts.pages for n, ts in stats.targets.items()},
                                   len(stats.nodes) or len(memory) + 1)
