@@ -83,6 +83,9 @@ class FakeProcFS:
         self.kernel.proc(pid)
         return "/fake.slice"
 
+    def status(self, pid):
+        return {"VmRSS": len(self.kernel.proc(pid).node) * PAGE}
+
 
 class FakeKernel:
     """Node 0: fast (CPUs), node 1: slow (memory only).  ``calls`` records every move_pages

@@ -69,6 +69,12 @@ NOTED_MAX = 1 << 16  # moved pages per process and direction whose next sample i
 # it matches again) and counted in tierd_targets_unmatched (tierd status shows it): a policy
 # whose selectors match nothing would otherwise look like a healthy idle daemon.
 NO_MATCH_INTERVALS = 12
+# State is sized by tracked address space (1.6 B per page): a sparse mapping (an ASan-style
+# 20 TiB shadow, a huge PROT_READ reservation) would cost GiB for a few resident pages.  A
+# process tracking more than TRACK_FLOOR_PAGES pages is bounded to TRACK_RSS_FACTOR times its
+# resident set (VmRSS): its largest ranges are left out, with a warning naming it.
+TRACK_FLOOR_PAGES = 1 << 24  # 64 GiB of address space (27 MB of state) always tracked
+TRACK_RSS_FACTOR = 4
 SLICE_PAGES = 1 << 22  # pages selected and moved at a time: ~100 MB of temporaries at most
 SPEED_MIN_PAGES = 1024  # fewer pages in less than half the interval: call overhead, not speed
 DEFAULT_CONFIG = "/etc/tierd.yaml"
@@ -230,7 +236,7 @@ class Engine:
         self.huge: HugePages | None = None
         self._set_huge(policy)
         self._warned_single_tier = False
-        # key -> ([promoted vpns], [demoted vpns], [their levels], [their levels]): the last
+        # pack -> ([promoted vpns], [demoted vpns], [their levels], [their levels]): the last
         # interval's moves, judged in the next sample (_judge_moves)
         self._noted: dict = {}
         # repeated warnings: one line per (target, reason) per REPEAT_EVERY, with a count
@@ -329,7 +335,7 @@ class Engine:
         for pk in self.packs:
             pk.state.expire(self.seq, pol.retry_after)
             pk.version += 1
-        self._judge_moves(live)
+        self._judge_moves()
         if fast and slow and live:
             self._recheck(stats)
             queries = plan_queries(self._counts(live), self.query_budget)
@@ -406,19 +412,19 @@ class Engine:
                               "room on the fast tier (%s); the target has %s there%s", name,
                               _size(n), pl.hot.get(name, NO_THRESHOLD), rooms, fast, sizing)
 
-    def _note_moves(self, unit: Tracked, pages, moved, reasons, levels) -> None:
-        """Remember (a sample of) the pages promoted and displaced this interval, by real
-        vpn, with the (extended) level they were moved at, for ``_judge_moves`` to look at
-        in the next sample."""
-        noted = self._noted.setdefault(unit.key, ([], [], [], []))
+    def _note_moves(self, pk: Pack, pages, moved, reasons, levels) -> None:
+        """Remember (a sample of) the pages promoted and displaced this interval in a pack,
+        by (synthetic) vpn, with the (extended) level they were moved at, for
+        ``_judge_moves`` to look at in the next sample."""
+        noted = self._noted.setdefault(pk, ([], [], [], []))
         for i, reason in enumerate(("promote", "demote")):
             have = sum(a.size for a in noted[i])
             sel = np.flatnonzero(moved & (reasons == reason))[: max(0, NOTED_MAX - have)]
             if sel.size:
-                noted[i].append(unit.vpn_of(pages[sel]).astype(np.int64))
+                noted[i].append(pk.state.extents.vpn_of(pages[sel]).astype(np.int64))
                 noted[2 + i].append(levels[sel])
 
-    def _judge_moves(self, live: Sequence[Tracked]) -> None:
+    def _judge_moves(self) -> None:
         """Did last interval's moves pay?  The accesses its promoted pages got in this
         sample minus its demoted pages', to the gain model's pace (tierd/engine/gain.py,
         "Thrash")."""
@@ -426,18 +432,16 @@ class Engine:
             return
         gained = pages = 0
         expected = 0.0
-        for u in live:
-            noted = self._noted.get(u.key)
-            if noted is None:
-                continue
-            st = u.state
+        for pk, noted in self._noted.items():
+            st = pk.state
             # displacements count only as far as they made room for promotions (a demotion
             # whose promotion was cancelled for lack of room is no swap)
             paired = sum(a.size for a in noted[0])
             for i, sign in ((0, 1), (1, -1)):
                 if not noted[i] or not paired:
                     continue
-                flat = u.flat_of(np.concatenate(noted[i])[:paired])
+                # pages of processes gone since (or moved out of the pack) are not tracked here
+                flat = st.extents.flat_of(np.concatenate(noted[i])[:paired])
                 lv = np.concatenate(noted[2 + i])[:paired][flat >= 0]
                 flat = flat[flat >= 0]
                 gained += sign * int(test_bits(st.hist[st.head], flat).sum())
@@ -460,28 +464,33 @@ class Engine:
         for pk in self.packs:
             st = pk.state
             pages = st.recheck_pages(max(1, math.ceil(st.words * share)))
-            for m, a, b in pk.members_of(pages):
-                mine = pages[a:b]
-                try:
-                    status, counts = self.executor.query(m.pid, m.vpn_of(mine) << np.uint64(12))
-                except GONE:
-                    continue  # dropped at the next sample
-                except OSError as e:
-                    log.debug("pid %d: recheck: %s", m.pid, e)
-                    continue
-                stats.queries.calls += counts.calls
-                stats.queries.seconds += counts.seconds
-                stats.rechecked += mine.size
-                known = st.node_of(mine)
-                moved = (status >= 0) & (status != known)
-                if moved.any():
-                    p, was = mine[moved], known[moved]
-                    from_cls = np.full(p.size, st.unknown, dtype=np.int64)
-                    for i, nid in enumerate(st.node_ids):
-                        from_cls[was == nid] = i
-                    st.set_node(p, st.hotness(p), from_cls, status[moved])
-                    stats.stale += int(moved.sum())
-                    pk.version += 1
+            spans = pk.members_of(pages)
+            if not spans:
+                continue
+            who = [m for m, _, _ in spans]
+            bounds = np.array([spans[0][1]] + [b for _, _, b in spans], dtype=np.int64)
+            pages = pages[bounds[0]: bounds[-1]]
+            bounds -= bounds[0]
+            addrs = _real_addresses(st, pages, who, bounds)
+            status, counts, errors = self.executor.run_many(
+                [(m.pid, addrs[a:b], None) for m, a, b in zip(who, bounds[:-1], bounds[1:])], query=True)
+            for i, e in errors.items():  # gone: dropped at the next sample; else this time
+                status[bounds[i]: bounds[i + 1]] = -1
+                if not isinstance(e, GONE):
+                    log.debug("pid %d: recheck: %s", who[i].pid, e)
+            stats.queries.calls += counts.calls
+            stats.queries.seconds += counts.seconds
+            stats.rechecked += pages.size
+            known = st.node_of(pages)
+            moved = (status >= 0) & (status != known)
+            if moved.any():
+                p, was = pages[moved], known[moved]
+                from_cls = np.full(p.size, st.unknown, dtype=np.int64)
+                for i, nid in enumerate(st.node_ids):
+                    from_cls[was == nid] = i
+                st.set_node(p, st.hotness(p), from_cls, status[moved])
+                stats.stale += int(moved.sum())
+                pk.version += 1
 
     def _count_unmatched(self, refs: Sequence[ProcessRef]) -> None:
         """Intervals in a row in which each target matched no process; a target reaching
@@ -533,16 +542,37 @@ class Engine:
         unit = self.units.pop(key, None)
         if unit is not None:
             unit.close()
-        self._noted.pop(key, None)
 
     def _stage(self, unit: Tracked, node_ids) -> float:
         """Read the maps of one process and stage its extents in its pack (joining one if
         new).  Returns the time spent in our own arithmetic."""
-        ext = Extents.from_vmas(self.kernel.procfs.maps(unit.pid), getattr(self.reader, "page_granular", False))
+        ext = Extents.from_vmas(self.kernel.procfs.maps(unit.pid),
+                                getattr(self.reader, "page_granular", False))
+        if ext.pages > TRACK_FLOOR_PAGES:
+            ext = self._bounded(unit, ext)
         t0 = self.clock()
         unit.reader, unit.huge = self.reader, self.huge
         self.packs.stage(unit, ext, self.policy.window, node_ids, self.chunk_words)
         return self.clock() - t0
+
+    def _bounded(self, unit: Tracked, ext: Extents) -> Extents:
+        """``ext`` within TRACK_RSS_FACTOR x the process's resident pages (at least
+        TRACK_FLOOR_PAGES): the largest ranges are left out (sparse reservations are the
+        large ones), with a warning naming the process."""
+        rss = int(self.kernel.procfs.status(unit.pid).get("VmRSS", 0)) // PAGE_SIZE
+        cap = max(TRACK_FLOOR_PAGES, TRACK_RSS_FACTOR * rss) // 64
+        if ext.words <= cap:
+            return ext
+        order = np.argsort(ext.nwords, kind="stable")  # smallest first
+        keep = np.zeros(len(ext), dtype=bool)
+        keep[order[np.cumsum(ext.nwords[order]) <= cap]] = True
+        left = int(ext.nwords[~keep].sum()) * 64
+        self.warn.warning((unit.ref.target, "address space bounded"),
+                          "pid %d (%s): %s of address space for %s resident: %d largest range(s), "
+                          "%s, not tracked (state is bounded to %dx the resident set, at least %s)",
+                          unit.pid, unit.ref.target, _size(ext.pages), _size(rss),
+                          int((~keep).sum()), _size(left), TRACK_RSS_FACTOR, _size(TRACK_FLOOR_PAGES))
+        return Extents(ext.word_start[keep], ext.nwords[keep], ext.edge_pages, ext.holes)
 
     def _sample(self, node_ids, stats: IntervalStats) -> float:
         """Sample every pack's members into its shared state and commit it once.  Returns
@@ -692,7 +722,8 @@ class Engine:
             per = np.bincount(seg, weights=sizes, minlength=int(seg.max()) + 1).astype(np.int64)
             who = [members[s] for s in sorted(members) if per[s]]
             bounds = np.concatenate(([0], np.cumsum([per[m.seg] for m in who]))).astype(np.int64)
-            jobs = [(m.pid, m.vpn_of(pages[a:b]) << np.uint64(12), None if dest is None else dest[a:b])
+            addrs = _real_addresses(st, pages, who, bounds)
+            jobs = [(m.pid, addrs[a:b], None if dest is None else dest[a:b])
                     for m, a, b in zip(who, bounds[:-1].tolist(), bounds[1:].tolist())]
             status, counts, errors = self.executor.run_many(jobs, query=query)
             ran = np.ones(pages.size, dtype=bool)
@@ -723,11 +754,8 @@ class Engine:
                     self._apply(st, pages[sel], k % (LEVELS + TOP_LEVELS), k // (LEVELS + TOP_LEVELS),
                                 status[sel], None if dest is None else dest[sel])
             if not query:
-                moved = (status == dest) & ran
-                page_reason, page_level = np.repeat(reasons, sizes), np.repeat(level, sizes)
-                for m, a, b in zip(who, bounds[:-1].tolist(), bounds[1:].tolist()):
-                    if m.key in self.units:
-                        self._note_moves(m, pages[a:b], moved[a:b], page_reason[a:b], page_level[a:b])
+                self._note_moves(pk, pages, (status == dest) & ran, np.repeat(reasons, sizes),
+                                 np.repeat(level, sizes))
             pk.version += 1
             left -= sizes
             if counts.not_tried:
@@ -796,6 +824,13 @@ class Engine:
         for key in list(self.units):
             self._drop(key)
         _close_all(self.reader)
+
+
+def _real_addresses(st: PageState, pages: np.ndarray, who: Sequence[Tracked], bounds) -> np.ndarray:
+    """Flat pages of a pack (member ``who[i]``'s at pages[bounds[i]:bounds[i + 1]]) -> the
+    addresses in their own processes."""
+    base = np.repeat(np.array([m.base_vpn for m in who], dtype=np.uint64), np.diff(bounds))
+    return (st.extents.vpn_of(pages) - base) << np.uint64(12)
 
 
 def _close_all(reader) -> None:

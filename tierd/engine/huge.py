@@ -147,13 +147,11 @@ class SplitTracker:
 # Reading blocks out of a PageState
 
 
-def _blocks(st: PageState, lo: int = 0, hi: int | None = None):
+def _blocks(st: PageState):
     """(flat word start of each aligned block's slice, first vpn) per extent piece: the
-    2 MiB-aligned blocks lying wholly inside one extent (of extents lo..hi: one process's
-    in a pack), in passes of SCAN_BLOCKS."""
+    2 MiB-aligned blocks lying wholly inside one extent, in passes of SCAN_BLOCKS."""
     ext = st.extents
-    for ws, nw, off in zip(ext.word_start[lo:hi].tolist(), ext.nwords[lo:hi].tolist(),
-                           ext.offset[:-1][lo:hi].tolist()):
+    for ws, nw, off in zip(ext.word_start.tolist(), ext.nwords.tolist(), ext.offset[:-1].tolist()):
         first = -(-ws // HPAGE_WORDS) * HPAGE_WORDS
         nb = (ws + nw - first) // HPAGE_WORDS
         for b0 in range(0, max(0, nb), SCAN_BLOCKS):
@@ -162,7 +160,7 @@ def _blocks(st: PageState, lo: int = 0, hi: int | None = None):
             yield off + (w0 - ws), w0 * 64, k
 
 
-def uniform_hot_blocks(st: PageState, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def uniform_hot_blocks(st: PageState) -> tuple[np.ndarray, np.ndarray]:
     """(first vpn, hotness) of the fully present 2 MiB blocks that look like one Accessed
     bit now (the newest sample is all set or all clear) and had every page accessed in some
     sample of the window, hottest first.  Only the newest sample must be uniform: a range
@@ -170,7 +168,7 @@ def uniform_hot_blocks(st: PageState, lo: int = 0, hi: int | None = None) -> tup
     seen (and held back) at once."""
     vpns, flats = [], []
     rows = st.history_rows()
-    for fw, vpn0, k in _blocks(st, lo, hi):
+    for fw, vpn0, k in _blocks(st):
         sl = slice(fw, fw + k * HPAGE_WORDS)
         full = (st.present[sl].reshape(k, HPAGE_WORDS) == ALL).all(axis=1)
         h = rows[0][sl].reshape(k, HPAGE_WORDS)
@@ -262,6 +260,7 @@ class HugePages:
         self.deadline = deadline
         self.fast_nodes = tuple(r.node for r in getattr(plan, "rooms", ()))
         done = 0
+        blocks: dict = {}  # pack -> its uniform hot blocks (synthetic vpns), one pass per pack
         for unit in units:
             st = unit.state
             if st is None or not unit.samples or unit.seg is None:
@@ -273,7 +272,11 @@ class HugePages:
             try:
                 cand = np.zeros(0, np.int64)
                 if not fits or self.tracker.verdict(key) == "sparse":
-                    vpns = uniform_hot_blocks(st, unit.ext_lo, unit.ext_hi)[0][:CHECK_BLOCKS] - base
+                    if unit.pack not in blocks:
+                        blocks[unit.pack] = uniform_hot_blocks(st)[0]
+                    vpns = blocks[unit.pack]
+                    end = base + int(unit.ext.word_start[-1] + unit.ext.nwords[-1]) * 64
+                    vpns = vpns[(vpns >= base) & (vpns < end)][:CHECK_BLOCKS] - base
                     if vpns.size:
                         cand = vpns[self.splitter.is_thp(unit.ref.pid, vpns)]
                 self._drop_recollapsed(unit)

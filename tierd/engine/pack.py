@@ -42,8 +42,7 @@ class Tracked:
     docstring).  ``reader`` and ``huge`` are the engine's access-bit reader and huge-page
     splitter as of this process's last sample: ``close`` releases what they hold for it."""
 
-    __slots__ = ("ref", "pack", "slot", "ext", "samples", "seg", "off", "ext_lo", "ext_hi",
-                 "reader", "huge")
+    __slots__ = ("ref", "pack", "slot", "ext", "samples", "seg", "off", "reader", "huge")
 
     def __init__(self, ref) -> None:
         self.ref = ref
@@ -53,7 +52,6 @@ class Tracked:
         self.samples = 0  # samples committed since it joined
         self.seg: int | None = None  # segment index in the pack's state (None: no words)
         self.off = 0  # flat word offset of its segment
-        self.ext_lo = self.ext_hi = 0  # its extents' indices in the pack's extents
         self.reader = None
         self.huge = None
 
@@ -173,12 +171,10 @@ class Pack:
         if changed:
             st.remap(ext)
         self.joined_words = sum(m.ext.words for m in segs)
-        off = nx = 0
+        off = 0
         starts = []
         for i, m in enumerate(segs):
-            m.seg, m.off, m.ext_lo = i, off, nx
-            nx += len(m.ext)
-            m.ext_hi = nx
+            m.seg, m.off = i, off
             starts.append(off)
             off += m.ext.words
         if starts and (changed or st.seg_start is None or st.seg_start.size != len(starts)):

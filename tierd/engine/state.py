@@ -1,4 +1,4 @@
-"""Page state of a pack of processes (tierd/engine/pack.py): access history, known NUMA node, presence, retry backoff.
+"""Page state of a pack of processes: access history, known NUMA node, presence, retry backoff.
 
 Everything is a numpy array indexed by page of the process's *tracked address space*: its
 extents (VMAs rounded out to 64-page words and merged, docs/design.md "Page addressing")
@@ -160,6 +160,11 @@ class Extents:
         p = np.asarray(flat_pages, dtype=np.int64)
         if self.word_start.size == 1:
             return (p + int(self.word_start[0]) * PAGES_PER_WORD).astype(np.uint64)
+        if p.size > len(self) and p.ndim == 1 and (p[1:] >= p[:-1]).all():
+            # ascending (the usual case: selections, rechecks): extents are runs of pages
+            runs = np.diff(np.searchsorted(p, self.offset * PAGES_PER_WORD))
+            shift = (self.word_start - self.offset[:-1]) * PAGES_PER_WORD
+            return (p + np.repeat(shift, runs)).astype(np.uint64)
         i = np.searchsorted(self.offset, p // PAGES_PER_WORD, side="right") - 1
         return (p + (self.word_start[i] - self.offset[i]) * PAGES_PER_WORD).astype(np.uint64)
 

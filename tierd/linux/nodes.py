@@ -124,6 +124,9 @@ class NumaMapsNodes:
     def forget(self, pid: int) -> None:
         self._spans.pop(pid, None)
 
+    def forget_all(self) -> None:
+        self._spans.clear()
+
 
 class PagemapNodes:
     """``nodes(pid, word_start, nwords)`` from the PFNs in /proc/PID/pagemap and the sysfs

@@ -434,6 +434,9 @@ class IdleBitmapReader:
                 a = end
 
     def close(self, pid: int) -> None:
+        """Everything held for ``pid``: its descriptor and its numa_maps spans (a later
+        process with the same pid must not inherit them)."""
+        self._numa.forget(pid)
         fd = self._fds.pop(pid, None)
         if fd is not None:
             os.close(fd)
@@ -441,6 +444,7 @@ class IdleBitmapReader:
     def close_all(self) -> None:
         for pid in list(self._fds):
             self.close(pid)
+        self._numa.forget_all()
 
     def __enter__(self):
         return self

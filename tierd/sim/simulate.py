@@ -966,6 +966,10 @@ class SimProcFS:
         self._proc(pid)
         return "sim"
 
+    def status(self, pid):
+        proc = self._proc(pid)
+        return {"VmRSS": int((proc.node >= 0).sum()) * PAGE}
+
     def cgroup(self, pid):
         self._proc(pid)
         return "/sim.slice"
