@@ -48,10 +48,12 @@ from tierd.engine.placement import (
     plan_queries,
 )
 from tierd.engine.gain import NEED_SHARES, GainModel, need
-from tierd.engine.pack import Pack, Packs, Tracked
-from tierd.engine.state import CHUNK_WORDS, TOP_LEVELS, Extents, PageState, test_bits
+from tierd.engine.pack import Pack, Packs, SharedRef, Tracked
+from tierd.engine.state import CHUNK_WORDS, TOP_LEVELS, Extents, PageState, is_shared, page_bits, test_bits
 from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
 from tierd.linux.errors import ParseError
+from tierd.linux.syscalls import MPOL_MF_MOVE, MPOL_MF_MOVE_ALL
+from tierd.linux.tracking import extents as word_extents
 from tierd.logs import RateLimiter
 
 log = logging.getLogger("tierd")
@@ -140,6 +142,10 @@ class IntervalStats:
     interval: float = 0.0  # the interval this one's move budget covered (seconds)
     unsampled_ranges: int = 0  # all targets: see TargetStats.unsampled_ranges
     unsampled_pages: int = 0
+    shared_pages: int = 0  # present pages of shared objects (counted once, in their target)
+    # ... of them not moved: shared by several processes, moving them needs MPOL_MF_MOVE_ALL
+    # and CAP_SYS_NICE, which tierd lacks (never attempted: the kernel would refuse each)
+    shared_unmovable: int = 0
 
 
 class Observer:
@@ -228,6 +234,11 @@ class Engine:
         self.reader = kernel.reader(policy.tracking)
         self.executor = Executor(kernel, policy.batch // PAGE_SIZE, should_stop=should_stop, clock=clock)
         self.units: dict[tuple, Tracked] = {}  # every tracked process, by identity
+        self.shared: dict[tuple, Tracked] = {}  # shared objects their mappings name (pack.py)
+        # pages mapped by several processes move only with MPOL_MF_MOVE_ALL (CAP_SYS_NICE)
+        feats = kernel.features()
+        self.move_shared = feats is not None and feats.cap_sys_nice
+        self._warned_shared = False
         self.packs = Packs()  # their shared page states (tierd/engine/pack.py)
         self.seq = 0
         self.gain = GainModel()  # access-rate estimates per (tier, level), across intervals
@@ -326,12 +337,13 @@ class Engine:
             except ParseError as e:  # its maps did not parse: this process, this interval
                 self.warn.warning((unit.ref.target, "not sampled", "parse"),
                                   "pid %d (%s): not sampled: %s", unit.ref.pid, unit.ref.target, e)
+        engine_s += self._stage_shared(node_ids)
         engine_s += self._sample(node_ids, stats)
         t1 = self.clock()
         stats.sample_seconds = t1 - t0 - engine_s
 
-        live = [u for u in self.units.values() if u.samples and u.seg is not None]
-        stats.primed = sum(u.samples == 1 for u in live)
+        live = [u for u in self._tracked() if u.samples and u.seg is not None]
+        stats.primed = sum(u.samples == 1 for u in live if not u.shared)
         for pk in self.packs:
             pk.state.expire(self.seq, pol.retry_after)
             pk.version += 1
@@ -340,7 +352,7 @@ class Engine:
             self._recheck(stats)
             queries = plan_queries(self._counts(live), self.query_budget)
             self._execute(queries, stats, query=True)
-            counts = self._counts(live)
+            counts = self._counts(live, stats)
             gain = self._gain(node_ids, fast, slow)
             budget = self.move_budget
             pl = plan(counts, node_ids, topo, fast, slow, pol, budget, gain,
@@ -352,7 +364,7 @@ class Engine:
             # byte budget covers; splitting gets at most SPLIT_SHARE of it (huge.py).
             begun = self.clock()
             if self.huge is not None:  # splits sparsely hot THPs, holds back undecided ones
-                stats.split = self.huge.step(live, pl, pol, self.reader,
+                stats.split = self.huge.step([u for u in live if not u.shared], pl, pol, self.reader,
                                              deadline=begun + SPLIT_SHARE * self.covered)
             # demotions first: they make the room the promotions were planned into; then
             # promote only into the room there is now (a failed demotion cancels its pair).
@@ -471,16 +483,11 @@ class Engine:
             bounds = np.array([spans[0][1]] + [b for _, _, b in spans], dtype=np.int64)
             pages = pages[bounds[0]: bounds[-1]]
             bounds -= bounds[0]
-            addrs = _real_addresses(st, pages, who, bounds)
-            status, counts, errors = self.executor.run_many(
-                [(m.pid, addrs[a:b], None) for m, a, b in zip(who, bounds[:-1], bounds[1:])], query=True)
-            for i, e in errors.items():  # gone: dropped at the next sample; else this time
-                status[bounds[i]: bounds[i + 1]] = -1
-                if not isinstance(e, GONE):
-                    log.debug("pid %d: recheck: %s", who[i].pid, e)
+            status, counts, ran = self._run_jobs(st, pages, who, bounds, None, None)
+            status[~ran] = -1
             stats.queries.calls += counts.calls
             stats.queries.seconds += counts.seconds
-            stats.rechecked += pages.size
+            stats.rechecked += int(ran.sum())
             known = st.node_of(pages)
             moved = (status >= 0) & (status != known)
             if moved.any():
@@ -546,8 +553,10 @@ class Engine:
     def _stage(self, unit: Tracked, node_ids) -> float:
         """Read the maps of one process and stage its extents in its pack (joining one if
         new).  Returns the time spent in our own arithmetic."""
-        ext = Extents.from_vmas(self.kernel.procfs.maps(unit.pid),
-                                getattr(self.reader, "page_granular", False))
+        vmas = self.kernel.procfs.maps(unit.pid)
+        ext = Extents.from_vmas(vmas, getattr(self.reader, "page_granular", False), shared=False)
+        unit.spans = [(("shared", v.dev, v.inode), v.start // PAGE_SIZE, v.end // PAGE_SIZE,
+                       v.offset // PAGE_SIZE) for v in vmas if is_shared(v)]
         if ext.pages > TRACK_FLOOR_PAGES:
             ext = self._bounded(unit, ext)
         t0 = self.clock()
@@ -574,6 +583,57 @@ class Engine:
                           int((~keep).sum()), _size(left), TRACK_RSS_FACTOR, _size(TRACK_FLOOR_PAGES))
         return Extents(ext.word_start[keep], ext.nwords[keep], ext.edge_pages, ext.holes)
 
+    def _tracked(self):
+        """Every Tracked: the processes, then the shared objects."""
+        return [*self.units.values(), *self.shared.values()]
+
+    def _stage_shared(self, node_ids) -> float:
+        """The shared objects the processes' shared mappings name (pack.py): new ones join a
+        pack, ones no tracked process maps any more are closed.  Each counts in its first
+        mapper's target; its extents are the page offsets mapped.  Returns our time."""
+        t0 = self.clock()
+        mapped: dict = {}
+        for u in self.units.values():
+            for key, lo, hi, pg in u.spans:
+                mapped.setdefault(key, []).append((u, lo, hi, pg))
+        for key in [k for k in self.shared if k not in mapped]:
+            self.shared.pop(key).close()
+        for key, spans in mapped.items():
+            first = spans[0][0]
+            ref = SharedRef(key[1], key[2], first.pid, first.ref.target, f"shared {key[1]}:{key[2]}")
+            obj = self.shared.get(key)
+            if obj is None:
+                obj = self.shared[key] = Tracked(ref)
+            obj.ref = ref
+            obj.mappers = [(u.pid, lo, hi, pg) for u, lo, hi, pg in spans]
+            ext = Extents(*word_extents([pg * PAGE_SIZE for _, _, _, pg in spans],
+                                        [(pg + hi - lo) * PAGE_SIZE for _, lo, hi, pg in spans]))
+            self.packs.stage(obj, ext, self.policy.window, node_ids, self.chunk_words)
+        return self.clock() - t0
+
+    def _read_shared(self, obj: Tracked, st: PageState, buffers) -> None:
+        """A shared object's sample: every mapper's bits of the object's pages, OR-ed (a page
+        is present if any mapper maps it, accessed if any mapper accessed it).  A mapper that
+        cannot be read is left out (a gone one is dropped at its own read)."""
+        present, accessed = buffers
+        present[obj.off: obj.off + obj.words] = 0
+        accessed[obj.off: obj.off + obj.words] = 0
+        for pid, lo, hi, pg in obj.mappers:
+            ws, we = lo // 64, -(-hi // 64)
+            try:
+                p, a = self.reader.sample(pid, ws, we - ws)
+            except OSError as e:  # ProcessGone included
+                log.debug("pid %d: shared mapping %#x not sampled: %s", pid, lo << 12, e)
+                continue
+            for plane, out in ((p, present), (a, accessed)):
+                bits = np.flatnonzero(np.unpackbits(np.ascontiguousarray(plane, "<u8").view(np.uint8),
+                                                    bitorder="little").view(bool))
+                vpn = bits + ws * 64
+                vpn = vpn[(vpn >= lo) & (vpn < hi)]
+                flat = obj.ext.flat_of(vpn - lo + pg) + obj.off * 64
+                w, m = page_bits(flat[flat >= obj.off * 64])
+                out[w] |= m
+
     def _sample(self, node_ids, stats: IntervalStats) -> float:
         """Sample every pack's members into its shared state and commit it once.  Returns
         the time spent in our own arithmetic."""
@@ -588,6 +648,9 @@ class Engine:
             present, accessed = buffers = st.sample_buffers()
             for m in list(pk.members.values()):
                 if m.seg is None:
+                    continue
+                if m.shared:
+                    self._read_shared(m, st, buffers)
                     continue
                 try:
                     self._read(m, st, buffers, stats)
@@ -662,17 +725,34 @@ class Engine:
 
         return nodes
 
-    @staticmethod
-    def _counts(units: Sequence[Tracked]) -> list[UnitCounts]:
+    def _counts(self, units: Sequence[Tracked], stats: IntervalStats | None = None) -> list[UnitCounts]:
         """Histograms per process; movable: minus pages in retry backoff, and nothing before
-        a second sample (the first one carries no recency: no page has history yet)."""
+        a second sample (the first one carries no recency: no page has history yet), and
+        no shared object's pages without CAP_SYS_NICE (counted in ``stats``, warned once)."""
         out = []
         for u in units:
             h = u.histograms()
             movable = h - u.backoff_histograms() if u.samples >= 2 else np.zeros_like(h)
+            if u.shared and stats is not None:
+                stats.shared_pages += int(h.sum())
+            if u.shared and not self.move_shared:
+                if stats is not None:
+                    stats.shared_unmovable += int(h.sum())
+                    self._warn_shared(u)
+                movable = np.zeros_like(h)
             top = u.top_histograms if u.state.has_top else None
             out.append(UnitCounts(u.key, u.ref.target, h, movable, top))
         return out
+
+    def _warn_shared(self, obj: Tracked) -> None:
+        if self._warned_shared:
+            return
+        self._warned_shared = True
+        log.warning("target %s: shared memory (%s, mapped by %d tracked process(es)) is not moved: "
+                    "a page mapped by several processes moves only with MPOL_MF_MOVE_ALL, which "
+                    "needs CAP_SYS_NICE (systemd/tierd.service: CapabilityBoundingSet); its pages "
+                    "are counted in tierd_shared_pages{state=\"unmovable\"}", obj.ref.target,
+                    obj.ref.name, len(obj.mappers))
 
     def _gain(self, node_ids, fast, slow):
         """This interval's access-rate estimates (tierd.engine.gain), or None: the level
@@ -693,7 +773,7 @@ class Engine:
         (bounded memory at any scale).  Returns the pages moved (for queries: learned)."""
         by_pack: dict = {}
         for r in requests:
-            unit = self.units.get(r.unit)
+            unit = self.units.get(r.unit) or self.shared.get(r.unit)
             if unit is not None and unit.pack is not None and unit.seg is not None:
                 by_pack.setdefault(id(unit.pack), (unit.pack, []))[1].append((unit, r))
         return sum(self._execute_pack(pk, reqs, stats, query) for pk, reqs in by_pack.values())
@@ -718,26 +798,11 @@ class Engine:
             if not sizes.sum():
                 break
             dest = None if query else np.repeat(dests, sizes)
-            # one job per member: its requests are adjacent
+            # one job per member (a shared object's: per mapper); its requests are adjacent
             per = np.bincount(seg, weights=sizes, minlength=int(seg.max()) + 1).astype(np.int64)
             who = [members[s] for s in sorted(members) if per[s]]
             bounds = np.concatenate(([0], np.cumsum([per[m.seg] for m in who]))).astype(np.int64)
-            addrs = _real_addresses(st, pages, who, bounds)
-            jobs = [(m.pid, addrs[a:b], None if dest is None else dest[a:b])
-                    for m, a, b in zip(who, bounds[:-1].tolist(), bounds[1:].tolist())]
-            status, counts, errors = self.executor.run_many(jobs, query=query)
-            ran = np.ones(pages.size, dtype=bool)
-            for i, e in errors.items():
-                # a refused member keeps what moved before the error (executor.run_many)
-                job = slice(bounds[i], bounds[i + 1])
-                ran[job] = False if isinstance(e, GONE) else status[job] != NOT_TRIED
-                m = who[i]
-                if isinstance(e, GONE):
-                    self._drop(m.key)
-                    stats.dropped += 1
-                else:  # PermissionError, MovePagesError: this process, this time
-                    self.warn.warning((m.ref.target, "move_pages", _reason(e)),
-                                      "pid %d (%s): move_pages: %s", m.pid, m.ref.target, e)
+            status, counts, ran = self._run_jobs(st, pages, who, bounds, dest, stats)
             (stats.queries if query else stats.moves).add(counts)
             done += counts.learned if query else counts.moved
             # folded in per (class, level): the pages of one cell are ascending in this
@@ -746,10 +811,7 @@ class Engine:
             kid = cls * (LEVELS + TOP_LEVELS) + level
             page_kid = np.repeat(kid, sizes)
             for k in np.unique(kid[sizes > 0]).tolist():
-                mine = page_kid == k
-                if errors:
-                    mine &= ran
-                sel = np.flatnonzero(mine)
+                sel = np.flatnonzero((page_kid == k) & ran)
                 if sel.size:
                     self._apply(st, pages[sel], k % (LEVELS + TOP_LEVELS), k // (LEVELS + TOP_LEVELS),
                                 status[sel], None if dest is None else dest[sel])
@@ -761,6 +823,44 @@ class Engine:
             if counts.not_tried:
                 break
         return done
+
+    def _run_jobs(self, st: PageState, pages, who: Sequence[Tracked], bounds, dest, stats):
+        """move_pages (``dest`` None: a query) on flat pages of a pack, member ``who[i]``'s at
+        pages[bounds[i]:bounds[i + 1]]: one executor pass over every member's jobs (a
+        process: its own addresses; a shared object: through its mappers, with
+        MPOL_MF_MOVE_ALL).  Returns (status per page, counts, ran: pages whose status
+        counts).  A process gone is dropped; other refusals are warned about (``stats``:
+        not for rechecks)."""
+        vpn = st.extents.vpn_of(pages).astype(np.int64)
+        jobs, order, owner = [], [], []
+        for m, a, b in zip(who, bounds[:-1].tolist(), bounds[1:].tolist()):
+            flags = MPOL_MF_MOVE_ALL if m.shared else MPOL_MF_MOVE
+            for pid, idx, addrs in m.address_jobs(vpn[a:b] - m.base_vpn):
+                idx = idx + a
+                jobs.append((pid, addrs, None if dest is None else dest[idx], flags))
+                order.append(idx)
+                owner.append(m)
+        got, counts, errors = self.executor.run_many(jobs, query=dest is None)
+        order = np.concatenate(order) if order else np.zeros(0, np.int64)
+        status = np.full(pages.size, NOT_TRIED, dtype=np.int32)
+        status[order] = got
+        ran = np.zeros(pages.size, dtype=bool)  # shared pages no mapper maps: not tried
+        ran[order] = True
+        jb = np.cumsum([0] + [j[1].size for j in jobs])
+        for i, e in errors.items():
+            # a refused job keeps what moved before the error (executor.run_many)
+            idx = order[jb[i]: jb[i + 1]]
+            ran[idx] = False if isinstance(e, GONE) else status[idx] != NOT_TRIED
+            m = owner[i]
+            if isinstance(e, GONE):
+                if not m.shared:  # a shared object's mapper: dropped at its own sample
+                    self._drop(m.key)
+                    if stats is not None:
+                        stats.dropped += 1
+            elif stats is not None:  # PermissionError, MovePagesError: this process, this time
+                self.warn.warning((m.ref.target, "move_pages", _reason(e)),
+                                  "pid %d (%s): move_pages: %s", jobs[i][0], m.ref.name or m.ref.target, e)
+        return status, counts, ran
 
     def _apply(self, st: PageState, pages, level, cls, status, dest) -> None:
         """Fold move_pages results back into the state (level, class and dest: scalars or
@@ -793,14 +893,16 @@ class Engine:
         fast_cls = [i for i, n in enumerate(node_ids) if n in fast]
         # summed per (target, node layout) first: hundreds of packed processes, few numpy calls
         groups: dict = {}
+        nprocs: dict = {}
         for u in live:
             groups.setdefault((u.ref.target, u.state.node_ids), []).append(u.histograms())
+            nprocs[u.ref.target] = nprocs.get(u.ref.target, 0) + (not u.shared)
             stats.tracked_pages += u.pages
         stats.state_bytes = sum(pk.state.nbytes for pk in self.packs)
         for (target, ids), hs in groups.items():
             h = np.sum(hs, axis=0) if len(hs) > 1 else hs[0]
             ts = stats.targets.setdefault(target, TargetStats())
-            ts.processes += len(hs)
+            ts.processes = nprocs.get(target, 0)
             ts.hist = ts.hist + h.sum(axis=0)
             ts.pages += int(h.sum())
             for i, nid in enumerate(ids):
@@ -823,14 +925,10 @@ class Engine:
     def close(self) -> None:
         for key in list(self.units):
             self._drop(key)
+        for obj in self.shared.values():
+            obj.close()
+        self.shared.clear()
         _close_all(self.reader)
-
-
-def _real_addresses(st: PageState, pages: np.ndarray, who: Sequence[Tracked], bounds) -> np.ndarray:
-    """Flat pages of a pack (member ``who[i]``'s at pages[bounds[i]:bounds[i + 1]]) -> the
-    addresses in their own processes."""
-    base = np.repeat(np.array([m.base_vpn for m in who], dtype=np.uint64), np.diff(bounds))
-    return (st.extents.vpn_of(pages) - base) << np.uint64(12)
 
 
 def _close_all(reader) -> None:

@@ -20,11 +20,20 @@ nodes, backoff and retry table with it (``PageState.carve``).
 ``Tracked`` is the one object per process: its identity (the ``ProcessRef``), its place in a
 pack, and what it holds outside the pack (the reader's file descriptors and caches for its
 pid, the huge-page tracker's holds); ``close()`` releases all of it.
+
+Shared memory (MAP_SHARED mappings: shm, memfd, shared files; PostgreSQL's shared_buffers)
+is tracked once: each shared object (maps' dev and inode) is a ``Tracked`` of its own whose
+"address space" is the object's page offsets (``mappers``: which tracked process maps which
+part where).  Its sample is the OR of every mapper's accessed bits for those pages; it is
+moved once, through one live mapper's addresses, with MPOL_MF_MOVE_ALL (the kernel refuses
+MPOL_MF_MOVE for a page mapped more than once: EACCES).  The mapping processes' own segments
+leave their shared mappings out, so a target's pages count shared memory once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,12 +46,30 @@ SLOT_SHIFT = 31  # words: a member's synthetic address space starts at slot << 3
 SLOT_MAX = 1 << 26  # slots per pack (synthetic vpns stay below 2**63); then a new pack
 
 
+@dataclass(frozen=True)
+class SharedRef:
+    """The identity of a shared object: (dev, inode) from maps; ``pid`` a live mapper (its
+    node queries and moves go through that process's addresses), ``target`` its first
+    mapper's target (where its pages count)."""
+
+    dev: str
+    inode: int
+    pid: int
+    target: str
+    name: str = ""
+
+    @property
+    def key(self) -> tuple:
+        return ("shared", self.dev, self.inode)
+
+
 class Tracked:
     """One tracked process: identity, its segment of a pack, what it holds (see the module
     docstring).  ``reader`` and ``huge`` are the engine's access-bit reader and huge-page
     splitter as of this process's last sample: ``close`` releases what they hold for it."""
 
-    __slots__ = ("ref", "pack", "slot", "ext", "samples", "seg", "off", "reader", "huge")
+    __slots__ = ("ref", "pack", "slot", "ext", "samples", "seg", "off", "reader", "huge", "spans",
+                 "mappers")
 
     def __init__(self, ref) -> None:
         self.ref = ref
@@ -54,6 +81,10 @@ class Tracked:
         self.off = 0  # flat word offset of its segment
         self.reader = None
         self.huge = None
+        # a process: its shared mappings, [(object key, first vpn, end vpn, first page offset)]
+        self.spans: list = []
+        # a shared object: who maps which pages, [(pid, first vpn, end vpn, first page offset)]
+        self.mappers: list | None = None
 
     @property
     def key(self) -> Hashable:
@@ -67,6 +98,27 @@ class Tracked:
     def base_vpn(self) -> int:
         """Synthetic vpn of real vpn 0: real = synthetic - base_vpn."""
         return (self.slot << SLOT_SHIFT) * PAGES_PER_WORD
+
+    @property
+    def shared(self) -> bool:
+        """A shared object rather than a process."""
+        return self.mappers is not None
+
+    def address_jobs(self, vpns: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """Its (real) vpns -> [(pid, indices into vpns, addresses)]: one job for a process;
+        for a shared object (vpns are page offsets) each page through the first mapper that
+        maps it (pages no tracked process maps any more are left out)."""
+        v = np.asarray(vpns, dtype=np.int64)
+        if self.mappers is None:
+            return [(self.pid, np.arange(v.size), v.astype(np.uint64) << np.uint64(12))]
+        out = []
+        left = np.ones(v.size, dtype=bool)
+        for pid, lo, hi, pg in self.mappers:
+            mine = np.flatnonzero(left & (v >= pg) & (v < pg + hi - lo))
+            if mine.size:
+                left[mine] = False
+                out.append((pid, mine, (v[mine] - pg + lo).astype(np.uint64) << np.uint64(12)))
+        return out
 
     @property
     def words(self) -> int:
@@ -112,15 +164,18 @@ class Tracked:
         if self.pack is not None:
             self.pack.remove(self.key)
             self.pack = None
+        if self.huge is not None:
+            self.huge.forget(self.key)
+            self.huge = None
+        if self.mappers is not None:  # a shared object: no pid of its own to release
+            self.reader = None
+            return
         if self.reader is not None:
             try:
                 self.reader.close(self.pid)
             except OSError:
                 pass
             self.reader = None
-        if self.huge is not None:
-            self.huge.forget(self.key)
-            self.huge = None
         closer = getattr(self.ref, "close", None)  # a pidfd/dirfd identity (issue 17, #2)
         if closer is not None:
             closer()

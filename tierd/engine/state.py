@@ -100,7 +100,7 @@ class Extents:
         np.cumsum(self.nwords, out=self.offset[1:])
 
     @classmethod
-    def from_vmas(cls, vmas: Iterable, page_granular: bool = False) -> Extents:
+    def from_vmas(cls, vmas: Iterable, page_granular: bool = False, shared: bool = True) -> Extents:
         """Extents of the mappings tierd can track: not the kernel's special mappings
         ([vdso], [vsyscall]...) and not PROT_NONE reservations (guard pages, reserved heaps:
         never present, but possibly huge).
@@ -109,11 +109,14 @@ class Extents:
         such a mapping is left out (tracked_extents(): clearing it would clear the
         neighbour's Accessed bits too); ``edge_pages`` counts the tracked pages lost that way.
         A ``page_granular`` reader (idle_bitmap v3) keeps those words and is told the
-        neighbour's pages in them (``holes``): nothing is lost, ``edge_pages`` is 0."""
+        neighbour's pages in them (``holes``): nothing is lost, ``edge_pages`` is 0.
+        Without ``shared``, shared mappings (``is_shared``) are left out like those: the
+        engine tracks them once, as shared objects (tierd/engine/pack.py)."""
         from tierd.linux.tracking import extents, tracked_extents, untracked_holes
 
         vmas = [v for v in vmas if v.end > v.start]
-        tracked = [not _special(v) and v.perms[:3] != "---" for v in vmas]
+        tracked = [not _special(v) and v.perms[:3] != "---" and (shared or not is_shared(v))
+                   for v in vmas]
         keep = [v for v, t in zip(vmas, tracked) if t]
         skip = [v for v, t in zip(vmas, tracked) if not t]
         starts, ends = [v.start for v in keep], [v.end for v in keep]
@@ -178,6 +181,12 @@ class Extents:
         inside = (w >= self.word_start[i]) & (w < self.word_start[i] + self.nwords[i])
         flat = v + (self.offset[i] - self.word_start[i]) * PAGES_PER_WORD
         return np.where(inside, flat, -1)
+
+
+def is_shared(vma) -> bool:
+    """A MAP_SHARED mapping of an object with an inode (shm, memfd, a shared file): the
+    ``s`` in maps' permissions.  Its pages may be mapped by other processes too."""
+    return vma.perms[3:4] == "s" and vma.inode != 0
 
 
 def _special(vma) -> bool:

@@ -978,6 +978,7 @@ class SimProcFS:
 @dataclass(frozen=True)
 class SimFeatures:
     readers: tuple[str, ...] = ("simulated",)
+    cap_sys_nice: bool = True  # no shared memory is simulated: nothing needs it
 
 
 class SimSplitter:
