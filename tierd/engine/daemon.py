@@ -364,8 +364,8 @@ class Engine:
             # byte budget covers; splitting gets at most SPLIT_SHARE of it (huge.py).
             begun = self.clock()
             if self.huge is not None:  # splits sparsely hot THPs, holds back undecided ones
-                stats.split = self.huge.step([u for u in live if not u.shared], pl, pol, self.reader,
-                                             deadline=begun + SPLIT_SHARE * self.covered)
+                stats.split = self.huge.step([u for u in live if not u.shared], pl, pol,
+                                             self.reader, deadline=begun + SPLIT_SHARE * self.covered)
             # demotions first: they make the room the promotions were planned into; then
             # promote only into the room there is now (a failed demotion cancels its pair).
             self.executor.begin(begun + self.covered)
@@ -831,17 +831,27 @@ class Engine:
         MPOL_MF_MOVE_ALL).  Returns (status per page, counts, ran: pages whose status
         counts).  A process gone is dropped; other refusals are warned about (``stats``:
         not for rechecks)."""
-        vpn = st.extents.vpn_of(pages).astype(np.int64)
+        base = np.repeat(np.array([m.base_vpn for m in who], dtype=np.int64), np.diff(bounds))
+        vpn = st.extents.vpn_of(pages).astype(np.int64) - base  # each member's own vpns
+        addrs = vpn.astype(np.uint64) << np.uint64(12)
         jobs, order, owner = [], [], []
         for m, a, b in zip(who, bounds[:-1].tolist(), bounds[1:].tolist()):
-            flags = MPOL_MF_MOVE_ALL if m.shared else MPOL_MF_MOVE
-            for pid, idx, addrs in m.address_jobs(vpn[a:b] - m.base_vpn):
+            if not m.shared:  # its own addresses, in page order
+                jobs.append((m.pid, addrs[a:b], None if dest is None else dest[a:b], MPOL_MF_MOVE))
+                order.append(slice(a, b))
+                owner.append(m)
+                continue
+            for pid, idx, maddrs in m.address_jobs(vpn[a:b]):
                 idx = idx + a
-                jobs.append((pid, addrs, None if dest is None else dest[idx], flags))
+                jobs.append((pid, maddrs, None if dest is None else dest[idx], MPOL_MF_MOVE_ALL))
                 order.append(idx)
                 owner.append(m)
         got, counts, errors = self.executor.run_many(jobs, query=dest is None)
-        order = np.concatenate(order) if order else np.zeros(0, np.int64)
+        if all(isinstance(o, slice) for o in order):  # no shared object: page order
+            order = np.arange(pages.size)
+        else:
+            order = np.concatenate([np.arange(o.start, o.stop) if isinstance(o, slice) else o
+                                    for o in order]) if order else np.zeros(0, np.int64)
         status = np.full(pages.size, NOT_TRIED, dtype=np.int32)
         status[order] = got
         ran = np.zeros(pages.size, dtype=bool)  # shared pages no mapper maps: not tried

@@ -198,9 +198,10 @@ class Executor:
 
     def run_many(self, jobs, query: bool = False):
         """``move`` (or ``query``) for several processes at once: ``jobs`` = [(pid, addrs,
-        nodes or None, move_pages flags)] (flags MPOL_MF_MOVE_ALL for shared pages).  Returns (status for all pages in job order, counts over the jobs
-        that ran, {job index: exception} for jobs whose process was gone or refused).
-        One status array and one tally for all: packed small processes
+        nodes or None, move_pages flags)] (MPOL_MF_MOVE_ALL for shared pages).  Returns
+        (status for all pages in job order, counts over the jobs that ran, {job index:
+        exception} for jobs whose process was gone or refused).
+        One status array and one tally for all: the members of a pack
         (tierd/engine/pack.py) do not pay the per-call accounting each."""
         kind = "query" if query else "move"
         sizes = [np.size(j[1]) for j in jobs]

@@ -147,17 +147,16 @@ class SplitTracker:
 # Reading blocks out of a PageState
 
 
-def _blocks(st: PageState):
-    """(flat word start of each aligned block's slice, first vpn) per extent piece: the
-    2 MiB-aligned blocks lying wholly inside one extent, in passes of SCAN_BLOCKS."""
+def _blocks(st: PageState) -> tuple[np.ndarray, np.ndarray]:
+    """(flat word of each block's first word, its first vpn) for every 2 MiB-aligned block
+    lying wholly inside one extent, all extents at once (a pack has one per member)."""
     ext = st.extents
-    for ws, nw, off in zip(ext.word_start.tolist(), ext.nwords.tolist(), ext.offset[:-1].tolist()):
-        first = -(-ws // HPAGE_WORDS) * HPAGE_WORDS
-        nb = (ws + nw - first) // HPAGE_WORDS
-        for b0 in range(0, max(0, nb), SCAN_BLOCKS):
-            k = min(SCAN_BLOCKS, nb - b0)
-            w0 = first + b0 * HPAGE_WORDS
-            yield off + (w0 - ws), w0 * 64, k
+    ws, nw, off = ext.word_start, ext.nwords, ext.offset[:-1]
+    first = -(-ws // HPAGE_WORDS) * HPAGE_WORDS
+    nb = np.maximum((ws + nw - first) // HPAGE_WORDS, 0)
+    k = np.arange(int(nb.sum())) - np.repeat(np.cumsum(nb) - nb, nb)
+    return (np.repeat(off + first - ws, nb) + k * HPAGE_WORDS,
+            (np.repeat(first, nb) + k * HPAGE_WORDS) * 64)
 
 
 def uniform_hot_blocks(st: PageState) -> tuple[np.ndarray, np.ndarray]:
@@ -165,24 +164,24 @@ def uniform_hot_blocks(st: PageState) -> tuple[np.ndarray, np.ndarray]:
     bit now (the newest sample is all set or all clear) and had every page accessed in some
     sample of the window, hottest first.  Only the newest sample must be uniform: a range
     khugepaged collapsed again still has its split-time history for a window, and must be
-    seen (and held back) at once."""
-    vpns, flats = [], []
+    seen (and held back) at once.  In passes of SCAN_BLOCKS blocks (bounded temporaries)."""
+    fw, vpn0 = _blocks(st)
     rows = st.history_rows()
-    for fw, vpn0, k in _blocks(st):
-        sl = slice(fw, fw + k * HPAGE_WORDS)
-        full = (st.present[sl].reshape(k, HPAGE_WORDS) == ALL).all(axis=1)
-        h = rows[0][sl].reshape(k, HPAGE_WORDS)
-        uniform = full & (((h == 0).all(axis=1)) | (h == ALL).all(axis=1))
-        hot = np.zeros(k, dtype=bool)
+    keep = []
+    for i in range(0, fw.size, SCAN_BLOCKS):
+        w = fw[i: i + SCAN_BLOCKS, None] + np.arange(HPAGE_WORDS)
+        full = (st.present[w] == ALL).all(axis=1)
+        h = rows[0][w]
+        uniform = full & ((h == 0).all(axis=1) | (h == ALL).all(axis=1))
+        hot = np.zeros(w.shape[0], dtype=bool)
         for r in rows:
-            hot |= (r[sl].reshape(k, HPAGE_WORDS) == ALL).all(axis=1)
-        idx = np.flatnonzero(uniform & hot)
-        vpns.append(vpn0 + idx * HPAGE_PAGES)
-        flats.append((fw + idx * HPAGE_WORDS) * 64)
-    if not vpns:
+            hot |= (r[w] == ALL).all(axis=1)
+        keep.append(i + np.flatnonzero(uniform & hot))
+    idx = np.concatenate(keep) if keep else np.zeros(0, np.int64)
+    if not idx.size:
         return np.zeros(0, np.int64), np.zeros(0, np.uint8)
-    v = np.concatenate(vpns).astype(np.int64)
-    hot = st.hotness(np.concatenate(flats)) if v.size else np.zeros(0, np.uint8)
+    v = vpn0[idx].astype(np.int64)
+    hot = st.hotness(fw[idx] * 64)
     order = np.argsort(-hot.astype(np.int64), kind="stable")
     return v[order], hot[order]
 

@@ -299,7 +299,7 @@ def _lowest_bits(x: int, k: int) -> int:
 
 
 class PageState:
-    """The packed state of one process (see the module docstring)."""
+    """The packed page state of one pack (see the module docstring)."""
 
     def __init__(
         self,
