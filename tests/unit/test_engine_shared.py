@@ -105,3 +105,23 @@ def test_the_fake_kernel_refuses_a_page_mapped_twice_without_move_all():
     assert k.move_pages(PID, [SHM_AT], [0], flags=4).tolist() == [0]
     b.gone = True
     assert k.move_pages(PID, [SHM_AT + PAGE], [0], flags=2).tolist() == [0]
+
+
+def test_a_shared_mapping_sharing_a_word_leaves_the_neighbours_bits_to_their_owner():
+    """A page-granular reader (idle_bitmap v3): the shared mapping's read skips the private
+    pages in its edge word, so their accesses reach the process's own segment."""
+    from test_linux_tracking_scan import PageGranularReader
+
+    k = Kernel(True)
+    k._reader = PageGranularReader(k)
+    proc = k.add(FakeProc(PID, 100))  # pages 0-99: word 1 is shared with the mapping
+    shm = FakeShared(128)
+    proc.map_shared(shm, proc.addr(100))
+    eng = make_engine(k)
+    for _ in range(3):
+        proc.next_access |= {proc.vpn(i) for i in range(64, 100)}
+        eng.step()
+    u = eng.units[(PID, 0.0)]
+    hot = u.state.hotness(u.flat_of([proc.vpn(i) for i in range(64, 100)]))
+    assert (hot > 0).all(), hot
+    assert [(lo, hi) for s in k._reader.skips for lo, hi in s if lo == proc.vpn(64)] != []

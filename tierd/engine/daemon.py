@@ -620,8 +620,14 @@ class Engine:
         accessed[obj.off: obj.off + obj.words] = 0
         for pid, lo, hi, pg in obj.mappers:
             ws, we = lo // 64, -(-hi // 64)
+            # a page-granular reader leaves the neighbours in the edge words alone (their
+            # Accessed bits are the process's own segment's); a word-clearing one is not
+            # given those words for the process's own segment (Extents.from_vmas)
+            skip = [(a, b) for a, b in ((ws * 64, lo), (hi, we * 64)) if b > a]
             try:
-                p, a = self.reader.sample(pid, ws, we - ws)
+                p, a = (self.reader.sample(pid, ws, we - ws, skip=skip)
+                        if skip and getattr(self.reader, "page_granular", False)
+                        else self.reader.sample(pid, ws, we - ws))
             except OSError as e:  # ProcessGone included
                 log.debug("pid %d: shared mapping %#x not sampled: %s", pid, lo << 12, e)
                 continue
