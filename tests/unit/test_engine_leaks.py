@@ -166,3 +166,20 @@ def test_the_bound_follows_the_resident_set(monkeypatch):
     eng = make_engine(k)
     eng.step()
     assert eng.units[(PID, 0.0)].pages == 128 + 320
+
+
+def test_a_process_that_exits_leaves_nothing_behind():
+    """Tracked.close: the reader's pid, the huge-page verdicts and holds, its words (history,
+    nodes, backoff) and retry entries in the shared pack all go."""
+    k, eng = held_engine(2)
+    gone = (PID + 1, 0.0)
+    pk = eng.units[gone].pack
+    base = eng.units[gone].base_vpn
+    pk.state.fail(np.arange(eng.units[gone].off * 64, eng.units[gone].off * 64 + 5), eng.seq, 4)
+    assert gone in eng.huge.tracker.procs and gone in eng.huge.held
+    k.procs.pop(PID + 1)
+    eng.step()
+    assert gone not in eng.units and PID + 1 in k._reader.closed
+    assert gone not in eng.huge.tracker.procs and gone not in eng.huge.held
+    assert pk.state.words == eng.units[(PID, 0.0)].words
+    assert not ((pk.state.retry_vpn >= base) & (pk.state.retry_vpn < base + (1 << 37))).any()
