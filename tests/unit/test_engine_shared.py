@@ -92,6 +92,17 @@ def test_without_cap_sys_nice_shared_pages_are_never_attempted(caplog):
     first = next(n for n, _, fast in rows if fast == PRIVATE)
     assert first <= 3, first
     assert rows[-1][1].targets["app"].pages == SHARED + PRIVATE + 64 * (NPROC - 1)
+    # and the metrics say so
+    from prometheus_client import generate_latest
+    from test_integrations import samples
+
+    from tierd.integrations.metrics import MetricsObserver, make_registry
+
+    obs = MetricsObserver(eng, kernel_release="test")
+    obs.on_interval(rows[-1][1])
+    text = generate_latest(make_registry(lambda: obs.snapshot)).decode()
+    assert samples(text, "tierd_shared_pages") == {(("state", "tracked"),): SHARED,
+                                                   (("state", "unmovable"),): SHARED}
 
 
 def test_the_fake_kernel_refuses_a_page_mapped_twice_without_move_all():
