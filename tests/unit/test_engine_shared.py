@@ -136,3 +136,18 @@ def test_a_shared_mapping_sharing_a_word_leaves_the_neighbours_bits_to_their_own
     hot = u.state.hotness(u.flat_of([proc.vpn(i) for i in range(64, 100)]))
     assert (hot > 0).all(), hot
     assert [(lo, hi) for s in k._reader.skips for lo, hi in s if lo == proc.vpn(64)] != []
+
+
+def test_without_cap_sys_nice_a_region_one_tracked_process_maps_is_moved():
+    """MPOL_MF_MOVE moves a page mapped once: a shared mapping only one tracked process maps
+    (a memfd of its own) is moved without CAP_SYS_NICE."""
+    k = Kernel(False)
+    shm = FakeShared(256)
+    proc = k.add(FakeProc(PID, 64))
+    proc.map_shared(shm, SHM_AT)
+    eng = make_engine(k)
+    for _ in range(4):
+        proc.next_access |= {SHM_AT // PAGE + i for i in range(100)}
+        stats = eng.step()
+    assert sum(shm.node[i] == 0 for i in range(100)) == 100
+    assert stats.shared_unmovable == 0 and stats.moves.denied == 0

@@ -741,7 +741,7 @@ class Engine:
             movable = h - u.backoff_histograms() if u.samples >= 2 else np.zeros_like(h)
             if u.shared and stats is not None:
                 stats.shared_pages += int(h.sum())
-            if u.shared and not self.move_shared:
+            if u.shared and not self._movable(u):
                 if stats is not None:
                     stats.shared_unmovable += int(h.sum())
                     self._warn_shared(u)
@@ -749,6 +749,12 @@ class Engine:
             top = u.top_histograms if u.state.has_top else None
             out.append(UnitCounts(u.key, u.ref.target, h, movable, top))
         return out
+
+    def _movable(self, obj: Tracked) -> bool:
+        """Can a shared object be moved?  With CAP_SYS_NICE (MPOL_MF_MOVE_ALL) yes; without,
+        only while one tracked process maps it (plain MPOL_MF_MOVE moves a page mapped once;
+        an untracked second mapper makes the kernel refuse it: EACCES, backed off)."""
+        return self.move_shared or len(obj.mappers) == 1
 
     def _warn_shared(self, obj: Tracked) -> None:
         if self._warned_shared:
@@ -847,9 +853,10 @@ class Engine:
                 order.append(slice(a, b))
                 owner.append(m)
                 continue
+            flags = MPOL_MF_MOVE_ALL if self.move_shared else MPOL_MF_MOVE
             for pid, idx, maddrs in m.address_jobs(vpn[a:b]):
                 idx = idx + a
-                jobs.append((pid, maddrs, None if dest is None else dest[idx], MPOL_MF_MOVE_ALL))
+                jobs.append((pid, maddrs, None if dest is None else dest[idx], flags))
                 order.append(idx)
                 owner.append(m)
         got, counts, errors = self.executor.run_many(jobs, query=dest is None)
