@@ -12,6 +12,9 @@ Access patterns (the kernel's side is pre-generated, not timed):
 - cold75: the same inside 25% of the engine's chunks (4 GiB each); the other 75% of the space is
   not touched during the window (typical of big memory: most of it is cold).
 
+With ``--pack-of-one`` each pattern is timed again on a state with one segment, as the engine
+holds a large process (tierd/engine/pack.py: every process is a segment of a pack).
+
 Baseline, measured in the same run on a slice of the same data: the obvious per-page byte
 path (unpack the accessed bits to bytes, shift a uint8 history register per page, hotness by
 table lookup, histograms by bincount over hotness + 16 * node from an int8 node array).
@@ -75,9 +78,11 @@ def make_patterns(rng, words, chunk, kind, count):
     return pats
 
 
-def bench_state(words, window, nodes, chunk, pattern, samples, seed):
+def bench_state(words, window, nodes, chunk, pattern, samples, seed, segmented=False):
     rng = np.random.default_rng(seed)
     st = PageState(Extents([0], [words]), window, tuple(range(nodes)), chunk_words=chunk)
+    if segmented:  # how the engine holds a large process: a pack of one (tierd/engine/pack.py)
+        st.set_segments([0])
     pats = make_patterns(rng, words, chunk, pattern, 4)
     on0 = random_words(rng, words)  # 25% of the pages on node 0 (fast), the rest on node 1
     p, a = st.sample_buffers()
@@ -144,6 +149,9 @@ def main() -> int:
     ap.add_argument("--baseline-fraction", type=float, default=1 / 16,
                     help="share of the address space the naive baseline runs on")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--pack-of-one", action="store_true",
+                    help="also time the state as the engine holds a large process (one segment "
+                    "of a pack, tierd/engine/pack.py), right after the plain one")
     args = ap.parse_args()
 
     size = parse_size(args.size)
@@ -155,14 +163,17 @@ def main() -> int:
           f"numpy {np.__version__}, python {platform.python_version()}")
     results = {}
     for pattern in args.patterns.split(","):
-        st, times = bench_state(words, args.window, args.nodes, args.chunk_words, pattern,
-                                args.samples, args.seed)
-        ns = [t / pages * 1e9 for t in times]
-        results[pattern] = ns
-        print(f"bitsliced {pattern:7s}: min {min(ns):.3f} ns/page, median "
-              f"{statistics.median(ns):.3f} ns/page ({min(times) * 1e3:.0f} ms/sample); state "
-              f"{st.nbytes / 2**20:.0f} MiB = {st.bytes_per_page:.3f} bytes/page")
-        del st
+        for segmented in (False, True) if args.pack_of_one else (False,):
+            st, times = bench_state(words, args.window, args.nodes, args.chunk_words, pattern,
+                                    args.samples, args.seed, segmented)
+            ns = [t / pages * 1e9 for t in times]
+            if not segmented:
+                results[pattern] = ns
+            name = "pack of one" if segmented else "bitsliced"
+            print(f"{name} {pattern:7s}: min {min(ns):.3f} ns/page, median "
+                  f"{statistics.median(ns):.3f} ns/page ({min(times) * 1e3:.0f} ms/sample); state "
+                  f"{st.nbytes / 2**20:.0f} MiB = {st.bytes_per_page:.3f} bytes/page")
+            del st
     bpages = int(pages * args.baseline_fraction) // PAGES_PER_WORD * PAGES_PER_WORD
     rng = np.random.default_rng(args.seed)
     pats = [random_words(rng, bpages // PAGES_PER_WORD) for _ in range(4)]

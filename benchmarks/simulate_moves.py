@@ -71,15 +71,13 @@ def fairness(engine, machine):
     cold_fast, hot_slow = [], []
     q_cold, q_hot = [], []
     for u in engine.units.values():
-        h = u.state.histograms()
+        h = u.histograms()
         ids = u.state.node_ids
         cold_fast.append(int(h[ids.index(sim.FAST), 0]) if sim.FAST in ids else 0)
         hot_slow.append(int(h[ids.index(sim.SLOW), 4:].sum()) if sim.SLOW in ids else 0)
         proc = machine.procs[u.ref.pid]
-        st = u.state
-        ext = st.member.ext if getattr(st, "packed", False) else st.extents
-        flat = ext.flat_of(proc.base_vpn + np.arange(proc.npages))
-        hot = st.hotness(flat).astype(np.int64)
+        flat = u.flat_of(proc.base_vpn + np.arange(proc.npages))
+        hot = u.state.hotness(flat).astype(np.int64)
         q = -np.expm1(-proc.rate * proc.weight_of_pages(np.arange(proc.npages)))
         q_cold.append(q[(proc.node == sim.FAST) & (hot == 0)])
         q_hot.append(q[(proc.node == sim.SLOW) & (hot >= 4)])

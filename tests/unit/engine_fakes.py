@@ -13,7 +13,9 @@ import numpy as np
 from tierd.linux.errors import ProcessGone
 from tierd.linux.procfs import Vma
 from tierd.linux.sysfs import Node, Topology
+from tierd.linux.syscalls import MPOL_MF_MOVE_ALL
 from tierd.pages import PAGE_SIZE as PAGE
+
 GIB = 1 << 30
 
 
@@ -30,6 +32,22 @@ class FakeProc:
         self.next_access: set[int] = set()  # vpns accessed before the next sample
         self.gone = False
         self.status_override: dict[int, int] = {}  # vpn -> -errno returned by move_pages
+        self.shared: list = []  # (first vpn, pages, object)
+
+    def map_shared(self, obj: FakeShared, addr: int) -> None:
+        """MAP_SHARED the whole of ``obj`` at ``addr`` (above the first mapping): its pages
+        are the object's (one node per page for every mapper), accessed per mapper
+        (``next_access`` by vpn)."""
+        self.vmas.append(Vma(addr, addr + obj.npages * PAGE, "rw-s", 0, "00:05", obj.inode, obj.path))
+        self.vmas.sort(key=lambda v: v.start)
+        self.shared.append((addr // PAGE, obj.npages, obj))
+
+    def where(self, v: int):
+        """(node dict, key) holding vpn ``v``'s page, and the shared object or None."""
+        for lo, n, obj in self.shared:
+            if lo <= v < lo + n:
+                return obj.node, v - lo, obj
+        return self.node, v, None
 
     def vpn(self, i: int) -> int:
         """vpn of the i-th page of the first mapping."""
@@ -37,6 +55,16 @@ class FakeProc:
 
     def addr(self, i: int) -> int:
         return self.vpn(i) * PAGE
+
+
+class FakeShared:
+    """A shm/memfd object: ``npages`` pages on ``node``; mapped by FakeProc.map_shared."""
+
+    def __init__(self, npages: int, node: int = 1, inode: int = 7777, path: str = "/dev/shm/fake") -> None:
+        self.npages = npages
+        self.inode = inode
+        self.path = path
+        self.node = {pg: node for pg in range(npages)}
 
 
 class FakeReader:
@@ -54,7 +82,10 @@ class FakeReader:
         present = np.zeros(nwords, np.uint64)
         accessed = np.zeros(nwords, np.uint64)
         lo, hi = word_start * 64, (word_start + nwords) * 64
-        for v in proc.node:
+        vpns = list(proc.node)
+        for first, n, obj in proc.shared:
+            vpns += [first + pg for pg in obj.node if lo <= first + pg < hi]
+        for v in vpns:
             if lo <= v < hi:
                 w, b = divmod(v - lo, 64)
                 present[w] |= np.uint64(1 << b)
@@ -81,6 +112,9 @@ class FakeProcFS:
     def cgroup(self, pid):
         self.kernel.proc(pid)
         return "/fake.slice"
+
+    def status(self, pid):
+        return {"VmRSS": len(self.kernel.proc(pid).node) * PAGE}
 
 
 class FakeKernel:
@@ -129,23 +163,30 @@ class FakeKernel:
         out = np.empty(len(addrs), np.int32)
         for i, a in enumerate(addrs):
             v = a // PAGE
-            if v not in proc.node:
+            node, key, obj = proc.where(v)
+            if key not in node:
                 out[i] = -errno.ENOENT
             elif v in proc.status_override:
                 out[i] = proc.status_override[v]
             elif dest is None:
-                out[i] = proc.node[v]
+                out[i] = node[key]
+            elif obj is not None and self.mappers(obj) > 1 and not flags & MPOL_MF_MOVE_ALL:
+                # mm/migrate.c: a page mapped more than once moves only with MPOL_MF_MOVE_ALL
+                out[i] = -errno.EACCES
             else:
-                old, new = proc.node[v], dest[i]
+                old, new = node[key], dest[i]
                 if old != new and self.mem[new][1] < PAGE and self.cache[new] >= PAGE:
                     self.cache[new] -= PAGE  # the allocation reclaims page cache
                     self.mem[new][1] += PAGE
                 if old != new:
                     self.mem[old][1] += PAGE
                     self.mem[new][1] -= PAGE
-                proc.node[v] = new
+                node[key] = new
                 out[i] = new
         return out
+
+    def mappers(self, obj: FakeShared) -> int:
+        return sum(1 for p in self.procs.values() if not p.gone and any(o is obj for _, _, o in p.shared))
 
     def fill_cache(self, node: int, free_fraction: float) -> None:
         """A reader of files keeps ``node``'s MemFree at ``free_fraction``: page cache takes

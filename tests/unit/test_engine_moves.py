@@ -182,11 +182,11 @@ def test_identical_processes_check_catches_an_order_biased_share(monkeypatch):
     assert abs(fa - fb) > 0.02 * max(fa, fb)
 
 
-def test_identical_packed_processes_share_the_fast_node_equally(monkeypatch):
-    """The same with both processes in one shared state (tierd/engine/pack.py)."""
+def test_identical_solo_processes_share_the_fast_node_equally(monkeypatch):
+    """The same with each process in a pack of its own (tierd/engine/pack.py)."""
     from tierd.engine import pack
 
-    monkeypatch.setattr(pack, "PACK_MIN", 2)
+    monkeypatch.setattr(pack, "PACK_WORDS", -1)
     fa, fb = identical_pair()
     assert fa + fb == 800
     assert abs(fa - fb) <= 0.02 * max(fa, fb)

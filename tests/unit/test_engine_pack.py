@@ -96,8 +96,8 @@ def test_select_segments_limit():
 
 
 def run(spec_text, intervals, monkeypatch, packed: bool):
-    if not packed:
-        monkeypatch.setattr(pack, "PACK_MIN", 1 << 30)
+    if not packed:  # every process in a pack of its own
+        monkeypatch.setattr(pack, "PACK_WORDS", -1)
     text, _, rest = spec_text.partition(",")
     n, _, size = text[5:].partition("x")
     kv = dict(p.split("=") for p in rest.split(","))
@@ -108,17 +108,18 @@ def run(spec_text, intervals, monkeypatch, packed: bool):
     seen = {}
     rows, machine = sim.simulate(pol, spec, intervals,
                                  on_end=lambda e, m: seen.update(packs=len(e.packs),
-                                                                 states={type(u.state).__name__ for u in e.units.values()}))
+                                                                 solo={u.pack.solo for u in e.units.values()}))
     return rows, seen
 
 
 def test_packed_processes_are_placed_exactly_as_unpacked(monkeypatch):
-    """20 small processes: packing changes the cost, not one move."""
+    """20 small processes: sharing one pack or each in a pack of one changes the cost, not
+    one move."""
     packed, seen = run("many:20x2MiB,fast=24MiB", 8, monkeypatch, packed=True)
-    assert seen == {"packs": 1, "states": {"MemberView"}}
+    assert seen == {"packs": 1, "solo": {False}}
     with monkeypatch.context() as m:
         plain, seen = run("many:20x2MiB,fast=24MiB", 8, m, packed=False)
-    assert seen == {"packs": 0, "states": {"PageState"}}
+    assert seen == {"packs": 20, "solo": {True}}
     key = [(r.hit, r.promoted, r.demoted, r.queried, r.fast_used) for r in packed]
     assert key == [(r.hit, r.promoted, r.demoted, r.queried, r.fast_used) for r in plain]
     assert sum(r.promoted for r in packed) > 0
@@ -126,8 +127,8 @@ def test_packed_processes_are_placed_exactly_as_unpacked(monkeypatch):
 
 def test_packed_process_exits_grows_and_joins(monkeypatch):
     """A packed process that exits is dropped (its pages leave the shared state); one that
-    grows past twice the packing size gets a state of its own; newcomers join the pack."""
-    monkeypatch.setattr(pack, "PACK_MIN", 3)
+    grows past twice the packing size moves to a pack of its own with its history;
+    newcomers join the pack."""
     k = FakeKernel(fast_total=1 << 30, fast_free=1 << 29)
     procs = [k.add(FakeProc(PID + i, 128, base=0x7F00_0000_0000 + (i << 32), node=1)) for i in range(4)]
     pol = make_policy(targets=(TargetSpec(name="app", pids=tuple(p.pid for p in procs)),))
@@ -137,8 +138,8 @@ def test_packed_process_exits_grows_and_joins(monkeypatch):
     eng.step()
     eng.step()
     assert len(eng.packs) == 1 and len(eng.packs.packs[0].members) == 4
-    st = eng.units[(PID, 0.0)].state
-    assert st.packed and st.histograms().sum() == 128 and st.samples == 2
+    u = eng.units[(PID, 0.0)]
+    assert not u.pack.solo and u.histograms().sum() == 128 and u.samples == 2
     k.procs.pop(PID + 3)  # exits
     stats = eng.step()
     assert stats.dropped == 1 and len(eng.packs.packs[0].members) == 3
@@ -147,9 +148,14 @@ def test_packed_process_exits_grows_and_joins(monkeypatch):
     big = procs[0]  # grows past 2 * PACK_WORDS words
     big.vmas.append(type(big.vmas[0])(0x1000_0000_0000, 0x1000_0000_0000 + (2 * pack.PACK_WORDS + 1) * 64 * PAGE,
                                       "rw-p", 0, "00:00", 0, ""))
+    big.next_access |= {big.vpn(i) for i in range(10)}
     eng.step()
-    assert not getattr(eng.units[(PID, 0.0)].state, "packed", False)
-    assert len(eng.packs.packs[0].members) == 2
+    u = eng.units[(PID, 0.0)]
+    assert u.pack.solo and u.samples == 5 and len(eng.packs.packs[0].members) == 2
+    # its history came along: the 10 pages accessed in every sample are hot (a fresh
+    # state would show nothing: a page's first sample carries no recency)
+    h = u.histograms()
+    assert h[:, 1:].sum() == 10 and h.sum() == 128
 
 
 def test_a_newcomer_never_inherits_a_departed_members_words(monkeypatch):
@@ -157,7 +163,6 @@ def test_a_newcomer_never_inherits_a_departed_members_words(monkeypatch):
     the newcomer starts fresh (its pages' node unknown, then queried; no history)."""
     from tierd.engine.targets import ProcessRef
 
-    monkeypatch.setattr(pack, "PACK_MIN", 2)
     k = FakeKernel(fast_total=1 << 30, fast_free=1 << 29)
     a = k.add(FakeProc(PID, 128, node=0))
     k.add(FakeProc(PID + 1, 128, base=0x7F10_0000_0000, node=1))
@@ -165,11 +170,11 @@ def test_a_newcomer_never_inherits_a_departed_members_words(monkeypatch):
     for _ in range(3):
         a.next_access |= {a.vpn(i) for i in range(128)}
         eng.step()
-    assert eng.units[(PID, 0.0)].state.histograms()[0, 1:].sum() == 128  # on node 0, accessed
+    assert eng.units[(PID, 0.0)].histograms()[0, 1:].sum() == 128  # on node 0, accessed
     k.procs.pop(PID)
     k.add(FakeProc(PID + 2, 128, node=1))  # same addresses as a, on node 1
     eng.resolver.refs = [ProcessRef(PID + 1, 0.0, "app"), ProcessRef(PID + 2, 0.0, "app")]
     eng.step()
-    h = eng.units[(PID + 2, 0.0)].state.histograms()
+    h = eng.units[(PID + 2, 0.0)].histograms()
     assert h[:, 1:].sum() == 0  # no history
     assert h[1, 0] == 128 and h[0].sum() == 0  # learned (queried) on node 1, not a's node 0

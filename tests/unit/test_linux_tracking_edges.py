@@ -105,5 +105,5 @@ def test_engine_reads_do_not_clear_an_untracked_neighbours_accessed_pages():
     # the tracked pages that share word 1 with the neighbour are not tracked, and counted
     assert not {proc.vpn(i) for i in range(64)} & proc.next_access  # word 0 was read
     (unit,) = eng.units.values()
-    assert unit.state.extents.edge_pages == 100 - 64
-    assert unit.state.extents.nwords.tolist() == [1]
+    assert unit.ext.edge_pages == 100 - 64
+    assert unit.ext.nwords.tolist() == [1]

@@ -195,7 +195,7 @@ def test_engine_tracks_the_edge_words_with_a_page_granular_reader():
     assert nb <= proc.next_access, f"{len(nb - proc.next_access)} untracked pages cleared"
     assert not {proc.vpn(i) for i in range(100)} & proc.next_access  # words 0 and 1 read
     (unit,) = eng.units.values()
-    assert unit.state.extents.edge_pages == 0
-    assert unit.state.extents.nwords.tolist() == [2]
+    assert unit.ext.edge_pages == 0
+    assert unit.ext.nwords.tolist() == [2]
     b0 = BASE // PAGE
     assert [(lo - b0, hi - b0) for lo, hi in k._reader.skips[-1]] == [(100, 128)]

@@ -1,7 +1,8 @@
 """tierd's engine: from access bits to move_pages calls, as arithmetic on numpy arrays.
 
-- ``state``: per-process packed page state (history bit-planes, node planes, presence,
-  backoff) over the process's extents, remapped when its VMAs change;
+- ``state``: the page state of a pack of processes (history bit-planes, node planes, presence,
+  backoff) over its members' extents side by side, remapped when their VMAs change;
+- ``pack``: every process (and shared memory object) a segment of a pack, ``Tracked``;
 - ``hotness``: recency-weighted hotness 0..15 by bit-sliced adders, 16-bin histograms;
 - ``placement``: pure policy: fast-tier budget, MEMTIS-style hot threshold, promotion and
   demotion requests within the migration budget;

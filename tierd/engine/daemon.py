@@ -48,11 +48,13 @@ from tierd.engine.placement import (
     plan_queries,
 )
 from tierd.engine.gain import NEED_SHARES, GainModel, group_rate, need
-from tierd.engine.pack import Pack, Packs
-from tierd.engine.state import CHUNK_WORDS, Extents, PageState, test_bits
+from tierd.engine.pack import Pack, Packs, SharedRef, Tracked
+from tierd.engine.state import CHUNK_WORDS, TOP_LEVELS, Extents, PageState, is_shared, page_bits, test_bits
 from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
 from tierd.linux.errors import ParseError
+from tierd.linux.syscalls import MPOL_MF_MOVE, MPOL_MF_MOVE_ALL
 from tierd.linux.sysfs import format_nodelist
+from tierd.linux.tracking import extents as word_extents
 from tierd.logs import RateLimiter
 
 log = logging.getLogger("tierd")
@@ -70,6 +72,12 @@ NOTED_MAX = 1 << 16  # moved pages per process and direction whose next sample i
 # it matches again) and counted in tierd_targets_unmatched (tierd status shows it): a policy
 # whose selectors match nothing would otherwise look like a healthy idle daemon.
 NO_MATCH_INTERVALS = 12
+# State is sized by tracked address space (1.6 B per page): a sparse mapping (an ASan-style
+# 20 TiB shadow, a huge PROT_READ reservation) would cost GiB for a few resident pages.  A
+# process tracking more than TRACK_FLOOR_PAGES pages is bounded to TRACK_RSS_FACTOR times its
+# resident set (VmRSS): its largest ranges are left out, with a warning naming it.
+TRACK_FLOOR_PAGES = 1 << 24  # 64 GiB of address space (27 MB of state) always tracked
+TRACK_RSS_FACTOR = 4
 SLICE_PAGES = 1 << 22  # pages selected and moved at a time: ~100 MB of temporaries at most
 SPEED_MIN_PAGES = 1024  # fewer pages in less than half the interval: call overhead, not speed
 DEFAULT_CONFIG = "/etc/tierd.yaml"
@@ -135,6 +143,10 @@ class IntervalStats:
     interval: float = 0.0  # the interval this one's move budget covered (seconds)
     unsampled_ranges: int = 0  # all targets: see TargetStats.unsampled_ranges
     unsampled_pages: int = 0
+    shared_pages: int = 0  # present pages of shared objects (counted once, in their target)
+    # ... of them not moved: shared by several processes, moving them needs MPOL_MF_MOVE_ALL
+    # and CAP_SYS_NICE, which tierd lacks (never attempted: the kernel would refuse each)
+    shared_unmovable: int = 0
 
 
 class Observer:
@@ -201,14 +213,6 @@ def summary_line(s: IntervalStats) -> str:
     return ", ".join(parts)
 
 
-@dataclass
-class Unit:
-    """One target process and its page state."""
-
-    ref: ProcessRef
-    state: PageState | None = None
-
-
 class Engine:
     """One interval of tiering work per ``step()`` (see the module docstring)."""
 
@@ -230,8 +234,13 @@ class Engine:
         self.chunk_words = chunk_words
         self.reader = kernel.reader(policy.tracking)
         self.executor = Executor(kernel, policy.batch // PAGE_SIZE, should_stop=should_stop, clock=clock)
-        self.units: dict[tuple, Unit] = {}
-        self.packs = Packs()  # small processes in shared state (tierd/engine/pack.py)
+        self.units: dict[tuple, Tracked] = {}  # every tracked process, by identity
+        self.shared: dict[tuple, Tracked] = {}  # shared objects their mappings name (pack.py)
+        # pages mapped by several processes move only with MPOL_MF_MOVE_ALL (CAP_SYS_NICE)
+        feats = kernel.features()
+        self.move_shared = feats is not None and feats.cap_sys_nice
+        self._warned_shared = False
+        self.packs = Packs()  # their shared page states (tierd/engine/pack.py)
         self.seq = 0
         self.gain = GainModel()  # access-rate estimates per (tier, level), across intervals
         self.interval: float | None = None  # set by the Daemon's pacing; None: policy.interval
@@ -239,7 +248,7 @@ class Engine:
         self.huge: HugePages | None = None
         self._set_huge(policy)
         self._warned_single_tier = False
-        # key -> ([promoted vpns], [demoted vpns], [their levels], [their levels]): the last
+        # pack -> ([promoted vpns], [demoted vpns], [their levels], [their levels]): the last
         # interval's moves, judged in the next sample (_judge_moves)
         self._noted: dict = {}
         # repeated warnings: one line per (target, reason) per REPEAT_EVERY, with a count
@@ -260,18 +269,18 @@ class Engine:
         self.reader = reader
         self.executor.set_batch(policy.batch // PAGE_SIZE)
         self._set_huge(policy)
-        for u in self.units.values():
-            if u.state is not None:
-                u.state.set_window(policy.window)
         for pk in self.packs:
             pk.state.set_window(policy.window)
         if reader is not old_reader:
             for u in self.units.values():
-                _close(old_reader, u.ref.pid)
+                u.reader = reader
+            _close_all(old_reader)  # every pid's descriptors and the reader's own
 
     def _set_huge(self, policy) -> None:
         """Huge page splitting (huge_pages.split), where the kernel facade offers it."""
         if not policy.huge_split or not hasattr(self.kernel, "thp"):
+            if self.huge is not None:  # turned off: its holds must not outlive it
+                self.huge.release_all(self.units.values())
             self.huge = None
         elif self.huge is None:
             self.huge = HugePages(self.kernel.thp(), policy.huge_dense, clock=self.clock)
@@ -310,7 +319,7 @@ class Engine:
         fast, slow = self._classify(topo)
         stats.fast, stats.slow = tuple(fast), tuple(slow)
         stats.memory = {n.id: (n.mem_total, n.mem_free) for n in topo.nodes if n.has_memory}
-        stats.reclaimable = {n.id: getattr(n, "reclaimable", 0) for n in topo.nodes if n.has_memory}
+        stats.reclaimable = {n.id: n.reclaimable for n in topo.nodes if n.has_memory}
         node_ids = tuple(n.id for n in topo.nodes if n.has_memory)
 
         refs = self.resolver.resolve(pol.targets)
@@ -320,7 +329,7 @@ class Engine:
         for key in list(self.units):
             unit = self.units[key]
             try:
-                engine_s += self._sample(unit, node_ids, stats)
+                engine_s += self._stage(unit, node_ids)
             except GONE:
                 self._drop(key)
                 stats.dropped += 1
@@ -330,24 +339,23 @@ class Engine:
             except ParseError as e:  # its maps did not parse: this process, this interval
                 self.warn.warning((unit.ref.target, "not sampled", "parse"),
                                   "pid %d (%s): not sampled: %s", unit.ref.pid, unit.ref.target, e)
-        engine_s += self._sample_packs(node_ids, stats)
+        engine_s += self._stage_shared(node_ids)
+        engine_s += self._sample(node_ids, stats)
         t1 = self.clock()
         stats.sample_seconds = t1 - t0 - engine_s
 
-        live = [u for u in self.units.values() if u.state is not None and u.state.samples]
-        stats.primed = sum(u.state.samples == 1 for u in live)
-        for u in live:
-            u.state.expire(self.seq, pol.retry_after)
+        live = [u for u in self._tracked() if u.samples and u.seg is not None]
+        stats.primed = sum(u.samples == 1 for u in live if not u.shared)
         for pk in self.packs:
             pk.state.expire(self.seq, pol.retry_after)
             pk.version += 1
-        self._judge_moves(live)
+        self._judge_moves()
         if fast and slow and live:
-            self._recheck(live, stats)
+            self._recheck(stats)
             queries = plan_queries(self._counts(live), self.query_budget)
             self._execute(queries, stats, query=True)
-            counts = self._counts(live)
-            gain = self._gain(live, node_ids, fast, slow)
+            counts = self._counts(live, stats)
+            gain = self._gain(node_ids, fast, slow)
             budget = self.move_budget
             pl = plan(counts, node_ids, topo, fast, slow, pol, budget, gain,
                       self.gain.promotion_budget(budget) / max(1, budget))
@@ -358,9 +366,8 @@ class Engine:
             # byte budget covers; splitting gets at most SPLIT_SHARE of it (huge.py).
             begun = self.clock()
             if self.huge is not None:  # splits sparsely hot THPs, holds back undecided ones
-                stats.split = self.huge.step(
-                    [u for u in live if not getattr(u.state, "packed", False)], pl, pol,
-                    self.reader, deadline=begun + SPLIT_SHARE * self.covered)
+                stats.split = self.huge.step([u for u in live if not u.shared], pl, pol,
+                                             self.reader, deadline=begun + SPLIT_SHARE * self.covered)
             # demotions first: they make the room the promotions were planned into; then
             # promote only into the room there is now (a failed demotion cancels its pair).
             self.executor.begin(begun + self.covered)
@@ -380,7 +387,7 @@ class Engine:
         stats.move_seconds = stats.moves.seconds + stats.queries.seconds
         stats.engine_seconds = engine_s + (t2 - t1) - stats.move_seconds
         stats.seconds = t2 - t0
-        live = [u for u in live if u.ref.key in self.units]  # minus those that exited meanwhile
+        live = [u for u in live if u.pack is not None]  # minus those that exited meanwhile
         self._fill_stats(stats, live, node_ids, fast)
         self._fill_need(stats, fast)
         self._warn_waiting(stats)
@@ -448,19 +455,19 @@ class Engine:
                               "room on the fast tier (%s); the target has %s there%s", name,
                               _size(n), pl.hot.get(name, NO_THRESHOLD), rooms, fast, sizing)
 
-    def _note_moves(self, key, st: PageState, pages, moved, reasons, levels) -> None:
-        """Remember (a sample of) the pages promoted and displaced this interval, by vpn,
-        with the (extended) level they were moved at, for ``_judge_moves`` to look at in
-        the next sample."""
-        noted = self._noted.setdefault(key, ([], [], [], []))
+    def _note_moves(self, pk: Pack, pages, moved, reasons, levels) -> None:
+        """Remember (a sample of) the pages promoted and displaced this interval in a pack,
+        by (synthetic) vpn, with the (extended) level they were moved at, for
+        ``_judge_moves`` to look at in the next sample."""
+        noted = self._noted.setdefault(pk, ([], [], [], []))
         for i, reason in enumerate(("promote", "demote")):
             have = sum(a.size for a in noted[i])
             sel = np.flatnonzero(moved & (reasons == reason))[: max(0, NOTED_MAX - have)]
             if sel.size:
-                noted[i].append(st.extents.vpn_of(pages[sel]).astype(np.int64))
+                noted[i].append(pk.state.extents.vpn_of(pages[sel]).astype(np.int64))
                 noted[2 + i].append(levels[sel])
 
-    def _judge_moves(self, live: Sequence[Unit]) -> None:
+    def _judge_moves(self) -> None:
         """Did last interval's moves pay?  The accesses its promoted pages got in this
         sample minus its demoted pages', to the gain model's pace (tierd/engine/gain.py,
         "Thrash")."""
@@ -468,11 +475,8 @@ class Engine:
             return
         gained = pages = 0
         expected = 0.0
-        for u in live:
-            noted = self._noted.get(u.ref.key)
-            if noted is None:
-                continue
-            st = u.state
+        for pk, noted in self._noted.items():
+            st = pk.state
             # displacements count only as far as they made room for promotions (a demotion
             # whose promotion was cancelled for lack of room is no swap)
             paired = sum(a.size for a in noted[0])
@@ -482,6 +486,7 @@ class Engine:
             for i, sign in ((0, 1), (1, -1)):
                 if not noted[i] or not paired:
                     continue
+                # pages of processes gone since (or moved out of the pack) are not tracked here
                 flat = st.extents.flat_of(np.concatenate(noted[i])[:paired])
                 lv = np.concatenate(noted[2 + i])[:paired][flat >= 0]
                 flat = flat[flat >= 0]
@@ -493,33 +498,32 @@ class Engine:
         self._noted.clear()
         self.gain.moved(gained, expected, pages, self.policy.min_gain)
 
-    def _recheck(self, live: Sequence[Unit], stats: IntervalStats) -> None:
-        """Ask the kernel again where a rotating slice of every process's known pages are
-        and follow what it moved behind tierd's back (not packed processes: they are small
-        and come and go).  Bounded: RECHECK_DIV of the query budget, shared by size."""
+    def _recheck(self, stats: IntervalStats) -> None:
+        """Ask the kernel again where a rotating slice of every pack's known pages are and
+        follow what it moved behind tierd's back.  Bounded: RECHECK_DIV of the query
+        budget, shared by size."""
         if self.seq % RECHECK_EVERY:
             return
-        units = [u for u in live if not getattr(u.state, "packed", False)]
-        total = sum(u.state.words for u in units) * 64
+        total = sum(pk.state.words for pk in self.packs) * 64
         if not total:
             return
         budget = RECHECK_EVERY * max(RECHECK_MIN, self.query_budget // RECHECK_DIV)
         share = min(1.0, budget / total)
-        for u in units:
-            st = u.state
+        for pk in self.packs:
+            st = pk.state
             pages = st.recheck_pages(max(1, math.ceil(st.words * share)))
-            if pages.size == 0:
+            spans = pk.members_of(pages)
+            if not spans:
                 continue
-            try:
-                status, counts = self.executor.query(u.ref.pid, st.extents.vpn_of(pages) << np.uint64(12))
-            except GONE:
-                continue  # dropped at the next sample
-            except OSError as e:
-                log.debug("pid %d: recheck: %s", u.ref.pid, e)
-                continue
+            who = [m for m, _, _ in spans]
+            bounds = np.array([spans[0][1]] + [b for _, _, b in spans], dtype=np.int64)
+            pages = pages[bounds[0]: bounds[-1]]
+            bounds -= bounds[0]
+            status, counts, ran = self._run_jobs(st, pages, who, bounds, None, None)
+            status[~ran] = -1
             stats.queries.calls += counts.calls
             stats.queries.seconds += counts.seconds
-            stats.rechecked += pages.size
+            stats.rechecked += int(ran.sum())
             known = st.node_of(pages)
             moved = (status >= 0) & (status != known)
             if moved.any():
@@ -529,6 +533,8 @@ class Engine:
                     from_cls[was == nid] = i
                 st.set_node(p, st.hotness(p), from_cls, status[moved])
                 stats.stale += int(moved.sum())
+                pk.version += 1
+
     def _count_unmatched(self, refs: Sequence[ProcessRef]) -> None:
         """Intervals in a row in which each target matched no process; a target reaching
         NO_MATCH_INTERVALS is logged once (all such targets of an interval in one line) until
@@ -572,51 +578,111 @@ class Engine:
             if k in self.units:
                 self.units[k].ref = r  # the target may be renamed by a reload
             else:
-                self.units[k] = Unit(r)
+                self.units[k] = Tracked(r)
         return len(gone)
 
     def _drop(self, key) -> None:
         unit = self.units.pop(key, None)
-        self.packs.remove(key)
         if unit is not None:
-            _close(self.reader, unit.ref.pid)
-            unit.ref.close()  # its ProcHandle (issue 17 #2): the process is not held any more
-            if self.huge is not None:
-                self.huge.forget(key)
+            unit.close()
 
-    def _sample(self, unit: Unit, node_ids, stats: IntervalStats | None = None) -> float:
-        """Read the maps and access bits of one process into its state.  Returns the time
-        spent in our own arithmetic (the rest is the kernel's)."""
-        pid = unit.ref.pid
-        ext = Extents.from_vmas(self.kernel.procfs.maps(pid),
-                                getattr(self.reader, "page_granular", False))
+    def _stage(self, unit: Tracked, node_ids) -> float:
+        """Read the maps of one process and stage its extents in its pack (joining one if
+        new).  Returns the time spent in our own arithmetic."""
+        vmas = self.kernel.procfs.maps(unit.pid)
+        ext = Extents.from_vmas(vmas, getattr(self.reader, "page_granular", False), shared=False)
+        unit.spans = [(("shared", v.dev, v.inode), v.start // PAGE_SIZE, v.end // PAGE_SIZE,
+                       v.offset // PAGE_SIZE) for v in vmas if is_shared(v)]
+        if ext.pages > TRACK_FLOOR_PAGES:
+            ext = self._bounded(unit, ext)
         t0 = self.clock()
-        if self.packs.wants(unit, ext, len(self.units)):  # sampled with its pack
-            self.packs.stage(unit, ext, self.policy.window, node_ids, self.chunk_words)
-            return self.clock() - t0
-        if self.packs.member(unit.ref.key) is not None:  # grew out of its pack
-            self.packs.leave(unit)
-        if unit.state is None:
-            unit.state = PageState(ext, self.policy.window, node_ids, self.chunk_words)
-        else:
-            unit.state.set_node_ids(node_ids)
-            unit.state.remap(ext)
-        ours = self.clock() - t0
-        st = unit.state
-        self._read(unit, pid, ext, 0, st, st.sample_buffers(), stats)
-        t0 = self.clock()
-        st.commit()
-        nodes_of = self._node_source()
-        if nodes_of is not None:
-            self._learn_nodes(unit, nodes_of)
-        return ours + self.clock() - t0
+        unit.reader, unit.huge = self.reader, self.huge
+        self.packs.stage(unit, ext, self.policy.window, node_ids, self.chunk_words)
+        return self.clock() - t0
 
-    def _sample_packs(self, node_ids, stats: IntervalStats) -> float:
-        """Sample every pack's members into its shared state and commit it once
-        (tierd/engine/pack.py).  Returns the time spent in our own arithmetic."""
+    def _bounded(self, unit: Tracked, ext: Extents) -> Extents:
+        """``ext`` within TRACK_RSS_FACTOR x the process's resident pages (at least
+        TRACK_FLOOR_PAGES): the largest ranges are left out (sparse reservations are the
+        large ones), with a warning naming the process."""
+        rss = int(self.kernel.procfs.status(unit.pid).get("VmRSS", 0)) // PAGE_SIZE
+        cap = max(TRACK_FLOOR_PAGES, TRACK_RSS_FACTOR * rss) // 64
+        if ext.words <= cap:
+            return ext
+        order = np.argsort(ext.nwords, kind="stable")  # smallest first
+        keep = np.zeros(len(ext), dtype=bool)
+        keep[order[np.cumsum(ext.nwords[order]) <= cap]] = True
+        left = int(ext.nwords[~keep].sum()) * 64
+        self.warn.warning((unit.ref.target, "address space bounded"),
+                          "pid %d (%s): %s of address space for %s resident: %d largest range(s), "
+                          "%s, not tracked (state is bounded to %dx the resident set, at least %s)",
+                          unit.pid, unit.ref.target, _size(ext.pages), _size(rss),
+                          int((~keep).sum()), _size(left), TRACK_RSS_FACTOR, _size(TRACK_FLOOR_PAGES))
+        return Extents(ext.word_start[keep], ext.nwords[keep], ext.edge_pages, ext.holes)
+
+    def _tracked(self):
+        """Every Tracked: the processes, then the shared objects."""
+        return [*self.units.values(), *self.shared.values()]
+
+    def _stage_shared(self, node_ids) -> float:
+        """The shared objects the processes' shared mappings name (pack.py): new ones join a
+        pack, ones no tracked process maps any more are closed.  Each counts in its first
+        mapper's target; its extents are the page offsets mapped.  Returns our time."""
+        t0 = self.clock()
+        mapped: dict = {}
+        for u in self.units.values():
+            for key, lo, hi, pg in u.spans:
+                mapped.setdefault(key, []).append((u, lo, hi, pg))
+        for key in [k for k in self.shared if k not in mapped]:
+            self.shared.pop(key).close()
+        for key, spans in mapped.items():
+            first = spans[0][0]
+            ref = SharedRef(key[1], key[2], first.pid, first.ref.target, f"shared {key[1]}:{key[2]}")
+            obj = self.shared.get(key)
+            if obj is None:
+                obj = self.shared[key] = Tracked(ref)
+            obj.ref = ref
+            obj.mappers = [(u.pid, lo, hi, pg) for u, lo, hi, pg in spans]
+            ext = Extents(*word_extents([pg * PAGE_SIZE for _, _, _, pg in spans],
+                                        [(pg + hi - lo) * PAGE_SIZE for _, lo, hi, pg in spans]))
+            self.packs.stage(obj, ext, self.policy.window, node_ids, self.chunk_words)
+        return self.clock() - t0
+
+    def _read_shared(self, obj: Tracked, st: PageState, buffers) -> None:
+        """A shared object's sample: every mapper's bits of the object's pages, OR-ed (a page
+        is present if any mapper maps it, accessed if any mapper accessed it).  A mapper that
+        cannot be read is left out (a gone one is dropped at its own read)."""
+        present, accessed = buffers
+        present[obj.off: obj.off + obj.words] = 0
+        accessed[obj.off: obj.off + obj.words] = 0
+        for pid, lo, hi, pg in obj.mappers:
+            ws, we = lo // 64, -(-hi // 64)
+            # a page-granular reader leaves the neighbours in the edge words alone (their
+            # Accessed bits are the process's own segment's); a word-clearing one is not
+            # given those words for the process's own segment (Extents.from_vmas)
+            skip = [(a, b) for a, b in ((ws * 64, lo), (hi, we * 64)) if b > a]
+            try:
+                p, a = (self.reader.sample(pid, ws, we - ws, skip=skip)
+                        if skip and getattr(self.reader, "page_granular", False)
+                        else self.reader.sample(pid, ws, we - ws))
+            except OSError as e:  # ProcessGone included
+                log.debug("pid %d: shared mapping %#x not sampled: %s", pid, lo << 12, e)
+                continue
+            for plane, out in ((p, present), (a, accessed)):
+                bits = np.flatnonzero(np.unpackbits(np.ascontiguousarray(plane, "<u8").view(np.uint8),
+                                                    bitorder="little").view(bool))
+                vpn = bits + ws * 64
+                vpn = vpn[(vpn >= lo) & (vpn < hi)]
+                flat = obj.ext.flat_of(vpn - lo + pg) + obj.off * 64
+                w, m = page_bits(flat[flat >= obj.off * 64])
+                out[w] |= m
+
+    def _sample(self, node_ids, stats: IntervalStats) -> float:
+        """Sample every pack's members into its shared state and commit it once.  Returns
+        the time spent in our own arithmetic."""
         ours = 0.0
         nodes_of = self._node_source()
-        for pk in list(self.packs):
+        self.packs.prune()
+        for pk in self.packs:
             t0 = self.clock()
             pk.layout(node_ids)
             ours += self.clock() - t0
@@ -625,8 +691,11 @@ class Engine:
             for m in list(pk.members.values()):
                 if m.seg is None:
                     continue
+                if m.shared:
+                    self._read_shared(m, st, buffers)
+                    continue
                 try:
-                    self._read(self.units.get(m.key), m.pid, m.ext, m.off, st, buffers, stats)
+                    self._read(m, st, buffers, stats)
                 except GONE:  # its pages vanish from the pack with this commit
                     present[m.off: m.off + m.ext.words] = 0
                     accessed[m.off: m.off + m.ext.words] = 0
@@ -636,26 +705,27 @@ class Engine:
             st.commit()
             for m in pk.members.values():
                 m.samples += 1
-                m.staged = False
             pk.version += 1
             if nodes_of is not None:
                 st.learn_nodes([(m.pid, m.ext, m.off) for m in pk.members.values() if m.seg is not None],
                                nodes_of, getattr(self.reader, "nodes_scope", "range"))
             ours += self.clock() - t0
+        self.packs.prune()
         return ours
 
-    def _read(self, unit: Unit, pid: int, ext: Extents, base: int, st, buffers, stats) -> None:
-        """Read the access bits of ``ext``'s ranges into ``buffers`` (a state's present and
-        accessed sample buffers) at word ``base`` (0 for a process's own state, its segment
-        for a pack member).  GONE propagates; any other error loses that range only."""
+    def _read(self, unit: Tracked, st: PageState, buffers, stats) -> None:
+        """Read the access bits of ``unit``'s ranges into ``buffers`` (its pack's present and
+        accessed sample buffers) at its segment.  GONE propagates; any other error loses
+        that range only."""
         present, accessed = buffers
+        ext = unit.ext
         for i, (ws, nw, off) in enumerate(zip(ext.word_start.tolist(), ext.nwords.tolist(),
                                               ext.offset.tolist())):
-            lo = base + off
+            lo = unit.off + off
             holes = ext.holes_of(i)  # only for a page-granular reader (idle_bitmap v3)
             try:
-                p, a = (self.reader.sample(pid, ws, nw, skip=holes) if holes
-                        else self.reader.sample(pid, ws, nw))
+                p, a = (self.reader.sample(unit.pid, ws, nw, skip=holes) if holes
+                        else self.reader.sample(unit.pid, ws, nw))
             except GONE:
                 raise
             except OSError as e:  # this range only (e.g. unmapped between maps and read)
@@ -667,14 +737,13 @@ class Engine:
             present[lo: lo + nw] = p
             accessed[lo: lo + nw] = a
 
-    def _unsampled(self, unit: Unit, ws: int, nw: int, err: OSError, stats):
+    def _unsampled(self, unit: Tracked, ws: int, nw: int, err: OSError, stats):
         """A range whose access bits could not be read: count it where operators look (the
         interval line, IntervalStats/TargetStats.unsampled_*) and warn, rate-limited."""
-        if stats is not None:
-            ts = stats.targets.setdefault(unit.ref.target, TargetStats())
-            for s in (stats, ts):
-                s.unsampled_ranges += 1
-                s.unsampled_pages += 64 * nw
+        ts = stats.targets.setdefault(unit.ref.target, TargetStats())
+        for s in (stats, ts):
+            s.unsampled_ranges += 1
+            s.unsampled_pages += 64 * nw
         # per (target, errno): a reader that fails on every range (permissions, a broken
         # interface) is seen at once, then summed up every REPEAT_EVERY
         self.warn.warning((unit.ref.target, "range not sampled", _reason(err)),
@@ -698,32 +767,45 @@ class Engine:
 
         return nodes
 
-    def _learn_nodes(self, unit: Unit, nodes_of) -> None:
-        """A reader that knows each page's node (``nodes(pid, word_start, nwords)`` -> int16
-        per page, -1 unknown: pagemap PFNs and the sysfs memory blocks, or numa_maps) saves
-        the move_pages queries: pages of unknown node learn it here."""
-        st = unit.state
-        st.learn_nodes([(unit.ref.pid, st.extents, 0)], nodes_of,
-                       getattr(self.reader, "nodes_scope", "range"))
-
-    @staticmethod
-    def _counts(units: Sequence[Unit]) -> list[UnitCounts]:
+    def _counts(self, units: Sequence[Tracked], stats: IntervalStats | None = None) -> list[UnitCounts]:
         """Histograms per process; movable: minus pages in retry backoff, and nothing before
-        a second sample (the first one carries no recency: no page has history yet)."""
+        a second sample (the first one carries no recency: no page has history yet), and
+        no shared object's pages without CAP_SYS_NICE (counted in ``stats``, warned once)."""
         out = []
         for u in units:
-            h = u.state.histograms()
-            movable = h - u.state.backoff_histograms() if u.state.samples >= 2 else np.zeros_like(h)
-            top = None if getattr(u.state, "packed", False) or not u.state.has_top else u.state.top_histograms
-            out.append(UnitCounts(u.ref.key, u.ref.target, h, movable, top))
+            h = u.histograms()
+            movable = h - u.backoff_histograms() if u.samples >= 2 else np.zeros_like(h)
+            if u.shared and stats is not None:
+                stats.shared_pages += int(h.sum())
+            if u.shared and not self._movable(u):
+                if stats is not None:
+                    stats.shared_unmovable += int(h.sum())
+                    self._warn_shared(u)
+                movable = np.zeros_like(h)
+            top = u.top_histograms if u.state.has_top else None
+            out.append(UnitCounts(u.key, u.ref.target, h, movable, top))
         return out
 
-    def _gain(self, units: Sequence[Unit], node_ids, fast, slow):
+    def _movable(self, obj: Tracked) -> bool:
+        """Can a shared object be moved?  With CAP_SYS_NICE (MPOL_MF_MOVE_ALL) yes; without,
+        only while one tracked process maps it (plain MPOL_MF_MOVE moves a page mapped once;
+        an untracked second mapper makes the kernel refuse it: EACCES, backed off)."""
+        return self.move_shared or len(obj.mappers) == 1
+
+    def _warn_shared(self, obj: Tracked) -> None:
+        if self._warned_shared:
+            return
+        self._warned_shared = True
+        log.warning("target %s: shared memory (%s, mapped by %d tracked process(es)) is not moved: "
+                    "a page mapped by several processes moves only with MPOL_MF_MOVE_ALL, which "
+                    "needs CAP_SYS_NICE (systemd/tierd.service: CapabilityBoundingSet); its pages "
+                    "are counted in tierd_shared_pages{state=\"unmovable\"}", obj.ref.target,
+                    obj.ref.name, len(obj.mappers))
+
+    def _gain(self, node_ids, fast, slow):
         """This interval's access-rate estimates (tierd.engine.gain), or None: the level
         rule."""
-        states = ([u.state for u in units if u.state.node_ids == tuple(node_ids)
-                   and not getattr(u.state, "packed", False)]
-                  + [pk.state for pk in self.packs if pk.state.node_ids == tuple(node_ids)])
+        states = [pk.state for pk in self.packs if pk.state.node_ids == tuple(node_ids)]
         est = sum([st.est for st in states])
         if not isinstance(est, np.ndarray):
             return None
@@ -734,132 +816,110 @@ class Engine:
                                 [cls[n] for n in slow if n in cls], self.policy.min_gain, est_top)
 
     def _execute(self, requests: Sequence[Request], stats: IntervalStats, query: bool = False) -> int:
-        """Select the pages for ``requests`` and run move_pages on them, process by process
-        (in the order of each process's first request), at most SLICE_PAGES pages at a time
+        """Select the pages for ``requests`` and run move_pages on them, pack by pack (in
+        the order of each pack's first request), at most SLICE_PAGES pages at a time
         (bounded memory at any scale).  Returns the pages moved (for queries: learned)."""
-        by_unit: dict = {}
+        by_pack: dict = {}
         for r in requests:
-            by_unit.setdefault(r.unit, []).append(r)
-        done = 0
-        packs_done: set = set()
-        for key, reqs in by_unit.items():
-            pk = self.packs.where.get(key)
-            if pk is not None:  # the whole pack at once, at its first member's turn
-                if id(pk) not in packs_done:
-                    packs_done.add(id(pk))
-                    done += self._execute_pack(pk, by_unit, stats, query)
-                continue
-            unit = self.units.get(key)
-            if unit is None or unit.state is None:
-                continue
-            st = unit.state
-            cls = [st.class_of(r.node) for r in reqs]
-            left = [r.count for r in reqs]
-            while any(left) and not self.should_stop():
-                # a selected page leaves its (class, level) when it moves, is learned, fails
-                # (backoff) or is absent, so the next slice finds the next pages
-                sel = st.select([(c, r.level, n) for c, r, n in zip(cls, reqs, left)], limit=SLICE_PAGES)
-                sizes = [p.size for p in sel]
-                if not sum(sizes):
-                    break
-                pages = np.concatenate(sel)
-                addrs = st.extents.vpn_of(pages) << np.uint64(12)
-                try:
-                    if query:
-                        status, counts = self.executor.query(unit.ref.pid, addrs)
-                        dest = None
-                    else:
-                        dest = np.repeat(np.array([r.dest for r in reqs], np.int32), sizes)
-                        status, counts = self.executor.move(unit.ref.pid, addrs, dest)
-                except GONE:
-                    self._drop(key)
-                    stats.dropped += 1
-                    break
-                except OSError as e:  # PermissionError, MovePagesError: this process, this time
-                    self.warn.warning((unit.ref.target, "move_pages", _reason(e)),
-                                      "pid %d (%s): move_pages: %s", unit.ref.pid, unit.ref.target, e)
-                    if getattr(e, "status", None) is not None:  # what moved before the error
-                        (stats.queries if query else stats.moves).add(e.counts)
-                        done += e.counts.learned if query else e.counts.moved
-                        self._apply(st, pages, np.repeat([r.level for r in reqs], sizes),
-                                    np.repeat(cls, sizes), e.status, None if query else
-                                    np.repeat(np.array([r.dest for r in reqs], np.int32), sizes))
-                    break
-                (stats.queries if query else stats.moves).add(counts)
-                done += counts.learned if query else counts.moved
-                self._apply(st, pages, np.repeat([r.level for r in reqs], sizes),
-                            np.repeat(cls, sizes), status, dest)
-                if not query:
-                    self._note_moves(key, st, pages, status == dest,
-                                     np.repeat([r.reason for r in reqs], sizes),
-                                     np.repeat([r.level for r in reqs], sizes))
-                left = [n - k for n, k in zip(left, sizes)]
-                if counts.not_tried:
-                    break
-        return done
+            unit = self.units.get(r.unit) or self.shared.get(r.unit)
+            if unit is not None and unit.pack is not None and unit.seg is not None:
+                by_pack.setdefault(id(unit.pack), (unit.pack, []))[1].append((unit, r))
+        return sum(self._execute_pack(pk, reqs, stats, query) for pk, reqs in by_pack.values())
 
-    def _execute_pack(self, pk: Pack, by_unit: dict, stats: IntervalStats, query: bool) -> int:
+    def _execute_pack(self, pk: Pack, reqs: list, stats: IntervalStats, query: bool) -> int:
         """``_execute`` for the members of one pack: one selection over the shared state per
         slice, the members' move_pages calls in one executor pass, one fold of all results."""
         st = pk.state
-        reqs = [(m, r) for key, rs in by_unit.items() if (m := pk.members.get(key)) is not None
-                and m.seg is not None for r in rs]
         reqs.sort(key=lambda x: x[0].seg)  # stable: each member's requests stay in order
         seg = np.array([m.seg for m, _ in reqs], dtype=np.int64)
         cls = np.array([st.class_of(r.node) for _, r in reqs], dtype=np.int64)
         level = np.array([r.level for _, r in reqs], dtype=np.int64)
         dests = np.array([r.dest for _, r in reqs], dtype=np.int32)
+        reasons = np.array([r.reason for _, r in reqs])
         left = np.array([r.count for _, r in reqs], dtype=np.int64)
+        members = {m.seg: m for m, _ in reqs}
         done = 0
         while left.any() and not self.should_stop():
-            # by member (segment), then request
+            # a selected page leaves its (class, level) when it moves, is learned, fails
+            # (backoff) or is absent, so the next slice finds the next pages
             pages, sizes = st.select_segments(seg, cls, level, left, limit=SLICE_PAGES)
             if not sizes.sum():
                 break
-            addrs = pk.real_addresses(pages)
             dest = None if query else np.repeat(dests, sizes)
-            # one job per member: its requests are adjacent
+            # one job per member (a shared object's: per mapper); its requests are adjacent
             per = np.bincount(seg, weights=sizes, minlength=int(seg.max()) + 1).astype(np.int64)
-            who = [m for m in sorted({m.seg: m for m, _ in reqs}.values(), key=lambda m: m.seg)
-                   if per[m.seg]]
-            bounds = np.concatenate(([0], np.cumsum([per[m.seg] for m in who])))
-            jobs = [(m.pid, addrs[a:b], None if dest is None else dest[a:b])
-                    for m, a, b in zip(who, bounds[:-1].tolist(), bounds[1:].tolist())]
-            status, counts, errors = self.executor.run_many(jobs, query=query)
-            ran = np.ones(pages.size, dtype=bool)
-            for i, e in errors.items():
-                # a refused member keeps what moved before the error (executor.run_many)
-                job = slice(bounds[i], bounds[i + 1])
-                ran[job] = False if isinstance(e, GONE) else status[job] != NOT_TRIED
-                m = who[i]
-                if isinstance(e, GONE):
-                    self._drop(m.key)
-                    stats.dropped += 1
-                else:  # PermissionError, MovePagesError: this process, this time
-                    unit = self.units.get(m.key)
-                    target = unit.ref.target if unit else "?"
-                    self.warn.warning((target, "move_pages", _reason(e)),
-                                      "pid %d (%s): move_pages: %s", m.pid, target, e)
+            who = [members[s] for s in sorted(members) if per[s]]
+            bounds = np.concatenate(([0], np.cumsum([per[m.seg] for m in who]))).astype(np.int64)
+            status, counts, ran = self._run_jobs(st, pages, who, bounds, dest, stats)
             (stats.queries if query else stats.moves).add(counts)
             done += counts.learned if query else counts.moved
             # folded in per (class, level): the pages of one cell are ascending in this
             # order (requests by segment, each segment's slices of the cell in address
             # order), so each fold is one sorted run with scalar level and class
-            kid = cls * LEVELS + level
+            kid = cls * (LEVELS + TOP_LEVELS) + level
             page_kid = np.repeat(kid, sizes)
             for k in np.unique(kid[sizes > 0]).tolist():
-                mine = page_kid == k
-                if errors:
-                    mine &= ran
-                sel = np.flatnonzero(mine)
+                sel = np.flatnonzero((page_kid == k) & ran)
                 if sel.size:
-                    self._apply(st, pages[sel], k % LEVELS, k // LEVELS, status[sel],
-                                None if dest is None else dest[sel])
+                    self._apply(st, pages[sel], k % (LEVELS + TOP_LEVELS), k // (LEVELS + TOP_LEVELS),
+                                status[sel], None if dest is None else dest[sel])
+            if not query:
+                self._note_moves(pk, pages, (status == dest) & ran, np.repeat(reasons, sizes),
+                                 np.repeat(level, sizes))
             pk.version += 1
             left -= sizes
             if counts.not_tried:
                 break
         return done
+
+    def _run_jobs(self, st: PageState, pages, who: Sequence[Tracked], bounds, dest, stats):
+        """move_pages (``dest`` None: a query) on flat pages of a pack, member ``who[i]``'s at
+        pages[bounds[i]:bounds[i + 1]]: one executor pass over every member's jobs (a
+        process: its own addresses; a shared object: through its mappers, with
+        MPOL_MF_MOVE_ALL).  Returns (status per page, counts, ran: pages whose status
+        counts).  A process gone is dropped; other refusals are warned about (``stats``:
+        not for rechecks)."""
+        base = np.repeat(np.array([m.base_vpn for m in who], dtype=np.int64), np.diff(bounds))
+        vpn = st.extents.vpn_of(pages).astype(np.int64) - base  # each member's own vpns
+        addrs = vpn.astype(np.uint64) << np.uint64(12)
+        jobs, order, owner = [], [], []
+        for m, a, b in zip(who, bounds[:-1].tolist(), bounds[1:].tolist()):
+            if not m.shared:  # its own addresses, in page order
+                jobs.append((m.pid, addrs[a:b], None if dest is None else dest[a:b], MPOL_MF_MOVE))
+                order.append(slice(a, b))
+                owner.append(m)
+                continue
+            flags = MPOL_MF_MOVE_ALL if self.move_shared else MPOL_MF_MOVE
+            for pid, idx, maddrs in m.address_jobs(vpn[a:b]):
+                idx = idx + a
+                jobs.append((pid, maddrs, None if dest is None else dest[idx], flags))
+                order.append(idx)
+                owner.append(m)
+        got, counts, errors = self.executor.run_many(jobs, query=dest is None)
+        if all(isinstance(o, slice) for o in order):  # no shared object: page order
+            order = np.arange(pages.size)
+        else:
+            order = np.concatenate([np.arange(o.start, o.stop) if isinstance(o, slice) else o
+                                    for o in order]) if order else np.zeros(0, np.int64)
+        status = np.full(pages.size, NOT_TRIED, dtype=np.int32)
+        status[order] = got
+        ran = np.zeros(pages.size, dtype=bool)  # shared pages no mapper maps: not tried
+        ran[order] = True
+        jb = np.cumsum([0] + [j[1].size for j in jobs])
+        for i, e in errors.items():
+            # a refused job keeps what moved before the error (executor.run_many)
+            idx = order[jb[i]: jb[i + 1]]
+            ran[idx] = False if isinstance(e, GONE) else status[idx] != NOT_TRIED
+            m = owner[i]
+            if isinstance(e, GONE):
+                if not m.shared:  # a shared object's mapper: dropped at its own sample
+                    self._drop(m.key)
+                    if stats is not None:
+                        stats.dropped += 1
+            elif stats is not None:  # PermissionError, MovePagesError: this process, this time
+                self.warn.warning((m.ref.target, "move_pages", _reason(e)),
+                                  "pid %d (%s): move_pages: %s", jobs[i][0], m.ref.name or m.ref.target, e)
+        return status, counts, ran
 
     def _apply(self, st: PageState, pages, level, cls, status, dest) -> None:
         """Fold move_pages results back into the state (level, class and dest: scalars or
@@ -892,18 +952,16 @@ class Engine:
         fast_cls = [i for i, n in enumerate(node_ids) if n in fast]
         # summed per (target, node layout) first: hundreds of packed processes, few numpy calls
         groups: dict = {}
+        nprocs: dict = {}
         for u in live:
-            st = u.state
-            g = groups.setdefault((u.ref.target, st.node_ids), [])
-            g.append(st.histograms())
-            stats.tracked_pages += st.pages
-            if not getattr(st, "packed", False):
-                stats.state_bytes += st.nbytes
-        stats.state_bytes += sum(pk.state.nbytes for pk in self.packs)
+            groups.setdefault((u.ref.target, u.state.node_ids), []).append(u.histograms())
+            nprocs[u.ref.target] = nprocs.get(u.ref.target, 0) + (not u.shared)
+            stats.tracked_pages += u.pages
+        stats.state_bytes = sum(pk.state.nbytes for pk in self.packs)
         for (target, ids), hs in groups.items():
             h = np.sum(hs, axis=0) if len(hs) > 1 else hs[0]
             ts = stats.targets.setdefault(target, TargetStats())
-            ts.processes += len(hs)
+            ts.processes = nprocs.get(target, 0)
             ts.hist = ts.hist + h.sum(axis=0)
             ts.pages += int(h.sum())
             for i, nid in enumerate(ids):
@@ -926,25 +984,26 @@ class Engine:
     def close(self) -> None:
         for key in list(self.units):
             self._drop(key)
-        for closer in (getattr(self.reader, "close_all", None),
-                       getattr(self.resolver, "close", None)):  # it holds the processes found
-            if closer is not None:
-                closer()
+        for obj in self.shared.values():
+            obj.close()
+        self.shared.clear()
+        _close_all(self.reader)
+        close = getattr(self.resolver, "close", None)  # it holds the processes it found
+        if close is not None:
+            close()
+
+
+def _close_all(reader) -> None:
+    """Close everything a reader holds (a fake or simulated reader may hold nothing)."""
+    close_all = getattr(reader, "close_all", None)
+    if close_all is not None:
+        close_all()
 
 
 def _reason(err: BaseException) -> str:
     """The reason part of a rate-limit key: the errno's name, else the exception type."""
     code = getattr(err, "errno", None)
     return errno.errorcode.get(code, type(err).__name__) if code else type(err).__name__
-
-
-def _close(reader, pid: int) -> None:
-    close = getattr(reader, "close", None)
-    if close is not None:
-        try:
-            close(pid)
-        except OSError:
-            pass
 
 
 class Daemon:

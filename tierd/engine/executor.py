@@ -58,7 +58,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from tierd.linux.syscalls import UNREPORTED
+from tierd.linux.syscalls import MPOL_MF_MOVE, UNREPORTED
 
 NOT_TRIED = np.int32(-(1 << 30))  # status of pages skipped because the daemon is stopping
 MIN_BATCH = 16
@@ -198,9 +198,10 @@ class Executor:
 
     def run_many(self, jobs, query: bool = False):
         """``move`` (or ``query``) for several processes at once: ``jobs`` = [(pid, addrs,
-        nodes or None)].  Returns (status for all pages in job order, counts over the jobs
-        that ran, {job index: exception} for jobs whose process was gone or refused).
-        One status array and one tally for all: packed small processes
+        nodes or None, move_pages flags)] (MPOL_MF_MOVE_ALL for shared pages).  Returns
+        (status for all pages in job order, counts over the jobs that ran, {job index:
+        exception} for jobs whose process was gone or refused).
+        One status array and one tally for all: the members of a pack
         (tierd/engine/pack.py) do not pay the per-call accounting each."""
         kind = "query" if query else "move"
         sizes = [np.size(j[1]) for j in jobs]
@@ -208,11 +209,11 @@ class Executor:
         counts = MoveCounts()
         errors: dict[int, Exception] = {}
         lo = 0
-        for i, ((pid, addrs, nodes), n) in enumerate(zip(jobs, sizes)):
+        for i, ((pid, addrs, nodes, flags), n) in enumerate(zip(jobs, sizes)):
             try:
                 self._calls(kind, pid, np.ascontiguousarray(addrs, dtype=np.uint64),
                             None if nodes is None else np.ascontiguousarray(nodes, dtype=np.int32),
-                            status[lo: lo + n], counts)
+                            status[lo: lo + n], counts, flags)
             except OSError as e:  # ProcessGone, PermissionError, MovePagesError: this one
                 errors[i] = e
             lo += n
@@ -241,7 +242,7 @@ class Executor:
         return status, c
 
     def _calls(self, kind: str, pid: int, addrs: np.ndarray, nodes: np.ndarray | None,
-               status: np.ndarray, counts: MoveCounts) -> None:
+               status: np.ndarray, counts: MoveCounts, flags: int = MPOL_MF_MOVE) -> None:
         """The move_pages calls for one process, filling ``status`` (NOT_TRIED beforehand)
         and ``counts.calls/seconds``."""
         n = addrs.size
@@ -261,9 +262,11 @@ class Executor:
                 elif left is not None:  # only what still fits
                     size = min(size, max(MIN_BATCH, int(left / self.page_seconds)))
             try:
+                # MPOL_MF_MOVE is move_pages' default here: other flags only when asked
+                more = {} if flags == MPOL_MF_MOVE else {"flags": flags}
                 st = self.kernel.move_pages(
                     pid, addrs[lo: lo + size], None if nodes is None else nodes[lo: lo + size],
-                    batch=size,
+                    batch=size, **more,
                 )
             except OSError as e:
                 part = getattr(e, "status", None)

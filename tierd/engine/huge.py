@@ -148,17 +148,16 @@ class SplitTracker:
 # Reading blocks out of a PageState
 
 
-def _blocks(st: PageState):
-    """(flat word start of each aligned block's slice, first vpn) per extent piece: the
-    2 MiB-aligned blocks lying wholly inside one extent, in passes of SCAN_BLOCKS."""
+def _blocks(st: PageState) -> tuple[np.ndarray, np.ndarray]:
+    """(flat word of each block's first word, its first vpn) for every 2 MiB-aligned block
+    lying wholly inside one extent, all extents at once (a pack has one per member)."""
     ext = st.extents
-    for ws, nw, off in zip(ext.word_start.tolist(), ext.nwords.tolist(), ext.offset[:-1].tolist()):
-        first = -(-ws // HPAGE_WORDS) * HPAGE_WORDS
-        nb = (ws + nw - first) // HPAGE_WORDS
-        for b0 in range(0, max(0, nb), SCAN_BLOCKS):
-            k = min(SCAN_BLOCKS, nb - b0)
-            w0 = first + b0 * HPAGE_WORDS
-            yield off + (w0 - ws), w0 * 64, k
+    ws, nw, off = ext.word_start, ext.nwords, ext.offset[:-1]
+    first = -(-ws // HPAGE_WORDS) * HPAGE_WORDS
+    nb = np.maximum((ws + nw - first) // HPAGE_WORDS, 0)
+    k = np.arange(int(nb.sum())) - np.repeat(np.cumsum(nb) - nb, nb)
+    return (np.repeat(off + first - ws, nb) + k * HPAGE_WORDS,
+            (np.repeat(first, nb) + k * HPAGE_WORDS) * 64)
 
 
 def uniform_hot_blocks(st: PageState) -> tuple[np.ndarray, np.ndarray]:
@@ -166,24 +165,24 @@ def uniform_hot_blocks(st: PageState) -> tuple[np.ndarray, np.ndarray]:
     bit now (the newest sample is all set or all clear) and had every page accessed in some
     sample of the window, hottest first.  Only the newest sample must be uniform: a range
     khugepaged collapsed again still has its split-time history for a window, and must be
-    seen (and held back) at once."""
-    vpns, flats = [], []
+    seen (and held back) at once.  In passes of SCAN_BLOCKS blocks (bounded temporaries)."""
+    fw, vpn0 = _blocks(st)
     rows = st.history_rows()
-    for fw, vpn0, k in _blocks(st):
-        sl = slice(fw, fw + k * HPAGE_WORDS)
-        full = (st.present[sl].reshape(k, HPAGE_WORDS) == ALL).all(axis=1)
-        h = rows[0][sl].reshape(k, HPAGE_WORDS)
-        uniform = full & (((h == 0).all(axis=1)) | (h == ALL).all(axis=1))
-        hot = np.zeros(k, dtype=bool)
+    keep = []
+    for i in range(0, fw.size, SCAN_BLOCKS):
+        w = fw[i: i + SCAN_BLOCKS, None] + np.arange(HPAGE_WORDS)
+        full = (st.present[w] == ALL).all(axis=1)
+        h = rows[0][w]
+        uniform = full & ((h == 0).all(axis=1) | (h == ALL).all(axis=1))
+        hot = np.zeros(w.shape[0], dtype=bool)
         for r in rows:
-            hot |= (r[sl].reshape(k, HPAGE_WORDS) == ALL).all(axis=1)
-        idx = np.flatnonzero(uniform & hot)
-        vpns.append(vpn0 + idx * HPAGE_PAGES)
-        flats.append((fw + idx * HPAGE_WORDS) * 64)
-    if not vpns:
+            hot |= (r[w] == ALL).all(axis=1)
+        keep.append(i + np.flatnonzero(uniform & hot))
+    idx = np.concatenate(keep) if keep else np.zeros(0, np.int64)
+    if not idx.size:
         return np.zeros(0, np.int64), np.zeros(0, np.uint8)
-    v = np.concatenate(vpns).astype(np.int64)
-    hot = st.hotness(np.concatenate(flats)) if v.size else np.zeros(0, np.uint8)
+    v = vpn0[idx].astype(np.int64)
+    hot = st.hotness(fw[idx] * 64)
     order = np.argsort(-hot.astype(np.int64), kind="stable")
     return v[order], hot[order]
 
@@ -261,22 +260,28 @@ class HugePages:
         self.deadline = deadline
         self.fast_nodes = tuple(r.node for r in getattr(plan, "rooms", ()))
         done = 0
+        blocks: dict = {}  # pack -> its uniform hot blocks (synthetic vpns), one pass per pack
         for unit in units:
             st = unit.state
-            if st is None or not st.samples:
+            if st is None or not unit.samples or unit.seg is None:
                 continue
             key = unit.ref.key
+            base = unit.base_vpn  # real vpn + base = the pack's (synthetic) vpn
             self._release(unit)
             fits = plan.hot.get(unit.ref.target, policy.min_hot) <= policy.min_hot
             try:
                 cand = np.zeros(0, np.int64)
                 if not fits or self.tracker.verdict(key) == "sparse":
-                    vpns = uniform_hot_blocks(st)[0][:CHECK_BLOCKS]
+                    if unit.pack not in blocks:
+                        blocks[unit.pack] = uniform_hot_blocks(st)[0]
+                    vpns = blocks[unit.pack]
+                    end = base + int(unit.ext.word_start[-1] + unit.ext.nwords[-1]) * 64
+                    vpns = vpns[(vpns >= base) & (vpns < end)][:CHECK_BLOCKS] - base
                     if vpns.size:
                         cand = vpns[self.splitter.is_thp(unit.ref.pid, vpns)]
                 self._drop_recollapsed(unit)
-                todo = self.tracker.decide(key, st.samples, cand, fits,
-                                           lambda b, st=st: density(st, b, self.tracker.watch))
+                todo = self.tracker.decide(key, unit.samples, cand, fits,
+                                           lambda b, st=st: density(st, b + base, self.tracker.watch))
                 split = self._split(unit, todo, reader) if todo.size else todo
                 done += split.size
                 if self.tracker.verdict(key) != "dense" and cand.size:
@@ -285,6 +290,7 @@ class HugePages:
                 continue
             except FeatureMissing as e:
                 self._disable(str(e))
+                self.release_all(units)
                 break
             except OSError as e:  # this process, this time (e.g. EBUSY on the debugfs mutex)
                 self.warn.warning((unit.ref.target, "huge page split", getattr(e, "errno", None)),
@@ -299,7 +305,7 @@ class HugePages:
         not judged.  (Seen in the rig: 5 of 8 probes re-collapsed, verdict "dense", 42% of
         the cold pages dragged to the fast node.)"""
         p = self.tracker.procs.get(unit.ref.key)
-        if p is None or not p.probes.size or unit.state.samples - p.probed_at < self.tracker.watch:
+        if p is None or not p.probes.size or unit.samples - p.probed_at < self.tracker.watch:
             return
         again = p.probes[self.splitter.is_thp(unit.ref.pid, p.probes)]
         if again.size:
@@ -340,15 +346,15 @@ class HugePages:
         # without telling tierd: it starts over wherever it is
         before = self.split_before.get(unit.ref.key, np.zeros(0, np.int64))
         again = np.isin(blocks, before)
-        forget_history(unit.state, blocks[again])
-        forget_history(unit.state, blocks[~again], self.fast_nodes)
+        forget_history(unit.state, blocks[again] + unit.base_vpn)
+        forget_history(unit.state, blocks[~again] + unit.base_vpn, self.fast_nodes)
         self.split_before[unit.ref.key] = np.union1d(before, blocks)
         return blocks
 
     def _hold(self, unit, blocks: np.ndarray) -> None:
         """Keep ``blocks`` out of this interval's moves (their backoff bits; selection skips
         pages in backoff)."""
-        fw = _flat_words(unit.state, blocks)
+        fw = _flat_words(unit.state, blocks + unit.base_vpn)
         fw = fw[fw >= 0]
         if fw.size:
             self.held[unit.ref.key] = blocks  # by vpn: the extents may change before release
@@ -360,7 +366,7 @@ class HugePages:
         st = unit.state
         if blocks is None or st is None:
             return
-        fw = _flat_words(st, blocks)
+        fw = _flat_words(st, blocks + unit.base_vpn)
         fw = fw[fw >= 0]
         words = (fw[:, None] + np.arange(HPAGE_WORDS)).ravel()
         words = words[words < st.words]  # the address space may have shrunk
@@ -371,6 +377,13 @@ class HugePages:
             inside = np.isin(flat // 64, words)
             np.bitwise_or.at(st.backoff, flat[inside] // 64,
                              np.left_shift(np.uint64(1), (flat[inside] % 64).astype(np.uint64)))
+
+    def release_all(self, units) -> None:
+        """Lift every hold now (splitting turned off by a reload, or the kernel interface
+        lost): held blocks must not stay out of the moves for ever."""
+        for unit in units:
+            self._release(unit)
+        self.held.clear()
 
     def forget(self, key) -> None:
         self.tracker.forget(key)

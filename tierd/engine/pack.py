@@ -1,133 +1,193 @@
-"""Small processes packed into shared page state, so hundreds of them cost what one does.
+"""Every tracked process is a segment of a shared page state: one state model for all.
 
-With one ``PageState`` per process, every interval costs a fixed number of numpy calls per
-process (a commit, a histogram, a selection and a fold of move_pages results each), and for
-a process of a few thousand pages those calls, not the pages, are the time: 200 processes of
-50 MiB took 9-11x the engine time of one 10 GiB process.  Here small processes share one
-``PageState``: member i's address space is laid at word ``slot << SLOT_SHIFT`` of a synthetic
-address space (48-bit user space ends at 2**30 words), so the packed state is an ordinary
-state of one "process" whose extents are the members' extents side by side.  Commits,
-selections and move results are then one pass per pack; the only per-member work left is
-the kernel's (maps, access bits, move_pages) and a few scalars.  Per-member histograms (what
-placement shares by) come from the state's segments: one segment per member, counted with
-one reduceat per chunk (``PageState.set_segments``, ``select_segments``).
+A ``Pack`` is one ``PageState`` holding several processes side by side: process i's address
+space is laid at word ``slot << SLOT_SHIFT`` of a synthetic address space (48-bit user space
+ends at 2**31 words), so the pack's state is an ordinary state of one "process" whose
+extents are its members' extents side by side, with one segment per member.  Commits,
+selections and the folding of move_pages results are one pass per pack; the only
+per-process work left is the kernel's (maps, access bits, move_pages) and a few scalars.
+With one state per process, 200 processes of 50 MiB took 9-11x the engine time of one
+10 GiB process; packed, 1.4-1.8x (benchmarks/README.md, issue 7).
 
-Which processes are packed: at least ``PACK_MIN`` processes are tracked and the process's
-tracked address space is at most ``PACK_WORDS`` words (1 GiB); a member that grows past
-twice that leaves its pack and starts over in a state of its own (its history is lost once).
-A pack holds at most ``PACK_MAX_WORDS`` words (a change of any member's mappings copies the
-pack's planes).  Huge pages of packed processes are not split (tierd/engine/huge.py works on
-per-process states; a packed process has at most 512 huge pages).
+A lone large process is a pack of one: a process of more than ``PACK_WORDS`` words of
+tracked address space (1 GiB), or one mapped above 2**31 words (5-level page tables), gets
+a pack of its own at slot 0 (synthetic addresses are its real ones).  Smaller processes
+share packs of up to ``PACK_MAX_WORDS`` words (a change of any member's mappings copies the
+pack's planes: a pack stays small enough for that to be cheap).  A member of a shared pack
+that grows past twice ``PACK_WORDS`` moves to a pack of its own, and takes its history,
+nodes, backoff and retry table with it (``PageState.carve``).
 
-``MemberView`` is what the rest of the engine sees as such a unit's ``state``: its
-histograms, sample count and sizes; everything else happens on the pack.
+``Tracked`` is the one object per process: its identity (the ``ProcessRef``), its place in a
+pack, and what it holds outside the pack (the reader's file descriptors and caches for its
+pid, the huge-page tracker's holds); ``close()`` releases all of it.
+
+Shared memory (MAP_SHARED mappings: shm, memfd, shared files; PostgreSQL's shared_buffers)
+is tracked once: each shared object (maps' dev and inode) is a ``Tracked`` of its own whose
+"address space" is the object's page offsets (``mappers``: which tracked process maps which
+part where).  Its sample is the OR of every mapper's accessed bits for those pages; it is
+moved once, through one live mapper's addresses, with MPOL_MF_MOVE_ALL (the kernel refuses
+MPOL_MF_MOVE for a page mapped more than once: EACCES).  The mapping processes' own segments
+leave their shared mappings out, so a target's pages count shared memory once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable
+from dataclasses import dataclass
 
 import numpy as np
 
 from tierd.engine.hotness import LEVELS
 from tierd.engine.state import CHUNK_WORDS, PAGES_PER_WORD, Extents, PageState
 
-PACK_WORDS = 4096  # 262144 pages: 1 GiB of tracked address space at most
-PACK_MIN = 16  # processes tracked before small ones are packed
+PACK_WORDS = 4096  # 262144 pages: 1 GiB of tracked address space at most, to share a pack
 PACK_MAX_WORDS = 4 * CHUNK_WORDS
 SLOT_SHIFT = 31  # words: a member's synthetic address space starts at slot << 31
 SLOT_MAX = 1 << 26  # slots per pack (synthetic vpns stay below 2**63); then a new pack
-REAL_VPN_MASK = (1 << (SLOT_SHIFT + 6)) - 1  # a member's own vpn: the bits below its slot
 
 
-class Member:
-    __slots__ = ("key", "pid", "slot", "ext", "samples", "seg", "off", "staged")
+@dataclass(frozen=True)
+class SharedRef:
+    """The identity of a shared object: (dev, inode) from maps; ``pid`` a live mapper (its
+    node queries and moves go through that process's addresses), ``target`` its first
+    mapper's target (where its pages count)."""
 
-    def __init__(self, key: Hashable, pid: int, slot: int) -> None:
-        self.key = key
-        self.pid = pid
-        self.slot = slot
+    dev: str
+    inode: int
+    pid: int
+    target: str
+    name: str = ""
+
+    @property
+    def key(self) -> tuple:
+        return ("shared", self.dev, self.inode)
+
+
+class Tracked:
+    """One tracked process: identity, its segment of a pack, what it holds (see the module
+    docstring).  ``reader`` and ``huge`` are the engine's access-bit reader and huge-page
+    splitter as of this process's last sample: ``close`` releases what they hold for it."""
+
+    __slots__ = ("ref", "pack", "slot", "ext", "samples", "seg", "off", "reader", "huge", "spans",
+                 "mappers")
+
+    def __init__(self, ref) -> None:
+        self.ref = ref
+        self.pack: Pack | None = None
+        self.slot = 0
         self.ext: Extents | None = None  # the real extents of the last maps read
-        self.samples = 0
+        self.samples = 0  # samples committed since it joined
         self.seg: int | None = None  # segment index in the pack's state (None: no words)
-        self.off = 0  # flat word offset in the pack's state
-        self.staged = False  # maps read this interval
+        self.off = 0  # flat word offset of its segment
+        self.reader = None
+        self.huge = None
+        # a process: its shared mappings, [(object key, first vpn, end vpn, first page offset)]
+        self.spans: list = []
+        # a shared object: who maps which pages, [(pid, first vpn, end vpn, first page offset)]
+        self.mappers: list | None = None
 
     @property
-    def base_words(self) -> int:
-        return self.slot << SLOT_SHIFT
-
-
-class MemberView:
-    """A packed process's ``unit.state`` as the engine and its observers read it."""
-
-    packed = True
-
-    def __init__(self, pack: Pack, member: Member) -> None:
-        self.pack = pack
-        self.member = member
+    def key(self) -> Hashable:
+        return self.ref.key
 
     @property
-    def samples(self) -> int:
-        return self.member.samples
+    def pid(self) -> int:
+        return self.ref.pid
 
     @property
-    def node_ids(self) -> tuple[int, ...]:
-        return self.pack.state.node_ids
+    def base_vpn(self) -> int:
+        """Synthetic vpn of real vpn 0: real = synthetic - base_vpn."""
+        return (self.slot << SLOT_SHIFT) * PAGES_PER_WORD
 
     @property
-    def window(self) -> int:
-        return self.pack.state.window
+    def shared(self) -> bool:
+        """A shared object rather than a process."""
+        return self.mappers is not None
+
+    def address_jobs(self, vpns: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """Its (real) vpns -> [(pid, indices into vpns, addresses)]: one job for a process;
+        for a shared object (vpns are page offsets) each page through the first mapper that
+        maps it (pages no tracked process maps any more are left out)."""
+        v = np.asarray(vpns, dtype=np.int64)
+        if self.mappers is None:
+            return [(self.pid, np.arange(v.size), v.astype(np.uint64) << np.uint64(12))]
+        out = []
+        left = np.ones(v.size, dtype=bool)
+        for pid, lo, hi, pg in self.mappers:
+            mine = np.flatnonzero(left & (v >= pg) & (v < pg + hi - lo))
+            if mine.size:
+                left[mine] = False
+                out.append((pid, mine, (v[mine] - pg + lo).astype(np.uint64) << np.uint64(12)))
+        return out
 
     @property
     def words(self) -> int:
-        return self.member.ext.words if self.member.ext is not None else 0
+        return self.ext.words if self.ext is not None else 0
 
     @property
     def pages(self) -> int:
         return self.words * PAGES_PER_WORD
 
     @property
-    def nbytes(self) -> int:
-        st = self.pack.state
-        return st.nbytes * self.words // max(1, st.words)
-
-    @property
-    def est(self) -> np.ndarray:  # counted once per pack (Engine._gain)
-        return np.zeros_like(self.pack.state.est)
-
-    @property
-    def present(self) -> np.ndarray:
-        return self.pack.state.present[self.member.off: self.member.off + self.words]
+    def state(self) -> PageState | None:
+        return None if self.pack is None else self.pack.state
 
     def histograms(self) -> np.ndarray:
+        """[nclasses, 16]: this process's pages by class and hotness (its segment's)."""
         st = self.pack.state
-        if self.member.seg is None or st.seg_hist is None:
+        if self.seg is None or st.seg_hist is None:
             return np.zeros((st.nclasses, LEVELS), dtype=np.int64)
-        return st.seg_hist[self.member.seg]
+        return st.seg_hist[self.seg]
 
     def backoff_histograms(self) -> np.ndarray:
         h = self.pack.backoff_histograms()
-        if self.member.seg is None or h is None:
+        if self.seg is None or h is None:
             return np.zeros((self.pack.state.nclasses, LEVELS), dtype=np.int64)
-        return h[self.member.seg]
+        return h[self.seg]
 
-    def hotness(self, pages: np.ndarray) -> np.ndarray:
-        return self.pack.state.hotness(np.asarray(pages, dtype=np.int64) + self.member.off * 64)
+    def top_histograms(self) -> np.ndarray:
+        return self.pack.state.top_histograms(self.seg)
 
-    def expire(self, now: int, retry_after: int) -> None:  # the pack's, once (Engine.step)
-        pass
+    def flat_of(self, vpns) -> np.ndarray:
+        """Real vpns -> flat pages of the pack's state (-1: not tracked)."""
+        return self.pack.state.extents.flat_of(np.asarray(vpns, dtype=np.int64) + self.base_vpn)
 
-    def set_window(self, window: int) -> None:  # the pack's (Engine.set_policy)
-        pass
+    def vpn_of(self, pages) -> np.ndarray:
+        """Flat pages of its segment -> real vpns (uint64)."""
+        return self.pack.state.extents.vpn_of(pages) - np.uint64(self.base_vpn)
+
+    def close(self) -> None:
+        """Release everything held for this process: its segment (history, nodes, backoff
+        and retry entries leave the pack at its next layout), the reader's descriptors and
+        caches for its pid, the huge-page holds and verdicts, and the identity's handle
+        (a ProcessRef that holds one has ``close``)."""
+        if self.pack is not None:
+            self.pack.remove(self.key)
+            self.pack = None
+        if self.huge is not None:
+            self.huge.forget(self.key)
+            self.huge = None
+        if self.mappers is not None:  # a shared object: no pid of its own to release
+            self.reader = None
+            return
+        if self.reader is not None:
+            try:
+                self.reader.close(self.pid)
+            except OSError:
+                pass
+            self.reader = None
+        closer = getattr(self.ref, "close", None)  # a pidfd/dirfd identity (issue 17, #2)
+        if closer is not None:
+            closer()
 
 
 class Pack:
-    """Up to PACK_MAX_WORDS words of small processes in one PageState."""
+    """Processes side by side in one PageState (a pack of one for a large process)."""
 
-    def __init__(self, window: int, node_ids, chunk_words: int) -> None:
-        self.members: dict[Hashable, Member] = {}
+    def __init__(self, window: int, node_ids, chunk_words: int, solo: bool = False) -> None:
+        self.members: dict[Hashable, Tracked] = {}
         self.state = PageState(Extents([], []), window, node_ids, chunk_words)
+        self.solo = solo  # a large process's own: nobody joins
         self._backoff: np.ndarray | None = None
         self._backoff_version = -1
         self.version = 0  # bumped whenever backoff may change (moves folded in, commits)
@@ -136,16 +196,13 @@ class Pack:
         # still fits, without summing every member per newcomer
         self.joined_words = 0
 
-    @property
-    def words(self) -> int:
-        return sum(m.ext.words for m in self.members.values() if m.ext is not None)
-
-    def add(self, key: Hashable, pid: int) -> Member:
+    def add(self, proc: Tracked) -> None:
         # never a slot used before: until the next layout the state still holds a departed
         # member's words there, and a newcomer must not inherit their history or nodes
-        m = self.members[key] = Member(key, pid, self._next_slot)
+        proc.pack, proc.slot, proc.seg = self, self._next_slot, None
+        self.members[proc.key] = proc
         self._next_slot += 1
-        return m
+        self.joined_words += proc.words
 
     def remove(self, key: Hashable) -> None:
         """The member leaves; its words go at the next ``layout``."""
@@ -157,12 +214,11 @@ class Pack:
         st = self.state
         st.set_node_ids(node_ids)
         ws, nw, segs = [], [], []
-        order = sorted(self.members.values(), key=lambda m: m.slot)
-        for m in order:
+        for m in sorted(self.members.values(), key=lambda m: m.slot):
             m.seg = None
             if m.ext is None or not m.ext.words:
                 continue
-            ws.append(m.ext.word_start + m.base_words)
+            ws.append(m.ext.word_start + (m.slot << SLOT_SHIFT))
             nw.append(m.ext.nwords)
             segs.append(m)
         ext = Extents(np.concatenate(ws) if ws else [], np.concatenate(nw) if nw else [])
@@ -189,66 +245,64 @@ class Pack:
             self._backoff_version = self.version
         return self._backoff
 
-    def real_addresses(self, pages: np.ndarray) -> np.ndarray:
-        """Flat pages of the pack -> their addresses in their own process (the slot sits
-        above the highest user address bit, so masking it off is enough)."""
-        vpn = self.state.extents.vpn_of(pages) & np.uint64(REAL_VPN_MASK)
-        return vpn << np.uint64(12)
+    def members_of(self, pages: np.ndarray) -> list[tuple[Tracked, int, int]]:
+        """Sorted flat pages -> [(member, a, b)]: pages[a:b] are that member's."""
+        st = self.state
+        if st.seg_start is None or not pages.size:
+            return []
+        bounds = np.searchsorted(pages >> 6, np.append(st.seg_start, st.words))
+        by_seg = {m.seg: m for m in self.members.values() if m.seg is not None}
+        return [(by_seg[s], int(bounds[s]), int(bounds[s + 1]))
+                for s in np.flatnonzero(np.diff(bounds)).tolist() if s in by_seg]
 
 
 class Packs:
-    """The engine's packs: which units are packed, and where."""
+    """The engine's packs: which pack each process is in."""
 
     def __init__(self) -> None:
         self.packs: list[Pack] = []
-        self.where: dict[Hashable, Pack] = {}
 
     def __iter__(self):
-        return iter(self.packs)
+        return iter(list(self.packs))
 
     def __len__(self) -> int:
         return len(self.packs)
 
-    def member(self, key: Hashable) -> Member | None:
-        pk = self.where.get(key)
-        return None if pk is None else pk.members.get(key)
-
-    def wants(self, unit, ext: Extents, units: int) -> bool:
-        """Whether ``unit`` is (or now becomes) packed, given its extents and how many
-        processes are tracked."""
-        if len(ext) and int(ext.word_start[-1] + ext.nwords[-1]) > 1 << SLOT_SHIFT:
-            return False  # above 512 TiB (5-level page tables): a state of its own
-        if unit.ref.key in self.where:
-            return ext.words <= 2 * PACK_WORDS
-        return unit.state is None and 0 < ext.words <= PACK_WORDS and units >= PACK_MIN
-
-    def stage(self, unit, ext: Extents, window: int, node_ids, chunk_words: int) -> None:
-        """Record this interval's extents of a packed unit (joining a pack if new)."""
-        key = unit.ref.key
-        pk = self.where.get(key)
-        if pk is None:
-            pk = next((p for p in self.packs if p.joined_words + ext.words <= PACK_MAX_WORDS
-                       and p._next_slot < SLOT_MAX), None)
-            if pk is None:
-                pk = Pack(window, node_ids, chunk_words)
+    def stage(self, proc: Tracked, ext: Extents, window: int, node_ids, chunk_words: int) -> None:
+        """Record this interval's extents of ``proc``: it joins a pack if new, and moves to
+        a pack of its own (with its history) once too big to share one."""
+        top = int(ext.word_start[-1] + ext.nwords[-1]) if len(ext) else 0
+        big = top > 1 << SLOT_SHIFT
+        pk = proc.pack
+        if pk is not None and not pk.solo and (big or ext.words > 2 * PACK_WORDS):
+            self._alone(proc, window, node_ids, chunk_words)
+        elif pk is None:
+            proc.ext = ext
+            if big or ext.words > PACK_WORDS:
+                pk = Pack(window, node_ids, chunk_words, solo=True)
                 self.packs.append(pk)
-            self.where[key] = pk
-            pk.joined_words += ext.words
-            m = pk.add(key, unit.ref.pid)
-            unit.state = MemberView(pk, m)
-        m = pk.members[key]
-        m.pid = unit.ref.pid
-        m.ext = ext
-        m.staged = True
+            else:
+                pk = next((p for p in self.packs if not p.solo and p._next_slot < SLOT_MAX
+                           and p.joined_words + ext.words <= PACK_MAX_WORDS), None)
+                if pk is None:
+                    pk = Pack(window, node_ids, chunk_words)
+                    self.packs.append(pk)
+            pk.add(proc)
+        proc.ext = ext
 
-    def leave(self, unit) -> None:
-        """``unit`` grew too big: out of its pack, a state of its own from its next sample."""
-        self.remove(unit.ref.key)
-        unit.state = None
+    def _alone(self, proc: Tracked, window: int, node_ids, chunk_words: int) -> None:
+        """Move ``proc`` from its shared pack to one of its own, keeping its words' state
+        (as last laid out: the next layout remaps it to its new extents)."""
+        old = proc.pack
+        pk = Pack(window, node_ids, chunk_words, solo=True)
+        if proc.seg is not None:
+            pk.state.carve(old.state, proc.off, proc.ext, proc.base_vpn)
+        old.remove(proc.key)
+        samples = proc.samples
+        pk.add(proc)
+        proc.samples = samples
+        self.packs.append(pk)
 
-    def remove(self, key: Hashable) -> None:
-        pk = self.where.pop(key, None)
-        if pk is not None:
-            pk.remove(key)
-            if not pk.members:
-                self.packs.remove(pk)
+    def prune(self) -> None:
+        """Packs without members go."""
+        self.packs = [pk for pk in self.packs if pk.members]

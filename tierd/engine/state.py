@@ -1,4 +1,4 @@
-"""Per-process packed page state: access history, known NUMA node, presence, retry backoff.
+"""Page state of a pack of processes: access history, known NUMA node, presence, retry backoff.
 
 Everything is a numpy array indexed by page of the process's *tracked address space*: its
 extents (VMAs rounded out to 64-page words and merged, docs/design.md "Page addressing")
@@ -99,7 +99,7 @@ class Extents:
         np.cumsum(self.nwords, out=self.offset[1:])
 
     @classmethod
-    def from_vmas(cls, vmas: Iterable, page_granular: bool = False) -> Extents:
+    def from_vmas(cls, vmas: Iterable, page_granular: bool = False, shared: bool = True) -> Extents:
         """Extents of the mappings tierd can track: not the kernel's special mappings
         ([vdso], [vsyscall]...) and not PROT_NONE reservations (guard pages, reserved heaps:
         never present, but possibly huge).
@@ -108,11 +108,14 @@ class Extents:
         such a mapping is left out (tracked_extents(): clearing it would clear the
         neighbour's Accessed bits too); ``edge_pages`` counts the tracked pages lost that way.
         A ``page_granular`` reader (idle_bitmap v3) keeps those words and is told the
-        neighbour's pages in them (``holes``): nothing is lost, ``edge_pages`` is 0."""
+        neighbour's pages in them (``holes``): nothing is lost, ``edge_pages`` is 0.
+        Without ``shared``, shared mappings (``is_shared``) are left out like those: the
+        engine tracks them once, as shared objects (tierd/engine/pack.py)."""
         from tierd.linux.tracking import extents, tracked_extents, untracked_holes
 
         vmas = [v for v in vmas if v.end > v.start]
-        tracked = [not _special(v) and v.perms[:3] != "---" for v in vmas]
+        tracked = [not _special(v) and v.perms[:3] != "---" and (shared or not is_shared(v))
+                   for v in vmas]
         keep = [v for v, t in zip(vmas, tracked) if t]
         skip = [v for v, t in zip(vmas, tracked) if not t]
         starts, ends = [v.start for v in keep], [v.end for v in keep]
@@ -159,6 +162,11 @@ class Extents:
         p = np.asarray(flat_pages, dtype=np.int64)
         if self.word_start.size == 1:
             return (p + int(self.word_start[0]) * PAGES_PER_WORD).astype(np.uint64)
+        if p.size > len(self) and p.ndim == 1 and (p[1:] >= p[:-1]).all():
+            # ascending (the usual case: selections, rechecks): extents are runs of pages
+            runs = np.diff(np.searchsorted(p, self.offset * PAGES_PER_WORD))
+            shift = (self.word_start - self.offset[:-1]) * PAGES_PER_WORD
+            return (p + np.repeat(shift, runs)).astype(np.uint64)
         i = np.searchsorted(self.offset, p // PAGES_PER_WORD, side="right") - 1
         return (p + (self.word_start[i] - self.offset[i]) * PAGES_PER_WORD).astype(np.uint64)
 
@@ -172,6 +180,12 @@ class Extents:
         inside = (w >= self.word_start[i]) & (w < self.word_start[i] + self.nwords[i])
         flat = v + (self.offset[i] - self.word_start[i]) * PAGES_PER_WORD
         return np.where(inside, flat, -1)
+
+
+def is_shared(vma) -> bool:
+    """A MAP_SHARED mapping of an object with an inode (shm, memfd, a shared file): the
+    ``s`` in maps' permissions.  Its pages may be mapped by other processes too."""
+    return vma.perms[3:4] == "s" and vma.inode != 0
 
 
 def _special(vma) -> bool:
@@ -284,7 +298,7 @@ def _lowest_bits(x: int, k: int) -> int:
 
 
 class PageState:
-    """The packed state of one process (see the module docstring)."""
+    """The packed page state of one pack (see the module docstring)."""
 
     def __init__(
         self,
@@ -310,6 +324,7 @@ class PageState:
         # offsets where each begins, and histograms per segment kept like chunk_hist
         self.seg_start: np.ndarray | None = None
         self.seg_hist: np.ndarray | None = None
+        self._recheck_at = 0  # recheck_pages' cursor (flat words)
 
     # -- storage -----------------------------------------------------------------------------
     def _alloc(self, words: int) -> None:
@@ -455,7 +470,8 @@ class PageState:
             sub.fill(0)
             nonzero = np.flatnonzero(cls_pop)
             planes = False
-            if seg_sub is not None:  # every class counted per segment; the chunk is their sum
+            one = self._one_segment(lo, hi)
+            if seg_sub is not None and one is None:  # every class counted per segment
                 sub[:] = self._segment_pass(lo, hi, rows, newc, node_rows, seg_sub, cls_pop)
                 planes = True
             elif self.samples - self.chunk_seen[ch] >= self.window:
@@ -473,6 +489,8 @@ class PageState:
                     sub[c] = counts[1 + i]
                 sub[derived] = counts[0] - counts[1:].sum(axis=0)
                 planes = True
+            if seg_sub is not None and one is not None:  # the chunk lies in one segment
+                seg_sub[one] += sub
             if nn and nonzero.size:
                 self._est_save(ch, lo, n, -(-est_words * n // self.words), planes, node_rows)
             else:
@@ -496,17 +514,26 @@ class PageState:
             t[b] = nb
         band(t, at_top, t)
 
-    def top_histograms(self) -> np.ndarray:
+    def top_histograms(self, seg: int | None = None) -> np.ndarray:
         """[nclasses, TOP_LEVELS]: the level-15 pages of each class by top counter (column
-        0 unused).  A pass over the chunks that hold level-15 pages (placement asks only when
-        the top level overflows the fast tier)."""
+        0 unused), of the whole state or of segment ``seg``.  A pass over the chunks that
+        hold level-15 pages (placement asks only when the top level overflows the fast
+        tier)."""
         out = np.zeros((self.nclasses, TOP_LEVELS), dtype=np.int64)
         if not self.has_top:
             return out
         nn = len(self.node_ids)
+        a, b = 0, self.words
+        if seg is not None and self.seg_start is not None:
+            if not self.seg_hist[seg, :, LEVELS - 1].any():
+                return out
+            a = int(self.seg_start[seg])
+            b = int(self.seg_start[seg + 1]) if seg + 1 < self.seg_start.size else self.words
         for ch in np.flatnonzero(self.chunk_hist[:, :, LEVELS - 1].any(axis=1)).tolist():
-            lo = ch * self.chunk_words
-            hi = min(lo + self.chunk_words, self.words)
+            lo = max(ch * self.chunk_words, a)
+            hi = min(ch * self.chunk_words + self.chunk_words, self.words, b)
+            if lo >= hi:
+                continue
             masks = [self.nodes[c, lo:hi] for c in range(nn)] + [self._unknown_mask(lo, hi)]
             out += self._kernel.level_counts(self.top[:, lo:hi], masks)
         out[:, 0] = 0
@@ -537,6 +564,15 @@ class PageState:
         if self.seg_hist.shape[1] != self.nclasses:
             self.seg_hist = np.zeros((self.seg_start.size, self.nclasses, LEVELS), dtype=np.int64)
         return np.zeros_like(self.seg_hist)
+
+    def _one_segment(self, lo: int, hi: int) -> int | None:
+        """The segment holding all of words lo..hi, if one does (a large process's chunks:
+        counted by the per-chunk path, with its shortcuts); None if several do."""
+        if self.seg_start is None:
+            return None
+        i = int(np.searchsorted(self.seg_start, lo, side="right")) - 1
+        end = int(self.seg_start[i + 1]) if i + 1 < self.seg_start.size else self.words
+        return i if hi <= end else None
 
     def _segment_pass(self, lo: int, hi: int, rows, present, node_rows, seg_sub,
                       cls_pop: np.ndarray | None = None) -> np.ndarray:
@@ -704,111 +740,46 @@ class PageState:
     def select(self, requests: Sequence[tuple[int, int, int]], limit: int | None = None) -> list[np.ndarray]:
         """For each (class, level, count): up to ``count`` flat pages of that class at exactly
         that hotness, not in backoff, lowest addresses first; at most ``limit`` pages in all.
-        Requests for the same (class, level) get disjoint pages, in request order.  One pass
-        over the chunks serves every request (hotness planes are computed once per chunk)."""
-        want: dict[tuple[int, int], int] = {}
-        for cls, level, count in requests:
-            if count > 0:
-                want[(cls, level)] = want.get((cls, level), 0) + int(count)
-        got: dict[tuple[int, int], list[np.ndarray]] = {k: [] for k in want}
-        if want:
-            self._select(want, got, (1 << 62) if limit is None else int(limit))
-        pools = {k: (np.concatenate(v) if v else np.zeros(0, np.int64)) for k, v in got.items()}
-        used = {k: 0 for k in pools}
-        out = []
-        for cls, level, count in requests:
-            k = (cls, level)
-            if count <= 0 or k not in pools:
-                out.append(np.zeros(0, np.int64))
-                continue
-            a = pools[k][used[k]: used[k] + int(count)]
-            used[k] += a.size
-            out.append(a)
-        return out
+        ``select_segments`` over the whole state as one segment, as one array per request."""
+        n = len(requests)
+        cls, level, count = (np.array([r[i] for r in requests], dtype=np.int64).reshape(n) for i in range(3))
+        pages, sizes = self.select_segments(np.zeros(n, np.int64), cls, level, count, limit, whole=True)
+        return np.split(pages, np.cumsum(sizes)[:-1]) if n else []
 
-    def _select(self, want: dict, got: dict, limit: int) -> None:
-        keys = list(want)
-        need = np.array([want[k] for k in keys], dtype=np.int64)
-        cls_idx = np.array([k[0] for k in keys])
-        lvl_idx = np.array([k[1] for k in keys])
-        avail = self.chunk_hist[:, cls_idx, np.minimum(lvl_idx, LEVELS - 1)]  # [nchunks, nkeys]
-        rows = None
-        kern = self._kernel
-        for ch in np.flatnonzero((avail > 0).any(axis=1)):
-            if limit <= 0 or not need.any():
-                break
-            live = np.flatnonzero((need > 0) & (avail[ch] > 0))
-            if live.size == 0:
-                continue
-            lo = int(ch) * self.chunk_words
-            hi = min(lo + self.chunk_words, self.words)
-            n = hi - lo
-            if rows is None:
-                rows = self.history_rows()
-            planes = kern.hot_planes([r[lo:hi] for r in rows], n)
-            notback = np.bitwise_not(self.backoff[lo:hi])
-            by_class: dict[int, list[int]] = {}
-            for j in live.tolist():
-                by_class.setdefault(int(cls_idx[j]), []).append(j)
-            for c, js in by_class.items():
-                base = self.class_mask(c, lo, hi) & notback
-                lv = [int(lvl_idx[j]) for j in js]
-                masks_by_level = kern.level_masks(planes, [min(v, LEVELS - 1) for v in lv], base)
-                for v in {v for v in lv if v >= LEVELS}:  # top sub-levels: 15 + counter
-                    masks_by_level[v] = self.top_mask(lo, hi, v - (LEVELS - 1), masks_by_level[LEVELS - 1])
-                for j in js:
-                    if limit <= 0:
-                        break
-                    m = masks_by_level[int(lvl_idx[j])]
-                    csum = np.cumsum(np.bitwise_count(m), dtype=np.int64)
-                    total = int(csum[-1]) if n else 0
-                    if total == 0:
-                        continue
-                    k = min(int(need[j]), limit)
-                    if total <= k:
-                        widx = np.flatnonzero(m)
-                        masks = m[widx]
-                        taken = total
-                    else:
-                        cut = int(np.searchsorted(csum, k))  # first word where the count reaches k
-                        widx = np.flatnonzero(m[: cut + 1])
-                        masks = m[widx].copy()
-                        before = int(csum[cut - 1]) if cut else 0
-                        masks[-1] = np.uint64(_lowest_bits(int(m[cut]), k - before))
-                        taken = k
-                    got[keys[j]].append(words_to_pages(widx + lo, masks))
-                    need[j] -= taken
-                    limit -= taken
-
-    def select_segments(self, seg, cls, level, count, limit: int | None = None):
-        """``select`` for a segmented state: request i asks for ``count[i]`` pages of class
-        ``cls[i]`` at hotness ``level[i]`` from segment ``seg[i]``'s words only (arrays, one
-        entry per request).  One pass over the chunks serves every segment and request: the
+    def select_segments(self, seg, cls, level, count, limit: int | None = None, whole: bool = False):
+        """The selection: request i asks for ``count[i]`` pages of class ``cls[i]`` at
+        hotness ``level[i]`` (a top sub-level 15 + c: level 15 with top counter c) from
+        segment ``seg[i]``'s words only (arrays, one entry per request), not in backoff,
+        lowest addresses first; at most ``limit`` pages in all (``whole``: the state is one
+        segment).  One pass over the chunks serves every segment and request: the
         per-segment cut is vectorized (a cumulative popcount per word, offset by the
         segment's start), so hundreds of packed processes cost about as much as one of the
         same total size.  Requests for the same (segment, class, level) get disjoint pages,
         in request order.  Returns (the pages of every request, concatenated in request
         order; pages per request)."""
-        nseg = self.seg_start.size
+        seg_start = np.zeros(1, np.int64) if whole or self.seg_start is None else self.seg_start
+        nseg = seg_start.size
         seg, cls, level, count = (np.asarray(x, dtype=np.int64) for x in (seg, cls, level, count))
         count = np.maximum(count, 0)
-        kid = cls * LEVELS + level
+        stride = LEVELS + TOP_LEVELS  # room for the top sub-levels
+        kid = cls * stride + level
         keys_flat, key_idx = np.unique(kid, return_inverse=True)
+        key_idx = key_idx.reshape(kid.shape)
         need_all = np.bincount(key_idx * nseg + seg, weights=count,
                                minlength=keys_flat.size * nseg).astype(np.int64).reshape(-1, nseg)
-        keys = [(int(k) // LEVELS, int(k) % LEVELS) for k in keys_flat]
+        keys = [(int(k) // stride, int(k) % stride) for k in keys_flat]
         got: list[list[np.ndarray]] = [[] for _ in keys]
         limit = (1 << 62) if limit is None else int(limit)
-        if keys and need_all.any():
-            avail = self.chunk_hist[:, [k[0] for k in keys], [k[1] for k in keys]]
+        if keys and need_all.any() and self.words:
+            avail = self.chunk_hist[:, [k[0] for k in keys], [min(k[1], LEVELS - 1) for k in keys]]
             rows = None
             for ch in np.flatnonzero((avail > 0).any(axis=1)).tolist():
                 if limit <= 0:
                     break
                 lo = ch * self.chunk_words
                 hi = min(lo + self.chunk_words, self.words)
-                i0 = int(np.searchsorted(self.seg_start, lo, side="right")) - 1
-                i1 = int(np.searchsorted(self.seg_start, hi, side="left"))
+                i0 = int(np.searchsorted(seg_start, lo, side="right")) - 1
+                i1 = int(np.searchsorted(seg_start, hi, side="left"))
                 live = np.flatnonzero((avail[ch] > 0) & need_all[:, i0:i1].any(axis=1)).tolist()
                 if not live:
                     continue
@@ -819,11 +790,14 @@ class PageState:
                 by_class: dict[int, list[int]] = {}
                 for j in live:
                     by_class.setdefault(keys[j][0], []).append(j)
-                starts = np.maximum(self.seg_start[i0:i1], lo) - lo
+                starts = np.maximum(seg_start[i0:i1], lo) - lo
                 wseg = np.repeat(np.arange(i1 - i0), np.diff(np.append(starts, hi - lo)))
                 for c, js in by_class.items():
                     base = self.class_mask(c, lo, hi) & notback
-                    masks = self._kernel.level_masks(planes, [keys[j][1] for j in js], base)
+                    lv = [keys[j][1] for j in js]
+                    masks = self._kernel.level_masks(planes, [min(v, LEVELS - 1) for v in lv], base)
+                    for v in {v for v in lv if v >= LEVELS}:  # top sub-levels: 15 + counter
+                        masks[v] = self.top_mask(lo, hi, v - (LEVELS - 1), masks[LEVELS - 1])
                     for j in js:
                         if limit <= 0:
                             break
@@ -840,7 +814,7 @@ class PageState:
             if seg.size else np.zeros(0, bool)
         first = np.flatnonzero(grp)
         prior[order] = cs - cs[first][np.cumsum(grp) - 1] if seg.size else cs
-        ends = np.append(self.seg_start, self.words)
+        ends = np.append(seg_start, self.words)
         pools, base = [], 0
         a = np.zeros(seg.size, dtype=np.int64)
         b = np.zeros(seg.size, dtype=np.int64)
@@ -902,7 +876,7 @@ class PageState:
         if n == 0 or words <= 0 or not len(self.node_ids):
             return np.zeros(0, np.int64)
         words = min(int(words), n)
-        lo = getattr(self, "_recheck_at", 0) % n
+        lo = self._recheck_at % n
         idx = (lo + np.arange(words)) % n
         self._recheck_at = (lo + words) % n
         known = np.bitwise_or.reduce(self.nodes[:, idx], axis=0) & self.present[idx]
@@ -1131,13 +1105,40 @@ class PageState:
         # a remap; recomputing here would double the cost of every mmap)
         self.chunk_seen.fill(self.samples)
 
+    def carve(self, src: PageState, off: int, extents: Extents, base_vpn: int) -> None:
+        """Become the state of a part of ``src``: its flat words off.. (``extents.words`` of
+        them) whose real extents are ``extents``, at synthetic vpn ``base_vpn`` in ``src``
+        (a process leaving a shared pack for one of its own, tierd/engine/pack.py): history,
+        nodes, presence, backoff, top counters and retry entries come along; the per-chunk
+        histograms follow at the next commit."""
+        if (src.window, src.node_ids) != (self.window, self.node_ids):
+            self.set_window(src.window)
+            self.set_node_ids(src.node_ids)
+        self.extents = extents
+        self._alloc(extents.words)
+        part = slice(off, off + extents.words)
+        self.hist[:] = src.hist[:, part]
+        self.nodes[:] = src.nodes[:, part]
+        self.present_planes[:] = src.present_planes[:, part]
+        self.backoff[:] = src.backoff[part]
+        if self.has_top:
+            self.top[:] = src.top[:, part]
+        self.head, self._cur, self.samples = src.head, src._cur, src.samples
+        self.chunk_seen.fill(self.samples)
+        mine = (src.retry_vpn >= base_vpn) & (src.retry_vpn < base_vpn + (extents.pages and
+                int(extents.word_start[-1] + extents.nwords[-1]) * PAGES_PER_WORD))
+        self.retry_vpn = src.retry_vpn[mine] - base_vpn
+        self.retry_fails = src.retry_fails[mine]
+        self.retry_until = src.retry_until[mine]
+
     def _recompute(self) -> None:
         """Per-chunk histograms from the current planes, without taking a new sample."""
         rows = self.history_rows()
         nn = len(self.node_ids)
         seg_sub = self._seg_sub_zero()
         for ch, lo, hi in self._chunks():
-            if seg_sub is not None:
+            one = self._one_segment(lo, hi)
+            if seg_sub is not None and one is None:
                 self.chunk_sub[ch] = self._segment_pass(lo, hi, rows, self.present[lo:hi],
                                                         self.nodes[:, lo:hi], seg_sub)
                 continue
@@ -1146,6 +1147,8 @@ class PageState:
             for c, m in enumerate(masks):
                 counts[1 + c, 0] = int(np.bitwise_count(m).sum(dtype=np.int64))
             self.chunk_sub[ch] = counts[1:]
+            if seg_sub is not None:
+                seg_sub[one] += counts[1:]
         np.matmul(self.chunk_sub, _MOEBIUS_T, out=self.chunk_hist)
         if seg_sub is not None:
             np.matmul(seg_sub, _MOEBIUS_T, out=self.seg_hist)

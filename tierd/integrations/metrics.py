@@ -60,6 +60,9 @@ METRICS = {
     "tierd_target_cold_threshold": "hotness below which a target's fast pages may be demoted",
     "tierd_tracked_pages": "pages of address space tracked",
     "tierd_state_bytes": "memory used for per-page state",
+    "tierd_shared_pages": "present pages of memory shared by several processes (shm, memfd, shared "
+                          "files), counted once; state=unmovable: not moved, moving them needs "
+                          "CAP_SYS_NICE (MPOL_MF_MOVE_ALL)",
     "tierd_node_memory_total_bytes": "MemTotal per memory node",
     "tierd_node_memory_free_bytes": "MemFree per memory node",
     "tierd_node_memory_reclaimable_bytes": "clean page cache per memory node (Active(file) + "
@@ -128,6 +131,8 @@ class Snapshot:
     processes: int = 0
     tracked_pages: int = 0
     state_bytes: int = 0
+    shared_pages: int = 0
+    shared_unmovable: int = 0
     interval: float = 0.0
     configured_targets: int = 0
     unmatched: int = 0  # targets without a process for NO_MATCH_INTERVALS intervals or more
@@ -264,10 +269,10 @@ class MetricsObserver(Observer):
                     elif nid != UNKNOWN:
                         hot_slow += n
             targets[name] = TargetSnap(ts.processes, ts.hot, ts.cold, by_node, hot_fast, hot_slow,
-                                       getattr(ts, "waiting", 0), getattr(ts, "need", None))
+                                       ts.waiting, ts.need)
         memory = {nid: (tot, free, "fast" if nid in fast else "slow" if nid in stats.slow else "none")
                   for nid, (tot, free) in stats.memory.items()}
-        reclaimable = {nid: (b, memory[nid][2]) for nid, b in getattr(stats, "reclaimable", {}).items()
+        reclaimable = {nid: (b, memory[nid][2]) for nid, b in stats.reclaimable.items()
                        if nid in memory}
         targets = bounded_targets(targets, {n: ts.pages for n, ts in stats.targets.items()},
                                   len(stats.nodes) or len(memory) + 1)
@@ -278,7 +283,8 @@ class MetricsObserver(Observer):
             last_started=stats.started, last_seconds=stats.seconds,
             last_promoted=stats.promoted, last_demoted=stats.demoted,
             processes=stats.processes, tracked_pages=stats.tracked_pages,
-            state_bytes=stats.state_bytes)
+            state_bytes=stats.state_bytes, shared_pages=stats.shared_pages,
+            shared_unmovable=stats.shared_unmovable)
 
     def on_reloaded(self, policy, error) -> None:
         self._reloads["failure" if error else "success"] += 1
@@ -352,6 +358,8 @@ class TierdCollector:
         yield gauge("tierd_targets_detailed", value=s.detailed)
         yield gauge("tierd_tracked_pages", value=s.tracked_pages)
         yield gauge("tierd_state_bytes", value=s.state_bytes)
+        yield gauge("tierd_shared_pages", ("state",), [(("tracked",), s.shared_pages),
+                                                       (("unmovable",), s.shared_unmovable)])
         mem = sorted(s.memory.items())
         yield gauge("tierd_node_memory_total_bytes", ("node", "tier"),
                     [((str(n), tier), tot) for n, (tot, free, tier) in mem])

@@ -132,8 +132,9 @@ def probe(proc: str = "/proc", sys: str = "/sys", syscalls=None) -> Features:
     admin = bool(caps >> CAP_SYS_ADMIN & 1)
     nice = bool(caps >> CAP_SYS_NICE & 1)
     # move_pages(2) on another process is a ptrace access check (PTRACE_MODE_READ_REALCREDS,
-    # mm/migrate.c since Linux 4.13, commit 197e7e521384); CAP_SYS_NICE only matters for
-    # MPOL_MF_MOVE_ALL, which tierd does not use.
+    # mm/migrate.c since Linux 4.13, commit 197e7e521384); CAP_SYS_NICE is needed for
+    # MPOL_MF_MOVE_ALL, which shared memory takes (tierd/engine/pack.py): without it shared
+    # pages are tracked but not moved.
     ptrace = bool(caps >> CAP_SYS_PTRACE & 1)
 
     if admin and ptrace:

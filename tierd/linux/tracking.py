@@ -465,6 +465,8 @@ class IdleBitmapReader:
                 a = end
 
     def close(self, pid: int) -> None:
+        """Everything held for ``pid``: its descriptor and its numa_maps spans (a later
+        process with the same pid must not inherit them)."""
         self._numa.forget(pid)
         fd = self._fds.pop(proc_key(pid), None)
         if fd is not None:

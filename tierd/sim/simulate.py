@@ -961,6 +961,10 @@ class SimProcFS:
         self._proc(pid)
         return "sim"
 
+    def status(self, pid):
+        proc = self._proc(pid)
+        return {"VmRSS": int((proc.node >= 0).sum()) * PAGE_SIZE}
+
     def cgroup(self, pid):
         self._proc(pid)
         return "/sim.slice"
@@ -969,6 +973,7 @@ class SimProcFS:
 @dataclass(frozen=True)
 class SimFeatures:
     readers: tuple[str, ...] = ("simulated",)
+    cap_sys_nice: bool = True  # no shared memory is simulated: nothing needs it
 
 
 class SimSplitter:

@@ -1,0 +1,153 @@
+"""Shared memory (issue 17, deliverable 3): pages mapped by several tracked processes (shm,
+memfd, a database's shared buffers) are tracked once, their accesses merged from every
+mapper, moved once with MPOL_MF_MOVE_ALL; without CAP_SYS_NICE never attempted (the kernel
+refuses MPOL_MF_MOVE for a page mapped more than once: EACCES), with one warning, counted.
+
+The scenario of the issue: 20 processes map one shared region; one of them also has a
+private hot set.  On the engine before this change every process counted the shared pages
+(20x), every move of them was refused (EACCES) and retried, and the private hot set waited
+for its turn behind them."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from types import SimpleNamespace
+
+from engine_fakes import PAGE, FakeKernel, FakeProc, FakeShared
+from test_engine_daemon import PID, make_engine, make_policy
+
+from tierd.policy import TargetSpec
+
+NPROC = 20
+SHARED = 4096  # pages (16 MiB), all on the slow node
+HOT_SHARED = range(0, 1024)  # accessed by every mapper in every interval
+PRIVATE = 512  # pages of process 0's own, all hot
+SHM_AT = 0x7F10_0000_0000
+
+
+class Kernel(FakeKernel):
+    def __init__(self, cap_sys_nice: bool):
+        super().__init__()
+        self.cap = cap_sys_nice
+
+    def features(self):
+        return SimpleNamespace(cap_sys_nice=self.cap)
+
+
+def scenario(cap_sys_nice: bool, intervals: int = 8):
+    k = Kernel(cap_sys_nice)
+    shm = FakeShared(SHARED, node=1)
+    procs = []
+    for i in range(NPROC):
+        p = k.add(FakeProc(PID + i, PRIVATE if i == 0 else 64, base=0x7F00_0000_0000 - (i << 32), node=1))
+        p.map_shared(shm, SHM_AT)  # the same address in each (as after fork)
+        procs.append(p)
+    pids = tuple(p.pid for p in procs)
+    eng = make_engine(k, make_policy(targets=(TargetSpec(name="app", pids=pids),)), pids=pids)
+    rows = []
+    for n in range(1, intervals + 1):
+        for p in procs:
+            p.next_access |= {SHM_AT // PAGE + i for i in HOT_SHARED}
+        procs[0].next_access |= {procs[0].vpn(i) for i in range(PRIVATE)}
+        stats = eng.step()
+        private_fast = sum(procs[0].node[procs[0].vpn(i)] == 0 for i in range(PRIVATE))
+        rows.append((n, stats, private_fast))
+    return k, eng, shm, procs, rows
+
+
+def shared_moves(k):
+    """Move requests for shared pages: (pid, addresses)."""
+    return [(pid, [a for a in addrs if SHM_AT <= a < SHM_AT + SHARED * PAGE])
+            for kind, pid, addrs, dest in k.calls if kind == "move"]
+
+
+def test_shared_pages_are_tracked_once_and_moved_once_with_move_all():
+    k, eng, shm, procs, rows = scenario(cap_sys_nice=True)
+    assert sum(r[1].moves.denied for r in rows) == 0  # was 857,700 refusals in 20 intervals
+    hot_fast = sum(shm.node[i] == 0 for i in HOT_SHARED)
+    assert hot_fast == len(HOT_SHARED), hot_fast
+    # each page moved once, through one mapper
+    moved = [a for _, addrs in shared_moves(k) for a in addrs]
+    assert len(moved) == len(set(moved)) == len(HOT_SHARED)
+    assert {pid for pid, addrs in shared_moves(k) if addrs} == {PID}
+    # the private hot set is not held up behind the shared pages
+    first = next(n for n, _, fast in rows if fast == PRIVATE)
+    assert first <= 3, first
+    # resident: the shared pages once, plus every process's own
+    stats = rows[-1][1]
+    ts = stats.targets["app"]
+    assert ts.pages == SHARED + PRIVATE + 64 * (NPROC - 1), ts.pages
+    assert ts.processes == NPROC and stats.shared_pages == SHARED and stats.shared_unmovable == 0
+
+
+def test_without_cap_sys_nice_shared_pages_are_never_attempted(caplog):
+    with caplog.at_level(logging.WARNING, logger="tierd"):
+        k, eng, shm, procs, rows = scenario(cap_sys_nice=False)
+    assert all(not addrs for _, addrs in shared_moves(k))  # not one refused attempt
+    assert sum(r[1].moves.denied for r in rows) == 0
+    assert all(r[1].shared_unmovable == SHARED for r in rows[1:])
+    warned = [r for r in caplog.records if "CAP_SYS_NICE" in r.getMessage()]
+    assert len(warned) == 1 and "app" in warned[0].getMessage()
+    first = next(n for n, _, fast in rows if fast == PRIVATE)
+    assert first <= 3, first
+    assert rows[-1][1].targets["app"].pages == SHARED + PRIVATE + 64 * (NPROC - 1)
+    # and the metrics say so
+    from prometheus_client import generate_latest
+    from test_integrations import samples
+
+    from tierd.integrations.metrics import MetricsObserver, make_registry
+
+    obs = MetricsObserver(eng, kernel_release="test")
+    obs.on_interval(rows[-1][1])
+    text = generate_latest(make_registry(lambda: obs.snapshot)).decode()
+    assert samples(text, "tierd_shared_pages") == {(("state", "tracked"),): SHARED,
+                                                   (("state", "unmovable"),): SHARED}
+
+
+def test_the_fake_kernel_refuses_a_page_mapped_twice_without_move_all():
+    """mm/migrate.c: page_mapcount > 1 and no MPOL_MF_MOVE_ALL -> -EACCES; one mapper: moves."""
+    k = Kernel(True)
+    shm = FakeShared(4)
+    a, b = k.add(FakeProc(PID, 64)), k.add(FakeProc(PID + 1, 64, base=0x7E00_0000_0000))
+    a.map_shared(shm, SHM_AT)
+    b.map_shared(shm, SHM_AT)
+    assert k.move_pages(PID, [SHM_AT], [0], flags=2).tolist() == [-errno.EACCES]
+    assert k.move_pages(PID, [SHM_AT], [0], flags=4).tolist() == [0]
+    b.gone = True
+    assert k.move_pages(PID, [SHM_AT + PAGE], [0], flags=2).tolist() == [0]
+
+
+def test_a_shared_mapping_sharing_a_word_leaves_the_neighbours_bits_to_their_owner():
+    """A page-granular reader (idle_bitmap v3): the shared mapping's read skips the private
+    pages in its edge word, so their accesses reach the process's own segment."""
+    from test_linux_tracking_scan import PageGranularReader
+
+    k = Kernel(True)
+    k._reader = PageGranularReader(k)
+    proc = k.add(FakeProc(PID, 100))  # pages 0-99: word 1 is shared with the mapping
+    shm = FakeShared(128)
+    proc.map_shared(shm, proc.addr(100))
+    eng = make_engine(k)
+    for _ in range(3):
+        proc.next_access |= {proc.vpn(i) for i in range(64, 100)}
+        eng.step()
+    u = eng.units[(PID, 0.0)]
+    hot = u.state.hotness(u.flat_of([proc.vpn(i) for i in range(64, 100)]))
+    assert (hot > 0).all(), hot
+    assert [(lo, hi) for s in k._reader.skips for lo, hi in s if lo == proc.vpn(64)] != []
+
+
+def test_without_cap_sys_nice_a_region_one_tracked_process_maps_is_moved():
+    """MPOL_MF_MOVE moves a page mapped once: a shared mapping only one tracked process maps
+    (a memfd of its own) is moved without CAP_SYS_NICE."""
+    k = Kernel(False)
+    shm = FakeShared(256)
+    proc = k.add(FakeProc(PID, 64))
+    proc.map_shared(shm, SHM_AT)
+    eng = make_engine(k)
+    for _ in range(4):
+        proc.next_access |= {SHM_AT // PAGE + i for i in range(100)}
+        stats = eng.step()
+    assert sum(shm.node[i] == 0 for i in range(100)) == 100
+    assert stats.shared_unmovable == 0 and stats.moves.denied == 0
