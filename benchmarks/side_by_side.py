@@ -30,6 +30,14 @@ Contenders:
                       migrate_cold -> node 1 (damo defaults otherwise); CPU of kdamond threads
   damon-young         the same with a `young` page filter (only pages found accessed move up,
                       none found accessed moves down) and a 1 s apply interval
+  tierd-TRACKER-anyrss  scenario PG: the shipped targets with min_rss 0
+
+Scenario PG (workloads/postgres.py) is a real PostgreSQL instead of the hotset workloads:
+pgbench -i -s 16 (x --scale), shared_buffers 256MB (x --scale) prewarmed and moved to node 1,
+4 pgbench clients of zipfian selects for --duration + 30 s; tierd runs the shipped policy
+with its own targets (the example target is database servers).  "hot" is the pages of the
+buffers the load pinned 4+ times (pg_buffercache), "cold" the other buffers' pages the
+backends map; "workload reads/s" is transactions per second / 1e6.
 
     .venv/bin/python benchmarks/side_by_side.py --scenarios S1,S2 --contenders all \\
         [--duration 180] [--period 5] [--json results.json]
@@ -173,19 +181,23 @@ class Mechanism:
         if self.service:
             self.tracking = "idle_bitmap"
         self.running = "running" in parts[2:]  # started before the workloads
+        # PG: the shipped targets (database servers) as shipped; -anyrss: their min_rss 0
+        self.anyrss = "anyrss" in parts[2:]
         self.fixed = next((p for p in parts[2:] if p.endswith("s") and p[:-1].isdigit()), None)
 
     def start(self) -> None:
         import workloads
         from workloads.harness import Tierd
 
+        keep = {"keep_targets": self.sc.name == "PG",
+                "min_rss": "0" if self.anyrss else None}
         if self.service:  # the shipped policy as tierd-idle_bitmap's, the metrics on
             policy = workloads.policy_yaml(self.base, self.sc, tracking=self.tracking,
-                                           metrics=True)
+                                           metrics=True, **keep)
             self.tierd = Service(policy).start()
         elif self.tracking:
             policy = workloads.policy_yaml(self.base, self.sc, tracking=self.tracking,
-                                           interval=self.fixed)
+                                           interval=self.fixed, **keep)
             self.tierd = Tierd(policy, self.outdir).start()
         elif self.name == "kernel":
             write("/sys/kernel/mm/numa/demotion_enabled", "1")
@@ -294,6 +306,8 @@ def guest_main(args) -> int:
     import workloads
     from workloads.harness import Watcher
 
+    if args.scenario == "PG":
+        return pg_guest_main(args)
     sc = workloads.scenarios(args.scale)[args.scenario]
     if sc.phase_at and args.phase_at:
         sc = dataclasses.replace(sc, phase_at=args.phase_at)
@@ -360,16 +374,122 @@ def guest_main(args) -> int:
         result["error"] = repr(e)
         raise
     finally:
-        v1 = vmstat()
-        result["vmstat"] = {k: v1[k] - v0.get(k, 0) for k in v1
-                            if k.startswith(("pgpromote", "pgdemote", "numa_", "pgmigrate"))}
-        result["log_tail"] = mech.log[-3000:]
-        result["log"] = mech.log[-400000:] if mech.tierd is not None else ""
-        result["intervals"] = mech.intervals
+        record_end(result, mech, v0)
         for p in procs:
             p.stop()
         Path(args.json).write_text(json.dumps(result))
     return 0
+
+
+PG = "PG"
+PG_SCALE = 16  # pgbench scale at --scale 1: 1.6M accounts, ~240 MiB of table and index
+PG_BUFFERS_MIB = 256  # shared_buffers at --scale 1: half of node 0, the database fits
+PG_HOT_USAGE = 5  # a hot buffer: pinned by the load 4 times or more (BM_MAX_USAGE_COUNT)
+
+
+def pg_guest_main(args) -> int:
+    """Scenario PG: a PostgreSQL buffer pool on the slow node under a zipfian select load
+    (workloads/postgres.py).  Ground truth per sample: pages of the buffers the load pinned
+    4+ times (pg_buffercache usage count 5) on node 0 ("hot"), pages of the other buffers
+    the backends map ("cold": pinned 1-3 times), node 0's shared memory (the buffer pool:
+    the database files are on a tmpfs bound to node 1); "touches" counts transactions."""
+    import workloads
+    from workloads import node_meminfo
+    from workloads import postgres as pgw
+
+    sc = workloads.Scenario(PG, "PostgreSQL: zipfian selects, buffer pool on the slow node", ())
+    outdir = Path(os.environ.get("TMPDIR", "/tmp")) / "bench"
+    outdir.mkdir(parents=True, exist_ok=True)
+    mech = Mechanism(args.contender, sc, (REPO / "etc" / "tierd.yaml").read_text(), outdir)
+    scale = max(1, round(PG_SCALE * args.scale))
+    result = {"scenario": PG, "title": sc.title, "contender": args.contender,
+              "scale": args.scale, "duration": args.duration, "period": args.period,
+              "fine": 0, "fine_period": args.period, "samples": [], "damon": [],
+              "error": None, "uptime_guest": Path("/proc/loadavg").read_text(),
+              "pg": {"pgbench_scale": scale, "shared_buffers_mib": round(PG_BUFFERS_MIB * args.scale)}}
+    pg = pgw.Postgres(Path("/mnt/pg"), shared_buffers_mib=result["pg"]["shared_buffers_mib"],
+                      tmpfs_mib=1024, node=1)
+    bench = None
+    v0 = vmstat()
+    try:
+        pg.start()
+        result["pg"]["load_s"] = pg.load(scale)
+        result["pg"]["left_on_fast"] = sum(pg.prewarm_to(1).values())
+        shmem0 = node_meminfo(0, "Shmem")
+        t_launch = time.monotonic()
+        if mech.running:
+            mech.start()
+            while not mech.started() and time.monotonic() - t_launch < 300:
+                time.sleep(0.2)
+            result["startup_s"] = time.monotonic() - t_launch
+        bench = pgw.Pgbench(pg, outdir, seconds=args.duration + 30, scale=scale,
+                            progress=int(args.period)).start()
+        backends = bench.backends()
+        pool = pgw.BufferPool(pg)
+        cpu0 = mech.cpu()
+        t_w = time.monotonic()
+
+        def sample():
+            ids, usage = pool.usage()
+            hot_n = pool.nodes(backends, pool.pages(ids[usage >= PG_HOT_USAGE]))
+            cold_n = pool.nodes(backends, pool.pages(ids[usage < PG_HOT_USAGE]))
+            return {"t": round(time.monotonic() - t_w, 2), "hot": int((hot_n >= 0).sum()),
+                    "hot_fast": int((hot_n == 0).sum()), "cold": int((cold_n >= 0).sum()),
+                    "cold_fast": int((cold_n == 0).sum()), "fast_free": node_meminfo(0),
+                    "cpu": round(mech.cpu() - cpu0, 2), "touches": bench.transactions(),
+                    "shmem_fast": node_meminfo(0, "Shmem") - shmem0, "per": {}}
+
+        result["start"] = sample()
+        result["samples"].append(result["start"])
+        if not mech.running:
+            mech.start()
+        t0 = time.monotonic()
+        result["mech_start_t"] = t0 - t_w
+        while time.monotonic() - t0 < args.duration:
+            time.sleep(args.period)
+            if "startup_s" not in result and mech.started():
+                result["startup_s"] = time.monotonic() - t0
+            if mech.name.startswith("damon"):
+                result["damon"].append({"t": round(time.monotonic() - t_w, 1),
+                                        "schemes": mech.damon_stats()})
+            result["samples"].append(sample())
+        mech.stop()
+        result["pgbench"] = bench.wait(timeout=300)
+        result["intact"] = result["pgbench"]["returncode"] == 0 and not result["pgbench"]["failed"]
+    except BaseException as e:
+        result["error"] = repr(e)
+        raise
+    finally:
+        record_end(result, mech, v0)
+        if bench is not None:
+            bench.stop()
+            result["pgbench_log"] = bench.text()[-3000:]
+        pg.stop()
+        Path(args.json).write_text(json.dumps(result))
+    return 0
+
+
+def tierd_failures(log: str) -> dict[str, int]:
+    """Pages move_pages refused, by reason, summed over tierd's interval lines."""
+    import re
+
+    out = dict.fromkeys(("busy", "absent", "nomem", "denied", "other"), 0)
+    for m in re.finditer(r"failed \d+ \(busy (\d+) absent (\d+) nomem (\d+) denied (\d+) "
+                         r"other (\d+)\)", log):
+        for k, v in zip(out, m.groups()):
+            out[k] += int(v)
+    return out
+
+
+def record_end(result: dict, mech: Mechanism, v0: dict) -> None:
+    """What every run records at its end: migration counters, the mechanism's log and
+    tierd's interval lines."""
+    v1 = vmstat()
+    result["vmstat"] = {k: v1[k] - v0.get(k, 0) for k in v1
+                        if k.startswith(("pgpromote", "pgdemote", "numa_", "pgmigrate"))}
+    result["log_tail"] = mech.log[-3000:]
+    result["log"] = mech.log[-400000:] if mech.tierd is not None else ""
+    result["intervals"] = mech.intervals
 
 
 def thp_kib(pid: int) -> int:
@@ -553,6 +673,17 @@ def print_tables(results) -> None:
                     f"{x['action']} tried {x['nr_tried']} ({x['sz_tried'] >> 20} MiB) "
                     f"applied {x['nr_applied']} ({x['sz_applied'] >> 20} MiB) "
                     f"qt_exceeds {x['qt_exceeds']} {x['pattern']}" for x in snap["schemes"]))
+            if r["scenario"] == PG:
+                pb, last = r.get("pgbench") or {}, r["samples"][-1] if r["samples"] else {}
+                iv = r.get("intervals") or []
+                print(f"  {'':18} pgbench {pb.get('transactions')} transactions, "
+                      f"{pb.get('tps') or 0:.0f} tps, failed {pb.get('failed')}; node 0 shared "
+                      f"memory +{last.get('shmem_fast', 0) >> 20} MiB at the end; "
+                      + (f"tierd promoted {sum(i['promoted'] for i in iv)} demoted "
+                         f"{sum(i['demoted'] for i in iv)}, refused {tierd_failures(r.get('log') or '')}"
+                         if r["contender"].startswith("tierd") else
+                         f"pgpromote_success {r['vmstat'].get('pgpromote_success', 0)}, "
+                         f"pgmigrate_success {r['vmstat'].get('pgmigrate_success', 0)}"))
             per = r["samples"][-1]["per"] if r["samples"] else {}
             if len(per) > 1:
                 print(f"  {'':18} per target at end (hot on fast / hot, cold on fast / cold): "
