@@ -430,13 +430,9 @@ def pg_guest_main(args) -> int:
         t_w = time.monotonic()
 
         def sample():
-            ids, usage = pool.usage()
-            hot_n = pool.nodes(backends, pool.pages(ids[usage >= PG_HOT_USAGE]))
-            cold_n = pool.nodes(backends, pool.pages(ids[usage < PG_HOT_USAGE]))
-            return {"t": round(time.monotonic() - t_w, 2), "hot": int((hot_n >= 0).sum()),
-                    "hot_fast": int((hot_n == 0).sum()), "cold": int((cold_n >= 0).sum()),
-                    "cold_fast": int((cold_n == 0).sum()), "fast_free": node_meminfo(0),
-                    "cpu": round(mech.cpu() - cpu0, 2), "touches": bench.transactions(),
+            return {"t": round(time.monotonic() - t_w, 2), **pool.sample(backends, PG_HOT_USAGE),
+                    "fast_free": node_meminfo(0), "cpu": round(mech.cpu() - cpu0, 2),
+                    "touches": bench.transactions(),
                     "shmem_fast": node_meminfo(0, "Shmem") - shmem0, "per": {}}
 
         result["start"] = sample()
@@ -577,31 +573,41 @@ def host_main(args) -> int:
     if jpath.exists():
         results = json.loads(jpath.read_text())
     for scn in args.scenarios.split(","):
+        todo = []
         for c in contenders:
             if any(r["scenario"] == scn and r["contender"] == c and not r.get("error")
                    for r in results):
                 continue  # already measured (--json accumulates; delete it to re-run)
             results = [r for r in results if (r["scenario"], r["contender"]) != (scn, c)]
-            out = Path(args.workdir) / f"{scn}-{c}"
+            todo.append(c)
+        # one boot per contender; --one-boot: the contenders one after the other in one boot
+        # (not tierd-service, which boots systemd)
+        boots = ([[c for c in todo if c != "tierd-service"]] + [["tierd-service"]] * (
+            "tierd-service" in todo) if args.one_boot else [[c] for c in todo])
+        for boot in (b for b in boots if b):
+            out = Path(args.workdir) / f"{scn}-{'+'.join(boot)}"
             out.mkdir(parents=True, exist_ok=True)
-            (out / "result.json").unlink(missing_ok=True)
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--guest", "--scenario", scn,
-                   "--contender", c, "--duration", str(args.duration), "--period",
-                   str(args.period), "--scale", str(args.scale), "--pause-us",
-                   str(args.pause_us), "--phase-at", str(args.phase_at),
-                   "--fine", str(args.fine), "--fine-period", str(args.fine_period),
-                   "--json", "/mnt/out/result.json"]
+            cmds = []
+            for c in boot:
+                (out / f"result-{c}.json").unlink(missing_ok=True)
+                cmds.append(" ".join([
+                    sys.executable, str(Path(__file__).resolve()), "--guest", "--scenario", scn,
+                    "--contender", c, "--duration", str(args.duration), "--period",
+                    str(args.period), "--scale", str(args.scale), "--pause-us",
+                    str(args.pause_us), "--phase-at", str(args.phase_at),
+                    "--fine", str(args.fine), "--fine-period", str(args.fine_period),
+                    "--json", f"/mnt/out/result-{c}.json"]))
             lock = open(args.lock, "a") if args.lock else None
             try:
                 if lock:
                     fcntl.flock(lock, fcntl.LOCK_EX)  # one VM at a time, by anyone
                 load = os.getloadavg()
                 started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-                print(f"[{started}] {scn} {c}: booting (host load {load[0]:.2f} "
+                print(f"[{started}] {scn} {' '.join(boot)}: booting (host load {load[0]:.2f} "
                       f"{load[1]:.2f} {load[2]:.2f})", flush=True)
-                res = vmrig.run(f"cd {REPO} && " + " ".join(cmd), kernel=kernel, out=out,
-                                timeout=args.duration * 4 + 900,
-                                systemd=c == "tierd-service")
+                res = vmrig.run(f"cd {REPO} && " + "; ".join(cmds), kernel=kernel, out=out,
+                                timeout=(args.duration * 4 + 900) * len(boot),
+                                systemd=boot == ["tierd-service"])
                 load_end = os.getloadavg()
             except vmrig.VMError as e:
                 print(f"  VM failed: {e}", flush=True)
@@ -609,20 +615,23 @@ def host_main(args) -> int:
             finally:
                 if lock:
                     lock.close()
-            rfile = out / "result.json"
-            if not rfile.exists():
-                print(f"  no result (exit {res.returncode}):\n{res.output[-2000:]}", flush=True)
-                continue
-            r = json.loads(rfile.read_text())
-            r["host_load"] = load
-            r["host_load_end"] = load_end
-            r["started"] = started
-            r["kernel"] = kernel.name
-            r["steady_from"] = args.steady_from
-            r["summary"] = summarize(r)
-            results.append(r)
-            jpath.write_text(json.dumps(results))
-            print("  " + json.dumps(r["summary"]), flush=True)
+            for c in boot:
+                rfile = out / f"result-{c}.json"
+                if not rfile.exists():
+                    print(f"  {c}: no result (exit {res.returncode}):\n{res.output[-2000:]}",
+                          flush=True)
+                    continue
+                r = json.loads(rfile.read_text())
+                r["host_load"] = load
+                r["host_load_end"] = load_end
+                r["started"] = started
+                r["kernel"] = kernel.name
+                r["steady_from"] = args.steady_from
+                r["one_boot"] = len(boot) > 1
+                r["summary"] = summarize(r)
+                results.append(r)
+                jpath.write_text(json.dumps(results))
+                print(f"  {c}: " + json.dumps(r["summary"]), flush=True)
     print_tables(results)
     return 0
 
@@ -709,6 +718,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lock", default=os.environ.get("TIERD_RIG_LOCK", ""),
                     help="flock this file for each boot ('' for none)")
     ap.add_argument("--json", default="side_by_side.json")
+    ap.add_argument("--one-boot", action="store_true",
+                    help="run a scenario's contenders one after the other in one boot (host "
+                    "load and boot time shared; the default is one boot per contender)")
     ap.add_argument("--workdir", default="/tmp/tierd-side-by-side")
     ap.add_argument("--print", action="store_true", help="print the tables of --json only")
     ap.add_argument("--guest", action="store_true", help=argparse.SUPPRESS)

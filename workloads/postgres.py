@@ -333,6 +333,7 @@ class BufferPool:
     def __init__(self, pg: Postgres) -> None:
         self.pg = pg
         self.base = pg.buffer_blocks()
+        self.errors: list[str] = []
 
     def usage(self) -> tuple[np.ndarray, np.ndarray]:
         """(bufferid, usagecount) of the buffers holding pgbench relations' blocks."""
@@ -353,14 +354,25 @@ class BufferPool:
             np.zeros(0, np.int64)
         return np.unique(idx).astype(np.uint64) * np.uint64(PAGE)
 
-    @staticmethod
-    def nodes(pids: list[int], addrs: np.ndarray) -> np.ndarray:
-        """Node of each page as seen by any of ``pids`` (-1: in none of their page tables)."""
+    def nodes(self, pids: list[int], addrs: np.ndarray) -> np.ndarray:
+        """Node of each page as seen by any of ``pids`` (-1: in none of their page tables;
+        ``errors`` keeps the queries that failed, e.g. of a backend that exited)."""
         out = np.full(addrs.size, -1, dtype=np.int32)
         for pid in pids:
             try:
                 n = node_of(pid, addrs)
-            except OSError:  # the backend exited
+            except OSError as e:
+                self.errors.append(str(e))
                 continue
             out = np.where(out >= 0, out, n)
         return np.where(out >= 0, out, -1)
+
+    def sample(self, pids: list[int], hot_usage: int = 5) -> dict:
+        """Ground truth now: pages of the buffers with usage count >= ``hot_usage`` (hot)
+        and of the others (cold), each located through ``pids``; the usage histogram."""
+        ids, usage = self.usage()
+        hot = self.nodes(pids, self.pages(ids[usage >= hot_usage]))
+        cold = self.nodes(pids, self.pages(ids[usage < hot_usage]))
+        return {"hot": int((hot >= 0).sum()), "hot_fast": int((hot == 0).sum()),
+                "cold": int((cold >= 0).sum()), "cold_fast": int((cold == 0).sum()),
+                "usage": np.bincount(usage, minlength=6).tolist(), "errors": self.errors[-3:]}
