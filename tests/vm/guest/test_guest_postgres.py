@@ -60,6 +60,11 @@ def moves(log: str) -> dict[str, int]:
     return out
 
 
+def vm_rss(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)[1]) * 1024
+
+
 @pytest.fixture
 def cluster(tmp_path):
     why = pgw.missing()
@@ -92,6 +97,7 @@ def test_postgres_hot_buffers_reach_the_fast_node(cluster, tmp_path):
                 time.sleep(8)
                 trace.append((round(time.monotonic() - t0), pool.sample(backends, HOT_USAGE)))
             shmem_fast = node_meminfo(0, "Shmem") - shmem0
+            rss = {pid: vm_rss(pid) >> 20 for pid in [pg.postmaster(), *backends]}
         log = tierd.text()
         result = bench.wait(timeout=SECONDS + 120)
     finally:
@@ -106,7 +112,7 @@ def test_postgres_hot_buffers_reach_the_fast_node(cluster, tmp_path):
           "of the pgbench buffers): "
           + "; ".join(f"{t}: {s['hot_fast'] / max(1, s['hot']):.0%} of {s['hot']}, "
                       f"usage {s['usage']}" for t, s in trace)
-          + f"; query errors {pool.errors[-3:]}"
+          + f"; query errors {pool.errors[-3:]}; VmRSS MiB (postmaster, backends) {rss}"
           + f"; shared memory on node 0 +{shmem_fast >> 20} MiB; tierd managed at most "
           f"{m['processes']} processes, promoted {m['promoted']} demoted {m['demoted']} "
           f"failed {m['failed']} (denied {m['denied']} busy {m['busy']}); pgbench {result}")
