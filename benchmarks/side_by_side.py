@@ -424,13 +424,13 @@ def pg_guest_main(args) -> int:
             result["startup_s"] = time.monotonic() - t_launch
         bench = pgw.Pgbench(pg, outdir, seconds=args.duration + 30, scale=scale,
                             progress=int(args.period)).start()
-        backends = bench.backends()
+        bench.backends()  # all clients connected
         pool = pgw.BufferPool(pg)
         cpu0 = mech.cpu()
         t_w = time.monotonic()
 
         def sample():
-            return {"t": round(time.monotonic() - t_w, 2), **pool.sample(backends, PG_HOT_USAGE),
+            return {"t": round(time.monotonic() - t_w, 2), **pool.sample(PG_HOT_USAGE),
                     "fast_free": node_meminfo(0), "cpu": round(mech.cpu() - cpu0, 2),
                     "touches": bench.transactions(),
                     "shmem_fast": node_meminfo(0, "Shmem") - shmem0, "per": {}}

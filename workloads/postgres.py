@@ -17,7 +17,8 @@ offset of the "Buffer Blocks" in the main shared memory segment, whose start is 
 postmaster's maps, so buffer N (1-based) is at segment + offset + (N - 1) * 8 KiB.  A
 buffer's 4 KiB pages are located with move_pages(2) queries (``workloads.node_of``) through
 the pgbench backends, which have them in their page tables (a query never faults a page in;
-the postmaster never touched the buffers).  Only whole 4 KiB pages inside a buffer count.
+the postmaster never touched the buffers; the backends are looked up with every sample).
+Only whole 4 KiB pages inside a buffer count.
 
 Everything here needs root; mounting the tmpfs with a node binding needs a NUMA machine
 (the rig), ``node=None`` mounts it unbound.
@@ -335,15 +336,17 @@ class BufferPool:
         self.base = pg.buffer_blocks()
         self.errors: list[str] = []
 
-    def usage(self) -> tuple[np.ndarray, np.ndarray]:
-        """(bufferid, usagecount) of the buffers holding pgbench relations' blocks."""
+    def usage(self) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """(bufferid, usagecount) of the buffers holding pgbench relations' blocks, and the
+        pids of the pgbench clients' backends now (one query: the guest is slow)."""
         rows = self.pg.psql(
             "SELECT b.bufferid, b.usagecount FROM pg_buffercache b JOIN pg_class c "
-            "ON b.relfilenode = pg_relation_filenode(c.oid) "
-            "AND b.reldatabase = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-            "WHERE c.relname LIKE 'pgbench_%'")
+            "ON b.relfilenode = c.relfilenode AND b.reldatabase = (SELECT oid FROM pg_database "
+            "WHERE datname = current_database()) WHERE c.relname LIKE 'pgbench_%' "
+            "UNION ALL SELECT -pid, 0 FROM pg_stat_activity WHERE application_name = 'pgbench'")
         a = np.array(rows, dtype=np.int64).reshape(-1, 2)
-        return a[:, 0], a[:, 1]
+        buf = a[:, 0] > 0
+        return a[buf, 0], a[buf, 1], (-a[~buf, 0]).tolist()
 
     def pages(self, bufferids: np.ndarray) -> np.ndarray:
         """Addresses of the whole 4 KiB pages inside the given buffers (1-based ids)."""
@@ -367,12 +370,13 @@ class BufferPool:
             out = np.where(out >= 0, out, n)
         return np.where(out >= 0, out, -1)
 
-    def sample(self, pids: list[int], hot_usage: int = 5) -> dict:
+    def sample(self, hot_usage: int = 5) -> dict:
         """Ground truth now: pages of the buffers with usage count >= ``hot_usage`` (hot)
-        and of the others (cold), each located through ``pids``; the usage histogram."""
-        ids, usage = self.usage()
+        and of the others (cold), each located through the pgbench backends; the usage
+        histogram and the backends."""
+        ids, usage, pids = self.usage()
         hot = self.nodes(pids, self.pages(ids[usage >= hot_usage]))
         cold = self.nodes(pids, self.pages(ids[usage < hot_usage]))
         return {"hot": int((hot >= 0).sum()), "hot_fast": int((hot == 0).sum()),
                 "cold": int((cold >= 0).sum()), "cold_fast": int((cold == 0).sum()),
-                "usage": np.bincount(usage, minlength=6).tolist(), "errors": self.errors[-3:]}
+                "usage": np.bincount(usage, minlength=6).tolist(), "backends": pids}

@@ -61,7 +61,11 @@ def moves(log: str) -> dict[str, int]:
 
 
 def vm_rss(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
+    """VmRSS in bytes, -1 once the process is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return -1
     return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)[1]) * 1024
 
 
@@ -89,15 +93,15 @@ def test_postgres_hot_buffers_reach_the_fast_node(cluster, tmp_path):
     bench = pgw.Pgbench(pg, tmp_path, seconds=SECONDS, scale=SCALE).start()
     try:
         with Tierd(SHIPPED, tmp_path) as tierd:
-            backends = bench.backends()
+            bench.backends()  # all clients connected
             pool = pgw.BufferPool(pg)
             t0 = time.monotonic()
             trace = []
-            while time.monotonic() - t0 < SECONDS - 20:
+            while time.monotonic() - t0 < SECONDS - 30:  # the last sample while pgbench runs
                 time.sleep(8)
-                trace.append((round(time.monotonic() - t0), pool.sample(backends, HOT_USAGE)))
+                trace.append((round(time.monotonic() - t0), pool.sample(HOT_USAGE)))
             shmem_fast = node_meminfo(0, "Shmem") - shmem0
-            rss = {pid: vm_rss(pid) >> 20 for pid in [pg.postmaster(), *backends]}
+            rss = {pid: vm_rss(pid) >> 20 for pid in [pg.postmaster(), *trace[-1][1]["backends"]]}
         log = tierd.text()
         result = bench.wait(timeout=SECONDS + 120)
     finally:
@@ -111,7 +115,7 @@ def test_postgres_hot_buffers_reach_the_fast_node(cluster, tmp_path):
     print("postgres: hot buffers' pages on node 0 (s: share, pages located; usage counts 0-5 "
           "of the pgbench buffers): "
           + "; ".join(f"{t}: {s['hot_fast'] / max(1, s['hot']):.0%} of {s['hot']}, "
-                      f"usage {s['usage']}" for t, s in trace)
+                      f"usage {s['usage']}, backends {s['backends']}" for t, s in trace)
           + f"; query errors {pool.errors[-3:]}; VmRSS MiB (postmaster, backends) {rss}"
           + f"; shared memory on node 0 +{shmem_fast >> 20} MiB; tierd managed at most "
           f"{m['processes']} processes, promoted {m['promoted']} demoted {m['demoted']} "

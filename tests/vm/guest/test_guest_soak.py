@@ -3,7 +3,7 @@
 Each process (workloads/shortlived.c) maps 192 small regions (384 VMAs with their guard
 pages), touches them for 0.3-1.3 s and exits; 16 run at once, so `tierd run` (interval 1s)
 finds, samples, moves and drops hundreds of them.  kernel.pid_max is lowered for the run so
-that pids are reused (the 1,000 processes share about 700 pids).  After a warm-up of WARMUP
+that pids are reused (the 1,000 processes share a few hundred pids).  After a warm-up of WARMUP
 processes the daemon's resident memory and open descriptors are the baseline; after the
 rest, once every process has exited, they must be within 5% of it (what the daemon keeps per
 process grows with its mappings, so a per-process leak shows as several MiB), its metrics
@@ -31,7 +31,7 @@ from workloads.harness import Tierd  # noqa: E402
 TOTAL = 1000
 WARMUP = 150
 AT_ONCE = 16
-PID_MAX = 1024  # pids above RESERVED_PIDS (300): ~700 to share among 1,000 processes
+PID_MAX = 512  # pids above RESERVED_PIDS (300): ~200 to share among 1,000 processes
 PORT = 9479
 POLICY = f"""interval: 1s
 targets:
