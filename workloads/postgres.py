@@ -193,9 +193,9 @@ class Postgres:
         holder = subprocess.Popen(["runuser", "-u", USER, "--", str(self.bin / "psql"),
                                    *self.conn(), "-d", "postgres", "-X", "-q", "-c", sql],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        pid = None
         try:
             deadline = time.monotonic() + 600
-            pid = None
             while pid is None:
                 rows = self.psql("SELECT pid FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
                 pid = int(rows[0][0]) if rows else None
@@ -215,6 +215,11 @@ class Postgres:
         finally:
             holder.kill()
             holder.wait()
+        # the backend in pg_sleep would not notice its client gone: it maps the whole buffer
+        # pool and would be the largest postgres process of all, idle
+        self.psql(f"SELECT pg_terminate_backend({pid})" if pid else "SELECT 1")
+        while pid and Path(f"/proc/{pid}").exists():
+            time.sleep(0.1)
         return left
 
     def segment(self) -> tuple[int, int]:
@@ -352,9 +357,8 @@ class BufferPool:
         """Addresses of the whole 4 KiB pages inside the given buffers (1-based ids)."""
         start = self.base + (np.asarray(bufferids, dtype=np.int64) - 1) * BLCKSZ
         first = (start + PAGE - 1) // PAGE
-        last = (start + BLCKSZ) // PAGE  # exclusive
-        idx = np.concatenate([np.arange(a, b) for a, b in zip(first, last)]) if len(first) else \
-            np.zeros(0, np.int64)
+        n = (start + BLCKSZ) // PAGE - first  # 1 or 2 (2 when the buffer is page-aligned)
+        idx = np.repeat(first, n) + (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
         return np.unique(idx).astype(np.uint64) * np.uint64(PAGE)
 
     def nodes(self, pids: list[int], addrs: np.ndarray) -> np.ndarray:
