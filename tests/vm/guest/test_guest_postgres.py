@@ -92,9 +92,11 @@ def test_postgres_hot_buffers_reach_the_fast_node(cluster, tmp_path):
     shmem0 = node_meminfo(0, "Shmem")
     bench = pgw.Pgbench(pg, tmp_path, seconds=SECONDS, scale=SCALE).start()
     try:
+        bench.backends()  # all clients connected
+        pool = pgw.BufferPool(pg)
+        time.sleep(3)
+        first = pool.sample(HOT_USAGE)  # before tierd starts
         with Tierd(SHIPPED, tmp_path) as tierd:
-            bench.backends()  # all clients connected
-            pool = pgw.BufferPool(pg)
             t0 = time.monotonic()
             trace = []
             while time.monotonic() - t0 < SECONDS - 30:  # the last sample while pgbench runs
@@ -108,12 +110,14 @@ def test_postgres_hot_buffers_reach_the_fast_node(cluster, tmp_path):
         bench.stop()
     m = moves(log)
     share = [(t, s["hot_fast"] / max(1, s["hot"])) for t, s in trace]
-    first, end, last = trace[0][1], share[-1][1], trace[-1][1]
-    # every buffer page the backends map, before tierd could move any
+    end, last = share[-1][1], trace[-1][1]
+    # every buffer page the backends map, before tierd started
     start = (first["hot_fast"] + first["cold_fast"]) / max(1, first["hot"] + first["cold"])
     tried = m["promoted"] + m["demoted"] + m["failed"]
-    print("postgres: hot buffers' pages on node 0 (s: share, pages located; usage counts 0-5 "
-          "of the pgbench buffers): "
+    print(f"postgres: before tierd {first['hot_fast'] + first['cold_fast']} of "
+          f"{first['hot'] + first['cold']} buffer pages on node 0; hot buffers' pages on node 0 "
+          "(s after tierd's launch: share, pages located; usage counts 0-5 of the pgbench "
+          "buffers): "
           + "; ".join(f"{t}: {s['hot_fast'] / max(1, s['hot']):.0%} of {s['hot']}, "
                       f"usage {s['usage']}, backends {s['backends']}" for t, s in trace)
           + f"; query errors {pool.errors[-3:]}; VmRSS MiB (postmaster, backends) {rss}"
