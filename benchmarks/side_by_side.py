@@ -34,7 +34,7 @@ Contenders:
 
 Scenario PG (workloads/postgres.py) is a real PostgreSQL instead of the hotset workloads:
 pgbench -i -s 16 (x --scale), shared_buffers 256MB (x --scale) prewarmed and moved to node 1,
-4 pgbench clients of zipfian selects for --duration + 60 s; tierd runs the shipped policy
+4 pgbench clients of zipfian selects for --duration + 30 s; tierd runs the shipped policy
 with its own targets (the example target is database servers).  "hot" is the pages of the
 buffers the load pinned 4+ times (pg_buffercache), "cold" the other buffers' pages the
 backends map; "workload reads/s" is transactions per second / 1e6.
@@ -422,8 +422,8 @@ def pg_guest_main(args) -> int:
             while not mech.started() and time.monotonic() - t_launch < 300:
                 time.sleep(0.2)
             result["startup_s"] = time.monotonic() - t_launch
-        # pgbench runs on for a while after the last sample (the samples take seconds each)
-        bench = pgw.Pgbench(pg, outdir, seconds=args.duration + 60, scale=scale,
+        # pgbench runs on after the last sample (which takes a few seconds)
+        bench = pgw.Pgbench(pg, outdir, seconds=args.duration + 30, scale=scale,
                             progress=int(args.period)).start()
         bench.backends()  # all clients connected
         pool = pgw.BufferPool(pg)
