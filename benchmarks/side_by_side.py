@@ -36,6 +36,14 @@ Contenders:
                       migrate_cold -> node 1 (damo defaults otherwise); CPU of kdamond threads
   damon-young         the same with a `young` page filter (only pages found accessed move up,
                       none found accessed moves down) and a 1 s apply interval
+  tierd-TRACKER-anyrss  scenario PG: the shipped targets with min_rss 0
+
+Scenario PG (workloads/postgres.py) is a real PostgreSQL instead of the hotset workloads:
+pgbench -i -s 16 (x --scale), shared_buffers 256MB (x --scale) prewarmed and moved to node 1,
+4 pgbench clients of zipfian selects for --duration + 30 s; tierd runs the shipped policy
+with its own targets (the example target is database servers).  "hot" is the pages of the
+buffers the load pinned 4+ times (pg_buffercache), "cold" the other buffers' pages the
+backends map; "workload reads/s" is transactions per second / 1e6.
 
     .venv/bin/python benchmarks/side_by_side.py --scenarios S1,S2 --contenders all \\
         [--duration 180] [--period 5] [--json results.json]
@@ -178,19 +186,23 @@ class Mechanism:
         if self.service:
             self.tracking = "idle_bitmap"
         self.running = "running" in parts[2:]  # started before the workloads
+        # PG: the shipped targets (database servers) as shipped; -anyrss: their min_rss 0
+        self.anyrss = "anyrss" in parts[2:]
         self.fixed = next((p for p in parts[2:] if p.endswith("s") and p[:-1].isdigit()), None)
 
     def start(self) -> None:
         import workloads
         from workloads.harness import Tierd
 
+        keep = {"keep_targets": self.sc.name == "PG",
+                "min_rss": "0" if self.anyrss else None}
         if self.service:  # the shipped policy as tierd-idle_bitmap's, the metrics on
             policy = workloads.policy_yaml(self.base, self.sc, tracking=self.tracking,
-                                           metrics=True)
+                                           metrics=True, **keep)
             self.tierd = Service(policy).start()
         elif self.tracking:
             policy = workloads.policy_yaml(self.base, self.sc, tracking=self.tracking,
-                                           interval=self.fixed)
+                                           interval=self.fixed, **keep)
             self.tierd = Tierd(policy, self.outdir).start()
         elif self.name == "kernel":
             write("/sys/kernel/mm/numa/demotion_enabled", "1")
@@ -299,6 +311,8 @@ def guest_main(args) -> int:
     import workloads
     from workloads.harness import Watcher
 
+    if args.scenario == "PG":
+        return pg_guest_main(args)
     sc = workloads.scenarios(args.scale)[args.scenario]
     if sc.phase_at and args.phase_at:
         sc = dataclasses.replace(sc, phase_at=args.phase_at)
@@ -369,16 +383,119 @@ def guest_main(args) -> int:
         result["error"] = repr(e)
         raise
     finally:
-        v1 = vmstat()
-        result["vmstat"] = {k: v1[k] - v0.get(k, 0) for k in v1
-                            if k.startswith(("pgpromote", "pgdemote", "numa_", "pgmigrate"))}
-        result["log_tail"] = mech.log[-3000:]
-        result["log"] = mech.log[-400000:] if mech.tierd is not None else ""
-        result["intervals"] = mech.intervals
+        record_end(result, mech, v0)
         for p in procs:
             p.stop()
         Path(args.json).write_text(json.dumps(result))
     return 0
+
+
+PG = "PG"
+PG_SCALE = 16  # pgbench scale at --scale 1: 1.6M accounts, ~240 MiB of table and index
+PG_BUFFERS_MIB = 256  # shared_buffers at --scale 1: half of node 0, the database fits
+PG_HOT_USAGE = 5  # a hot buffer: pinned by the load 4 times or more (BM_MAX_USAGE_COUNT)
+
+
+def pg_guest_main(args) -> int:
+    """Scenario PG: a PostgreSQL buffer pool on the slow node under a zipfian select load
+    (workloads/postgres.py).  Ground truth per sample: pages of the buffers the load pinned
+    4+ times (pg_buffercache usage count 5) on node 0 ("hot"), pages of the other buffers
+    the backends map ("cold": pinned 1-3 times), node 0's shared memory (the buffer pool:
+    the database files are on a tmpfs bound to node 1); "touches" counts transactions."""
+    import workloads
+    from workloads import node_meminfo
+    from workloads import postgres as pgw
+
+    sc = workloads.Scenario(PG, "PostgreSQL: zipfian selects, buffer pool on the slow node", ())
+    outdir = Path(os.environ.get("TMPDIR", "/tmp")) / "bench"
+    outdir.mkdir(parents=True, exist_ok=True)
+    mech = Mechanism(args.contender, sc, (REPO / "etc" / "tierd.yaml").read_text(), outdir)
+    scale = max(1, round(PG_SCALE * args.scale))
+    result = {"scenario": PG, "title": sc.title, "contender": args.contender,
+              "scale": args.scale, "duration": args.duration, "period": args.period,
+              "fine": 0, "fine_period": args.period, "samples": [], "damon": [],
+              "error": None, "uptime_guest": Path("/proc/loadavg").read_text(),
+              "pg": {"pgbench_scale": scale, "shared_buffers_mib": round(PG_BUFFERS_MIB * args.scale)}}
+    pg = pgw.Postgres(Path("/mnt/pg"), shared_buffers_mib=result["pg"]["shared_buffers_mib"],
+                      tmpfs_mib=1024, node=1)
+    bench = None
+    v0 = vmstat()
+    try:
+        pg.start()
+        result["pg"]["load_s"] = pg.load(scale)
+        result["pg"]["left_on_fast"] = sum(pg.prewarm_to(1).values())
+        shmem0 = node_meminfo(0, "Shmem")
+        t_launch = time.monotonic()
+        if mech.running:
+            mech.start()
+            while not mech.started() and time.monotonic() - t_launch < 300:
+                time.sleep(0.2)
+            result["startup_s"] = time.monotonic() - t_launch
+        # pgbench runs on after the last sample (which takes a few seconds)
+        bench = pgw.Pgbench(pg, outdir, seconds=args.duration + 30, scale=scale,
+                            progress=int(args.period)).start()
+        bench.backends()  # all clients connected
+        pool = pgw.BufferPool(pg)
+        cpu0 = mech.cpu()
+        t_w = time.monotonic()
+
+        def sample():
+            return {"t": round(time.monotonic() - t_w, 2), **pool.sample(PG_HOT_USAGE),
+                    "fast_free": node_meminfo(0), "cpu": round(mech.cpu() - cpu0, 2),
+                    "touches": bench.transactions(),
+                    "shmem_fast": node_meminfo(0, "Shmem") - shmem0, "per": {}}
+
+        result["start"] = sample()
+        result["samples"].append(result["start"])
+        if not mech.running:
+            mech.start()
+        t0 = time.monotonic()
+        result["mech_start_t"] = t0 - t_w
+        while time.monotonic() - t0 < args.duration:
+            time.sleep(args.period)
+            if "startup_s" not in result and mech.started():
+                result["startup_s"] = time.monotonic() - t0
+            if mech.name.startswith("damon"):
+                result["damon"].append({"t": round(time.monotonic() - t_w, 1),
+                                        "schemes": mech.damon_stats()})
+            result["samples"].append(sample())
+        mech.stop()
+        result["pgbench"] = bench.wait(timeout=300)
+        result["intact"] = result["pgbench"]["returncode"] == 0 and not result["pgbench"]["failed"]
+    except BaseException as e:
+        result["error"] = repr(e)
+        raise
+    finally:
+        record_end(result, mech, v0)
+        if bench is not None:
+            bench.stop()
+            result["pgbench_log"] = bench.text()[-3000:]
+        pg.stop()
+        Path(args.json).write_text(json.dumps(result))
+    return 0
+
+
+def tierd_failures(log: str) -> dict[str, int]:
+    """Pages move_pages refused, by reason, summed over tierd's interval lines."""
+    import re
+
+    out = dict.fromkeys(("busy", "absent", "nomem", "denied", "other"), 0)
+    for m in re.finditer(r"failed \d+ \(busy (\d+) absent (\d+) nomem (\d+) denied (\d+) "
+                         r"other (\d+)\)", log):
+        for k, v in zip(out, m.groups()):
+            out[k] += int(v)
+    return out
+
+
+def record_end(result: dict, mech: Mechanism, v0: dict) -> None:
+    """What every run records at its end: migration counters, the mechanism's log and
+    tierd's interval lines."""
+    v1 = vmstat()
+    result["vmstat"] = {k: v1[k] - v0.get(k, 0) for k in v1
+                        if k.startswith(("pgpromote", "pgdemote", "numa_", "pgmigrate"))}
+    result["log_tail"] = mech.log[-3000:]
+    result["log"] = mech.log[-400000:] if mech.tierd is not None else ""
+    result["intervals"] = mech.intervals
 
 
 def thp_kib(pid: int) -> int:
@@ -466,31 +583,41 @@ def host_main(args) -> int:
     if jpath.exists():
         results = json.loads(jpath.read_text())
     for scn in args.scenarios.split(","):
+        todo = []
         for c in contenders:
             if any(r["scenario"] == scn and r["contender"] == c and not r.get("error")
                    for r in results):
                 continue  # already measured (--json accumulates; delete it to re-run)
             results = [r for r in results if (r["scenario"], r["contender"]) != (scn, c)]
-            out = Path(args.workdir) / f"{scn}-{c}"
+            todo.append(c)
+        # one boot per contender; --one-boot: the contenders one after the other in one boot
+        # (not tierd-service, which boots systemd)
+        boots = ([[c for c in todo if c != "tierd-service"]] + [["tierd-service"]] * (
+            "tierd-service" in todo) if args.one_boot else [[c] for c in todo])
+        for boot in (b for b in boots if b):
+            out = Path(args.workdir) / f"{scn}-{'+'.join(boot)}"
             out.mkdir(parents=True, exist_ok=True)
-            (out / "result.json").unlink(missing_ok=True)
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--guest", "--scenario", scn,
-                   "--contender", c, "--duration", str(args.duration), "--period",
-                   str(args.period), "--scale", str(args.scale), "--pause-us",
-                   str(args.pause_us), "--phase-at", str(args.phase_at),
-                   "--fine", str(args.fine), "--fine-period", str(args.fine_period),
-                   "--json", "/mnt/out/result.json"]
+            cmds = []
+            for c in boot:
+                (out / f"result-{c}.json").unlink(missing_ok=True)
+                cmds.append(" ".join([
+                    sys.executable, str(Path(__file__).resolve()), "--guest", "--scenario", scn,
+                    "--contender", c, "--duration", str(args.duration), "--period",
+                    str(args.period), "--scale", str(args.scale), "--pause-us",
+                    str(args.pause_us), "--phase-at", str(args.phase_at),
+                    "--fine", str(args.fine), "--fine-period", str(args.fine_period),
+                    "--json", f"/mnt/out/result-{c}.json"]))
             lock = open(args.lock, "a") if args.lock else None
             try:
                 if lock:
                     fcntl.flock(lock, fcntl.LOCK_EX)  # one VM at a time, by anyone
                 load = os.getloadavg()
                 started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-                print(f"[{started}] {scn} {c}: booting (host load {load[0]:.2f} "
+                print(f"[{started}] {scn} {' '.join(boot)}: booting (host load {load[0]:.2f} "
                       f"{load[1]:.2f} {load[2]:.2f})", flush=True)
-                res = vmrig.run(f"cd {REPO} && " + " ".join(cmd), kernel=kernel, out=out,
-                                timeout=args.duration * 4 + 900,
-                                systemd=c == "tierd-service")
+                res = vmrig.run(f"cd {REPO} && " + "; ".join(cmds), kernel=kernel, out=out,
+                                timeout=(args.duration * 4 + 900) * len(boot),
+                                systemd=boot == ["tierd-service"])
                 load_end = os.getloadavg()
             except vmrig.VMError as e:
                 print(f"  VM failed: {e}", flush=True)
@@ -498,20 +625,23 @@ def host_main(args) -> int:
             finally:
                 if lock:
                     lock.close()
-            rfile = out / "result.json"
-            if not rfile.exists():
-                print(f"  no result (exit {res.returncode}):\n{res.output[-2000:]}", flush=True)
-                continue
-            r = json.loads(rfile.read_text())
-            r["host_load"] = load
-            r["host_load_end"] = load_end
-            r["started"] = started
-            r["kernel"] = kernel.name
-            r["steady_from"] = args.steady_from
-            r["summary"] = summarize(r)
-            results.append(r)
-            jpath.write_text(json.dumps(results))
-            print("  " + json.dumps(r["summary"]), flush=True)
+            for c in boot:
+                rfile = out / f"result-{c}.json"
+                if not rfile.exists():
+                    print(f"  {c}: no result (exit {res.returncode}):\n{res.output[-2000:]}",
+                          flush=True)
+                    continue
+                r = json.loads(rfile.read_text())
+                r["host_load"] = load
+                r["host_load_end"] = load_end
+                r["started"] = started
+                r["kernel"] = kernel.name
+                r["steady_from"] = args.steady_from
+                r["one_boot"] = len(boot) > 1
+                r["summary"] = summarize(r)
+                results.append(r)
+                jpath.write_text(json.dumps(results))
+                print(f"  {c}: " + json.dumps(r["summary"]), flush=True)
     print_tables(results)
     return 0
 
@@ -567,6 +697,17 @@ def print_tables(results) -> None:
                     f"{x['action']} tried {x['nr_tried']} ({x['sz_tried'] >> 20} MiB) "
                     f"applied {x['nr_applied']} ({x['sz_applied'] >> 20} MiB) "
                     f"qt_exceeds {x['qt_exceeds']} {x['pattern']}" for x in snap["schemes"]))
+            if r["scenario"] == PG:
+                pb, last = r.get("pgbench") or {}, r["samples"][-1] if r["samples"] else {}
+                iv = r.get("intervals") or []
+                print(f"  {'':18} pgbench {pb.get('transactions')} transactions, "
+                      f"{pb.get('tps') or 0:.0f} tps, failed {pb.get('failed')}; node 0 shared "
+                      f"memory +{last.get('shmem_fast', 0) >> 20} MiB at the end; "
+                      + (f"tierd promoted {sum(i['promoted'] for i in iv)} demoted "
+                         f"{sum(i['demoted'] for i in iv)}, refused {tierd_failures(r.get('log') or '')}"
+                         if r["contender"].startswith("tierd") else
+                         f"pgpromote_success {r['vmstat'].get('pgpromote_success', 0)}, "
+                         f"pgmigrate_success {r['vmstat'].get('pgmigrate_success', 0)}"))
             per = r["samples"][-1]["per"] if r["samples"] else {}
             if len(per) > 1:
                 print(f"  {'':18} per target at end (hot on fast / hot, cold on fast / cold): "
@@ -592,6 +733,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lock", default=os.environ.get("TIERD_RIG_LOCK", ""),
                     help="flock this file for each boot ('' for none)")
     ap.add_argument("--json", default="side_by_side.json")
+    ap.add_argument("--one-boot", action="store_true",
+                    help="run a scenario's contenders one after the other in one boot (host "
+                    "load and boot time shared; the default is one boot per contender)")
     ap.add_argument("--workdir", default="/tmp/tierd-side-by-side")
     ap.add_argument("--print", action="store_true", help="print the tables of --json only")
     ap.add_argument("--guest", action="store_true", help=argparse.SUPPRESS)

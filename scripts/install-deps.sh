@@ -19,6 +19,10 @@ if [ $kernel = 1 ]; then
 	# guest, whose root is this machine's, so its dependencies must be here already
 	pkgs+=(dpkg-dev debhelper dh-python lintian python3-numpy python3-yaml python3-psutil
 	       python3-prometheus-client python3-systemd python3-regex)
+	# tests/vm (test_guest_postgres.py) and benchmarks/side_by_side.py (scenario PG) run a
+	# PostgreSQL cluster of their own in the guest: the server, pgbench and the contrib
+	# extensions (pg_buffercache, pg_prewarm) of Debian's package
+	pkgs+=(postgresql)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
@@ -27,6 +31,13 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "install-deps: apt-get install ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
+	if [[ " ${missing[*]} " == *" postgresql "* ]]; then
+		# only the programs: no "main" cluster, so no server runs on this machine (the
+		# rig's guests create their own cluster in a tmpfs; a PostgreSQL installed before
+		# is left as it is: the guest's network and files are its own)
+		mkdir -p /etc/postgresql-common/createcluster.d
+		echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/tierd-rig.conf
+	fi
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

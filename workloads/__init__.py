@@ -11,6 +11,7 @@ queries of our own (``node_of``), independent of the mechanism under test:
   With ``hot_mib=0`` and ``start_node=0`` it is "another process's cold data" filling the
   fast node.
 - ``churn.c``: maps, unmaps, forks and exits while tracked; verifies its data at exit.
+- ``shortlived.c``: maps many small regions, touches them for a while and exits (the soak).
 
 Scenarios built from these are in ``SCENARIOS`` (the side-by-side benchmark's S1-S7, the live
 demo's workload); ``start_scenario`` starts one.
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 SRC = Path(__file__).resolve().parent
-PROGRAMS = ("hotset", "churn")
+PROGRAMS = ("hotset", "churn", "shortlived")
 PAGE = 4096
 CFLAGS = ("-O2", "-Wall", "-Wextra")
 
@@ -380,15 +381,24 @@ def start_scenario(sc: Scenario, bindir: Path, outdir: Path, pause_us: int = 200
 
 
 def policy_yaml(base: str, sc: Scenario, interval: str | None = None,
-                tracking: str | None = None, metrics: bool = False) -> str:
+                tracking: str | None = None, metrics: bool = False,
+                keep_targets: bool = False, min_rss: str | None = None) -> str:
     """The shipped policy ``base`` (text) with its targets replaced by the scenario's
     processes (one target per process, selected by name) and, optionally, another interval
     and tracking.  Everything else stays as shipped, except that the metrics listener is off
-    unless ``metrics`` (several tierd runs in one guest must not fight over its port)."""
+    unless ``metrics`` (several tierd runs in one guest must not fight over its port).
+    ``keep_targets``: the shipped targets stay, before the scenario's (the PostgreSQL
+    scenario has none of its own: the example target is database servers), with ``min_rss``
+    instead of theirs if given."""
     import yaml
 
     doc = yaml.safe_load(base)
-    doc["targets"] = []
+    if keep_targets:
+        if min_rss is not None:
+            for t in doc["targets"]:
+                t["min_rss"] = min_rss
+    else:
+        doc["targets"] = []
     for s in sc.specs:
         if s.kind == "pagecache":  # another process: not a target
             continue

@@ -68,6 +68,49 @@ def test_policy_yaml_is_the_shipped_policy_plus_selectors():
     assert doc["migration"] == shipped["migration"] and doc["hotness"] == shipped["hotness"]
 
 
+def test_policy_yaml_can_keep_the_shipped_targets():
+    import yaml
+
+    base = (Path(workloads.SRC).parent / "etc" / "tierd.yaml").read_text()
+    shipped = yaml.safe_load(base)["targets"]
+    sc = workloads.Scenario("PG", "", ())
+    doc = yaml.safe_load(workloads.policy_yaml(base, sc, keep_targets=True))
+    assert doc["targets"] == shipped and doc["metrics"]["listen"] == ""
+    doc = yaml.safe_load(workloads.policy_yaml(base, sc, keep_targets=True, min_rss="0"))
+    assert [t["min_rss"] for t in doc["targets"]] == ["0"] * len(shipped)
+    assert [t["comm"] for t in doc["targets"]] == [t["comm"] for t in shipped]
+
+
+def test_shortlived_maps_separate_regions_and_exits(bindir):
+    import subprocess
+    import time
+
+    proc = subprocess.Popen([str(bindir / "shortlived"), "--maps", "8", "--pages", "2",
+                             "--ms", "1500"])
+    try:
+        time.sleep(0.5)
+        maps = Path(f"/proc/{proc.pid}/maps").read_text().splitlines()
+        assert sum(" ---p " in line for line in maps) >= 8  # a guard VMA after each region
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+    assert subprocess.run([str(bindir / "shortlived"), "--maps", "0"]).returncode == 2
+
+
+def test_pgbench_progress_and_summary_are_parsed():
+    from workloads import postgres
+
+    text = ("progress: 5.0 s, 100.0 tps, lat 1.0 ms stddev 0.1, 0 failed\n"
+            "progress: 10.0 s, 300.0 tps, lat 1.0 ms stddev 0.1, 0 failed\n"
+            "number of transactions actually processed: 2000\n"
+            "number of failed transactions: 0 (0.000%)\n"
+            "tps = 199.5 (without initial connection time)\n")
+    assert postgres.progress_transactions(text) == 2000
+    assert postgres.summary(text) == {"transactions": 2000, "failed": 0, "tps": 199.5,
+                                      "errors": 0}
+    assert postgres.summary("pgbench: error: connection lost\n")["errors"] == 1
+
+
 def test_parse_report_rejects_a_truncated_list():
     with pytest.raises(workloads.WorkloadError):
         workloads.parse_report("pid 1\nbase 0x1000\npages 4\nthp 0\nphase 0\nhot 2\n3\n")
