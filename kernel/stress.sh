@@ -11,9 +11,10 @@
 # rig and, for MINUTES, runs at the same time:
 #   - the idle_bitmap selftest in a loop (its cases fail when the other clearing readers below
 #     clear its bits: counted, not fatal);
-#   - clearing IDLE_BITMAP_SCANs and reads of the top TiB of the address space of every
-#     running selftest and churn process (kernel/stress_guest.py scan), which races them
-#     against munmap, mprotect, THP splits, hugetlb faults, fork, exec and exit;
+#   - clearing IDLE_BITMAP_SCANs (1 GiB per call, resumed at walk_end) and reads of every
+#     mapping that /proc/PID/maps lists for each running selftest and churn process
+#     (kernel/stress_guest.py scan), which races them against munmap, mprotect, THP splits,
+#     hugetlb faults, fork, exec and exit;
 #   - a churn process (stress_guest.py churn): THP faults, splits and collapses
 #     (MADV_COLLAPSE), mremap, fork/exit, move_pages between the two nodes;
 #   - page_idle bitmap readers (stress_guest.py page_idle);
