@@ -33,11 +33,15 @@ class FakeProc:
         self.gone = False
         self.status_override: dict[int, int] = {}  # vpn -> -errno returned by move_pages
         self.shared: list = []  # (first vpn, pages, object)
+        self.untouched: set[int] = set()  # id() of shared objects without PTEs here
 
-    def map_shared(self, obj: FakeShared, addr: int) -> None:
+    def map_shared(self, obj: FakeShared, addr: int, touched: bool = True) -> None:
         """MAP_SHARED the whole of ``obj`` at ``addr`` (above the first mapping): its pages
         are the object's (one node per page for every mapper), accessed per mapper
-        (``next_access`` by vpn)."""
+        (``next_access`` by vpn).  ``touched=False``: mapped but never faulted in by this
+        process (no PTEs: its samples show no page, move_pages answers -ENOENT)."""
+        if not touched:
+            self.untouched.add(id(obj))
         self.vmas.append(Vma(addr, addr + obj.npages * PAGE, "rw-s", 0, "00:05", obj.inode, obj.path))
         self.vmas.sort(key=lambda v: v.start)
         self.shared.append((addr // PAGE, obj.npages, obj))
@@ -84,7 +88,8 @@ class FakeReader:
         lo, hi = word_start * 64, (word_start + nwords) * 64
         vpns = list(proc.node)
         for first, n, obj in proc.shared:
-            vpns += [first + pg for pg in obj.node if lo <= first + pg < hi]
+            if id(obj) not in proc.untouched:
+                vpns += [first + pg for pg in obj.node if lo <= first + pg < hi]
         for v in vpns:
             if lo <= v < hi:
                 w, b = divmod(v - lo, 64)
@@ -164,7 +169,7 @@ class FakeKernel:
         for i, a in enumerate(addrs):
             v = a // PAGE
             node, key, obj = proc.where(v)
-            if key not in node:
+            if key not in node or (obj is not None and id(obj) in proc.untouched):
                 out[i] = -errno.ENOENT
             elif v in proc.status_override:
                 out[i] = proc.status_override[v]

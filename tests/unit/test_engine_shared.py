@@ -35,19 +35,21 @@ class Kernel(FakeKernel):
         return SimpleNamespace(cap_sys_nice=self.cap)
 
 
-def scenario(cap_sys_nice: bool, intervals: int = 8):
+def scenario(cap_sys_nice: bool, intervals: int = 8, untouched_first: bool = False):
+    """``untouched_first``: the first mapper maps the region but never touches it (as
+    PostgreSQL's postmaster its buffer pool): no PTEs, its queries and moves get -ENOENT."""
     k = Kernel(cap_sys_nice)
     shm = FakeShared(SHARED, node=1)
     procs = []
     for i in range(NPROC):
         p = k.add(FakeProc(PID + i, PRIVATE if i == 0 else 64, base=0x7F00_0000_0000 - (i << 32), node=1))
-        p.map_shared(shm, SHM_AT)  # the same address in each (as after fork)
+        p.map_shared(shm, SHM_AT, touched=not (untouched_first and i == 0))  # same address in each
         procs.append(p)
     pids = tuple(p.pid for p in procs)
     eng = make_engine(k, make_policy(targets=(TargetSpec(name="app", pids=pids),)), pids=pids)
     rows = []
     for n in range(1, intervals + 1):
-        for p in procs:
+        for p in procs[1 if untouched_first else 0:]:
             p.next_access |= {SHM_AT // PAGE + i for i in HOT_SHARED}
         procs[0].next_access |= {procs[0].vpn(i) for i in range(PRIVATE)}
         stats = eng.step()
@@ -151,3 +153,14 @@ def test_without_cap_sys_nice_a_region_one_tracked_process_maps_is_moved():
         stats = eng.step()
     assert sum(shm.node[i] == 0 for i in range(100)) == 100
     assert stats.shared_unmovable == 0 and stats.moves.denied == 0
+
+
+def test_shared_pages_move_through_a_mapper_that_has_them_present():
+    """The first mapper has no PTEs in the region (PostgreSQL's postmaster never touches the
+    buffer pool): moves and node queries through it would get -ENOENT and nothing would move;
+    they go through a mapper whose sample had the page present."""
+    k, eng, shm, procs, rows = scenario(cap_sys_nice=True, untouched_first=True)
+    hot_fast = sum(shm.node[i] == 0 for i in HOT_SHARED)
+    assert hot_fast == len(HOT_SHARED), hot_fast
+    assert PID not in {pid for pid, addrs in shared_moves(k) if addrs}
+    assert sum(r[1].moves.denied for r in rows) == 0

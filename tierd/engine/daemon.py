@@ -239,6 +239,7 @@ class Engine:
         # pages mapped by several processes move only with MPOL_MF_MOVE_ALL (CAP_SYS_NICE)
         feats = kernel.features()
         self.move_shared = feats is not None and feats.cap_sys_nice
+        self.fast_ids = np.zeros(0, dtype=np.int32)  # the fast nodes of this interval
         self._warned_shared = False
         self.packs = Packs()  # their shared page states (tierd/engine/pack.py)
         self.seq = 0
@@ -317,6 +318,7 @@ class Engine:
         t0 = self.clock()
         topo = self.kernel.topology()
         fast, slow = self._classify(topo)
+        self.fast_ids = np.array(fast, dtype=np.int32)
         stats.fast, stats.slow = tuple(fast), tuple(slow)
         stats.memory = {n.id: (n.mem_total, n.mem_free) for n in topo.nodes if n.has_memory}
         stats.reclaimable = {n.id: n.reclaimable for n in topo.nodes if n.has_memory}
@@ -654,7 +656,11 @@ class Engine:
         present, accessed = buffers
         present[obj.off: obj.off + obj.words] = 0
         accessed[obj.off: obj.off + obj.words] = 0
-        for pid, lo, hi, pg in obj.mappers:
+        # which mapper has each page in its page tables: moves and node queries go through
+        # it (a mapper that never touched a page, e.g. PostgreSQL's postmaster and its
+        # buffer pool, has no PTE there, and move_pages(2) answers -ENOENT through it)
+        via = np.full(obj.pages, -1, dtype=np.int16)
+        for i, (pid, lo, hi, pg) in enumerate(obj.mappers):
             ws, we = lo // 64, -(-hi // 64)
             # a page-granular reader leaves the neighbours in the edge words alone (their
             # Accessed bits are the process's own segment's); a word-clearing one is not
@@ -672,9 +678,14 @@ class Engine:
                                                     bitorder="little").view(bool))
                 vpn = bits + ws * 64
                 vpn = vpn[(vpn >= lo) & (vpn < hi)]
-                flat = obj.ext.flat_of(vpn - lo + pg) + obj.off * 64
-                w, m = page_bits(flat[flat >= obj.off * 64])
+                flat = obj.ext.flat_of(vpn - lo + pg)
+                flat = flat[flat >= 0]
+                if out is present and i < np.iinfo(via.dtype).max:
+                    mine = flat[via[flat] < 0]
+                    via[mine] = i
+                w, m = page_bits(flat + obj.off * 64)
                 out[w] |= m
+        obj.via = via
 
     def _sample(self, node_ids, stats: IntervalStats) -> float:
         """Sample every pack's members into its shared state and commit it once.  Returns
@@ -884,10 +895,23 @@ class Engine:
         addrs = vpn.astype(np.uint64) << np.uint64(12)
         jobs, order, owner = [], [], []
         for m, a, b in zip(who, bounds[:-1].tolist(), bounds[1:].tolist()):
-            if not m.shared:  # its own addresses, in page order
+            if not m.shared and (dest is None or not self.move_shared):  # its own addresses
                 jobs.append((m.pid, addrs[a:b], None if dest is None else dest[a:b], MPOL_MF_MOVE))
                 order.append(slice(a, b))
                 owner.append(m)
+                continue
+            if not m.shared:
+                # promotions with MPOL_MF_MOVE_ALL: a page of a private file mapping (program
+                # text, libraries) that other processes map too is refused to MPOL_MF_MOVE
+                # (EACCES); on fast memory it serves them too.  Demotions stay MPOL_MF_MOVE:
+                # a page cold here may be hot in a process tierd does not sample.
+                up = np.isin(dest[a:b], self.fast_ids)
+                for sel, flags in ((up, MPOL_MF_MOVE_ALL), (~up, MPOL_MF_MOVE)):
+                    idx = np.flatnonzero(sel) + a
+                    if idx.size:
+                        jobs.append((m.pid, addrs[idx], dest[idx], flags))
+                        order.append(idx)
+                        owner.append(m)
                 continue
             flags = MPOL_MF_MOVE_ALL if self.move_shared else MPOL_MF_MOVE
             for pid, idx, maddrs in m.address_jobs(vpn[a:b]):
@@ -912,7 +936,8 @@ class Engine:
             ran[idx] = False if isinstance(e, GONE) else status[idx] != NOT_TRIED
             m = owner[i]
             if isinstance(e, GONE):
-                if not m.shared:  # a shared object's mapper: dropped at its own sample
+                # a shared object's mapper is dropped at its own sample
+                if not m.shared and m.key in self.units:
                     self._drop(m.key)
                     if stats is not None:
                         stats.dropped += 1

@@ -69,7 +69,7 @@ class Tracked:
     splitter as of this process's last sample: ``close`` releases what they hold for it."""
 
     __slots__ = ("ref", "pack", "slot", "ext", "samples", "seg", "off", "reader", "huge", "spans",
-                 "mappers")
+                 "mappers", "via")
 
     def __init__(self, ref) -> None:
         self.ref = ref
@@ -85,6 +85,9 @@ class Tracked:
         self.spans: list = []
         # a shared object: who maps which pages, [(pid, first vpn, end vpn, first page offset)]
         self.mappers: list | None = None
+        # a shared object: per page of its extents, the index in ``mappers`` of one that had
+        # it present at the last sample (-1: none); int16, 2 bytes per shared page
+        self.via: np.ndarray | None = None
 
     @property
     def key(self) -> Hashable:
@@ -106,15 +109,20 @@ class Tracked:
 
     def address_jobs(self, vpns: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """Its (real) vpns -> [(pid, indices into vpns, addresses)]: one job for a process;
-        for a shared object (vpns are page offsets) each page through the first mapper that
-        maps it (pages no tracked process maps any more are left out)."""
+        for a shared object (vpns are page offsets) each page through a mapper that had it
+        present at the last sample, else the first mapper that maps it (pages no tracked
+        process maps any more are left out)."""
         v = np.asarray(vpns, dtype=np.int64)
         if self.mappers is None:
             return [(self.pid, np.arange(v.size), v.astype(np.uint64) << np.uint64(12))]
         out = []
         left = np.ones(v.size, dtype=bool)
-        for pid, lo, hi, pg in self.mappers:
-            mine = np.flatnonzero(left & (v >= pg) & (v < pg + hi - lo))
+        k = np.full(v.size, -1, dtype=np.int64)
+        if self.via is not None and self.via.size == self.pages:
+            f = self.ext.flat_of(v)
+            k[f >= 0] = self.via[f[f >= 0]]
+        for i, (pid, lo, hi, pg) in [*enumerate(self.mappers), *((-1, m) for m in self.mappers)]:
+            mine = np.flatnonzero(left & (v >= pg) & (v < pg + hi - lo) & ((k == i) | (i < 0)))
             if mine.size:
                 left[mine] = False
                 out.append((pid, mine, (v[mine] - pg + lo).astype(np.uint64) << np.uint64(12)))

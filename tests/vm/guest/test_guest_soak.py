@@ -98,6 +98,7 @@ def churn(exe: Path, n: int, rng: random.Random, pids: list[int]) -> None:
 
 def settle(tierd: Tierd, intervals: int = 3, timeout: float = 120) -> dict[str, float]:
     """Wait until the daemon has run ``intervals`` more intervals; returns its holdings."""
+    assert tierd.proc.poll() is None, tierd.text()[-3000:]
     first = holdings(tierd.pid)["intervals"]
     end = time.monotonic() + timeout
     while (h := holdings(tierd.pid))["intervals"] < first + intervals:
