@@ -34,6 +34,7 @@ class FakeProc:
         self.status_override: dict[int, int] = {}  # vpn -> -errno returned by move_pages
         self.shared: list = []  # (first vpn, pages, object)
         self.untouched: set[int] = set()  # id() of shared objects without PTEs here
+        self.elsewhere: set[int] = set()  # vpns of private pages other processes map too
 
     def map_shared(self, obj: FakeShared, addr: int, touched: bool = True) -> None:
         """MAP_SHARED the whole of ``obj`` at ``addr`` (above the first mapping): its pages
@@ -131,6 +132,7 @@ class FakeKernel:
         self.cache = {0: 0, 1: 0}  # clean page cache per node (bytes, outside mem's free)
         self.procs: dict[int, FakeProc] = {}
         self.calls: list[tuple] = []
+        self.flags: list[int] = []  # move_pages flags, one per call
         self.procfs = FakeProcFS(self)
         self._reader = FakeReader(self)
         self.gone_on_sample: int | None = None
@@ -162,6 +164,7 @@ class FakeKernel:
         addrs = [int(a) for a in np.asarray(addrs, dtype=np.uint64)]
         dest = None if nodes is None else [int(n) for n in np.asarray(nodes)]
         self.calls.append(("query" if dest is None else "move", pid, addrs, dest))
+        self.flags.append(flags)
         if self.gone_on_move == pid:
             self.procs[pid].gone = True
         proc = self.proc(pid)
@@ -175,7 +178,8 @@ class FakeKernel:
                 out[i] = proc.status_override[v]
             elif dest is None:
                 out[i] = node[key]
-            elif obj is not None and self.mappers(obj) > 1 and not flags & MPOL_MF_MOVE_ALL:
+            elif ((obj is not None and self.mappers(obj) > 1) or v in proc.elsewhere) \
+                    and not flags & MPOL_MF_MOVE_ALL:
                 # mm/migrate.c: a page mapped more than once moves only with MPOL_MF_MOVE_ALL
                 out[i] = -errno.EACCES
             else:

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from engine_fakes import PAGE, FakeKernel, FakeProc, FakeShared
 from test_engine_daemon import PID, make_engine, make_policy
 
+from tierd.linux.syscalls import MPOL_MF_MOVE_ALL
 from tierd.policy import TargetSpec
 
 NPROC = 20
@@ -164,3 +165,22 @@ def test_shared_pages_move_through_a_mapper_that_has_them_present():
     assert hot_fast == len(HOT_SHARED), hot_fast
     assert PID not in {pid for pid, addrs in shared_moves(k) if addrs}
     assert sum(r[1].moves.denied for r in rows) == 0
+
+
+def test_hot_private_pages_other_processes_map_are_promoted_with_move_all_not_demoted():
+    """Program text and libraries: private file pages other processes map too.  MPOL_MF_MOVE
+    refuses them (EACCES); with CAP_SYS_NICE promotions use MPOL_MF_MOVE_ALL (on fast
+    memory they serve the other processes too), demotions do not (a page cold here may be
+    hot in a process tierd does not sample)."""
+    k = Kernel(cap_sys_nice=True)
+    p = k.add(FakeProc(PID, 1024, node=1))
+    p.elsewhere = {p.vpn(i) for i in range(1024)}
+    eng = make_engine(k, make_policy(targets=(TargetSpec(name="app", pids=(PID,)),)), pids=(PID,))
+    for _ in range(6):
+        p.next_access |= {p.vpn(i) for i in range(256)}
+        stats = eng.step()
+        assert stats.moves.denied == 0
+    assert sum(p.node[p.vpn(i)] == 0 for i in range(256)) == 256
+    moves = [(dest, f) for (kind, _, _, dest), f in zip(k.calls, k.flags) if kind == "move"]
+    assert any(f & MPOL_MF_MOVE_ALL for _, f in moves)
+    assert all(set(dest) == {0} for dest, f in moves if f & MPOL_MF_MOVE_ALL)
