@@ -384,3 +384,21 @@ def test_single_tier_machine_only_observes(caplog):
     assert k.calls == [] and stats.plan is None
     assert caplog.text.count("no slow memory tier") == 1
     assert stats.targets["app"].hist.sum() == 64
+
+
+def test_target_exiting_at_its_node_query_is_dropped_quietly(caplog):
+    """A short-lived process that exits between its sample and its node query (move_pages
+    without nodes) leaves the interval: the interval completes (it used to fail on the
+    process's closed state, 10 in a row stopped the daemon in the VM soak)."""
+    k = FakeKernel()
+    a = k.add(FakeProc(PID, 64, node=1))
+    k.add(FakeProc(PID + 1, 64, base=0x7E00_0000_0000, node=1))
+    eng = make_engine(k, pids=(PID, PID + 1))
+    k.gone_on_move = PID + 1  # its pages' nodes are unknown: queried in this interval
+    with caplog.at_level(logging.INFO, logger="tierd"):
+        for _ in range(3):
+            access(a, [1])
+            eng.step()
+    assert list(eng.units) == [(PID, 0.0)]
+    assert a.node[a.vpn(1)] == 0  # the other process was placed as usual
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -353,9 +353,12 @@ class Engine:
             pk.version += 1
         self._judge_moves()
         if fast and slow and live:
+            # a process that exits at a move_pages call is closed there: leave it out
             self._recheck(stats)
+            live = [u for u in live if u.pack is not None]
             queries = plan_queries(self._counts(live), self.query_budget)
             self._execute(queries, stats, query=True)
+            live = [u for u in live if u.pack is not None]
             counts = self._counts(live, stats)
             gain = self._gain(node_ids, fast, slow)
             budget = self.move_budget
