@@ -8,7 +8,11 @@ processes the daemon's resident memory and open descriptors are the baseline; af
 rest, once every process has exited, they must be within 5% of it (what the daemon keeps per
 process grows with its mappings, so a per-process leak shows as several MiB), its metrics
 must say it holds nothing (no process, no tracked page, no page state), and its log must
-hold no traceback.
+hold no traceback.  The warm-up is 300 processes: after 150 the interpreter's heap was still
+reaching its high-water mark (+5.4% at 1,000 in one run, with fds, metrics and the log clean),
+while the engine's own Python allocations over 100 intervals of the same churn on the fake
+kernel grow by 16 KB (tracemalloc); a per-process leak over the 700 after the warm-up still
+shows as several MiB.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import workloads  # noqa: E402
 from workloads.harness import Tierd  # noqa: E402
 
 TOTAL = 1000
-WARMUP = 150
+WARMUP = 300
 AT_ONCE = 16
 PID_MAX = 512  # pids above RESERVED_PIDS (300): ~200 to share among 1,000 processes
 PORT = 9479
