@@ -48,7 +48,10 @@ def file_pages(node: int) -> int:
 def test_hot_set_reaches_a_fast_node_full_of_page_cache(bindir, tmp_path, page_cache_on_node0):
     total = node_meminfo(0, "MemTotal")
     cache_before = file_pages(0)
-    assert node_meminfo(0, "MemFree") < total // 20 and cache_before > total // 2
+    # the reader brought MemFree under 5%; kswapd then frees up to its (boosted) high
+    # watermark and the reader refills, so a second look may find more: under keep_free
+    # (10%) MemFree alone leaves no room, which is the condition this test is about
+    assert node_meminfo(0, "MemFree") < total // 10 and cache_before > total // 2
     spec = Spec("pc", 64, 16)
     pol = workloads.policy_yaml(SHIPPED, Scenario("t", "t", (spec,)), interval="1s")
     with Tierd(pol, tmp_path) as tierd:
