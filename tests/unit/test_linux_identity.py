@@ -20,6 +20,7 @@ import types
 import numpy as np
 import psutil
 import pytest
+from fds import opened_since, snapshot
 
 from tierd.engine import targets
 from tierd.engine.daemon import Engine
@@ -31,10 +32,6 @@ from tierd.linux.tracking import IdleBitmapReader
 from tierd.policy import TargetSpec
 
 ME = os.getpid()
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 def stat_line(pid: int, start: int, comm: str = "app", state: str = "S") -> bytes:
@@ -194,12 +191,12 @@ def test_handle_files_are_opened_through_the_held_directory(tmp_path):
 def test_a_zombie_is_not_held(tmp_path):
     d = mkproc(tmp_path, 52, start=5)
     (d / "stat").write_bytes(stat_line(52, 5, state="Z"))
-    before = open_fds()
+    before = snapshot()
     with pytest.raises(ProcessGone, match="zombie"):
         ProcFS(str(tmp_path)).open_process(52)
     with pytest.raises(ProcessGone):
         ProcFS(str(tmp_path)).open_process(53)
-    assert open_fds() == before
+    assert opened_since(before) == 0
 
 
 def test_a_process_with_an_unparsable_stat_is_skipped_not_an_error(tmp_path, monkeypatch):
@@ -320,23 +317,23 @@ def test_handles_are_closed_when_processes_go_away(tmp_path, monkeypatch):
     for pid in range(100, 120):
         mkproc(tmp_path, pid, start=pid)
     r, _ = resolver(tmp_path, monkeypatch)
-    before = open_fds()
+    before = snapshot()
     refs = r.resolve(SPECS)
     assert len(refs) == 20
-    per = (open_fds() - before) / 20
+    per = opened_since(before) / 20
     assert per == 2  # the /proc/PID directory and the pagemap exec witness
     for _ in range(3):  # steady state: nothing more
         r.resolve(SPECS)
-    assert open_fds() == before + 40
+    assert opened_since(before) == 40
     for pid in range(100, 110):
         shutil.rmtree(tmp_path / str(pid))
     assert len(r.resolve(SPECS)) == 10
-    assert open_fds() == before + 20
+    assert opened_since(before) == 20
     assert r.resolve([TargetSpec("other", comm=re.compile("^nothing$"))]) == []  # no longer match
-    assert open_fds() == before
+    assert opened_since(before) == 0
     r.resolve(SPECS)
     r.close()
-    assert open_fds() == before
+    assert opened_since(before) == 0
 
 
 def test_the_engine_closes_a_process_it_drops(tmp_path):
@@ -365,11 +362,11 @@ def test_engine_close_releases_the_resolver(tmp_path, monkeypatch):
     mkproc(tmp_path, 4242, start=1)
     r, _ = resolver(tmp_path, monkeypatch)
     eng = Engine(FakeKernel(), make_policy(), resolver=r, clock=lambda: 0.0)
-    before = open_fds()
+    before = snapshot()
     [ref] = r.resolve(SPECS)
-    assert open_fds() == before + 2
+    assert opened_since(before) == 2
     eng.close()
-    assert ref.pid.closed and open_fds() == before
+    assert ref.pid.closed and opened_since(before) == 0
 
 
 def test_handle_pidfd_is_checked_against_reuse():

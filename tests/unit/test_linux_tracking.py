@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 import pytest
+from fds import opened_since, snapshot
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,10 +27,6 @@ from tierd.linux.tracking import (
 from tierd.pages import KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_LRU, KPF_THP, KPF_ZERO_PAGE
 
 PRESENT = 1 << 63
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 # -- helpers shared by both readers ----------------------------------------------------------------
@@ -127,28 +124,28 @@ def test_idle_bitmap_accessed_implies_present(tmp_path):
 def test_idle_bitmap_keeps_fd_per_pid_and_closes(tmp_path):
     write_idle_bitmap(tmp_path / "10/idle_bitmap", {0: (1, 0)})
     write_idle_bitmap(tmp_path / "11/idle_bitmap", {0: (3, 0)})
-    before = open_fds()
+    before = snapshot()
     r = IdleBitmapReader(str(tmp_path))
     r.sample(10, 0, 1)
     r.sample(10, 0, 1)
     r.sample(11, 0, 1)
-    assert open_fds() == before + 2
+    assert opened_since(before) == 2
     r.close(10)
-    assert open_fds() == before + 1
+    assert opened_since(before) == 1
     r.close(10)  # closing twice is harmless
     r.close_all()
-    assert open_fds() == before
+    assert opened_since(before) == 0
 
 
 def test_idle_bitmap_process_gone(tmp_path):
     r = IdleBitmapReader(str(tmp_path))
-    before = open_fds()
+    before = snapshot()
     with pytest.raises(ProcessGone):
         r.sample(12, 0, 1)  # no /proc/12
     write_idle_bitmap(tmp_path / "13/idle_bitmap", {}, nrec=0)  # EOF at record 0: mm gone
     with pytest.raises(ProcessGone):
         r.sample(13, 100, 2)
-    assert open_fds() == before  # the descriptor of 13 was closed when it was found gone
+    assert opened_since(before) == 0  # the descriptor of 13 was closed when it was found gone
 
 
 def test_idle_bitmap_missing_file_is_feature_missing(tmp_path):
@@ -331,18 +328,18 @@ def test_page_idle_missing_bitmap_is_feature_missing(tmp_path):
 def test_page_idle_process_gone_and_close(tmp_path):
     t = PageIdleTree(tmp_path)
     t.map(0, 10)
-    before = open_fds()
+    before = snapshot()
     r = t.reader()
     r.sample(t.pid, 0, 1)
-    assert open_fds() == before + 3  # pagemap, kpageflags, bitmap
+    assert opened_since(before) == 3  # pagemap, kpageflags, bitmap
     (t.proc / str(t.pid) / "pagemap").write_bytes(b"")  # mm gone: EOF
     with pytest.raises(ProcessGone):
         r.sample(t.pid, 0, 1)
-    assert open_fds() == before + 2  # the pid's pagemap was closed
+    assert opened_since(before) == 2  # the pid's pagemap was closed
     with pytest.raises(ProcessGone):
         r.sample(999, 0, 1)
     r.close_all()
-    assert open_fds() == before
+    assert opened_since(before) == 0
 
 
 def test_page_idle_large_range_in_chunks(tmp_path):
@@ -480,12 +477,12 @@ def test_idle_bitmap_esrch_is_gone_even_while_proc_pid_exists(tmp_path, monkeypa
 
     write_idle_bitmap(tmp_path / "10/idle_bitmap", {0: (0b111, 0b001)})
     calls = _spy_preads(monkeypatch, fail=lambda n: errno.ESRCH if n == 1 else None)
-    before = open_fds()
+    before = snapshot()
     r = IdleBitmapReader(str(tmp_path))
     with pytest.raises(ProcessGone, match="execve"):
         r.sample(10, 0, 1)
     assert len(calls) == 1  # not opened again
-    assert open_fds() == before  # and its descriptor closed
+    assert opened_since(before) == 0  # and its descriptor closed
 
 
 def test_idle_bitmap_esrch_without_proc_pid_is_gone_at_once(tmp_path, monkeypatch):
@@ -520,9 +517,9 @@ def test_idle_bitmap_gone_check_reads_record_0_without_clearing(tmp_path, monkey
         return real_open(self, pid, name, fl)
 
     monkeypatch.setattr(procfs.ProcFS, "open", spy_open)
-    before = open_fds()
+    before = snapshot()
     with IdleBitmapReader(str(tmp_path)) as r:
         present, accessed = r.sample(10, 100, 2)  # past the end: zeros, the process lives
         assert present.tolist() == [0, 0] and accessed.tolist() == [0, 0]
     assert flags == [os.O_RDWR, os.O_RDONLY]
-    assert open_fds() == before  # the probe's descriptor is closed
+    assert opened_since(before) == 0  # the probe's descriptor is closed

@@ -11,13 +11,10 @@ import urllib.error
 import urllib.request
 
 import pytest
+from fds import opened_since, snapshot
 from metrics_scenario import start
 
 from tierd.integrations.http import MAX_CONNS, BoundedHTTPServer
-
-
-def _fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.fixture
@@ -34,7 +31,7 @@ def many_fds():
 def test_1100_half_sent_requests_hold_a_bounded_number_of_descriptors(many_fds):
     s = start(intervals=1)
     host, port = s.server.address
-    before = _fds()
+    before = snapshot()
     clients = []
     try:
         for _ in range(1100):
@@ -42,7 +39,7 @@ def test_1100_half_sent_requests_hold_a_bounded_number_of_descriptors(many_fds):
             c.sendall(b"GET /metrics HTTP/1.1\r\nHost: x")  # and never the rest
             clients.append(c)
         time.sleep(1.0)  # the server has accepted what it will
-        held = _fds() - before - len(clients)
+        held = opened_since(before) - len(clients)
         assert held <= MAX_CONNS + 4, f"the server holds {held} descriptors for 1100 clients"
         # the daemon goes on, and a real scrape is served among the idle connections
         s.interval()
@@ -122,13 +119,13 @@ def test_a_failing_collector_is_a_500_and_the_server_goes_on():
 
 
 def test_close_releases_every_descriptor():
-    before = _fds()
+    before = snapshot()
     srv = _server()
     c = socket.create_connection(srv.server_address, timeout=5)
     time.sleep(0.2)
     srv.close()
     c.close()
-    assert _fds() == before
+    assert opened_since(before) == 0
 
 
 def test_the_unit_sets_a_descriptor_budget_above_the_connection_cap():
