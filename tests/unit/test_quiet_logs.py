@@ -192,6 +192,43 @@ def test_refused_move_pages_and_unreadable_maps_are_one_line_per_target_and_reas
     assert caplog.records[0].levelno == logging.WARNING
 
 
+def test_pages_the_kernel_refuses_are_one_warning_per_target_with_counts_and_the_cause(caplog):
+    """Per-page refusals (EACCES: shared without CAP_SYS_NICE; EBUSY: pinned) were only an
+    INFO summary and a counter: a target whose hot pages can never move looked healthy."""
+    k = FakeKernel()
+    p = k.add(FakeProc(PID, 64, node=1))
+    refused = {p.vpn(j) * 4096: -errno.EACCES for j in range(6)} | {p.vpn(6) * 4096: -errno.EBUSY}
+    move_pages = k.move_pages
+
+    def refuse_some(pid, addrs, nodes=None, flags=0, batch=4096):
+        out = np.empty(len(addrs), np.int32)
+        mine = np.array([int(a) in refused for a in addrs], bool)
+        if nodes is None or not mine.any():
+            return move_pages(pid, addrs, nodes, flags, batch)
+        out[mine] = [refused[int(a)] for a in np.asarray(addrs)[mine]]
+        if (~mine).any():
+            out[~mine] = move_pages(pid, np.asarray(addrs)[~mine], np.asarray(nodes)[~mine], flags)
+        return out
+
+    k.move_pages = refuse_some
+    now = [0.0]
+    pol = Policy(source="<t>", interval=1.0, interval_auto=False, metrics_listen="",
+                 retry_after=1, targets=(TargetSpec(name="app", pids=(PID,)),))
+    eng = Engine(k, pol, resolver=StaticResolver([ProcessRef(PID, 0.0, "app")]),
+                 clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="tierd"):
+        for i in range(int(REPEAT_EVERY // 5) + 20):
+            now[0] = i * 5.0
+            p.next_access |= {p.vpn(j) for j in range(16)}
+            eng.step()
+    lines = [r.getMessage() for r in caplog.records if "refused to move" in r.getMessage()]
+    assert len(lines) == 2, lines  # the first, and one after REPEAT_EVERY with the count
+    assert lines[0].startswith("target app: the kernel refused to move 7 pages")
+    assert "6 EACCES (mapped by other processes" in lines[0] and "CAP_SYS_NICE" in lines[0]
+    assert "1 EBUSY (" in lines[0]
+    assert "more like this" in lines[1]
+
+
 def test_a_policy_that_matches_nothing_says_so_once(caplog):
     k = FakeKernel()
     pol = Policy(source="/etc/tierd.yaml", metrics_listen="",

@@ -932,6 +932,8 @@ class Engine:
         status[order] = got
         ran = np.zeros(pages.size, dtype=bool)  # shared pages no mapper maps: not tried
         ran[order] = True
+        if stats is not None and dest is not None and not (status == dest).all():
+            self._warn_refused(who, bounds, status)
         jb = np.cumsum([0] + [j[1].size for j in jobs])
         for i, e in errors.items():
             # a refused job keeps what moved before the error (executor.run_many)
@@ -948,6 +950,24 @@ class Engine:
                 self.warn.warning((m.ref.target, "move_pages", _reason(e)),
                                   "pid %d (%s): move_pages: %s", jobs[i][0], m.ref.name or m.ref.target, e)
         return status, counts, ran
+
+    def _warn_refused(self, who: Sequence[Tracked], bounds, status) -> None:
+        """A rate-limited WARNING per target whose pages the kernel refused to move, with the
+        counts by errno and what each means: a refused page only waits ``retry_after`` and
+        is tried again, so without this line a target whose pages can never move (shared
+        without CAP_SYS_NICE, pinned by a device, a full node) shows only in a counter."""
+        per: dict[str, np.ndarray] = {}
+        for m, a, b in zip(who, bounds[:-1].tolist(), bounds[1:].tolist()):
+            s = status[a:b]
+            row = np.array([np.count_nonzero(s == -e) for e in _REFUSED_ERRNOS], np.int64)
+            if row.any():
+                per[m.ref.target] = per.get(m.ref.target, 0) + row
+        for target, row in per.items():
+            why = "; ".join(f"{n} {errno.errorcode[e]} ({_REFUSED_ERRNOS[e]})"
+                            for e, n in zip(_REFUSED_ERRNOS, row.tolist()) if n)
+            self.warn.warning((target, "pages refused"), "target %s: the kernel refused to "
+                              "move %d pages in interval %d: %s; they are tried again after "
+                              "retry_after", target, int(row.sum()), self.seq, why)
 
     def _apply(self, st: PageState, pages, level, cls, status, dest) -> None:
         """Fold move_pages results back into the state (level, class and dest: scalars or
@@ -1026,6 +1046,14 @@ def _close_all(reader) -> None:
     close_all = getattr(reader, "close_all", None)
     if close_all is not None:
         close_all()
+
+
+_REFUSED_ERRNOS = {  # per-page move_pages errors worth an operator's attention, and why
+    errno.EACCES: "mapped by other processes: moving it needs MPOL_MF_MOVE_ALL, CAP_SYS_NICE",
+    errno.EPERM: "not permitted",
+    errno.EBUSY: "locked, under writeback or pinned by a device",
+    errno.ENOMEM: "the destination node is full",
+}
 
 
 def _reason(err: BaseException) -> str:
