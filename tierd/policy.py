@@ -49,8 +49,8 @@ __all__ = [
 
 TRACKING_CHOICES = ("auto", "idle_bitmap", "page_idle")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-HOTNESS_MAX = 15  # hotness is 0..15 (tierd/engine/hotness.py)
-WINDOW_MAX = 16  # at most 16 samples of history
+HOTNESS_MAX = 15  # hotness is 0..15 (the engine's hotness levels: tierd/engine/hotness.py)
+WINDOW_MAX = 16  # at most 16 samples of history (the engine's bit-planes)
 MAX_BATCH = 1 << 30  # migration.batch: one move_pages call's page list stays small
 MIN_INTERVAL = 0.001  # 1ms: durations are whole milliseconds
 MAX_INTERVAL = 86400  # a day

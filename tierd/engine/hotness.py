@@ -28,9 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-LEVELS = 16  # hotness 0..15
-HOT_MAX = LEVELS - 1
-WINDOW_MAX = 16
+from tierd.policy import HOTNESS_MAX as HOT_MAX
+from tierd.policy import WINDOW_MAX
+
+LEVELS = HOT_MAX + 1  # hotness 0..15
 _DECAY = 0.75  # weight of each older sample relative to the next newer one (before rounding)
 
 
