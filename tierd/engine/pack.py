@@ -39,6 +39,7 @@ import numpy as np
 
 from tierd.engine.hotness import LEVELS
 from tierd.engine.state import CHUNK_WORDS, PAGES_PER_WORD, Extents, PageState
+from tierd.pages import PAGE_SHIFT
 
 PACK_WORDS = 4096  # 262144 pages: 1 GiB of tracked address space at most, to share a pack
 PACK_MAX_WORDS = 4 * CHUNK_WORDS
@@ -114,7 +115,7 @@ class Tracked:
         process maps any more are left out)."""
         v = np.asarray(vpns, dtype=np.int64)
         if self.mappers is None:
-            return [(self.pid, np.arange(v.size), v.astype(np.uint64) << np.uint64(12))]
+            return [(self.pid, np.arange(v.size), v.astype(np.uint64) << np.uint64(PAGE_SHIFT))]
         out = []
         left = np.ones(v.size, dtype=bool)
         k = np.full(v.size, -1, dtype=np.int64)
@@ -125,7 +126,7 @@ class Tracked:
             mine = np.flatnonzero(left & (v >= pg) & (v < pg + hi - lo) & ((k == i) | (i < 0)))
             if mine.size:
                 left[mine] = False
-                out.append((pid, mine, (v[mine] - pg + lo).astype(np.uint64) << np.uint64(12)))
+                out.append((pid, mine, (v[mine] - pg + lo).astype(np.uint64) << np.uint64(PAGE_SHIFT)))
         return out
 
     @property
@@ -258,7 +259,7 @@ class Pack:
         st = self.state
         if st.seg_start is None or not pages.size:
             return []
-        bounds = np.searchsorted(pages >> 6, np.append(st.seg_start, st.words))
+        bounds = np.searchsorted(pages // PAGES_PER_WORD, np.append(st.seg_start, st.words))
         by_seg = {m.seg: m for m in self.members.values() if m.seg is not None}
         return [(by_seg[s], int(bounds[s]), int(bounds[s + 1]))
                 for s in np.flatnonzero(np.diff(bounds)).tolist() if s in by_seg]
