@@ -32,6 +32,7 @@ leave their shared mappings out, so a target's pages count shared memory once.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable
 from dataclasses import dataclass
 
@@ -40,6 +41,8 @@ import numpy as np
 from tierd.engine.hotness import LEVELS
 from tierd.engine.state import CHUNK_WORDS, PAGES_PER_WORD, Extents, PageState
 from tierd.pages import PAGE_SHIFT
+
+log = logging.getLogger("tierd")
 
 PACK_WORDS = 4096  # 262144 pages: 1 GiB of tracked address space at most, to share a pack
 PACK_MAX_WORDS = 4 * CHUNK_WORDS
@@ -179,15 +182,16 @@ class Tracked:
         if self.mappers is not None:  # a shared object: no pid of its own to release
             self.reader = None
             return
-        if self.reader is not None:
-            try:
+        try:
+            if self.reader is not None:
                 self.reader.close(self.pid)
-            except OSError:
-                pass
+        except OSError as e:  # close(2) released the descriptor whatever it reports
+            log.debug("pid %d: closing its tracking files: %s", self.pid, e)
+        finally:  # the identity's handle goes whatever the reader did
             self.reader = None
-        closer = getattr(self.ref, "close", None)  # a pidfd/dirfd identity (issue 17, #2)
-        if closer is not None:
-            closer()
+            closer = getattr(self.ref, "close", None)  # a dirfd identity (issue 17, #2)
+            if closer is not None:
+                closer()
 
 
 class Pack:
