@@ -120,16 +120,32 @@ class Tracked:
         if self.mappers is None:
             return [(self.pid, np.arange(v.size), v.astype(np.uint64) << np.uint64(PAGE_SHIFT))]
         out = []
-        left = np.ones(v.size, dtype=bool)
+
+        def job(pid, lo, hi, pg, idx):
+            """The pages idx that this mapping maps go through it; returns the others."""
+            inside = (v[idx] >= pg) & (v[idx] < pg + hi - lo)
+            mine = idx[inside]
+            if mine.size:
+                out.append((pid, mine, (v[mine] - pg + lo).astype(np.uint64) << np.uint64(PAGE_SHIFT)))
+            return idx[~inside]
+
         k = np.full(v.size, -1, dtype=np.int64)
         if self.via is not None and self.via.size == self.pages:
             f = self.ext.flat_of(v)
             k[f >= 0] = self.via[f[f >= 0]]
-        for i, (pid, lo, hi, pg) in [*enumerate(self.mappers), *((-1, m) for m in self.mappers)]:
-            mine = np.flatnonzero(left & (v >= pg) & (v < pg + hi - lo) & ((k == i) | (i < 0)))
-            if mine.size:
-                left[mine] = False
-                out.append((pid, mine, (v[mine] - pg + lo).astype(np.uint64) << np.uint64(PAGE_SHIFT)))
+            k[k >= len(self.mappers)] = -1
+        # pages a mapper had present, grouped by that mapper with one sort (not one pass over
+        # every page per mapper: hundreds of database backends map one buffer pool)
+        has = np.flatnonzero(k >= 0)
+        order = has[np.argsort(k[has], kind="stable")]
+        spill = [np.flatnonzero(k < 0)]
+        for grp in np.split(order, np.flatnonzero(np.diff(k[order])) + 1) if order.size else ():
+            spill.append(job(*self.mappers[int(k[grp[0]])], grp))
+        left = np.sort(np.concatenate(spill))
+        for pid, lo, hi, pg in self.mappers:  # the others: the first mapper that maps them
+            if not left.size:
+                break
+            left = job(pid, lo, hi, pg, left)
         return out
 
     @property
