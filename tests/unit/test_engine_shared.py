@@ -184,3 +184,25 @@ def test_hot_private_pages_other_processes_map_are_promoted_with_move_all_not_de
     moves = [(dest, f) for (kind, _, _, dest), f in zip(k.calls, k.flags) if kind == "move"]
     assert any(f & MPOL_MF_MOVE_ALL for _, f in moves)
     assert all(set(dest) == {0} for dest, f in moves if f & MPOL_MF_MOVE_ALL)
+
+
+def test_address_jobs_go_through_the_mapper_that_had_the_page_else_the_first_that_maps_it():
+    """Tracked.address_jobs for a shared object: grouped by the mapper that had each page
+    present (``via``), in mapper order; the rest (no such mapper, or one that no longer maps
+    the page) through the first mapper that maps it; pages nobody maps are left out."""
+    import numpy as np
+
+    from tierd.engine.pack import SharedRef, Tracked
+    from tierd.engine.state import Extents
+
+    obj = Tracked(SharedRef("00:01", 9, 1, "app"))
+    obj.ext = Extents([0], [2])  # page offsets 0..127
+    # (pid, first vpn, end vpn, first page offset): 1 maps 0..63, 2 maps 0..127, 3 maps 64..127
+    obj.mappers = [(1, 1000, 1064, 0), (2, 5000, 5128, 0), (3, 9000, 9064, 64)]
+    obj.via = np.full(128, -1, np.int16)
+    obj.via[[10, 70, 71]] = 2  # present at mapper 3 (index 2) last time: 10 it does not map
+    obj.via[20] = 1
+    obj.via[30] = 7  # a mapper index past the list (it shrank): as if none
+    jobs = obj.address_jobs(np.array([10, 20, 30, 70, 71, 200]))
+    got = [(pid, idx.tolist(), (addrs >> np.uint64(12)).tolist()) for pid, idx, addrs in jobs]
+    assert got == [(2, [1], [5020]), (3, [3, 4], [9006, 9007]), (1, [0, 2], [1010, 1030])]

@@ -122,7 +122,12 @@ def test_close_releases_every_descriptor():
     before = snapshot()
     srv = _server()
     c = socket.create_connection(srv.server_address, timeout=5)
-    time.sleep(0.2)
+    # the server holds the connection before it is closed (a fixed sleep may end before the
+    # server thread ran on a busy host, and the test would then check nothing it accepted)
+    deadline = time.monotonic() + 10
+    while srv.connections < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert srv.connections == 1
     srv.close()
     c.close()
     assert opened_since(before) == 0

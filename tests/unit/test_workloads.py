@@ -85,12 +85,21 @@ def test_shortlived_maps_separate_regions_and_exits(bindir):
     import subprocess
     import time
 
+    # Polled, not a fixed sleep: on a busy CI host the child may not have mapped its regions
+    # 0.5 s after the fork, or may already have exited when the test process runs again.
     proc = subprocess.Popen([str(bindir / "shortlived"), "--maps", "8", "--pages", "2",
-                             "--ms", "1500"])
+                             "--ms", "3000"])
     try:
-        time.sleep(0.5)
-        maps = Path(f"/proc/{proc.pid}/maps").read_text().splitlines()
-        assert sum(" ---p " in line for line in maps) >= 8  # a guard VMA after each region
+        deadline = time.monotonic() + 30
+        guards = 0
+        while guards < 8 and proc.poll() is None and time.monotonic() < deadline:
+            try:
+                maps = Path(f"/proc/{proc.pid}/maps").read_text().splitlines()
+            except (FileNotFoundError, ProcessLookupError):  # exited meanwhile: poll() says
+                continue
+            guards = sum(" ---p " in line for line in maps)
+            time.sleep(0.01)
+        assert guards >= 8, guards  # a guard VMA after each region, seen while it ran
         assert proc.wait(timeout=30) == 0
     finally:
         proc.kill()

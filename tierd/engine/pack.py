@@ -32,6 +32,7 @@ leave their shared mappings out, so a target's pages count shared memory once.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable
 from dataclasses import dataclass
 
@@ -39,6 +40,9 @@ import numpy as np
 
 from tierd.engine.hotness import LEVELS
 from tierd.engine.state import CHUNK_WORDS, PAGES_PER_WORD, Extents, PageState
+from tierd.pages import PAGE_SHIFT
+
+log = logging.getLogger("tierd")
 
 PACK_WORDS = 4096  # 262144 pages: 1 GiB of tracked address space at most, to share a pack
 PACK_MAX_WORDS = 4 * CHUNK_WORDS
@@ -114,18 +118,34 @@ class Tracked:
         process maps any more are left out)."""
         v = np.asarray(vpns, dtype=np.int64)
         if self.mappers is None:
-            return [(self.pid, np.arange(v.size), v.astype(np.uint64) << np.uint64(12))]
+            return [(self.pid, np.arange(v.size), v.astype(np.uint64) << np.uint64(PAGE_SHIFT))]
         out = []
-        left = np.ones(v.size, dtype=bool)
+
+        def job(pid, lo, hi, pg, idx):
+            """The pages idx that this mapping maps go through it; returns the others."""
+            inside = (v[idx] >= pg) & (v[idx] < pg + hi - lo)
+            mine = idx[inside]
+            if mine.size:
+                out.append((pid, mine, (v[mine] - pg + lo).astype(np.uint64) << np.uint64(PAGE_SHIFT)))
+            return idx[~inside]
+
         k = np.full(v.size, -1, dtype=np.int64)
         if self.via is not None and self.via.size == self.pages:
             f = self.ext.flat_of(v)
             k[f >= 0] = self.via[f[f >= 0]]
-        for i, (pid, lo, hi, pg) in [*enumerate(self.mappers), *((-1, m) for m in self.mappers)]:
-            mine = np.flatnonzero(left & (v >= pg) & (v < pg + hi - lo) & ((k == i) | (i < 0)))
-            if mine.size:
-                left[mine] = False
-                out.append((pid, mine, (v[mine] - pg + lo).astype(np.uint64) << np.uint64(12)))
+            k[k >= len(self.mappers)] = -1
+        # pages a mapper had present, grouped by that mapper with one sort (not one pass over
+        # every page per mapper: hundreds of database backends map one buffer pool)
+        has = np.flatnonzero(k >= 0)
+        order = has[np.argsort(k[has], kind="stable")]
+        spill = [np.flatnonzero(k < 0)]
+        for grp in np.split(order, np.flatnonzero(np.diff(k[order])) + 1) if order.size else ():
+            spill.append(job(*self.mappers[int(k[grp[0]])], grp))
+        left = np.sort(np.concatenate(spill))
+        for pid, lo, hi, pg in self.mappers:  # the others: the first mapper that maps them
+            if not left.size:
+                break
+            left = job(pid, lo, hi, pg, left)
         return out
 
     @property
@@ -178,15 +198,16 @@ class Tracked:
         if self.mappers is not None:  # a shared object: no pid of its own to release
             self.reader = None
             return
-        if self.reader is not None:
-            try:
+        try:
+            if self.reader is not None:
                 self.reader.close(self.pid)
-            except OSError:
-                pass
+        except OSError as e:  # close(2) released the descriptor whatever it reports
+            log.debug("pid %d: closing its tracking files: %s", self.pid, e)
+        finally:  # the identity's handle goes whatever the reader did
             self.reader = None
-        closer = getattr(self.ref, "close", None)  # a pidfd/dirfd identity (issue 17, #2)
-        if closer is not None:
-            closer()
+            closer = getattr(self.ref, "close", None)  # a dirfd identity (issue 17, #2)
+            if closer is not None:
+                closer()
 
 
 class Pack:
@@ -258,7 +279,7 @@ class Pack:
         st = self.state
         if st.seg_start is None or not pages.size:
             return []
-        bounds = np.searchsorted(pages >> 6, np.append(st.seg_start, st.words))
+        bounds = np.searchsorted(pages // PAGES_PER_WORD, np.append(st.seg_start, st.words))
         by_seg = {m.seg: m for m in self.members.values() if m.seg is not None}
         return [(by_seg[s], int(bounds[s]), int(bounds[s + 1]))
                 for s in np.flatnonzero(np.diff(bounds)).tolist() if s in by_seg]
