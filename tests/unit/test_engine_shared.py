@@ -14,9 +14,14 @@ import errno
 import logging
 from types import SimpleNamespace
 
+import numpy as np
 from engine_fakes import PAGE, FakeKernel, FakeProc, FakeShared
 from test_engine_daemon import PID, make_engine, make_policy
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tierd.engine.state import Extents, carry_words
 from tierd.linux.syscalls import MPOL_MF_MOVE_ALL
 from tierd.policy import TargetSpec
 
@@ -206,3 +211,99 @@ def test_address_jobs_go_through_the_mapper_that_had_the_page_else_the_first_tha
     jobs = obj.address_jobs(np.array([10, 20, 30, 70, 71, 200]))
     got = [(pid, idx.tolist(), (addrs >> np.uint64(12)).tolist()) for pid, idx, addrs in jobs]
     assert got == [(2, [1], [5020]), (3, [3, 4], [9006, 9007]), (1, [0, 2], [1010, 1030])]
+
+
+def _carry_by_pages(plane, ws, lo, hi, pg, ext):
+    """The reference: every bit unpacked, its page offset found, set in the object's words
+    (what the engine did per mapper and plane before carry_words)."""
+    out = np.zeros(ext.words, np.uint64)
+    bits = np.flatnonzero(np.unpackbits(np.asarray(plane, "<u8").view(np.uint8), bitorder="little"))
+    vpn = bits + ws * 64
+    vpn = vpn[(vpn >= lo) & (vpn < hi)]
+    flat = ext.flat_of(vpn - lo + pg)
+    flat = flat[flat >= 0]
+    np.bitwise_or.at(out, flat // 64, np.left_shift(np.uint64(1), (flat % 64).astype(np.uint64)))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 400), st.integers(0, 300), st.integers(0, 2**32 - 1),
+       st.lists(st.tuples(st.integers(0, 8), st.integers(1, 5)), min_size=1, max_size=3))
+def test_carry_words_sets_the_bits_a_page_by_page_carry_sets(lo, npages, pg, seed, extents):
+    """Mappings at any alignment in the object, planes wider than the mapping, objects with
+    several extents (gaps): the shifted words equal the page-by-page result."""
+    rng = np.random.default_rng(seed)
+    hi = lo + npages
+    ws, we = lo // 64 - int(rng.integers(0, 2)), -(-hi // 64) + int(rng.integers(0, 2))
+    ws = max(ws, 0)
+    plane = rng.integers(0, 2**63, we - ws, dtype=np.uint64) * np.uint64(2) + \
+        rng.integers(0, 2, we - ws, dtype=np.uint64)
+    starts, words = [], []
+    at = 0
+    for gap, nw in extents:
+        at += gap
+        starts.append(at)
+        words.append(nw)
+        at += nw
+    ext = Extents(starts, words)
+    got = np.zeros(ext.words, np.uint64)
+    for start, w in carry_words(plane, ws, lo, hi, pg, ext):
+        got[start: start + w.size] |= w
+    assert np.array_equal(got, _carry_by_pages(plane, ws, lo, hi, pg, ext))
+
+
+def test_a_mapper_that_cannot_be_read_leaves_the_shared_pages_as_they_were(caplog):
+    """Mappers' reads failing with EIO (not gone) used to make the object's pages read absent
+    (their history forgotten) with a debug line only: now its last sample stands, and the
+    ranges are counted as unsampled and warned about."""
+    k = FakeKernel()
+    shm = FakeShared(SHARED)
+    procs = []
+    for i in range(2):
+        p = k.add(FakeProc(PID + i, 64, base=0x7F00_0000_0000 - (i << 32), node=1))
+        p.map_shared(shm, SHM_AT)
+        procs.append(p)
+    pids = tuple(p.pid for p in procs)
+    eng = make_engine(k, make_policy(targets=(TargetSpec(name="app", pids=pids),)), pids=pids)
+    for _ in range(4):
+        for p in procs:
+            p.next_access |= {SHM_AT // PAGE + j for j in HOT_SHARED}
+        good = eng.step()
+    reader = k.reader()
+    sample = reader.sample
+
+    def eio(pid, ws, nw, **kw):
+        raise OSError(errno.EIO, "idle_bitmap: EIO")
+
+    reader.sample = eio
+    with caplog.at_level(logging.WARNING, logger="tierd"):
+        stats = eng.step()
+    reader.sample = sample
+    assert good.targets["app"].pages == SHARED + 2 * 64 == stats.targets["app"].pages
+    assert stats.targets["app"].hist[1:].sum() == good.targets["app"].hist[1:].sum()
+    assert stats.unsampled_ranges >= 4  # each process's own range and its shared mapping
+    assert any("not sampled" in r.getMessage() for r in caplog.records)
+
+
+
+def test_node_sources_are_asked_about_the_mappers_own_addresses_only():
+    """A shared object's extents are page offsets in the object: they were passed to the
+    node source as addresses of its first mapper (words 0..64 here: addresses 0-16 MiB),
+    so a mapper's unrelated pages there gave the object's pages their nodes."""
+    k = FakeKernel()
+    shm = FakeShared(SHARED)
+    p = k.add(FakeProc(PID, 64, node=1))
+    p.map_shared(shm, SHM_AT)
+    asked = []
+
+    def nodes(pid, word_start, nwords):
+        asked.append((pid, word_start, nwords))
+        return np.full(nwords * 64, -1, dtype=np.int16)
+
+    k._reader.nodes = nodes
+    eng = make_engine(k)
+    for _ in range(2):
+        eng.step()
+    mapped = [(v.start >> 18, -(-v.end >> 18)) for v in p.vmas]  # in words of 64 pages
+    assert asked and all(any(a <= ws and ws + nw <= b for a, b in mapped) for _, ws, nw in asked), asked
+    assert eng.step().nodes[-1].sum() == 0  # the queries found every page's node

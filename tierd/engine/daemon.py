@@ -49,7 +49,15 @@ from tierd.engine.placement import (
 )
 from tierd.engine.gain import NEED_SHARES, GainModel, group_rate, need
 from tierd.engine.pack import Pack, Packs, SharedRef, Tracked
-from tierd.engine.state import CHUNK_WORDS, TOP_LEVELS, Extents, PageState, is_shared, page_bits, test_bits
+from tierd.engine.state import (
+    CHUNK_WORDS,
+    TOP_LEVELS,
+    Extents,
+    PageState,
+    carry_words,
+    is_shared,
+    test_bits,
+)
 from tierd.engine.targets import GONE, ProcessRef, PsutilResolver
 from tierd.linux.errors import ParseError
 from tierd.linux.syscalls import MPOL_MF_MOVE, MPOL_MF_MOVE_ALL
@@ -652,17 +660,22 @@ class Engine:
             self.packs.stage(obj, ext, self.policy.window, node_ids, self.chunk_words)
         return self.clock() - t0
 
-    def _read_shared(self, obj: Tracked, st: PageState, buffers) -> None:
+    def _read_shared(self, obj: Tracked, st: PageState, buffers, stats) -> None:
         """A shared object's sample: every mapper's bits of the object's pages, OR-ed (a page
-        is present if any mapper maps it, accessed if any mapper accessed it).  A mapper that
-        cannot be read is left out (a gone one is dropped at its own read)."""
+        is present if any mapper maps it, accessed if any mapper accessed it).  A mapper gone
+        is left out (it is dropped at its own read); one that cannot be read is counted and
+        warned about like a process's range, and the object's last sample is OR-ed in: a
+        blind spot must neither make its pages look cold nor absent (forgetting them)."""
         present, accessed = buffers
-        present[obj.off: obj.off + obj.words] = 0
-        accessed[obj.off: obj.off + obj.words] = 0
+        lo_w, hi_w = obj.off, obj.off + obj.words
+        present[lo_w:hi_w] = 0
+        accessed[lo_w:hi_w] = 0
         # which mapper has each page in its page tables: moves and node queries go through
         # it (a mapper that never touched a page, e.g. PostgreSQL's postmaster and its
         # buffer pool, has no PTE there, and move_pages(2) answers -ENOENT through it)
         via = np.full(obj.pages, -1, dtype=np.int16)
+        claimed = np.zeros(obj.words, dtype=np.uint64)
+        blind = False
         for i, (pid, lo, hi, pg) in enumerate(obj.mappers):
             ws, we = lo // 64, -(-hi // 64)
             # a page-granular reader leaves the neighbours in the edge words alone (their
@@ -673,21 +686,29 @@ class Engine:
                 p, a = (self.reader.sample(pid, ws, we - ws, skip=skip)
                         if skip and getattr(self.reader, "page_granular", False)
                         else self.reader.sample(pid, ws, we - ws))
-            except OSError as e:  # ProcessGone included
+            except GONE as e:
                 log.debug("pid %d: shared mapping %#x not sampled: %s", pid, lo << 12, e)
                 continue
-            for plane, out in ((p, present), (a, accessed)):
-                bits = np.flatnonzero(np.unpackbits(np.ascontiguousarray(plane, "<u8").view(np.uint8),
-                                                    bitorder="little").view(bool))
-                vpn = bits + ws * 64
-                vpn = vpn[(vpn >= lo) & (vpn < hi)]
-                flat = obj.ext.flat_of(vpn - lo + pg)
-                flat = flat[flat >= 0]
-                if out is present and i < np.iinfo(via.dtype).max:
-                    mine = flat[via[flat] < 0]
-                    via[mine] = i
-                w, m = page_bits(flat + obj.off * 64)
-                out[w] |= m
+            except OSError as e:
+                self._unsampled(obj, ws, we - ws, e, stats)
+                blind = True
+                continue
+            for start, words in carry_words(p, ws, lo, hi, pg, obj.ext):
+                present[lo_w + start: lo_w + start + words.size] |= words
+                if i >= np.iinfo(via.dtype).max:
+                    continue
+                new = words & ~claimed[start: start + words.size]
+                claimed[start: start + words.size] |= new
+                nz = np.flatnonzero(new)
+                if nz.size:
+                    bits = np.unpackbits(new[nz].view(np.uint8), bitorder="little").reshape(nz.size, 64)
+                    rows, cols = np.nonzero(bits)
+                    via[(start + nz[rows]) * 64 + cols] = i
+            for start, words in carry_words(a, ws, lo, hi, pg, obj.ext):
+                accessed[lo_w + start: lo_w + start + words.size] |= words
+        if blind:
+            present[lo_w:hi_w] |= st.present[lo_w:hi_w]
+            accessed[lo_w:hi_w] |= st.hist[st.head][lo_w:hi_w]
         obj.via = via
 
     def _sample(self, node_ids, stats: IntervalStats) -> float:
@@ -706,7 +727,7 @@ class Engine:
                 if m.seg is None:
                     continue
                 if m.shared:
-                    self._read_shared(m, st, buffers)
+                    self._read_shared(m, st, buffers, stats)
                     continue
                 try:
                     self._read(m, st, buffers, stats)
@@ -721,7 +742,11 @@ class Engine:
                 m.samples += 1
             pk.version += 1
             if nodes_of is not None:
-                st.learn_nodes([(m.pid, m.ext, m.off) for m in pk.members.values() if m.seg is not None],
+                # processes only: a shared object's extents are page offsets in the object,
+                # not addresses of any one mapper (its pages are learnt by the queries,
+                # through the mapper that has each page)
+                st.learn_nodes([(m.pid, m.ext, m.off) for m in pk.members.values()
+                                if m.seg is not None and not m.shared],
                                nodes_of, getattr(self.reader, "nodes_scope", "range"))
             ours += self.clock() - t0
         self.packs.prune()

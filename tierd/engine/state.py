@@ -203,6 +203,44 @@ def _group_bits(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return words[starts], starts, bits
 
 
+def _below(nbits: np.ndarray) -> np.ndarray:
+    """Per word, the mask of its ``nbits`` (0..64) low bits."""
+    shift = np.minimum(nbits, 63).astype(np.uint64)
+    return np.where(nbits >= 64, ~np.uint64(0), (_ONE << shift) - _ONE)
+
+
+def carry_words(plane: np.ndarray, word_start: int, lo: int, hi: int, pg: int,
+                ext: Extents) -> list[tuple[int, np.ndarray]]:
+    """A mapper's bit plane of a shared object, carried into the object's flat words.
+
+    ``plane`` holds the mapper's bits from its page ``word_start * 64`` on; its pages
+    [lo, hi) map the object's pages from ``pg`` on (other bits are its neighbours' and are
+    dropped).  Returns [(first flat word, words)] per extent of ``ext`` (the object's, in
+    page offsets) that the mapping reaches.  Whole words are shifted (two per word when the
+    mapping is not 64-page aligned in the object): hundreds of database backends map one
+    buffer pool, and unpacking every page of it per backend and interval cost ~44 ms per GiB.
+    """
+    w = np.array(plane, dtype="<u8")
+    n = w.size
+    if not n or hi <= lo:
+        return []
+    base = word_start * PAGES_PER_WORD
+    first = np.arange(n, dtype=np.int64) * PAGES_PER_WORD  # each word's first page - base
+    w &= _below(np.clip(hi - base - first, 0, 64)) & ~_below(np.clip(lo - base - first, 0, 64))
+    q, r = divmod(base + pg - lo, PAGES_PER_WORD)  # the object's word and bit of plane bit 0
+    if r:
+        out = np.zeros(n + 1, dtype=np.uint64)
+        out[:n] = w << np.uint64(r)
+        out[1:] |= w >> np.uint64(64 - r)
+        w = out
+    res = []
+    for ws, nw, off in zip(ext.word_start.tolist(), ext.nwords.tolist(), ext.offset.tolist()):
+        a, b = max(q, ws), min(q + w.size, ws + nw)
+        if a < b:
+            res.append((a - ws + off, w[a - q: b - q]))
+    return res
+
+
 def page_bits(pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Flat page indices -> (unique word indices, OR-ed bit masks), for scattering into a
     plane without per-page Python work.  Already sorted input (the usual case: selections
