@@ -168,6 +168,24 @@ def test_exiting_target_is_dropped_quietly(caplog):
     assert eng.units == {}
 
 
+def test_a_process_gone_during_moves_is_not_asked_again_in_later_slices(monkeypatch):
+    """Its pages stay in the pack until the next layout: later slices of the same interval
+    selected them again and called move_pages on the dead (maybe reused) pid, 16 times."""
+    from tierd.engine import daemon
+
+    monkeypatch.setattr(daemon, "SLICE_PAGES", 64)
+    k = FakeKernel()
+    p = k.add(FakeProc(PID, 1024, node=1))
+    eng = make_engine(k)
+    eng.step()  # learns the nodes
+    k.calls.clear()
+    k.gone_on_move = PID
+    access(p, range(1024))
+    eng.step()  # 1024 hot pages to promote, 64 a slice: it exits at the first move_pages
+    assert eng.units == {}
+    assert [c[0] for c in k.calls if c[1] == PID].count("move") == 1
+
+
 def test_vma_changes_keep_known_pages():
     k = FakeKernel()
     proc = k.add(FakeProc(PID, 64, node=1))

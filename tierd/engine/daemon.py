@@ -75,7 +75,9 @@ QUERY_MIN = 65536  # node queries per interval at least (256 MiB of address spac
 RECHECK_EVERY = 4
 RECHECK_DIV = 32
 RECHECK_MIN = 1 << 18
-NOTED_MAX = 1 << 16  # moved pages per process and direction whose next sample is looked at
+NOTED_MAX = 1 << 16  # moved pages per pack and direction whose next sample is looked at
+NEED_EVERY = 12  # intervals between two fits of a target's miss-ratio curve (1 min at 5 s)
+NEED_MOVED = 0.01  # ... or sooner when its hotness histogram moved by this much
 # A target that has matched no process for this many intervals in a row is logged (once, until
 # it matches again) and counted in tierd_targets_unmatched (tierd status shows it): a policy
 # whose selectors match nothing would otherwise look like a healthy idle daemon.
@@ -257,6 +259,7 @@ class Engine:
         self.huge: HugePages | None = None
         self._set_huge(policy)
         self._warned_single_tier = False
+        self._need: dict[str, tuple] = {}  # target -> (interval, histogram, need) of its fit
         # pack -> ([promoted vpns], [demoted vpns], [their levels], [their levels]): the last
         # interval's moves, judged in the next sample (_judge_moves)
         self._noted: dict = {}
@@ -396,13 +399,13 @@ class Engine:
             log.warning("no slow memory tier (fast nodes %s, slow nodes %s): only observing",
                         list(fast), list(slow))
             self._warned_single_tier = True
-        t2 = self.clock()
-        stats.move_seconds = stats.moves.seconds + stats.queries.seconds
-        stats.engine_seconds = engine_s + (t2 - t1) - stats.move_seconds
-        stats.seconds = t2 - t0
         live = [u for u in live if u.pack is not None]  # minus those that exited meanwhile
         self._fill_stats(stats, live, node_ids, fast)
         self._fill_need(stats, fast)
+        t2 = self.clock()  # the statistics and the curve fit are the engine's work too
+        stats.move_seconds = stats.moves.seconds + stats.queries.seconds
+        stats.engine_seconds = engine_s + (t2 - t1) - stats.move_seconds
+        stats.seconds = t2 - t0
         self._warn_waiting(stats)
         return stats
 
@@ -436,15 +439,27 @@ class Engine:
         return fast, slow
 
     def _fill_need(self, stats: IntervalStats, fast) -> None:
-        """Each target's miss-ratio curve read at 90/95/99% (TargetStats.need)."""
+        """Each target's miss-ratio curve read at 90/95/99% (TargetStats.need).  The fit
+        costs tens of ms per target: it is done again when the target's hotness histogram
+        moved by more than NEED_MOVED (total variation) since the last one, or after
+        NEED_EVERY intervals; a steady target costs one fit a minute."""
         g = self.gain.last
         if g is None:
             return
-        for ts in stats.targets.values():
+        for name, ts in stats.targets.items():
             cells = np.zeros((2, LEVELS))
             for nid, h in ts.by_node.items():
                 cells[0 if nid in fast else 1] += np.asarray(h, dtype=np.float64)
+            shape = cells.sum(axis=0) / max(cells.sum(), 1.0)
+            seq, last_shape, last = self._need.get(name, (None, None, None))
+            if (seq is not None and self.seq - seq < NEED_EVERY
+                    and 0.5 * np.abs(shape - last_shape).sum() <= NEED_MOVED):
+                ts.need = last
+                continue
             ts.need = need(cells, g.q, window=self.policy.window)
+            self._need[name] = (self.seq, shape, ts.need)
+        for name in set(self._need) - set(stats.targets):  # targets a reload removed
+            del self._need[name]
 
     def _warn_waiting(self, stats: IntervalStats) -> None:
         """Hot pages waiting on slow memory for room: a WARNING with the numbers, rate-limited
@@ -892,6 +907,9 @@ class Engine:
             status, counts, ran = self._run_jobs(st, pages, who, bounds, dest, stats)
             (stats.queries if query else stats.moves).add(counts)
             done += counts.learned if query else counts.moved
+            # a process found gone was dropped (closed): its pages stay in the state until
+            # the next layout, and its pid must not be asked again (it may be reused)
+            left[[m.pack is None for m, _ in reqs]] = 0
             # folded in per (class, level): the pages of one cell are ascending in this
             # order (requests by segment, each segment's slices of the cell in address
             # order), so each fold is one sorted run with scalar level and class
