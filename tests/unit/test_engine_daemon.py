@@ -10,7 +10,7 @@ import signal
 import threading
 
 import numpy as np
-from engine_fakes import GIB, PAGE, FakeKernel, FakeProc
+from engine_fakes import GIB, PAGE, FakeKernel, FakeProc, FakeShared
 
 from tierd import service
 from tierd.engine import daemon as daemon_mod
@@ -394,14 +394,16 @@ def test_single_tier_machine_only_observes(caplog):
     k = FakeKernel()
     k.topology = lambda: Topology((Node(0, (0,), 4 * GIB, 3 * GIB, (10,), None),))
     proc = k.add(FakeProc(PID, 64, node=0))
+    proc.map_shared(FakeShared(128, node=0), 0x7F10_0000_0000)
     eng = make_engine(k)
     with caplog.at_level(logging.WARNING, logger="tierd"):
         eng.step()
         access(proc, [1])
         stats = eng.step()
     assert k.calls == [] and stats.plan is None
-    assert caplog.text.count("no slow memory tier") == 1
-    assert stats.targets["app"].hist.sum() == 64
+    assert caplog.text.count("one memory tier only") == 1
+    assert stats.targets["app"].hist.sum() == 64 + 128
+    assert stats.shared_pages == 128  # observed too (it was counted only when moving)
 
 
 def test_target_exiting_at_its_node_query_is_dropped_quietly(caplog):

@@ -396,7 +396,7 @@ class Engine:
                 self.executor.deadline = None
             self._measure_speed(stats.moves)
         elif live and not self._warned_single_tier:
-            log.warning("no slow memory tier (fast nodes %s, slow nodes %s): only observing",
+            log.warning("one memory tier only (fast nodes %s, slow nodes %s): only observing",
                         list(fast), list(slow))
             self._warned_single_tier = True
         live = [u for u in live if u.pack is not None]  # minus those that exited meanwhile
@@ -829,8 +829,6 @@ class Engine:
         for u in units:
             h = u.histograms()
             movable = h - u.backoff_histograms() if u.samples >= 2 else np.zeros_like(h)
-            if u.shared and stats is not None:
-                stats.shared_pages += int(h.sum())
             if u.shared and not self._movable(u):
                 if stats is not None:
                     stats.shared_unmovable += int(h.sum())
@@ -1045,7 +1043,10 @@ class Engine:
         groups: dict = {}
         nprocs: dict = {}
         for u in live:
-            groups.setdefault((u.ref.target, u.state.node_ids), []).append(u.histograms())
+            h = u.histograms()
+            groups.setdefault((u.ref.target, u.state.node_ids), []).append(h)
+            if u.shared:
+                stats.shared_pages += int(h.sum())
             nprocs[u.ref.target] = nprocs.get(u.ref.target, 0) + (not u.shared)
             stats.tracked_pages += u.pages
         stats.state_bytes = sum(pk.state.nbytes for pk in self.packs)

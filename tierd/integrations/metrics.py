@@ -60,9 +60,9 @@ METRICS = {
     "tierd_target_cold_threshold": "hotness below which a target's fast pages may be demoted",
     "tierd_tracked_pages": "pages of address space tracked",
     "tierd_state_bytes": "memory used for per-page state",
-    "tierd_shared_pages": "present pages of memory shared by several processes (shm, memfd, shared "
-                          "files), counted once; state=unmovable: not moved, moving them needs "
-                          "CAP_SYS_NICE (MPOL_MF_MOVE_ALL)",
+    "tierd_shared_pages": "present pages of targets' MAP_SHARED objects (shm, memfd, shared files), "
+                          "counted once however many processes map them; state=unmovable: not "
+                          "moved, moving them needs CAP_SYS_NICE (MPOL_MF_MOVE_ALL)",
     "tierd_node_memory_total_bytes": "MemTotal per memory node",
     "tierd_node_memory_free_bytes": "MemFree per memory node",
     "tierd_node_memory_reclaimable_bytes": "clean page cache per memory node (Active(file) + "
