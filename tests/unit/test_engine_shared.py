@@ -307,3 +307,24 @@ def test_node_sources_are_asked_about_the_mappers_own_addresses_only():
     mapped = [(v.start >> 18, -(-v.end >> 18)) for v in p.vmas]  # in words of 64 pages
     assert asked and all(any(a <= ws and ws + nw <= b for a, b in mapped) for _, ws, nw in asked), asked
     assert eng.step().nodes[-1].sum() == 0  # the queries found every page's node
+
+
+def test_the_number_of_shared_objects_is_bounded_largest_first(monkeypatch, caplog):
+    """A process may map tens of thousands of memfds: each object cost a read per mapper
+    and interval, without bound.  Beyond SHARED_MAX the largest are tracked, with a warning."""
+    from tierd.engine import daemon
+
+    monkeypatch.setattr(daemon, "SHARED_MAX", 4)
+    k = FakeKernel()
+    p = k.add(FakeProc(PID, 64, node=1))
+    for i in range(10):
+        p.map_shared(FakeShared(64 * (i + 1), inode=100 + i), SHM_AT + (i << 24))
+    eng = make_engine(k)
+    with caplog.at_level(logging.WARNING, logger="tierd"):
+        for _ in range(3):
+            stats = eng.step()
+    assert sorted(key[2] for key in eng.shared) == [106, 107, 108, 109]
+    assert stats.shared_pages == 64 * (7 + 8 + 9 + 10)
+    assert [r.getMessage() for r in caplog.records].count(
+        "10 shared memory objects are mapped by targets: the 4 largest are tracked, the others "
+        "(1.5MiB each or less) are not") == 1

@@ -76,6 +76,9 @@ RECHECK_EVERY = 4
 RECHECK_DIV = 32
 RECHECK_MIN = 1 << 18
 NOTED_MAX = 1 << 16  # moved pages per pack and direction whose next sample is looked at
+# Shared memory objects tracked at most (each costs a read per mapper and interval, and a
+# process may map tens of thousands of memfds); the largest first.
+SHARED_MAX = 4096
 NEED_EVERY = 12  # intervals between two fits of a target's miss-ratio curve (1 min at 5 s)
 NEED_MOVED = 0.01  # ... or sooner when its hotness histogram moved by this much
 # A target that has matched no process for this many intervals in a row is logged (once, until
@@ -660,6 +663,13 @@ class Engine:
         for u in self.units.values():
             for key, lo, hi, pg in u.spans:
                 mapped.setdefault(key, []).append((u, lo, hi, pg))
+        if len(mapped) > SHARED_MAX:  # a process can map 65k memfds: the largest are tracked
+            size = {k: max(hi - lo for _, lo, hi, _ in v) for k, v in mapped.items()}
+            order = sorted(mapped, key=lambda k: (-size[k], k))
+            self.warn.warning(("*", "shared objects"), "%d shared memory objects are mapped by "
+                              "targets: the %d largest are tracked, the others (%s each or less) "
+                              "are not", len(mapped), SHARED_MAX, _size(size[order[SHARED_MAX]]))
+            mapped = {k: mapped[k] for k in order[:SHARED_MAX]}
         for key in [k for k in self.shared if k not in mapped]:
             self.shared.pop(key).close()
         for key, spans in mapped.items():
