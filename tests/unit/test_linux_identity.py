@@ -310,6 +310,35 @@ def test_slow_match_skip_is_keyed_by_start_ticks(tmp_path, monkeypatch):
     assert ps.create_time_calls == 0  # identity never asks the wall clock
 
 
+def test_a_slow_match_is_tried_again_after_exec_of_another_binary(tmp_path, monkeypatch):
+    """A wrapper with a hostile command line that execs the real server: the skip was keyed
+    on (pid, start ticks), which exec keeps, so the server was never tiered."""
+    from tierd.policy import RegexTimeout
+
+    d = mkproc(tmp_path, 72, start=500)
+    for name in ("wrapper", "server"):
+        (tmp_path / name).write_text(name)
+    (d / "exe").symlink_to(tmp_path / "wrapper")
+    r, _ = resolver(tmp_path, monkeypatch)
+    tries = []
+
+    class Slow:  # gives up on the wrapper's command line, matches the server's
+        def search(self, text):
+            tries.append(text)
+            if (d / "exe").resolve().name == "wrapper":
+                raise RegexTimeout("cmdline: gave up after 20 ms")
+            return True
+
+    spec = [TargetSpec("app", cmdline=Slow())]
+    assert r.resolve(spec) == [] and r.resolve(spec) == []
+    assert len(tries) == 1  # the same binary: not tried again
+    (d / "exe").unlink()
+    (d / "exe").symlink_to(tmp_path / "server")  # execve() of the server
+    [ref] = r.resolve(spec)
+    assert ref.pid == 72 and len(tries) == 2
+    r.close()
+
+
 # -- descriptors are bounded ---------------------------------------------------------------------
 
 

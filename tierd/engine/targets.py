@@ -90,9 +90,10 @@ class PsutilResolver:
         self.self_pid = os.getpid() if self_pid is None else self_pid
         self._warned: set[tuple[str, str]] = set()  # (target, reason) already logged
         # (pid, start ticks) of processes whose command line a bounded regex match gave up
-        # on (python3-regex only, see policy.Regex): not tried again while they live, so a
-        # hostile command line costs one time bound, not one per interval.
-        self._slow: set[tuple[int, int]] = set()
+        # on (python3-regex only, see policy.Regex) -> the binary they ran then: not tried
+        # again while they live and run it, so a hostile command line costs one time bound,
+        # not one per interval (not keyed on the command line: a process may rewrite it)
+        self._slow: dict[tuple[int, int], tuple[int, int] | None] = {}
         # pid -> the handle of the process returned for it last time: kept while it matches
         # (its history's identity), closed when it no longer does or is gone
         self._held: dict[int, ProcHandle] = {}
@@ -121,7 +122,7 @@ class PsutilResolver:
         out: list[ProcessRef] = []
         if self._slow:
             live = {p.pid for p in procs}
-            self._slow = {k for k in self._slow if k[0] in live}
+            self._slow = {k: v for k, v in self._slow.items() if k[0] in live}
         held, self._held = self._held, {}
         try:
             for proc in sorted(procs, key=lambda p: p.pid):
@@ -132,7 +133,7 @@ class PsutilResolver:
                     continue
                 ref = None
                 try:
-                    if (proc.pid, h.starttime) not in self._slow:
+                    if not self._skipped(h):
                         ref = self._match(proc, h, specs)
                 except GONE:
                     pass
@@ -148,6 +149,18 @@ class PsutilResolver:
         order = {s.name: i for i, s in enumerate(specs)}
         out.sort(key=lambda r: (order[r.target], r.pid))
         return out
+
+    def _skipped(self, h: ProcHandle) -> bool:
+        """Was this process's match given up on (a regex timeout), and does it still run
+        the same binary?  After an execve() of another binary (a wrapper with a hostile
+        command line starting the real server) it is tried again.  One stat a process."""
+        key = (h.pid, h.starttime)
+        if key not in self._slow:
+            return False
+        if self.procfs.exe_id(h) == self._slow[key]:
+            return True
+        del self._slow[key]
+        return False
 
     def _hold(self, pid: int, old: ProcHandle | None) -> ProcHandle | None:
         """The handle of the process now holding ``pid``: ``old`` while it is still that
@@ -213,7 +226,7 @@ class PsutilResolver:
         except GONE:
             raise
         except RegexTimeout as e:
-            self._slow.add((proc.pid, h.starttime))
+            self._slow[(proc.pid, h.starttime)] = self.procfs.exe_id(h)
             self._warn_once(spec.name, "slow match", proc.pid,
                             f"{e}: not matched, and not tried again while this process lives")
         except psutil.Error as e:  # an unexpected one: skip the process

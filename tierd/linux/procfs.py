@@ -497,6 +497,15 @@ class ProcFS:
     def cgroup(self, pid: int | str) -> str | None:
         return parse_cgroup(self.read_text(pid, "cgroup"))
 
+    def exe_id(self, h: ProcHandle) -> tuple[int, int] | None:
+        """(st_dev, st_ino) of the binary a held process runs: changes when it execs
+        another; None when it cannot be read (a kernel thread, permissions)."""
+        try:
+            st = os.stat("exe", dir_fd=h.dirfd)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
     def exe(self, pid: int | str) -> str | None:
         """Resolved /proc/PID/exe, without a " (deleted)" suffix (binary replaced by an
         upgrade); None for kernel threads, which have no exe.  PermissionError if not allowed."""
