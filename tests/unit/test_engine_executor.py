@@ -129,3 +129,29 @@ def test_counts_add_up():
     a, b = MoveCounts(moved=1, busy=2, seconds=0.5), MoveCounts(moved=3, calls=2)
     a.add(b)
     assert a.moved == 4 and a.busy == 2 and a.calls == 2 and a.as_dict()["seconds"] == 0.5
+
+
+def test_a_held_process_that_is_no_longer_alive_is_not_moved_by_pid():
+    """move_pages(2) takes a pid: a process that exited since its sample (its pid maybe
+    reused by another) was moved by number; a held one is now checked first."""
+
+    class Held(int):
+        def __new__(cls, pid, alive):
+            h = super().__new__(cls, pid)
+            h.live = alive
+            return h
+
+        def alive(self):
+            return self.live
+
+    k = RecordingKernel()
+    calls = []
+    k.move_pages = lambda pid, addrs, nodes=None, flags=0, batch=4096: (
+        calls.append(int(pid)) or np.asarray(nodes, np.int32))
+    ex = Executor(k, 100, clock=lambda: 0.0)
+    jobs = [(Held(7, False), np.arange(4, dtype=np.uint64), np.ones(4, np.int32), 0),
+            (Held(8, True), np.arange(4, dtype=np.uint64), np.ones(4, np.int32), 0)]
+    status, counts, errors = ex.run_many(jobs)
+    assert calls == [8]
+    assert list(errors) == [0] and errors[0].errno == errno.ESRCH
+    assert counts.moved == 4 and (status[:4] == NOT_TRIED).all()

@@ -58,6 +58,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from tierd.linux.errors import ProcessGone
 from tierd.linux.syscalls import MPOL_MF_MOVE, UNREPORTED
 
 NOT_TRIED = np.int32(-(1 << 30))  # status of pages skipped because the daemon is stopping
@@ -210,6 +211,14 @@ class Executor:
         errors: dict[int, Exception] = {}
         lo = 0
         for i, ((pid, addrs, nodes, flags), n) in enumerate(zip(jobs, sizes)):
+            # move_pages(2) takes a pid: a held process (tierd.linux.procfs.ProcHandle) is
+            # checked first, so that a pid reused since the sample is not moved (the window
+            # left is this check to the call, not the interval)
+            alive = getattr(pid, "alive", None)
+            if alive is not None and not alive():
+                errors[i] = ProcessGone(int(pid), "before move_pages")
+                lo += n
+                continue
             try:
                 self._calls(kind, pid, np.ascontiguousarray(addrs, dtype=np.uint64),
                             None if nodes is None else np.ascontiguousarray(nodes, dtype=np.int32),
