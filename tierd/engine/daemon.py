@@ -37,7 +37,6 @@ from tierd.engine.huge import SPLIT_SHARE, HugePages
 from tierd.engine.interval import Bounds, IntervalController, observe
 from tierd.engine.placement import (
     NO_THRESHOLD,
-    PAGE_SIZE,
     UNKNOWN,
     Plan,
     Request,
@@ -64,6 +63,7 @@ from tierd.linux.syscalls import MPOL_MF_MOVE, MPOL_MF_MOVE_ALL
 from tierd.linux.sysfs import format_nodelist
 from tierd.linux.tracking import extents as word_extents
 from tierd.logs import RateLimiter
+from tierd.pages import PAGE_SHIFT, PAGE_SIZE, PAGES_PER_WORD
 
 log = logging.getLogger("tierd")
 
@@ -535,7 +535,7 @@ class Engine:
         budget, shared by size."""
         if self.seq % RECHECK_EVERY:
             return
-        total = sum(pk.state.words for pk in self.packs) * 64
+        total = sum(pk.state.words for pk in self.packs) * PAGES_PER_WORD
         if not total:
             return
         budget = RECHECK_EVERY * max(RECHECK_MIN, self.query_budget // RECHECK_DIV)
@@ -636,13 +636,13 @@ class Engine:
         TRACK_FLOOR_PAGES): the largest ranges are left out (sparse reservations are the
         large ones), with a warning naming the process."""
         rss = int(self.kernel.procfs.status(unit.pid).get("VmRSS", 0)) // PAGE_SIZE
-        cap = max(TRACK_FLOOR_PAGES, TRACK_RSS_FACTOR * rss) // 64
+        cap = max(TRACK_FLOOR_PAGES, TRACK_RSS_FACTOR * rss) // PAGES_PER_WORD
         if ext.words <= cap:
             return ext
         order = np.argsort(ext.nwords, kind="stable")  # smallest first
         keep = np.zeros(len(ext), dtype=bool)
         keep[order[np.cumsum(ext.nwords[order]) <= cap]] = True
-        left = int(ext.nwords[~keep].sum()) * 64
+        left = int(ext.nwords[~keep].sum()) * PAGES_PER_WORD
         self.warn.warning((unit.ref.target, "address space bounded"),
                           "pid %d (%s): %s of address space for %s resident: %d largest range(s), "
                           "%s, not tracked (state is bounded to %dx the resident set, at least %s)",
@@ -702,17 +702,17 @@ class Engine:
         claimed = np.zeros(obj.words, dtype=np.uint64)
         blind = False
         for i, (pid, lo, hi, pg) in enumerate(obj.mappers):
-            ws, we = lo // 64, -(-hi // 64)
+            ws, we = lo // PAGES_PER_WORD, -(-hi // PAGES_PER_WORD)
             # a page-granular reader leaves the neighbours in the edge words alone (their
             # Accessed bits are the process's own segment's); a word-clearing one is not
             # given those words for the process's own segment (Extents.from_vmas)
-            skip = [(a, b) for a, b in ((ws * 64, lo), (hi, we * 64)) if b > a]
+            skip = [(a, b) for a, b in ((ws * PAGES_PER_WORD, lo), (hi, we * PAGES_PER_WORD)) if b > a]
             try:
                 p, a = (self.reader.sample(pid, ws, we - ws, skip=skip)
                         if skip and getattr(self.reader, "page_granular", False)
                         else self.reader.sample(pid, ws, we - ws))
             except GONE as e:
-                log.debug("pid %d: shared mapping %#x not sampled: %s", pid, lo << 12, e)
+                log.debug("pid %d: shared mapping %#x not sampled: %s", pid, lo << PAGE_SHIFT, e)
                 continue
             except OSError as e:
                 self._unsampled(obj, ws, we - ws, e, stats)
@@ -728,7 +728,7 @@ class Engine:
                 if nz.size:
                     bits = np.unpackbits(new[nz].view(np.uint8), bitorder="little").reshape(nz.size, 64)
                     rows, cols = np.nonzero(bits)
-                    via[(start + nz[rows]) * 64 + cols] = i
+                    via[(start + nz[rows]) * PAGES_PER_WORD + cols] = i
             for start, words in carry_words(a, ws, lo, hi, pg, obj.ext):
                 accessed[lo_w + start: lo_w + start + words.size] |= words
         if blind:
@@ -807,12 +807,12 @@ class Engine:
         ts = stats.targets.setdefault(unit.ref.target, TargetStats())
         for s in (stats, ts):
             s.unsampled_ranges += 1
-            s.unsampled_pages += 64 * nw
+            s.unsampled_pages += PAGES_PER_WORD * nw
         # per (target, errno): a reader that fails on every range (permissions, a broken
         # interface) is seen at once, then summed up every REPEAT_EVERY
         self.warn.warning((unit.ref.target, "range not sampled", _reason(err)),
                           "pid %d (%s): range %#x (%s) not sampled: %s", unit.ref.pid,
-                          unit.ref.target, ws * 64 << 12, _size(64 * nw), err)
+                          unit.ref.target, ws * PAGES_PER_WORD << PAGE_SHIFT, _size(PAGES_PER_WORD * nw), err)
 
     def _node_source(self):
         """The reader's ``nodes`` (None without one), failing soft: a page source that
@@ -827,7 +827,7 @@ class Engine:
                 return nodes_of(pid, word_start, nwords)
             except (OSError, ParseError, OverflowError) as e:  # Overflow: a node id past int16
                 log.debug("pid %d: nodes not read: %s", pid, e)
-                return np.full(nwords * 64, -1, dtype=np.int16)
+                return np.full(nwords * PAGES_PER_WORD, -1, dtype=np.int16)
 
         return nodes
 
@@ -946,7 +946,7 @@ class Engine:
         not for rechecks)."""
         base = np.repeat(np.array([m.base_vpn for m in who], dtype=np.int64), np.diff(bounds))
         vpn = st.extents.vpn_of(pages).astype(np.int64) - base  # each member's own vpns
-        addrs = vpn.astype(np.uint64) << np.uint64(12)
+        addrs = vpn.astype(np.uint64) << np.uint64(PAGE_SHIFT)
         jobs, order, owner = [], [], []
         for m, a, b in zip(who, bounds[:-1].tolist(), bounds[1:].tolist()):
             if not m.shared and (dest is None or not self.move_shared):  # its own addresses
