@@ -500,7 +500,7 @@ class Policy:
                               "127.0.0.1:9464", "HOST:PORT of /metrics, \"\" disables")
     huge_split: bool = key("huge_pages.split", choice(("auto", "off"), (True, False), text=False), True,
                            "split sparsely hot huge pages (tierd/engine/huge.py)")
-    huge_dense: float = key("huge_pages.dense", SHARE, 0.5, "a probed huge page this hot is kept whole")
+    huge_dense: float = key("huge_pages.dense", SHARE, 0.9, "a probed huge page this hot is kept whole")
     log_level: str = key("log_level", choice(LOG_LEVELS, fold=True), "INFO", "the daemon's logging threshold")
 
     def target(self, name: str) -> TargetSpec:

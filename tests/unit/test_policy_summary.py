@@ -59,7 +59,7 @@ def test_summary_of_every_key():
         "migration.retry_after": "7 intervals",
         "metrics.listen": "(disabled)",
         "huge_pages.split": "auto",
-        "huge_pages.dense": "50%",
+        "huge_pages.dense": "90%",
         "log_level": "WARNING",
         "targets[0]": "db: pids=[10, 11] comm=/^postgres$/ exe=/bin/postgres/ cmdline=/-D /var/lib/ "
                       "cgroup=/system.slice/db.service min_rss=64MiB fast_share=25% fast_cap=2GiB",
