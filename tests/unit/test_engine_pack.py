@@ -158,6 +158,27 @@ def test_packed_process_exits_grows_and_joins(monkeypatch):
     assert h[:, 1:].sum() == 10 and h.sum() == 128
 
 
+def test_members_that_grow_do_not_grow_their_pack_past_twice_its_limit(monkeypatch):
+    """The size limit was checked only when a member joined: members that joined small and
+    grew (each still under 2 * PACK_WORDS) made a pack many times PACK_MAX_WORDS."""
+    monkeypatch.setattr(pack, "PACK_WORDS", 8)
+    monkeypatch.setattr(pack, "PACK_MAX_WORDS", 8)
+    k = FakeKernel(fast_total=1 << 30, fast_free=1 << 29)
+    procs = [k.add(FakeProc(PID + i, 128, base=0x7F00_0000_0000 + (i << 32), node=1)) for i in range(4)]
+    pids = tuple(p.pid for p in procs)
+    eng = make_engine(k, make_policy(targets=(TargetSpec(name="app", pids=pids),)), pids=pids)
+    eng.step()
+    eng.step()
+    assert len(eng.packs) == 1 and eng.packs.packs[0].state.words == 8  # 4 x 2 words
+    for p in procs:  # each grows to 10 words, under 2 * PACK_WORDS
+        p.vmas.append(type(p.vmas[0])(p.vmas[0].end + (1 << 20), p.vmas[0].end + (1 << 20) + 8 * 64 * PAGE,
+                                      "rw-p", 0, "00:00", 0, ""))
+    eng.step()
+    assert max(pk.state.words for pk in eng.packs) <= 2 * pack.PACK_MAX_WORDS
+    assert sum(pk.state.words for pk in eng.packs) == 4 * 10  # every member still tracked
+    assert all(u.samples == 3 for u in eng.units.values())  # with its history
+
+
 def test_a_newcomer_never_inherits_a_departed_members_words(monkeypatch):
     """One process leaves and another with the same mappings joins in the same interval:
     the newcomer starts fresh (its pages' node unknown, then queried; no history)."""

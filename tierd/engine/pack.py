@@ -14,8 +14,9 @@ tracked address space (1 GiB), or one mapped above 2**31 words (5-level page tab
 a pack of its own at slot 0 (synthetic addresses are its real ones).  Smaller processes
 share packs of up to ``PACK_MAX_WORDS`` words (a change of any member's mappings copies the
 pack's planes: a pack stays small enough for that to be cheap).  A member of a shared pack
-that grows past twice ``PACK_WORDS`` moves to a pack of its own, and takes its history,
-nodes, backoff and retry table with it (``PageState.carve``).
+that grows past twice ``PACK_WORDS``, or grows its pack past twice ``PACK_MAX_WORDS``, moves
+to a pack of its own, and takes its history, nodes, backoff and retry table with it
+(``PageState.carve``).
 
 ``Tracked`` is the one object per process: its identity (the ``ProcessRef``), its place in a
 pack, and what it holds outside the pack (the reader's file descriptors and caches for its
@@ -303,8 +304,15 @@ class Packs:
         top = int(ext.word_start[-1] + ext.nwords[-1]) if len(ext) else 0
         big = top > 1 << SLOT_SHIFT
         pk = proc.pack
-        if pk is not None and not pk.solo and (big or ext.words > 2 * PACK_WORDS):
+        grown = ext.words - proc.words
+        # a member grown past twice the packing size goes to a pack of its own; so does one
+        # that grows a pack past twice its size limit (members that joined small and all
+        # grew would make every layout copy a pack many times PACK_MAX_WORDS)
+        if pk is not None and not pk.solo and (big or ext.words > 2 * PACK_WORDS or (
+                grown > 0 and pk.joined_words + grown > 2 * PACK_MAX_WORDS)):
             self._alone(proc, window, node_ids, chunk_words)
+        elif pk is not None and not pk.solo:
+            pk.joined_words += grown  # recounted at the next layout
         elif pk is None:
             proc.ext = ext
             if big or ext.words > PACK_WORDS:
