@@ -203,12 +203,6 @@ def _group_bits(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return words[starts], starts, bits
 
 
-def _below(nbits: np.ndarray) -> np.ndarray:
-    """Per word, the mask of its ``nbits`` (0..64) low bits."""
-    shift = np.minimum(nbits, 63).astype(np.uint64)
-    return np.where(nbits >= 64, ~np.uint64(0), (_ONE << shift) - _ONE)
-
-
 def carry_words(plane: np.ndarray, word_start: int, lo: int, hi: int, pg: int,
                 ext: Extents) -> list[tuple[int, np.ndarray]]:
     """A mapper's bit plane of a shared object, carried into the object's flat words.
@@ -222,11 +216,18 @@ def carry_words(plane: np.ndarray, word_start: int, lo: int, hi: int, pg: int,
     """
     w = np.array(plane, dtype="<u8")
     n = w.size
-    if not n or hi <= lo:
-        return []
     base = word_start * PAGES_PER_WORD
-    first = np.arange(n, dtype=np.int64) * PAGES_PER_WORD  # each word's first page - base
-    w &= _below(np.clip(hi - base - first, 0, 64)) & ~_below(np.clip(lo - base - first, 0, 64))
+    a, b = max(lo - base, 0), min(hi - base, n * PAGES_PER_WORD)  # the mapping's bits
+    if a >= b:
+        return []
+    # the words outside [a, b) and the bits outside it in its edge words go (Python ints:
+    # a few scalar operations, not array passes: this runs per mapper, plane and interval)
+    ka, kb = a // PAGES_PER_WORD, -(-b // PAGES_PER_WORD)
+    w[:ka] = 0
+    w[kb:] = 0
+    w[ka] &= np.uint64(((1 << 64) - 1) ^ ((1 << (a % 64)) - 1))
+    if b % 64:
+        w[kb - 1] &= np.uint64((1 << (b % 64)) - 1)
     q, r = divmod(base + pg - lo, PAGES_PER_WORD)  # the object's word and bit of plane bit 0
     if r:
         out = np.zeros(n + 1, dtype=np.uint64)
@@ -235,9 +236,9 @@ def carry_words(plane: np.ndarray, word_start: int, lo: int, hi: int, pg: int,
         w = out
     res = []
     for ws, nw, off in zip(ext.word_start.tolist(), ext.nwords.tolist(), ext.offset.tolist()):
-        a, b = max(q, ws), min(q + w.size, ws + nw)
-        if a < b:
-            res.append((a - ws + off, w[a - q: b - q]))
+        x, y = max(q, ws), min(q + w.size, ws + nw)
+        if x < y:
+            res.append((x - ws + off, w[x - q: y - q]))
     return res
 
 
