@@ -408,3 +408,45 @@ def test_handle_pidfd_is_checked_against_reuse():
     h.close()
     with pytest.raises(ProcessGone):
         h.pidfd()  # closed: not this process any more as far as tierd knows
+
+
+def test_maps_of_a_held_process_are_parsed_again_only_when_they_change(tmp_path, monkeypatch):
+    """Parsing maps was most of a maps read's cost (a profile in the rig): a held process's
+    parse is kept on its handle and reused while the text is the same."""
+    from tierd.linux import procfs as procfs_mod
+
+    d = mkproc(tmp_path, 81, start=5, maps=MAPS_A)
+    parsed = []
+    real = procfs_mod.parse_maps
+    monkeypatch.setattr(procfs_mod, "parse_maps", lambda text: parsed.append(1) or real(text))
+    fs = ProcFS(str(tmp_path))
+    h = fs.open_process(81)
+    first = fs.maps(h)
+    assert fs.maps(h) is first and len(parsed) == 1
+    (d / "maps").write_text(MAPS_A + MAPS_B)
+    second = fs.maps(h)
+    assert len(second) == 2 and len(parsed) == 2
+    assert len(fs.maps(81)) == 2 and len(parsed) == 3  # a plain pid: nothing kept
+    h.close()
+    assert h.maps_memo is None
+
+
+def test_the_engine_turns_unchanged_maps_into_extents_once(monkeypatch):
+    from engine_fakes import FakeKernel, FakeProc
+    from test_engine_daemon import make_engine
+
+    from tierd.engine import daemon
+
+    k = FakeKernel()
+    k.add(FakeProc(4242, 128))
+    same = k.procfs.maps(4242)
+    monkeypatch.setattr(k.procfs, "maps", lambda pid: same)
+    built = []
+    real = daemon.Extents.from_vmas
+    monkeypatch.setattr(daemon.Extents, "from_vmas",
+                        staticmethod(lambda *a, **kw: built.append(1) or real(*a, **kw)))
+    eng = make_engine(k)
+    for _ in range(4):
+        eng.step()
+    assert len(built) == 1
+    assert eng.units[(4242, 0.0)].ext.pages == 128

@@ -621,9 +621,14 @@ class Engine:
         """Read the maps of one process and stage its extents in its pack (joining one if
         new).  Returns the time spent in our own arithmetic."""
         vmas = self.kernel.procfs.maps(unit.pid)
-        ext = Extents.from_vmas(vmas, getattr(self.reader, "page_granular", False), shared=False)
-        unit.spans = [(("shared", v.dev, v.inode), v.start // PAGE_SIZE, v.end // PAGE_SIZE,
-                       v.offset // PAGE_SIZE) for v in vmas if is_shared(v)]
+        granular = getattr(self.reader, "page_granular", False)
+        if unit.mapped is not None and unit.mapped[0] is vmas and unit.mapped[1] == granular:
+            ext = unit.mapped[2]  # the same mappings as last time (ProcFS.maps kept them)
+        else:
+            ext = Extents.from_vmas(vmas, granular, shared=False)
+            unit.spans = [(("shared", v.dev, v.inode), v.start // PAGE_SIZE, v.end // PAGE_SIZE,
+                           v.offset // PAGE_SIZE) for v in vmas if is_shared(v)]
+            unit.mapped = (vmas, granular, ext)
         if ext.pages > TRACK_FLOOR_PAGES:
             ext = self._bounded(unit, ext)
         t0 = self.clock()

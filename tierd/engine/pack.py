@@ -74,7 +74,7 @@ class Tracked:
     splitter as of this process's last sample: ``close`` releases what they hold for it."""
 
     __slots__ = ("ref", "pack", "slot", "ext", "samples", "seg", "off", "reader", "huge", "spans",
-                 "mappers", "via")
+                 "mappers", "via", "mapped")
 
     def __init__(self, ref) -> None:
         self.ref = ref
@@ -93,6 +93,9 @@ class Tracked:
         # a shared object: per page of its extents, the index in ``mappers`` of one that had
         # it present at the last sample (-1: none); int16, 2 bytes per shared page
         self.via: np.ndarray | None = None
+        # a process: (maps as last read, page-granular reader?, their extents), so that
+        # unchanged mappings are not turned into extents again every interval
+        self.mapped: tuple | None = None
 
     @property
     def key(self) -> Hashable:

@@ -314,6 +314,9 @@ class ProcHandle(int):
         self.starttime = starttime
         self.generation = generation
         self.mm_fd = None
+        # (maps text, its parse) of the last read (ProcFS.maps): most processes' mappings
+        # do not change between two intervals, and parsing is most of a maps read's cost
+        self.maps_memo: tuple[str, tuple] | None = None
         return self
 
     @property
@@ -395,6 +398,7 @@ class ProcHandle(int):
         return fd
 
     def close(self) -> None:
+        self.maps_memo = None
         for attr in ("mm_fd", "dirfd"):
             fd = getattr(self, attr)
             setattr(self, attr, None)
@@ -480,7 +484,17 @@ class ProcFS:
         return parse_stat(self.read_bytes(pid, "stat"))
 
     def maps(self, pid: int | str) -> tuple[Vma, ...]:
-        return parse_maps(self.read_text(pid, "maps"))
+        """The process's mappings; for a held process the same tuple as at the last read
+        when the text has not changed (its parse is kept on the handle)."""
+        text = self.read_text(pid, "maps")
+        if isinstance(pid, ProcHandle):
+            memo = pid.maps_memo
+            if memo is not None and memo[0] == text:
+                return memo[1]
+            vmas = parse_maps(text)
+            pid.maps_memo = (text, vmas)
+            return vmas
+        return parse_maps(text)
 
     def smaps(self, pid: int | str) -> tuple[tuple[Vma, Mapping[str, int]], ...]:
         return parse_smaps(self.read_text(pid, "smaps"))
