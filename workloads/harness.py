@@ -73,11 +73,23 @@ def parse_intervals(text: str) -> list[Interval]:
     return out
 
 
+def _no_thp() -> None:
+    """In the child before exec: no transparent huge pages for it (prctl PR_SET_THP_DISABLE,
+    inherited across execve)."""
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(41, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_THP_DISABLE)")
+
+
 class Tierd:
     """``python -m tierd run --config POLICY`` with its log in a file."""
 
     def __init__(self, policy_text: str, workdir: Path, python: str = sys.executable,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), thp: bool = True) -> None:
+        """``thp=False``: the daemon runs with PR_SET_THP_DISABLE (for a test that reads its
+        resident memory: khugepaged collapsing its heap adds 2 MiB steps at its own pace)."""
+        self.thp = thp
         self.workdir = Path(workdir)
         self.policy = self.workdir / "tierd-policy.yaml"
         self.log = self.workdir / "tierd.log"
@@ -91,7 +103,8 @@ class Tierd:
         self.policy.write_text(self.policy_text)
         self._log = open(self.log, "w")
         self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=REPO)
+                                     stdin=subprocess.DEVNULL, cwd=REPO,
+                                     preexec_fn=None if self.thp else _no_thp)
         return self
 
     @property
